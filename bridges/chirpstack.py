@@ -1,0 +1,720 @@
+"""ChirpStack v4 MQTT integration, JSON side: topics, events in, events and commands out.
+
+Events follow the protobuf JSON mapping of `integration.proto` (chirpstack-api):
+lowerCamelCase keys, and zero, false and empty fields left out, so every field
+read here has the proto3 default when absent (or null). Integers may come as
+numbers or decimal strings and bytes as standard or URL-safe base64, padded or
+not, as the proto3 JSON mapping allows.
+
+Topics: `application/<applicationId>/device/<devEui>/event/<type>` for events
+and `.../command/down` for downlinks. devEui is 16 lowercase hex digits in v4;
+uppercase is accepted on input and lowered.
+
+The builders write what a real ChirpStack publishes (for the simulated network
+server and the tests); they raise InvalidArgumentError on bad arguments. The
+parsers raise DecodeError with the dead-letter reason. parse_uplink is on the
+edge's hot path: orjson, no protobuf, type checks by `type(x) is`.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+import uuid
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
+from typing import Any, Final
+
+import orjson
+
+from cluster.errors import DeadLetterReason, DecodeError, InvalidArgumentError
+
+KIND_UP: Final = "event/up"
+KIND_ACK: Final = "event/ack"
+KIND_TXACK: Final = "event/txack"
+KIND_DOWN: Final = "command/down"
+
+UINT32_MAX: Final = 0xFFFF_FFFF
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+MAX_UPLINK_F_PORT: Final = 255  # FPort is one byte on air
+MIN_DOWNLINK_F_PORT: Final = 1  # 0 carries MAC commands only
+MAX_DOWNLINK_F_PORT: Final = 223  # 224 is the LoRaWAN test port, 225..255 reserved
+MAX_DR: Final = 15  # the DR field of LinkADRReq is 4 bits
+
+_HEX: Final = "0123456789abcdef"
+_EMPTY_TAGS: Final[Mapping[str, str]] = MappingProxyType({})
+
+
+def _empty_tags() -> Mapping[str, str]:
+    return _EMPTY_TAGS
+
+
+# --- what comes out -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    tenant_id: str = ""
+    application_id: str = ""
+    application_name: str = ""
+    device_profile_name: str = ""
+    device_name: str = ""
+    dev_eui: str = ""  # 16 lowercase hex digits once parsed
+    # Left out of the hash (a mapping has none) but not of equality.
+    tags: Mapping[str, str] = field(default_factory=_empty_tags, hash=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Uplink:
+    deduplication_id: str
+    time_ms: int | None  # None when the event has no time
+    device: DeviceInfo
+    f_port: int
+    f_cnt: int
+    dr: int
+    confirmed: bool
+    data: bytes
+    rssi: int | None  # best (highest) over rxInfo; None without rxInfo
+    snr: float | None  # best (highest) over rxInfo, independently of rssi; None without rxInfo
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    deduplication_id: str
+    time_ms: int | None
+    device: DeviceInfo
+    queue_item_id: str  # the `id` of the downlink command, i.e. our command_id
+    acknowledged: bool
+    f_cnt_down: int
+
+
+@dataclass(frozen=True, slots=True)
+class TxAck:
+    downlink_id: int
+    time_ms: int | None
+    device: DeviceInfo
+    queue_item_id: str
+    f_cnt_down: int
+    gateway_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Downlink:
+    dev_eui: str
+    f_port: int
+    data: bytes
+    confirmed: bool
+    id: str | None  # canonical lowercase UUID, None when the command has none
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    application_id: str
+    dev_eui: str
+    kind: str  # "event/up", "event/ack", "event/txack", "command/down", ...
+
+
+# --- topics -------------------------------------------------------------------------------
+
+_TOPIC_SHAPE = "application/<applicationId>/device/<devEui>/(event|command)/<type>"
+
+
+def parse_topic(topic: str) -> Topic:
+    """Split an integration topic; DecodeError(BAD_TOPIC) if it is not one."""
+    parts = topic.split("/") if type(topic) is str else ()
+    if (
+        len(parts) != 6
+        or parts[0] != "application"
+        or parts[2] != "device"
+        or (parts[4] != "event" and parts[4] != "command")
+        or not parts[1]
+        or not parts[5]
+    ):
+        raise DecodeError(
+            DeadLetterReason.BAD_TOPIC, f"topic must be {_TOPIC_SHAPE}, got {_show(topic)}"
+        )
+    dev_eui = parts[3].lower()
+    if len(dev_eui) != 16 or dev_eui.strip(_HEX):
+        raise DecodeError(
+            DeadLetterReason.BAD_TOPIC,
+            f"devEui in topic must be 16 hex digits, got {_show(parts[3])}",
+        )
+    return Topic(parts[1], dev_eui, f"{parts[4]}/{parts[5]}")
+
+
+def uplink_topic(application_id: str, dev_eui: str) -> str:
+    return _topic(application_id, dev_eui, KIND_UP)
+
+
+def ack_topic(application_id: str, dev_eui: str) -> str:
+    return _topic(application_id, dev_eui, KIND_ACK)
+
+
+def txack_topic(application_id: str, dev_eui: str) -> str:
+    return _topic(application_id, dev_eui, KIND_TXACK)
+
+
+def downlink_topic(application_id: str, dev_eui: str) -> str:
+    return _topic(application_id, dev_eui, KIND_DOWN)
+
+
+def _topic(application_id: str, dev_eui: str, kind: str) -> str:
+    if (
+        type(application_id) is not str
+        or not application_id
+        or any(c in application_id for c in "/+#\0")
+    ):
+        raise InvalidArgumentError(
+            f"application_id must be a non-empty topic level (no / + # or NUL), "
+            f"got {_show(application_id)}"
+        )
+    return f"application/{application_id}/device/{_check_eui(dev_eui, 'dev_eui')}/{kind}"
+
+
+# --- parsing ------------------------------------------------------------------------------
+
+
+def parse_uplink(raw: bytes | str) -> Uplink:
+    """An `event/up` payload -> Uplink; DecodeError(BAD_JSON | BAD_ENVELOPE | BAD_BASE64)."""
+    obj = _load(raw)
+    get = obj.get
+    rssi: int | None = None
+    snr: float | None = None
+    rx_info = get("rxInfo")
+    if rx_info is not None:
+        if type(rx_info) is not list:
+            raise _bad("rxInfo must be a list of objects", rx_info)
+        for rx in rx_info:
+            if type(rx) is not dict:
+                raise _bad("rxInfo entries must be objects", rx)
+            r = rx.get("rssi", 0)
+            if type(r) is not int or not _INT32_MIN <= r <= _INT32_MAX:
+                r = _int_value(r, _INT32_MIN, _INT32_MAX, "rxInfo.rssi")
+            s = rx.get("snr", 0.0)
+            if type(s) is not float or not -math.inf < s < math.inf:
+                s = _float_value(s, "rxInfo.snr")
+            if rssi is None or r > rssi:
+                rssi = r
+            if snr is None or s > snr:
+                snr = s
+    f_port = get("fPort", 0)
+    if type(f_port) is not int or not 0 <= f_port <= MAX_UPLINK_F_PORT:
+        f_port = _int_value(f_port, 0, MAX_UPLINK_F_PORT, "fPort")
+    f_cnt = get("fCnt", 0)
+    if type(f_cnt) is not int or not 0 <= f_cnt <= UINT32_MAX:
+        f_cnt = _int_value(f_cnt, 0, UINT32_MAX, "fCnt")
+    dr = get("dr", 0)
+    if type(dr) is not int or not 0 <= dr <= MAX_DR:
+        dr = _int_value(dr, 0, MAX_DR, "dr")
+    return Uplink(
+        _str(get("deduplicationId"), "deduplicationId"),
+        _time_ms(get("time")),
+        _device_info(get("deviceInfo")),
+        f_port,
+        f_cnt,
+        dr,
+        _bool(get("confirmed"), "confirmed"),
+        _bytes(get("data"), "data"),
+        rssi,
+        snr,
+    )
+
+
+def parse_ack(raw: bytes | str) -> Ack:
+    """An `event/ack` payload -> Ack; same errors as parse_uplink."""
+    obj = _load(raw)
+    get = obj.get
+    return Ack(
+        _str(get("deduplicationId"), "deduplicationId"),
+        _time_ms(get("time")),
+        _device_info(get("deviceInfo")),
+        _str(get("queueItemId"), "queueItemId"),
+        _bool(get("acknowledged"), "acknowledged"),
+        _int_value(get("fCntDown", 0), 0, UINT32_MAX, "fCntDown"),
+    )
+
+
+def parse_txack(raw: bytes | str) -> TxAck:
+    """An `event/txack` payload -> TxAck; same errors as parse_uplink."""
+    obj = _load(raw)
+    get = obj.get
+    return TxAck(
+        _int_value(get("downlinkId", 0), 0, UINT32_MAX, "downlinkId"),
+        _time_ms(get("time")),
+        _device_info(get("deviceInfo")),
+        _str(get("queueItemId"), "queueItemId"),
+        _int_value(get("fCntDown", 0), 0, UINT32_MAX, "fCntDown"),
+        _str(get("gatewayId"), "gatewayId"),
+    )
+
+
+def parse_downlink(raw: bytes | str) -> Downlink:
+    """A `command/down` payload -> Downlink; fPort must be 1..223.
+
+    An `id` must be a UUID (ChirpStack rejects anything else) and is returned in
+    canonical form, the form ChirpStack sends back as `queueItemId`.
+    """
+    obj = _load(raw)
+    get = obj.get
+    command_id = _str(get("id"), "id") or None
+    if command_id is not None:
+        try:
+            command_id = str(uuid.UUID(command_id))
+        except ValueError:
+            raise _bad("id must be a UUID", command_id) from None
+    return Downlink(
+        _dev_eui(get("devEui"), "devEui"),
+        _int_value(get("fPort", 0), MIN_DOWNLINK_F_PORT, MAX_DOWNLINK_F_PORT, "fPort"),
+        _bytes(get("data"), "data"),
+        _bool(get("confirmed"), "confirmed"),
+        command_id,
+    )
+
+
+def _load(raw: bytes | str) -> dict[str, Any]:
+    try:
+        obj = orjson.loads(raw)
+    except (orjson.JSONDecodeError, TypeError) as exc:
+        raise DecodeError(DeadLetterReason.BAD_JSON, f"not JSON: {exc}") from exc
+    if type(obj) is not dict:
+        raise DecodeError(
+            DeadLetterReason.BAD_JSON, f"event must be a JSON object, got {type(obj).__name__}"
+        )
+    return obj
+
+
+def _bad(what: str, value: object) -> DecodeError:
+    return DecodeError(DeadLetterReason.BAD_ENVELOPE, f"{what}, got {_show(value)}")
+
+
+def _show(value: object) -> str:
+    if value is None:
+        return "nothing"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _device_info(info: object) -> DeviceInfo:
+    if type(info) is not dict:
+        raise _bad("deviceInfo must be an object with devEui", info)
+    get = info.get
+    tags = get("tags")
+    if tags is None or tags == {}:
+        tags = _EMPTY_TAGS
+    elif type(tags) is dict and all(type(v) is str for v in tags.values()):
+        tags = MappingProxyType(tags)  # orjson keys are always str
+    else:
+        raise _bad("deviceInfo.tags must be an object of strings", tags)
+    return DeviceInfo(
+        _str(get("tenantId"), "deviceInfo.tenantId"),
+        _str(get("applicationId"), "deviceInfo.applicationId"),
+        _str(get("applicationName"), "deviceInfo.applicationName"),
+        _str(get("deviceProfileName"), "deviceInfo.deviceProfileName"),
+        _str(get("deviceName"), "deviceInfo.deviceName"),
+        _dev_eui(get("devEui"), "deviceInfo.devEui"),
+        tags,
+    )
+
+
+def _dev_eui(value: object, name: str) -> str:
+    if type(value) is str:
+        eui = value.lower()
+        if len(eui) == 16 and not eui.strip(_HEX):
+            return eui
+    raise _bad(f"{name} must be 16 hex digits", value)
+
+
+def _str(value: object, name: str) -> str:
+    if type(value) is str:
+        return value
+    if value is None:
+        return ""
+    raise _bad(f"{name} must be a string", value)
+
+
+def _bool(value: object, name: str) -> bool:
+    if value is None:
+        return False
+    if type(value) is bool:
+        return value
+    raise _bad(f"{name} must be true or false", value)
+
+
+_INT_TEXT = re.compile(r"-?[0-9]+")
+
+
+def _int_value(value: object, lo: int, hi: int, name: str) -> int:
+    """A proto3 JSON integer (number, integral float or decimal string) within lo..hi."""
+    number: int | None = None
+    if value is None:
+        number = 0
+    elif type(value) is int:
+        number = value
+    elif type(value) is float:
+        number = int(value) if value.is_integer() else None
+    elif type(value) is str:
+        number = int(value) if len(value) <= 20 and _INT_TEXT.fullmatch(value) else None
+    if number is None or not lo <= number <= hi:
+        raise _bad(f"{name} must be an integer {lo}..{hi}", value)
+    return number
+
+
+def _float_value(value: object, name: str) -> float:
+    """A finite proto3 JSON number (or numeric string); NaN and infinities are refused."""
+    number: float | None = None
+    if value is None:
+        number = 0.0
+    elif type(value) is float or type(value) is int:
+        number = float(value)
+    elif type(value) is str and len(value) <= 40:
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if number is None or not math.isfinite(number):
+        raise _bad(f"{name} must be a finite number", value)
+    return number
+
+
+_URLSAFE_TO_STANDARD = str.maketrans("-_", "+/")
+
+
+def _bytes(value: object, name: str) -> bytes:
+    if value is None:
+        return b""
+    if type(value) is not str:
+        raise _bad(f"{name} must be a base64 string", value)
+    try:
+        return base64.b64decode(value, validate=True)
+    except ValueError:
+        pass
+    # proto3 JSON also allows the URL-safe alphabet and missing padding.
+    fixed = value.translate(_URLSAFE_TO_STANDARD)
+    fixed += "=" * (-len(fixed) % 4)
+    try:
+        return base64.b64decode(fixed, validate=True)
+    except ValueError:
+        raise DecodeError(
+            DeadLetterReason.BAD_BASE64, f"{name} is not valid base64: {_show(value)}"
+        ) from None
+
+
+# --- RFC 3339 time ------------------------------------------------------------------------
+
+_RFC3339 = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})"
+    r"(?:\.([0-9]+))?(?:[Zz]|([+-])([0-9]{2}):([0-9]{2}))"
+)
+_DAYS_IN_MONTH: Final = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+_last_date: tuple[str, int] = ("", 0)  # one-entry cache: a day's events share their date
+
+
+def _time_ms(value: object) -> int | None:
+    """RFC 3339 -> epoch milliseconds (sub-millisecond digits truncated); None if absent."""
+    if value is None:
+        return None
+    match = _RFC3339.fullmatch(value) if type(value) is str else None
+    if match is None:
+        raise _bad("time must be an RFC 3339 timestamp", value)
+    global _last_date
+    date = match.string[:10]
+    if _last_date[0] == date:
+        days = _last_date[1]
+    else:
+        found = _days(int(match[1]), int(match[2]), int(match[3]))
+        if found is None:
+            raise _bad("time has no such date", value)
+        days = found
+        _last_date = (date, days)
+    hour, minute, second = int(match[4]), int(match[5]), int(match[6])
+    # A leap second (:60) is valid RFC 3339; it lands on the next second.
+    if hour > 23 or minute > 59 or second > 60:
+        raise _bad("time has no such time of day", value)
+    seconds = ((days * 24 + hour) * 60 + minute) * 60 + second
+    if match[8] is not None:
+        off_h, off_m = int(match[9]), int(match[10])
+        if off_h > 23 or off_m > 59:
+            raise _bad("time has an impossible UTC offset", value)
+        offset = off_h * 3600 + off_m * 60
+        seconds += -offset if match[8] == "+" else offset
+    fraction = match[7]
+    millis = int(fraction[:3].ljust(3, "0")) if fraction else 0
+    return seconds * 1000 + millis
+
+
+def _days(year: int, month: int, day: int) -> int | None:
+    """Days since 1970-01-01 of a proleptic Gregorian date; None if it does not exist."""
+    if year < 1 or not 1 <= month <= 12 or day < 1:
+        return None
+    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    if day > _DAYS_IN_MONTH[month] + (month == 2 and leap):
+        return None
+    # Howard Hinnant's days_from_civil.
+    y = year - (month <= 2)
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    return era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+
+
+# --- building -----------------------------------------------------------------------------
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_DNS, "chirpstack.citypost")
+REGION_CONFIG_ID: Final = "eu868"
+_RX_METADATA: Final = {"region_config_id": REGION_CONFIG_ID, "region_common_name": "EU868"}
+# EU868 default and common extra 125 kHz channels (Hz); an uplink hops by fCnt.
+_EU868_CHANNELS: Final = (
+    868_100_000,
+    868_300_000,
+    868_500_000,
+    867_100_000,
+    867_300_000,
+    867_500_000,
+    867_700_000,
+    867_900_000,
+)
+_RX2_FREQUENCY: Final = 869_525_000
+_RX2_DELAY: Final = "2s"  # RECEIVE_DELAY1 (1 s) + 1 s
+_DOWNLINK_POWER: Final = 14  # dBm EIRP
+
+
+def _eu868_tx(dr: int, channel: int) -> tuple[int, dict[str, Any]]:
+    """EU868 (RP002) data rate -> (frequency, modulation JSON) of an uplink."""
+    if dr <= 5:  # DR0..5: SF12..SF7 at 125 kHz
+        lora = {"bandwidth": 125_000, "spreadingFactor": 12 - dr, "codeRate": "CR_4_5"}
+        return _EU868_CHANNELS[channel], {"lora": lora}
+    if dr == 6:  # SF7 at 250 kHz
+        lora = {"bandwidth": 250_000, "spreadingFactor": 7, "codeRate": "CR_4_5"}
+        return 868_300_000, {"lora": lora}
+    return 868_800_000, {"fsk": {"datarate": 50_000}}  # DR7: FSK 50 kbit/s
+
+
+def build_uplink(
+    device: DeviceInfo,
+    data: bytes,
+    f_port: int,
+    f_cnt: int,
+    *,
+    time_ms: int,
+    dr: int = 5,
+    rssi: int | None = None,
+    snr: float | None = None,
+    gateway_id: str = "",
+    confirmed: bool = False,
+    deduplication_id: str | None = None,
+) -> bytes:
+    """The `event/up` JSON ChirpStack would publish (proto3 JSON: zero fields left out).
+
+    rxInfo is present only when rssi is given; txInfo follows the EU868 data rate
+    (0..7). Without a deduplication_id one is derived from device, fCnt and time,
+    so the same uplink built twice is the same event.
+    """
+    dev_eui = _check_eui(device.dev_eui, "device.dev_eui")
+    payload = _check_data(data)
+    _check_int(f_port, 0, MAX_UPLINK_F_PORT, "f_port")
+    _check_int(f_cnt, 0, UINT32_MAX, "f_cnt")
+    _check_int(dr, 0, 7, "dr (EU868 uplink)")
+    when = _format_time(time_ms)
+    if deduplication_id is None:
+        deduplication_id = str(uuid.uuid5(_ID_NAMESPACE, f"up/{dev_eui}/{f_cnt}/{time_ms}"))
+    event: dict[str, Any] = {
+        "deduplicationId": deduplication_id,
+        "time": when,
+        "deviceInfo": _device_json(device, dev_eui),
+    }
+    if dr:
+        event["dr"] = dr
+    if f_cnt:
+        event["fCnt"] = f_cnt
+    if f_port:
+        event["fPort"] = f_port
+    if confirmed:
+        event["confirmed"] = True
+    if payload:
+        event["data"] = base64.b64encode(payload).decode("ascii")
+    channel = f_cnt % len(_EU868_CHANNELS)
+    if rssi is not None:
+        event["rxInfo"] = [
+            _rx_json(rssi, snr, gateway_id, channel, deduplication_id, when),
+        ]
+    elif snr is not None:
+        raise InvalidArgumentError("snr needs an rssi: both come from the receiving gateway")
+    frequency, modulation = _eu868_tx(dr, channel)
+    event["txInfo"] = {"frequency": frequency, "modulation": modulation}
+    event["regionConfigId"] = REGION_CONFIG_ID
+    return orjson.dumps(event)
+
+
+def _rx_json(
+    rssi: int, snr: float | None, gateway_id: str, channel: int, dedup: str, when: str
+) -> dict[str, Any]:
+    _check_int(rssi, _INT32_MIN, _INT32_MAX, "rssi")
+    rx: dict[str, Any] = {}
+    if gateway_id:
+        rx["gatewayId"] = _check_eui(gateway_id, "gateway_id")
+    rx["uplinkId"] = zlib.crc32(dedup.encode()) or 1  # uint32, never the omitted 0
+    rx["nsTime"] = when
+    if rssi:
+        rx["rssi"] = rssi
+    if snr is not None:
+        if type(snr) not in (int, float) or not math.isfinite(snr):
+            raise InvalidArgumentError(f"snr must be a finite number, got {_show(snr)}")
+        if snr:
+            rx["snr"] = float(snr)
+    if channel:
+        rx["channel"] = channel
+    rx["metadata"] = _RX_METADATA
+    rx["crcStatus"] = "CRC_OK"
+    return rx
+
+
+def build_ack(
+    device: DeviceInfo,
+    queue_item_id: str,
+    acknowledged: bool,
+    f_cnt_down: int,
+    *,
+    time_ms: int,
+    deduplication_id: str | None = None,
+) -> bytes:
+    """The `event/ack` JSON for a confirmed downlink (acknowledged=False: a nack/timeout)."""
+    dev_eui = _check_eui(device.dev_eui, "device.dev_eui")
+    item = _check_uuid(queue_item_id, "queue_item_id")
+    _check_int(f_cnt_down, 0, UINT32_MAX, "f_cnt_down")
+    if deduplication_id is None:
+        deduplication_id = str(uuid.uuid5(_ID_NAMESPACE, f"ack/{dev_eui}/{item}/{time_ms}"))
+    event: dict[str, Any] = {
+        "deduplicationId": deduplication_id,
+        "time": _format_time(time_ms),
+        "deviceInfo": _device_json(device, dev_eui),
+        "queueItemId": item,
+    }
+    if acknowledged:
+        event["acknowledged"] = True
+    if f_cnt_down:
+        event["fCntDown"] = f_cnt_down
+    return orjson.dumps(event)
+
+
+def build_txack(
+    device: DeviceInfo,
+    queue_item_id: str,
+    f_cnt_down: int,
+    *,
+    time_ms: int,
+    gateway_id: str,
+    downlink_id: int,
+) -> bytes:
+    """The `event/txack` JSON: the gateway took the downlink (sent in RX2, EU868)."""
+    dev_eui = _check_eui(device.dev_eui, "device.dev_eui")
+    item = _check_uuid(queue_item_id, "queue_item_id")
+    _check_int(f_cnt_down, 0, UINT32_MAX, "f_cnt_down")
+    _check_int(downlink_id, 0, UINT32_MAX, "downlink_id")
+    event: dict[str, Any] = {}
+    if downlink_id:
+        event["downlinkId"] = downlink_id
+    event["time"] = _format_time(time_ms)
+    event["deviceInfo"] = _device_json(device, dev_eui)
+    event["queueItemId"] = item
+    if f_cnt_down:
+        event["fCntDown"] = f_cnt_down
+    if gateway_id:
+        event["gatewayId"] = _check_eui(gateway_id, "gateway_id")
+    lora = {
+        "bandwidth": 125_000,
+        "spreadingFactor": 12,
+        "codeRate": "CR_4_5",
+        "polarizationInversion": True,
+    }
+    event["txInfo"] = {
+        "frequency": _RX2_FREQUENCY,
+        "power": _DOWNLINK_POWER,
+        "modulation": {"lora": lora},
+        "timing": {"delay": {"delay": _RX2_DELAY}},
+    }
+    return orjson.dumps(event)
+
+
+def build_downlink(
+    dev_eui: str, f_port: int, data: bytes, *, confirmed: bool = True, id: str | None = None
+) -> bytes:
+    """The `command/down` JSON; `id` (a canonical UUID) comes back as `queueItemId`."""
+    eui = _check_eui(dev_eui, "dev_eui")
+    _check_int(f_port, MIN_DOWNLINK_F_PORT, MAX_DOWNLINK_F_PORT, "f_port")
+    command: dict[str, Any] = {
+        "devEui": eui,
+        "confirmed": bool(confirmed),
+        "fPort": f_port,
+        "data": base64.b64encode(_check_data(data)).decode("ascii"),
+    }
+    if id is not None:
+        # ChirpStack echoes the id in canonical form; refusing other forms keeps
+        # the acks matching the caller's command_id byte for byte.
+        if _check_uuid(id, "id") != id:
+            raise InvalidArgumentError(f"id must be a lowercase hyphenated UUID, got {_show(id)}")
+        command["id"] = id
+    return orjson.dumps(command)
+
+
+def _device_json(device: DeviceInfo, dev_eui: str) -> dict[str, Any]:
+    info: dict[str, Any] = {}
+    if device.tenant_id:
+        info["tenantId"] = device.tenant_id
+    if device.application_id:
+        info["applicationId"] = device.application_id
+    if device.application_name:
+        info["applicationName"] = device.application_name
+    if device.device_profile_name:
+        info["deviceProfileName"] = device.device_profile_name
+    if device.device_name:
+        info["deviceName"] = device.device_name
+    info["devEui"] = dev_eui
+    if device.tags:
+        info["tags"] = dict(device.tags)
+    return info
+
+
+def _format_time(time_ms: int) -> str:
+    """Epoch ms -> RFC 3339 in UTC with nanoseconds, the way ChirpStack writes it."""
+    _check_int(time_ms, -(2**62), 2**62, "time_ms")
+    try:
+        t = _EPOCH + timedelta(milliseconds=time_ms)
+    except OverflowError:
+        raise InvalidArgumentError(f"time_ms is outside years 1..9999, got {time_ms}") from None
+    return (
+        f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}"
+        f".{t.microsecond // 1000:03d}000000+00:00"
+    )
+
+
+def _check_eui(value: object, name: str) -> str:
+    if type(value) is str:
+        eui = value.lower()
+        if len(eui) == 16 and not eui.strip(_HEX):
+            return eui
+    raise InvalidArgumentError(f"{name} must be 16 hex digits, got {_show(value)}")
+
+
+def _check_int(value: object, lo: int, hi: int, name: str) -> None:
+    if type(value) is not int or not lo <= value <= hi:
+        raise InvalidArgumentError(f"{name} must be an integer {lo}..{hi}, got {_show(value)}")
+
+
+def _check_uuid(value: object, name: str) -> str:
+    if type(value) is str:
+        try:
+            return str(uuid.UUID(value))
+        except ValueError:
+            pass
+    raise InvalidArgumentError(f"{name} must be a UUID, got {_show(value)}")
+
+
+def _check_data(data: object) -> bytes:
+    if isinstance(data, bytes | bytearray | memoryview):
+        return bytes(data)
+    raise InvalidArgumentError(f"data must be bytes, got {type(data).__name__}")

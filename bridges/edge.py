@@ -1,0 +1,223 @@
+"""The device edge: uplinks from the broker, typed telemetry batches to a sink.
+
+The MQTT thread only routes (pure, fast) and queues; a flusher thread hands
+batches to the sink, publishes dead letters, and only then acknowledges the
+QoS 1 messages it covered. A message is acknowledged to the broker once it is
+either in the sink or on the dead-letter topic, so an edge that dies loses
+nothing: the broker re-delivers what was not acknowledged. While the sink
+refuses, nothing is acknowledged and the broker's receive window stops the
+flow (back-pressure instead of an unbounded queue).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import paho.mqtt.client as mqtt
+from tenacity import Retrying, retry_if_exception_type, wait_exponential
+
+from bridges.dead_letters import DeadLetterCounter, make_dead_letter, to_json
+from bridges.mqtt_session import MqttSession
+from bridges.registry import DeviceRegistry, class_name
+from bridges.router import UplinkRouter
+from cluster.config import Config
+from cluster.errors import CitypostError, ConfigError, DeadLetterReason, DecodeError
+from cluster.observability import Observability
+from protos.citypost.v1 import telemetry_pb2
+
+log = logging.getLogger(__name__)
+
+UPLINK_FILTER = "application/+/device/+/event/up"
+
+
+class TelemetrySink(Protocol):
+    """Where decoded telemetry goes (the post's actors, a counter, a test list).
+
+    `submit` returns once the batch is safely accepted; raising a CitypostError
+    means "not now": the edge holds the batch and retries it.
+    """
+
+    def submit(self, batch: Sequence[telemetry_pb2.Telemetry]) -> None: ...
+
+
+@dataclass(frozen=True)
+class EdgeStats:
+    decoded_by_class: dict[str, int]
+    dead_letters_by_reason: dict[str, int]
+    batches: int
+    pending: int
+    connected: bool
+
+    @property
+    def decoded(self) -> int:
+        return sum(self.decoded_by_class.values())
+
+
+# One queued message: connection generation, packet id, qos, then either
+# telemetry or a dead letter ready to publish.
+_Item = tuple[int, int, int, telemetry_pb2.Telemetry | None, bytes | None]
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Edge:
+    def __init__(
+        self,
+        *,
+        config: Config,
+        registry: DeviceRegistry,
+        sink: TelemetrySink,
+        observability: Observability,
+        now_ms: Callable[[], int] = _wall_ms,
+    ) -> None:
+        edge = config.edge
+        if config.mqtt.port is None:
+            raise ConfigError("mqtt.port must be resolved (the broker started) before the edge")
+        self._edge = edge
+        self._now_ms = now_ms
+        self._router = UplinkRouter(registry, edge, now_ms)
+        self._sink = sink
+        self._dead_letter_topic = edge.dead_letter_topic(config.city.name)
+        self._items: list[_Item] = []
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._decoded: Counter[str] = Counter()
+        self._class_names = {cls: class_name(cls) for cls, _ in registry.groups()}
+        self.dead_letters = DeadLetterCounter()
+        self._batches = 0
+        self._tracer = observability.tracer("citypost.edge")
+        meter = observability.meter("citypost.edge")
+        self._uplink_counter = meter.create_counter(
+            "citypost.edge.uplinks", unit="{uplink}", description="uplinks decoded, by asset class"
+        )
+        self._dead_counter = meter.create_counter(
+            "citypost.edge.dead_letters",
+            unit="{message}",
+            description="messages sent to the dead letters, by reason",
+        )
+        self.session = MqttSession(
+            client_id=f"citypost-{config.city.name}-{edge.share_group}-{edge.name}",
+            host=config.mqtt.host,
+            port=config.mqtt.port,
+            keepalive_s=config.mqtt.keepalive_s,
+            subscriptions=[(f"$share/{edge.share_group}/{UPLINK_FILTER}", edge.qos)],
+            on_message=self._on_message,
+            manual_ack=True,
+            # The broker may have this many unacknowledged uplinks out to us: a few
+            # batches' worth keeps the pipe full without an unbounded backlog.
+            receive_maximum=min(65535, max(1000, 4 * edge.batch_max)),
+        )
+        self._flusher = threading.Thread(target=self._flush_loop, name="edge-flush", daemon=True)
+
+    # --- MQTT thread: route and queue, nothing slow -------------------------------------
+
+    def _on_message(self, message: mqtt.MQTTMessage) -> None:
+        payload = message.payload
+        telemetry: telemetry_pb2.Telemetry | None = None
+        dead: bytes | None = None
+        try:
+            telemetry = self._router.route(message.topic, payload)
+        except DecodeError as error:
+            dead = self._dead_letter(error, message.topic, payload)
+        except Exception as exc:  # a bug must not stop the edge, nor lose the message
+            log.exception("edge: unexpected error routing a message on %s", message.topic)
+            error = DecodeError(DeadLetterReason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+            dead = self._dead_letter(error, message.topic, payload)
+        item = (self.session.connects, message.mid, message.qos, telemetry, dead)
+        with self._cond:
+            self._items.append(item)
+            if len(self._items) >= self._edge.batch_max:
+                self._cond.notify()
+
+    def _dead_letter(self, error: DecodeError, topic: str, payload: bytes) -> bytes:
+        self.dead_letters.add(error.reason)
+        self._dead_counter.add(1, {"reason": error.reason.value})
+        letter = make_dead_letter(
+            error,
+            topic=topic,
+            payload=payload,
+            edge=self._edge.name,
+            received_at_ms=self._now_ms(),
+            keep_bytes=self._edge.dead_letter_payload_bytes,
+        )
+        return to_json(letter)
+
+    # --- flusher thread: sink, dead letters, then acknowledgements ----------------------
+
+    def _flush_loop(self) -> None:
+        interval = self._edge.batch_interval_ms / 1000
+        while True:
+            with self._cond:
+                if (not self._items and not self._stopping) or (
+                    len(self._items) < self._edge.batch_max and not self._stopping
+                ):
+                    self._cond.wait(interval)
+                items, self._items = self._items, []
+                stopping = self._stopping
+            if items:
+                self._flush(items)
+            elif stopping:
+                return
+
+    def _flush(self, items: list[_Item]) -> None:
+        batch = [t for _, _, _, t, _ in items if t is not None]
+        with self._tracer.start_as_current_span("edge.batch") as span:
+            span.set_attribute("citypost.batch.size", len(batch))
+            span.set_attribute("citypost.batch.dead_letters", len(items) - len(batch))
+            if batch:
+                self._submit(batch)
+            for _, _, _, _, dead in items:
+                if dead is not None:
+                    self.session.client.publish(self._dead_letter_topic, dead, qos=1)
+        by_class: Counter[str] = Counter(self._class_names[t.asset_class] for t in batch)
+        for name, n in by_class.items():
+            self._uplink_counter.add(n, {"asset_class": name})
+        with self._cond:
+            self._decoded.update(by_class)
+            self._batches += 1
+        generation = self.session.connects
+        for gen, mid, qos, _, _ in items:
+            # A packet id from an earlier connection may now name another message:
+            # the broker re-delivers those, so they are left unacknowledged.
+            if qos > 0 and gen == generation:
+                self.session.client.ack(mid, qos)
+
+    def _submit(self, batch: list[telemetry_pb2.Telemetry]) -> None:
+        for attempt in Retrying(
+            retry=retry_if_exception_type(CitypostError),
+            wait=wait_exponential(multiplier=0.05, max=2.0),
+            reraise=True,
+        ):
+            with attempt:
+                self._sink.submit(batch)
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def start(self, timeout: float = 10.0) -> None:
+        self._flusher.start()
+        self.session.start(timeout)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._flusher.join(timeout=10)
+        self.session.stop()
+
+    def stats(self) -> EdgeStats:
+        with self._cond:
+            return EdgeStats(
+                decoded_by_class=dict(self._decoded),
+                dead_letters_by_reason=self.dead_letters.snapshot(),
+                batches=self._batches,
+                pending=len(self._items),
+                connected=self.session.connected,
+            )

@@ -1,0 +1,71 @@
+"""The device registry: what the edge knows about each device it may hear from.
+
+In a real city this comes from provisioning; the simulated city builds it from
+its model (fleet.population). Lookups are by devEui, on the hot path.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from protos.citypost.v1 import assets_pb2
+
+AssetClass = assets_pb2.AssetClass
+Transport = assets_pb2.Transport
+
+
+def class_name(asset_class: assets_pb2.AssetClass.ValueType) -> str:
+    """`STREET_LAMP` -> `street_lamp`, the name used in topics, metrics and config."""
+    return AssetClass.Name(asset_class).lower()
+
+
+def application_id(city: str, asset_class: assets_pb2.AssetClass.ValueType) -> str:
+    """One network-server application per (city, class), with a stable UUID as ChirpStack uses."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"citypost:{city}:{class_name(asset_class)}"))
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    dev_eui: str  # 16 lowercase hex characters
+    name: str
+    asset_class: assets_pb2.AssetClass.ValueType
+    group: str  # the actor that owns it: one per (class, group)
+    commune: str
+    latitude: float
+    longitude: float
+    transport: assets_pb2.Transport.ValueType
+    application_id: str
+
+
+class DeviceRegistry:
+    """Devices by devEui, and by (class, group) for the actors."""
+
+    def __init__(self, devices: Iterable[Device]) -> None:
+        self._by_eui: dict[str, Device] = {}
+        self._by_group: dict[tuple[int, str], list[Device]] = {}
+        for device in devices:
+            if device.dev_eui in self._by_eui:
+                raise ValueError(f"duplicate devEui {device.dev_eui}")
+            self._by_eui[device.dev_eui] = device
+            self._by_group.setdefault((device.asset_class, device.group), []).append(device)
+
+    def get(self, dev_eui: str) -> Device | None:
+        return self._by_eui.get(dev_eui)
+
+    def __len__(self) -> int:
+        return len(self._by_eui)
+
+    def __iter__(self) -> Iterator[Device]:
+        return iter(self._by_eui.values())
+
+    def groups(self) -> dict[tuple[int, str], list[Device]]:
+        return {key: list(members) for key, members in self._by_group.items()}
+
+    def count_by_class(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for device in self._by_eui.values():
+            name = class_name(device.asset_class)
+            counts[name] = counts.get(name, 0) + 1
+        return counts

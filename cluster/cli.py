@@ -1,0 +1,104 @@
+"""The `citypost` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cluster.config import Config, load_config, parse_override
+from cluster.errors import CitypostError, DecodeError
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="a TOML config file")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value, e.g. --set city.scale=0.05 (repeatable)",
+    )
+
+
+def _config(args: argparse.Namespace, extra: dict[str, Any]) -> Config:
+    overrides = [parse_override(text) for text in args.overrides]
+    overrides += [(key, value) for key, value in extra.items() if value is not None]
+    return load_config(args.config, overrides)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from cluster.demo import run_demo  # heavy imports only for the commands that need them
+
+    config = _config(args, {"city.scale": args.scale, "sim.speed": args.speed})
+    return run_demo(config, duration_s=args.duration)
+
+
+def _cmd_edge_decode(args: argparse.Namespace) -> int:
+    from bridges.field_decode import decode_event, decode_lpp
+
+    try:
+        if args.lpp is not None:
+            result = decode_lpp(args.lpp, f_port=args.f_port, asset_class=args.asset_class)
+        else:
+            source = args.event
+            raw = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+            result = decode_event(raw, asset_class=args.asset_class)
+    except DecodeError as error:
+        print(json.dumps({"dead_letter": {"reason": error.reason.value, "detail": error.message}}))
+        return 1
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="citypost", description="citypost: a control post for a whole city"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser(
+        "demo", help="run the simulated city against a local stack and show the edge live"
+    )
+    _add_config_flags(demo)
+    demo.add_argument("--scale", type=float, help="share of the real city to simulate (0..1]")
+    demo.add_argument("--speed", type=float, help="simulated seconds per real second")
+    demo.add_argument(
+        "--duration", type=float, help="stop after this many seconds (default: Ctrl-C)"
+    )
+    demo.set_defaults(handler=_cmd_demo)
+
+    edge = commands.add_parser("edge", help="the device edge")
+    edge_commands = edge.add_subparsers(dest="edge_command", required=True)
+    decode = edge_commands.add_parser(
+        "decode", help="decode a Cayenne LPP payload or a ChirpStack uplink event"
+    )
+    source = decode.add_mutually_exclusive_group(required=True)
+    source.add_argument("--lpp", help='payload as hex, spaces allowed: "03 67 01 10"')
+    source.add_argument("--event", help="a ChirpStack v4 event/up JSON file, or - for stdin")
+    decode.add_argument("--f-port", type=int, help="with --lpp: read it as this fPort's layout")
+    decode.add_argument(
+        "--class", dest="asset_class", help="read the payload with this class's layout"
+    )
+    decode.set_defaults(handler=_cmd_edge_decode)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except CitypostError as error:
+        print(f"citypost: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""Typed configuration: one validated object, loaded once from TOML plus overrides.
+
+Cross-field rules (etcd timings, failover timings, OTLP endpoint) are checked
+at load; a bad config fails with a message naming the field and the rule.
+Nothing here reads the environment.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from cluster.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class CityConfig(_Section):
+    name: str = Field("dijon", pattern=r"^[a-z][a-z0-9-]{0,31}$")
+    # 1.0 is the article's scale (34,000 lamps...); tests run a small slice.
+    scale: float = Field(1.0, gt=0, le=1)
+    seed: int = 7
+    # A (class, commune) with more devices than this is split into numbered groups,
+    # so one actor never owns an unbounded share of the city.
+    max_group_size: int = Field(2000, ge=1)
+
+
+class SimConfig(_Section):
+    # Simulated seconds per real second: 60 shows a day in 24 minutes.
+    speed: float = Field(60.0, gt=0, le=100_000)
+    # Where the simulated clock starts; None means now.
+    start: datetime | None = None
+    # Multiplies every device's uplink interval; raise it to lighten the load.
+    interval_factor: float = Field(1.0, gt=0)
+    # Upper bound on uplinks per real second the simulated network server sends.
+    max_uplinks_per_s: float = Field(3000.0, gt=0)
+
+    def start_or_now(self) -> datetime:
+        return self.start if self.start is not None else datetime.now(UTC)
+
+
+class EtcdConfig(_Section):
+    mode: Literal["local", "external"] = "local"
+    members: int = Field(1, ge=1, le=7)
+    endpoints: tuple[str, ...] = ()
+    heartbeat_interval_ms: int = Field(50, ge=10)
+    election_timeout_ms: int = Field(500, ge=50)
+
+    @model_validator(mode="after")
+    def _rules(self) -> Self:
+        if self.mode == "local" and self.members % 2 == 0:
+            raise ValueError(f"members must be odd (1 or 3) for a local etcd, got {self.members}")
+        if self.mode == "external" and not self.endpoints:
+            raise ValueError("endpoints must list every member (host:port) when mode is 'external'")
+        # etcd refuses to start otherwise.
+        if self.election_timeout_ms < 5 * self.heartbeat_interval_ms:
+            raise ValueError(
+                f"election_timeout_ms ({self.election_timeout_ms}) must be at least 5 x "
+                f"heartbeat_interval_ms ({self.heartbeat_interval_ms})"
+            )
+        return self
+
+
+class MqttConfig(_Section):
+    mode: Literal["local", "external"] = "local"
+    host: str = "127.0.0.1"
+    # None: a free loopback port for a local broker.
+    port: int | None = Field(None, ge=1, le=65535)
+    persistence: bool = False
+    keepalive_s: int = Field(30, ge=5, le=3600)
+
+    @model_validator(mode="after")
+    def _rules(self) -> Self:
+        if self.mode == "external" and self.port is None:
+            raise ValueError("port is required when mode is 'external'")
+        return self
+
+
+class EdgeConfig(_Section):
+    name: str = "edge-1"
+    # Each post subscribes as its own shared-subscription group.
+    share_group: str = Field("primary", pattern=r"^[A-Za-z0-9_-]+$")
+    qos: Literal[0, 1] = 1
+    # MQTT messages above this go to the dead letters unread.
+    max_message_bytes: int = Field(65536, ge=256)
+    # EU868 application payload limit at DR4+; LoRa frames above it cannot be real.
+    lora_max_payload_bytes: int = Field(242, ge=11, le=242)
+    # Dead letters keep at most this much of the raw payload.
+    dead_letter_payload_bytes: int = Field(4096, ge=0)
+    batch_max: int = Field(500, ge=1)
+    batch_interval_ms: int = Field(50, ge=1)
+
+    def dead_letter_topic(self, city: str) -> str:
+        return f"citypost/{city}/dead-letters"
+
+
+class FailoverConfig(_Section):
+    lease_ttl_s: float = Field(2.0, gt=0)
+    keepalive_interval_s: float = Field(0.5, gt=0)
+    safety_margin_s: float = Field(0.5, ge=0)
+
+    @model_validator(mode="after")
+    def _rules(self) -> Self:
+        if self.keepalive_interval_s >= self.lease_ttl_s / 3:
+            raise ValueError(
+                f"keepalive_interval_s ({self.keepalive_interval_s}) must be < lease_ttl_s / 3 "
+                f"({self.lease_ttl_s / 3:.3f}) so two keepalives can be lost"
+            )
+        if self.safety_margin_s >= self.lease_ttl_s:
+            raise ValueError(
+                f"safety_margin_s ({self.safety_margin_s}) must be < lease_ttl_s ({self.lease_ttl_s})"
+            )
+        return self
+
+
+class ObservabilityConfig(_Section):
+    exporter: Literal["none", "console", "otlp"] = "none"
+    otlp_endpoint: str | None = None
+    service_name: str = "citypost"
+    metric_interval_s: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _rules(self) -> Self:
+        if self.exporter == "otlp" and not self.otlp_endpoint:
+            raise ValueError("otlp_endpoint is required when exporter is 'otlp'")
+        return self
+
+
+class Config(_Section):
+    city: CityConfig = CityConfig()
+    sim: SimConfig = SimConfig()
+    etcd: EtcdConfig = EtcdConfig()
+    mqtt: MqttConfig = MqttConfig()
+    edge: EdgeConfig = EdgeConfig()
+    failover: FailoverConfig = FailoverConfig()
+    observability: ObservabilityConfig = ObservabilityConfig()
+    run_dir: Path = Path("run")
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{dotted}: {part} is a value, not a section")
+        node = child
+    node[leaf] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`city.scale=0.01` -> ("city.scale", 0.01); the value is read as TOML, else as a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.strip(), value
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "config"
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{where}: {message} (got {item.get('input')!r})")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_config(
+    path: Path | None = None,
+    overrides: Mapping[str, Any] | Iterable[tuple[str, Any]] = (),
+) -> Config:
+    """Load, merge overrides (dotted keys win over the file), validate once."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        try:
+            tree = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    items = overrides.items() if isinstance(overrides, Mapping) else overrides
+    for dotted, value in items:
+        _set_dotted(tree, dotted, value)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from exc

@@ -1,0 +1,85 @@
+"""The one error root of citypost and its few meaningful kinds.
+
+Each kind carries what its boundary needs: a gRPC status name for the APIs,
+a dead-letter reason for the device edge. Boundaries translate; nothing else
+inspects messages.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class DeadLetterReason(StrEnum):
+    """Why the edge could not turn an MQTT message into telemetry."""
+
+    BAD_TOPIC = "bad_topic"
+    BAD_JSON = "bad_json"
+    BAD_ENVELOPE = "bad_envelope"
+    BAD_BASE64 = "bad_base64"
+    BAD_LPP = "bad_lpp"
+    BAD_LAYOUT = "bad_layout"
+    UNKNOWN_DEVICE = "unknown_device"
+    WRONG_FPORT = "wrong_fport"
+    OVERSIZED = "oversized"
+    INTERNAL_ERROR = "internal_error"  # a bug in the edge; the message is kept for replay
+
+
+class CitypostError(Exception):
+    """Root of every error citypost raises on purpose."""
+
+    grpc_status: str = "INTERNAL"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(CitypostError):
+    """Configuration that cannot run; the message names the field and the rule."""
+
+    grpc_status = "INVALID_ARGUMENT"
+
+
+class InfrastructureError(CitypostError):
+    """A local component (etcd, mosquitto, Ray) is missing, failed to start or died."""
+
+    grpc_status = "UNAVAILABLE"
+
+
+class DecodeError(CitypostError):
+    """A device message that cannot be decoded; it goes to the dead letters."""
+
+    grpc_status = "INVALID_ARGUMENT"
+
+    def __init__(self, reason: DeadLetterReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.reason.value}: {self.message}"
+
+
+class LppError(DecodeError):
+    """A Cayenne LPP payload that is empty, truncated, of unknown type or out of range."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(DeadLetterReason.BAD_LPP, message)
+
+
+class InvalidArgumentError(CitypostError):
+    """A caller's request that is malformed; the message names the field."""
+
+    grpc_status = "INVALID_ARGUMENT"
+
+
+class NotFoundError(CitypostError):
+    grpc_status = "NOT_FOUND"
+
+
+class FailedPreconditionError(CitypostError):
+    grpc_status = "FAILED_PRECONDITION"
+
+
+class ResourceExhaustedError(CitypostError):
+    grpc_status = "RESOURCE_EXHAUSTED"

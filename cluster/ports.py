@@ -1,0 +1,45 @@
+"""Free TCP ports on 127.0.0.1 for local servers.
+
+A port is found by binding port 0 and closing the socket, so another process
+could still take it before our server binds; the process-local set at least
+keeps two callers in this process from getting the same port.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+from cluster.errors import InfrastructureError, InvalidArgumentError
+
+_LOOPBACK = "127.0.0.1"
+# Attempts before giving up: the kernel rarely hands back a port we already gave out.
+_MAX_ATTEMPTS = 64
+
+_lock = threading.Lock()
+_handed_out: set[int] = set()
+
+
+def _probe() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((_LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def free_port() -> int:
+    """Return a loopback port that is free now and not handed out before in this process."""
+    with _lock:
+        for _ in range(_MAX_ATTEMPTS):
+            port = _probe()
+            if port not in _handed_out:
+                _handed_out.add(port)
+                return port
+    raise InfrastructureError(f"no free port on {_LOOPBACK} after {_MAX_ATTEMPTS} attempts")
+
+
+def free_ports(n: int) -> list[int]:
+    """Return `n` distinct free loopback ports."""
+    if n < 0:
+        raise InvalidArgumentError(f"free_ports needs n >= 0, got {n}")
+    return [free_port() for _ in range(n)]
