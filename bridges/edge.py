@@ -156,9 +156,7 @@ class Edge:
         interval = self._edge.batch_interval_ms / 1000
         while True:
             with self._cond:
-                if (not self._items and not self._stopping) or (
-                    len(self._items) < self._edge.batch_max and not self._stopping
-                ):
+                if len(self._items) < self._edge.batch_max and not self._stopping:
                     self._cond.wait(interval)
                 items, self._items = self._items, []
                 stopping = self._stopping

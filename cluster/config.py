@@ -73,7 +73,8 @@ class MqttConfig(_Section):
     host: str = "127.0.0.1"
     # None: a free loopback port for a local broker.
     port: int | None = Field(None, ge=1, le=65535)
-    persistence: bool = False
+    # A local broker keeps sessions and queued QoS 1 messages across its restarts.
+    persistence: bool = True
     keepalive_s: int = Field(30, ge=5, le=3600)
 
     @model_validator(mode="after")

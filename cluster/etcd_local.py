@@ -96,8 +96,8 @@ def etcd_client(endpoints: Sequence[str], *, timeout: float | None = 5.0) -> aet
         "grpc.initial_reconnect_backoff_ms": 100,
         "grpc.max_reconnect_backoff_ms": 1000,
     }
-    # aetcd passes timeout straight to gRPC, which takes float seconds.
-    return aetcd.Client(host=host, port=int(port), timeout=timeout, options=options)  # type: ignore[arg-type]
+    # aetcd hints timeout as int but hands it straight to gRPC, which takes float seconds.
+    return aetcd.Client(host=host, port=int(port), timeout=timeout, options=options)
 
 
 def _etcd_env() -> dict[str, str]:

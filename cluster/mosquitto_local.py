@@ -165,7 +165,9 @@ class LocalMosquitto:
             self._process = process
             process.start()
             try:
-                process.wait_ready(lambda: mqtt_connects(self.host, self.port), self.start_timeout_s)
+                process.wait_ready(
+                    lambda: mqtt_connects(self.host, self.port), self.start_timeout_s
+                )
             except BaseException:
                 process.stop()
                 raise

@@ -7,6 +7,7 @@ whose tail is quoted in every error, because that is where the reason is.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -252,11 +253,9 @@ class ManagedProcess:
     def _signal_group(self, sig: int) -> None:
         proc = self._proc
         assert proc is not None
-        try:
-            # start_new_session made the process its group leader: pgid == pid.
+        # start_new_session made the process its group leader: pgid == pid.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
 
     def _descendants(self) -> list[psutil.Process]:
         """Children that may have left the process group (setsid); killed after stop."""

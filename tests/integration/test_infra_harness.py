@@ -9,7 +9,7 @@ import queue
 import signal
 import threading
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import aetcd
@@ -23,9 +23,10 @@ from cluster.errors import ConfigError, InfrastructureError
 from cluster.etcd_local import LocalEtcd, etcd_client
 from cluster.mosquitto_local import LocalMosquitto, mqtt_connects
 from cluster.processes import ManagedProcess, find_binary
-from tests.integration.conftest import BrokerFactory
 
 pytestmark = pytest.mark.integration
+
+BrokerFactory = Callable[..., LocalMosquitto]
 
 # What a call sees while a member is down or an election runs: retry those only.
 _TRANSIENT = (aetcd.exceptions.ConnectionFailedError, aetcd.exceptions.ConnectionTimeoutError)
@@ -230,7 +231,7 @@ def test_missing_binary_raises_with_install_hint(
         find_binary("mosquitto", extra_dirs=())
     # The same error reaches whoever starts a cluster.
     with pytest.raises(InfrastructureError, match="install etcd-server"):
-        LocalEtcd(tmp_path / "etcd", members=1).start(extra_dirs=())
+        LocalEtcd(tmp_path / "etcd", members=1).start()
 
 
 def test_find_binary_looks_in_sbin_when_path_lacks_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -275,7 +276,7 @@ def test_stop_kills_a_group_that_ignores_sigterm(tmp_path: Path) -> None:
     )
     stubborn.start()
     try:
-        stubborn.wait_ready(lambda: "ready" in log.read_text(), timeout=10)
+        stubborn.wait_ready(lambda: "ready" in log.read_text().splitlines(), timeout=10)
         assert stubborn.pid is not None
         procs = with_descendants(stubborn.pid)
         assert len(procs) == 2
@@ -291,12 +292,15 @@ def test_stop_also_kills_a_child_that_left_the_group(tmp_path: Path) -> None:
     log = tmp_path / "escaper.log"
     escaper = ManagedProcess("escaper", ["sh", "-c", "setsid sleep 300 & echo ready; wait"], log)
     escaper.start()
-    try:
-        escaper.wait_ready(lambda: "ready" in log.read_text(), timeout=10)
+    procs: list[psutil.Process] = []
+
+    def escaped() -> bool:
         assert escaper.pid is not None
-        procs = with_descendants(escaper.pid)
-        assert len(procs) == 2
-        assert os.getsid(procs[1].pid) != os.getsid(escaper.pid)
+        procs[:] = with_descendants(escaper.pid)
+        return len(procs) == 2 and os.getsid(procs[1].pid) != os.getsid(escaper.pid)
+
+    try:
+        escaper.wait_ready(escaped, timeout=10)
     finally:
         escaper.stop(timeout=5)
     assert all(is_gone(p) for p in procs)
