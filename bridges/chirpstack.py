@@ -6,8 +6,9 @@ read here has the proto3 default when absent (or null). Integers may come as
 numbers or decimal strings and bytes as standard or URL-safe base64, padded or
 not, as the proto3 JSON mapping allows.
 
-Topics: `application/<applicationId>/device/<devEui>/event/<type>` for events
-and `.../command/down` for downlinks. devEui is 16 lowercase hex digits in v4;
+Topics: `application/<applicationId>/device/<devEui>/event/<type>` for events,
+`.../state/<type>` for retained state (join, status, location) and
+`.../command/down` for downlinks. devEui is 16 lowercase hex digits in v4;
 uppercase is accepted on input and lowered.
 
 The builders write what a real ChirpStack publishes (for the simulated network
@@ -112,7 +113,7 @@ class Downlink:
 class Topic:
     application_id: str
     dev_eui: str
-    kind: str  # "event/up", "event/ack", "event/txack", "command/down", ...
+    kind: str  # "event/up", "event/ack", "event/txack", "command/down", "state/join", ...
 
 
 # A frozen dataclass's __init__ stores each field through object.__setattr__, about
@@ -142,7 +143,11 @@ def _seal(draft: Any, cls: type[_T]) -> _T:
 
 # --- topics -------------------------------------------------------------------------------
 
-_TOPIC_SHAPE = "application/<applicationId>/device/<devEui>/(event|command)/<type>"
+# ChirpStack publishes events on event/<type> (up, ack, txack, log, integration),
+# retained device state on state/<type> (join, status, location) and reads commands
+# on command/down.
+_TOPIC_ROOTS: Final = frozenset({"event", "state", "command"})
+_TOPIC_SHAPE = "application/<applicationId>/device/<devEui>/(event|state|command)/<type>"
 
 
 def parse_topic(topic: str) -> Topic:
@@ -152,7 +157,7 @@ def parse_topic(topic: str) -> Topic:
         len(parts) != 6
         or parts[0] != "application"
         or parts[2] != "device"
-        or (parts[4] != "event" and parts[4] != "command")
+        or parts[4] not in _TOPIC_ROOTS
         or not parts[1]
         or not parts[5]
     ):

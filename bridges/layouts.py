@@ -45,13 +45,15 @@ does not have, or a value of the wrong LPP type, makes the uplink a dead letter.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any, Literal
 
 from bridges.lpp import LppType, LppValue
 from bridges.lpp import decode as lpp_decode
 from bridges.lpp import encode as lpp_encode
+from bridges.lpp import size_of, value_decoder
 from cluster.errors import DeadLetterReason, DecodeError
 from protos.citypost.v1 import assets_pb2, telemetry_pb2
 
@@ -70,19 +72,60 @@ class Field:
     enum_values: frozenset[int] = frozenset()
 
 
+def _converter(field: Field) -> Callable[[float], float | int | bool] | None:
+    scale, channel, name = field.scale, field.channel, field.names[0]
+    if field.kind == "float":
+        return None if scale == 1 else lambda raw: raw * scale
+    if field.kind == "bool":
+        return lambda raw: raw != 0
+
+    def to_int(raw: float) -> int:
+        number = round(raw * scale)
+        if number < 0:
+            raise DecodeError(
+                DeadLetterReason.BAD_LAYOUT, f"channel {channel}: {name} is negative"
+            )
+        if field.kind == "enum" and number not in field.enum_values:
+            raise DecodeError(
+                DeadLetterReason.BAD_LAYOUT, f"channel {channel}: {number} is not a valid {name}"
+            )
+        return number
+
+    return to_int
+
+
+# Per channel, what decoding needs on the hot path: the expected LPP type byte, the
+# value size and decoder, the reading fields, and a converter (None when the LPP
+# float is the value as is).
+_Converter = Callable[[float], float | int | bool] | None
+_Plan = dict[
+    int, tuple[int, int, Callable[[bytes, int], tuple[float, ...]], tuple[str, ...], _Converter]
+]
+
+
 @dataclass(frozen=True)
 class Layout:
     asset_class: assets_pb2.AssetClass.ValueType
     f_port: int
     reading: str  # the Telemetry oneof field that holds this class's reading
     fields: tuple[Field, ...]
+    plan: _Plan = dataclass_field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_by_channel", {f.channel: f for f in self.fields})
+        plan: _Plan = {
+            f.channel: (
+                int(f.lpp_type),
+                size_of(f.lpp_type),
+                value_decoder(f.lpp_type),
+                f.names,
+                _converter(f),
+            )
+            for f in self.fields
+        }
+        object.__setattr__(self, "plan", plan)
 
     def field_for(self, channel: int) -> Field | None:
-        by_channel: dict[int, Field] = self.__dict__["_by_channel"]
-        return by_channel.get(channel)
+        return next((f for f in self.fields if f.channel == channel), None)
 
 
 def _enum(values: Any) -> frozenset[int]:
@@ -207,27 +250,39 @@ def layout_of(asset_class: assets_pb2.AssetClass.ValueType) -> Layout:
     return LAYOUTS[asset_class]
 
 
-def _convert(field: Field, raw: float) -> float | int | bool:
-    value = raw * field.scale
-    if field.kind == "float":
-        return value
-    if field.kind == "bool":
-        return value != 0
-    number = round(value)
-    if field.kind == "enum" and number not in field.enum_values:
-        raise DecodeError(
-            DeadLetterReason.BAD_LAYOUT,
-            f"channel {field.channel}: {number} is not a valid {field.names[0]}",
-        )
-    if number < 0:
-        raise DecodeError(
-            DeadLetterReason.BAD_LAYOUT, f"channel {field.channel}: {field.names[0]} is negative"
-        )
-    return number
-
-
 def decode_reading(layout: Layout, payload: bytes) -> dict[str, float | int | bool]:
-    """LPP payload -> the class's reading fields; raises DecodeError (BAD_LPP or BAD_LAYOUT)."""
+    """LPP payload -> the class's reading fields; raises DecodeError (BAD_LPP or BAD_LAYOUT).
+
+    The fast path reads records straight into fields, since the layout says
+    what each channel must hold; at the first surprise it hands the payload to
+    the checked path, which finds the exact fault and says where it is.
+    """
+    plan = layout.plan
+    reading: dict[str, float | int | bool] = {}
+    n = len(payload)
+    offset = 0
+    while offset < n:
+        entry = plan.get(payload[offset])
+        if entry is None or n - offset < 2:
+            return _decode_reading_checked(layout, payload)
+        type_id, size, decode_value, names, convert = entry
+        start = offset + 2
+        offset = start + size
+        if payload[start - 1] != type_id or offset > n:
+            return _decode_reading_checked(layout, payload)
+        values = decode_value(payload, start)
+        if convert is None:
+            for name, raw in zip(names, values, strict=True):
+                reading[name] = raw
+        else:
+            for name, raw in zip(names, values, strict=True):
+                reading[name] = convert(raw)
+    if not reading:
+        return _decode_reading_checked(layout, payload)
+    return reading
+
+
+def _decode_reading_checked(layout: Layout, payload: bytes) -> dict[str, float | int | bool]:
     reading: dict[str, float | int | bool] = {}
     for item in lpp_decode(payload):
         field = layout.field_for(item.channel)
@@ -241,8 +296,9 @@ def decode_reading(layout: Layout, payload: bytes) -> dict[str, float | int | bo
                 DeadLetterReason.BAD_LAYOUT,
                 f"channel {item.channel} must be {field.lpp_type.name}, got {item.type.name}",
             )
+        convert = _converter(field)
         for name, raw in zip(field.names, item.value, strict=True):
-            reading[name] = _convert(field, raw)
+            reading[name] = raw if convert is None else convert(raw)
     return reading
 
 

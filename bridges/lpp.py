@@ -169,6 +169,11 @@ _set_type = vars(LppValue)["type"].__set__
 _set_value = vars(LppValue)["value"].__set__
 
 
+def value_decoder(type: LppType) -> Callable[[bytes, int], tuple[float, ...]]:
+    """The decoder of one value of `type` at an offset: for callers that know the layout."""
+    return _SPECS[type].decode
+
+
 def size_of(type: LppType) -> int:
     """Bytes of a value of `type`, without the 2 header bytes."""
     spec = _SPECS.get(type)

@@ -269,14 +269,19 @@ class ManagedProcess:
 
     @staticmethod
     def _kill_leftovers(procs: list[psutil.Process], timeout: float) -> None:
-        alive: list[psutil.Process] = []
         for child in procs:
-            try:
-                # is_running() also checks the create time, so a reused PID is left alone.
-                if child.is_running() and child.status() != psutil.STATUS_ZOMBIE:
+            if _is_live(child):
+                with contextlib.suppress(psutil.Error):
                     child.kill()
-                    alive.append(child)
-            except psutil.Error:
-                continue
-        if alive:
-            psutil.wait_procs(alive, timeout=timeout)
+        # These are no longer our children: init reaps them, so a zombie counts as gone.
+        deadline = time.monotonic() + timeout
+        while any(_is_live(child) for child in procs) and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+def _is_live(proc: psutil.Process) -> bool:
+    """Running and not a zombie; is_running() checks the create time, so a reused PID is not."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

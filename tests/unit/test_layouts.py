@@ -90,3 +90,29 @@ def test_bad_lpp_is_reported_as_bad_lpp() -> None:
     with pytest.raises(DecodeError) as caught:
         decode_reading(layout_of(AC.STREET_LAMP), b"\x01\x67\x01")
     assert caught.value.reason is DeadLetterReason.BAD_LPP
+
+
+def _outcome(decode: object, layout: object, payload: bytes) -> object:
+    try:
+        return decode(layout, payload)  # type: ignore[operator]
+    except DecodeError as error:
+        return error.reason
+
+
+@given(
+    asset_class=st.sampled_from(sorted(LAYOUTS)),
+    payload=st.binary(max_size=40),
+    seed_reading=st.booleans(),
+)
+def test_fast_path_agrees_with_the_checked_path(
+    asset_class: int, payload: bytes, seed_reading: bool
+) -> None:
+    from bridges.layouts import _decode_reading_checked
+
+    layout = LAYOUTS[asset_class]
+    if seed_reading:  # start from a valid payload so the fast path is exercised, then damage it
+        valid = encode_reading(layout, {name: 1 for f in layout.fields for name in f.names})
+        payload = valid + payload[:3]
+    fast = _outcome(decode_reading, layout, payload)
+    checked = _outcome(_decode_reading_checked, layout, payload)
+    assert fast == checked
