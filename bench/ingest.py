@@ -180,7 +180,11 @@ def main(argv: list[str] | None = None) -> int:
         broker.start()
         try:
             config = load_config(
-                overrides={"city.scale": args.scale, "mqtt.port": broker.port, "mqtt.host": "127.0.0.1"}
+                overrides={
+                    "city.scale": args.scale,
+                    "mqtt.port": broker.port,
+                    "mqtt.host": "127.0.0.1",
+                }
             )
             city = build_city(config.city)
             uplinks = city_uplinks(city, args.uplinks)

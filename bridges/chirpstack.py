@@ -262,7 +262,7 @@ def parse_ack(raw: bytes | str) -> Ack:
         _device_info(get("deviceInfo")),
         _str(get("queueItemId"), "queueItemId"),
         _bool(get("acknowledged"), "acknowledged"),
-        _int_value(get("fCntDown", 0), 0, UINT32_MAX, "fCntDown"),
+        _int_value(get("fCntDown"), 0, UINT32_MAX, "fCntDown"),
     )
 
 
@@ -271,11 +271,11 @@ def parse_txack(raw: bytes | str) -> TxAck:
     obj = _load(raw)
     get = obj.get
     return TxAck(
-        _int_value(get("downlinkId", 0), 0, UINT32_MAX, "downlinkId"),
+        _int_value(get("downlinkId"), 0, UINT32_MAX, "downlinkId"),
         _time_ms(get("time")),
         _device_info(get("deviceInfo")),
         _str(get("queueItemId"), "queueItemId"),
-        _int_value(get("fCntDown", 0), 0, UINT32_MAX, "fCntDown"),
+        _int_value(get("fCntDown"), 0, UINT32_MAX, "fCntDown"),
         _str(get("gatewayId"), "gatewayId"),
     )
 
@@ -296,7 +296,7 @@ def parse_downlink(raw: bytes | str) -> Downlink:
             raise _bad("id must be a UUID", command_id) from None
     return Downlink(
         _dev_eui(get("devEui"), "devEui"),
-        _int_value(get("fPort", 0), MIN_DOWNLINK_F_PORT, MAX_DOWNLINK_F_PORT, "fPort"),
+        _int_value(get("fPort"), MIN_DOWNLINK_F_PORT, MAX_DOWNLINK_F_PORT, "fPort"),
         _bytes(get("data"), "data"),
         _bool(get("confirmed"), "confirmed"),
         command_id,

@@ -120,7 +120,7 @@ class Edge:
     # --- MQTT thread: route and queue, nothing slow -------------------------------------
 
     def _on_message(self, message: mqtt.MQTTMessage) -> None:
-        payload = message.payload
+        payload = bytes(message.payload)
         telemetry: telemetry_pb2.Telemetry | None = None
         dead: bytes | None = None
         try:
@@ -129,8 +129,8 @@ class Edge:
             dead = self._dead_letter(error, message.topic, payload)
         except Exception as exc:  # a bug must not stop the edge, nor lose the message
             log.exception("edge: unexpected error routing a message on %s", message.topic)
-            error = DecodeError(DeadLetterReason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
-            dead = self._dead_letter(error, message.topic, payload)
+            internal = DecodeError(DeadLetterReason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+            dead = self._dead_letter(internal, message.topic, payload)
         item = (self.session.connects, message.mid, message.qos, telemetry, dead)
         with self._cond:
             self._items.append(item)

@@ -23,7 +23,7 @@ def parse_hex(text: str) -> bytes:
         raise LppError(f"not hexadecimal: {text!r}") from exc
 
 
-def class_by_name(name: str) -> int:
+def class_by_name(name: str) -> AssetClass.ValueType:
     try:
         return AssetClass.Value(name.upper())
     except ValueError as exc:

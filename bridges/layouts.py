@@ -50,10 +50,9 @@ from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import Any, Literal
 
-from bridges.lpp import LppType, LppValue
+from bridges.lpp import LppType, LppValue, size_of, value_decoder
 from bridges.lpp import decode as lpp_decode
 from bridges.lpp import encode as lpp_encode
-from bridges.lpp import size_of, value_decoder
 from cluster.errors import DeadLetterReason, DecodeError
 from protos.citypost.v1 import assets_pb2, telemetry_pb2
 
@@ -82,9 +81,7 @@ def _converter(field: Field) -> Callable[[float], float | int | bool] | None:
     def to_int(raw: float) -> int:
         number = round(raw * scale)
         if number < 0:
-            raise DecodeError(
-                DeadLetterReason.BAD_LAYOUT, f"channel {channel}: {name} is negative"
-            )
+            raise DecodeError(DeadLetterReason.BAD_LAYOUT, f"channel {channel}: {name} is negative")
         if field.kind == "enum" and number not in field.enum_values:
             raise DecodeError(
                 DeadLetterReason.BAD_LAYOUT, f"channel {channel}: {number} is not a valid {name}"
@@ -144,7 +141,7 @@ _VEHICLE_FIELDS = (
     Field(5, _A_IN, ("delay_s",), scale=10),
 )
 
-LAYOUTS: Mapping[int, Layout] = {
+LAYOUTS: Mapping[assets_pb2.AssetClass.ValueType, Layout] = {
     layout.asset_class: layout
     for layout in (
         Layout(

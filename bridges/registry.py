@@ -44,7 +44,7 @@ class DeviceRegistry:
 
     def __init__(self, devices: Iterable[Device]) -> None:
         self._by_eui: dict[str, Device] = {}
-        self._by_group: dict[tuple[int, str], list[Device]] = {}
+        self._by_group: dict[tuple[assets_pb2.AssetClass.ValueType, str], list[Device]] = {}
         for device in devices:
             if device.dev_eui in self._by_eui:
                 raise ValueError(f"duplicate devEui {device.dev_eui}")
@@ -60,7 +60,7 @@ class DeviceRegistry:
     def __iter__(self) -> Iterator[Device]:
         return iter(self._by_eui.values())
 
-    def groups(self) -> dict[tuple[int, str], list[Device]]:
+    def groups(self) -> dict[tuple[assets_pb2.AssetClass.ValueType, str], list[Device]]:
         return {key: list(members) for key, members in self._by_group.items()}
 
     def count_by_class(self) -> dict[str, int]:

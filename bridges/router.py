@@ -7,6 +7,7 @@ per message and every rejection has a reason the dead letters can count.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from bridges import chirpstack
 from bridges.layouts import LAYOUTS, decode_reading
@@ -60,7 +61,8 @@ class UplinkRouter:
                 DeadLetterReason.WRONG_FPORT,
                 f"{layout.reading} devices send on fPort {layout.f_port}, got {uplink.f_port}",
             )
-        reading = decode_reading(layout, uplink.data)
+        # The reading goes in as a dict: protobuf builds the oneof message from it.
+        reading: dict[str, Any] = {layout.reading: decode_reading(layout, uplink.data)}
         received = self._now_ms()
         return telemetry_pb2.Telemetry(
             dev_eui=dev_eui,
@@ -71,5 +73,5 @@ class UplinkRouter:
             f_cnt=uplink.f_cnt,
             rssi=uplink.rssi or 0,
             snr=uplink.snr or 0.0,
-            **{layout.reading: reading},
+            **reading,
         )

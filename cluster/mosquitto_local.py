@@ -128,7 +128,7 @@ class LocalMosquitto:
             f"max_queued_messages {self.max_queued_messages}",
             f"max_inflight_messages {self.max_inflight_messages}",
             f"persistence {'true' if self.persistence else 'false'}",
-            # The trailing slash matters: mosquitto appends the file name verbatim.
+            # mosquitto 1.x appends the file name verbatim, so keep the trailing slash.
             f"persistence_location {self.persistence_dir}/",
             f"autosave_interval {self.autosave_interval_s}",
             # stderr goes to our log file, so the log is never written by a dropped user.

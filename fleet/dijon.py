@@ -273,7 +273,7 @@ DEPARTMENTS: tuple[Department, ...] = (
 )
 
 # Device counts at scale 1.0; the module docstring gives the reasoning.
-DEFAULT_COUNTS: Mapping[int, int] = {
+DEFAULT_COUNTS: Mapping[assets_pb2.AssetClass.ValueType, int] = {
     AssetClass.STREET_LAMP: 34_000,
     AssetClass.CAMERA: 269,
     AssetClass.COMPANY_CAR: sum(d.cars for d in DEPARTMENTS),

@@ -141,7 +141,9 @@ def traffic_level(lt: LocalTime) -> float:
     h = lt.hour
     if lt.weekday >= 5:
         return 0.05 + 0.45 * _bump(h, 15, 4.5)
-    return min(1.0, 0.05 + 0.9 * _bump(h, 8.0, 1.2) + 0.95 * _bump(h, 17.8, 1.6) + 0.45 * _bump(h, 13, 3.5))
+    return min(
+        1.0, 0.05 + 0.9 * _bump(h, 8.0, 1.2) + 0.95 * _bump(h, 17.8, 1.6) + 0.45 * _bump(h, 13, 3.5)
+    )
 
 
 def pedestrian_level(lt: LocalTime) -> float:

@@ -35,6 +35,10 @@ class TokenBucket:
             return granted, 0.0
         return 0, (1 - self._tokens) / self.rate
 
+    def refund(self, unused: int) -> None:
+        """Give back tokens taken but not used."""
+        self._tokens = min(self.burst, self._tokens + unused)
+
 
 class UplinkSchedule:
     """A heap of (due simulated time, device index), with lazy deletion on reschedule.
@@ -77,7 +81,7 @@ class UplinkSchedule:
     def _drop_stale(self) -> None:
         heap, entries = self._heap, self._entries
         while heap:
-            due, index, generation = heap[0]
+            _, index, generation = heap[0]
             entry = entries.get(index)
             if entry is not None and entry[1] == generation:
                 return

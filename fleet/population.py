@@ -13,6 +13,7 @@ import math
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeAlias
 
 from bridges.registry import Device, DeviceRegistry, application_id
 from cluster.config import CityConfig
@@ -38,6 +39,7 @@ from protos.citypost.v1 import assets_pb2
 
 AssetClass = assets_pb2.AssetClass
 Transport = assets_pb2.Transport
+ClassId: TypeAlias = assets_pb2.AssetClass.ValueType
 
 # On the city's fibre or on a mobile modem: everything else is on LoRaWAN.
 IP_CLASSES = frozenset(
@@ -82,7 +84,7 @@ class City:
         return None if found is None else found.behaviour
 
 
-def scaled_counts(scale: float) -> dict[int, int]:
+def scaled_counts(scale: float) -> dict[ClassId, int]:
     """Devices per class at this scale: the defaults at 1.0, at least one of each."""
     return {cls: max(1, round(n * scale)) for cls, n in dijon.DEFAULT_COUNTS.items()}
 
@@ -129,7 +131,7 @@ def radio_link(point: LatLon, extra_loss_db: float, rng: random.Random) -> Radio
 
 
 # How far below street level each LoRaWAN class sits: meters in cellars, sensors in asphalt.
-_EXTRA_LOSS_DB: Mapping[int, float] = {
+_EXTRA_LOSS_DB: Mapping[ClassId, float] = {
     AssetClass.WATER_METER: 15.0,
     AssetClass.PARKING_SPOT: 10.0,
     AssetClass.BOLLARD: 5.0,
@@ -138,7 +140,7 @@ _EXTRA_LOSS_DB: Mapping[int, float] = {
 
 @dataclass
 class _Spec:
-    asset_class: int
+    asset_class: ClassId
     base_group: str
     commune: str
     point: LatLon
@@ -155,7 +157,7 @@ class _Builder:
 
     def by_commune(
         self,
-        cls: int,
+        cls: ClassId,
         weight: Callable[[Commune], float],
         spread: float,
         make: Callable[[Commune, LatLon], Behaviour],
@@ -295,9 +297,7 @@ class _Builder:
         places = places_from(
             [((c.latitude, c.longitude), c.radius_km * 1000, c.population) for c in COMMUNES]
         )
-        shares = apportion(
-            self.counts[AssetClass.COMPANY_CAR], [d.cars for d in dijon.DEPARTMENTS]
-        )
+        shares = apportion(self.counts[AssetClass.COMPANY_CAR], [d.cars for d in dijon.DEPARTMENTS])
         for dept, n in zip(dijon.DEPARTMENTS, shares, strict=True):
             for _ in range(n):
                 car = CompanyCar(dept.name, dept.depot, places)
@@ -329,7 +329,7 @@ class _Builder:
                 yield eui
 
     def _devices(self) -> City:
-        by_key: dict[tuple[int, str], list[_Spec]] = {}
+        by_key: dict[tuple[ClassId, str], list[_Spec]] = {}
         for spec in self.specs:
             by_key.setdefault((spec.asset_class, spec.base_group), []).append(spec)
         euis = self._euis(len(self.specs))
@@ -352,9 +352,7 @@ class _Builder:
                     application_id=app,
                 )
                 radio = (
-                    None
-                    if ip
-                    else radio_link(spec.point, _EXTRA_LOSS_DB.get(cls, 0.0), self.rng)
+                    None if ip else radio_link(spec.point, _EXTRA_LOSS_DB.get(cls, 0.0), self.rng)
                 )
                 out.append(SimDevice(device, spec.behaviour, radio))
         return City(self.city.name, DeviceRegistry(d.device for d in out), tuple(out))

@@ -186,8 +186,9 @@ def test_broker_restart_loses_no_qos1_uplink(fresh_broker: Callable[..., LocalMo
             restarted.set()
             feeder.join(timeout=60)
             wait_for(
-                lambda: len({(t.dev_eui, t.f_cnt) for t in sink.snapshot()})
-                == rounds * len(devices),
+                lambda: (
+                    len({(t.dev_eui, t.f_cnt) for t in sink.snapshot()}) == rounds * len(devices)
+                ),
                 45,
                 "every uplink after the broker restart",
             )

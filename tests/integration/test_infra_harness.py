@@ -19,8 +19,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
-from cluster.errors import ConfigError, InfrastructureError
-from cluster.etcd_local import LocalEtcd, etcd_client
+from cluster.errors import ConfigError, InfrastructureError, InvalidArgumentError
+from cluster.etcd_local import LocalEtcd, etcd_client, grpc_target
 from cluster.mosquitto_local import LocalMosquitto, mqtt_connects
 from cluster.processes import ManagedProcess, find_binary
 
@@ -244,6 +244,16 @@ def test_find_binary_looks_in_sbin_when_path_lacks_it(monkeypatch: pytest.Monkey
 def test_etcd_refuses_an_even_or_out_of_range_member_count(tmp_path: Path, members: int) -> None:
     with pytest.raises(ConfigError, match="members must be odd"):
         LocalEtcd(tmp_path, members=members)
+
+
+def test_grpc_target_names_every_member_by_ip() -> None:
+    assert grpc_target(["127.0.0.1:1", "127.0.0.1:2"]) == "ipv4:127.0.0.1:1,127.0.0.1:2"
+    assert grpc_target(["[::1]:1", "[::1]:2"]) == "ipv6:[::1]:1,[::1]:2"
+    assert grpc_target(["etcd.example:2379"]) == "etcd.example:2379"
+    with pytest.raises(InvalidArgumentError, match="IP address"):
+        grpc_target(["a.example:2379", "b.example:2379"])
+    with pytest.raises(InvalidArgumentError, match="at least one"):
+        grpc_target([])
 
 
 @pytest.mark.timeout(10)

@@ -1,0 +1,277 @@
+import random
+import statistics
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from bridges.downlink_frame import DeviceCommand
+from bridges.layouts import decode_reading, encode_reading, layout_of
+from bridges.lpp import LppType
+from cluster.config import CityConfig
+from fleet import dijon
+from fleet import environment as env
+from fleet.behaviours import (
+    NIGHT_DIM_PCT,
+    Bollard,
+    Bus,
+    Camera,
+    LineRoute,
+    ParkingSpot,
+    RoadWeatherStation,
+    StreetLamp,
+    TrafficSignal,
+    WaterMeter,
+)
+from fleet.geo import Route
+from fleet.population import build_city
+from protos.citypost.v1 import telemetry_pb2
+
+pytestmark = pytest.mark.unit
+
+# Wire resolution of one LPP step, per type.
+_STEP = {
+    LppType.ANALOG_INPUT: 0.01,
+    LppType.ANALOG_OUTPUT: 0.01,
+    LppType.TEMPERATURE: 0.1,
+    LppType.HUMIDITY: 0.5,
+    LppType.ILLUMINANCE: 1.0,
+    LppType.PRESENCE: 1.0,
+    LppType.DIGITAL_INPUT: 1.0,
+    LppType.GPS: 0.0001,
+}
+WINTER = datetime(2024, 1, 15, tzinfo=UTC)
+SUMMER = datetime(2024, 6, 21, tzinfo=UTC)
+
+
+def _cmd(action: str, value: float, epoch: int = 1) -> DeviceCommand:
+    return DeviceCommand(epoch, str(uuid.uuid4()), action, value)
+
+
+def _day(start: datetime, step_s: float) -> list[datetime]:
+    return [start + timedelta(seconds=k * step_s) for k in range(int(86400 // step_s))]
+
+
+def _local(day: datetime, hour: float) -> datetime:
+    """A UTC instant at `hour` Paris time on that day (CET in winter, CEST in summer)."""
+    offset = 1 if day.month in (1, 2, 3, 11, 12) else 2
+    return day + timedelta(hours=hour - offset)
+
+
+@pytest.mark.timeout(60)
+def test_every_reading_round_trips_through_its_layout() -> None:
+    city = build_city(CityConfig(scale=0.01, seed=3))
+    rng = random.Random(1)
+    for when in (_local(WINTER, 3), _local(WINTER, 8), _local(SUMMER, 13), _local(SUMMER, 22)):
+        for sd in city.devices:
+            layout = layout_of(sd.device.asset_class)
+            reading = sd.behaviour.reading(when, rng)
+            expected = {name for f in layout.fields for name in f.names}
+            assert set(reading) == expected, sd.device.name
+            back = decode_reading(layout, encode_reading(layout, reading))
+            for f in layout.fields:
+                for name in f.names:
+                    if f.kind == "float":
+                        step = 0.01 if name == "altitude_m" else _STEP[f.lpp_type] * f.scale
+                        assert abs(back[name] - reading[name]) <= step / 2 + 1e-9, (name, reading)
+                    else:
+                        assert back[name] == reading[name], (name, reading)
+
+
+def test_lamp_fallback_schedule_dark_by_day_lit_at_night() -> None:
+    lamp = StreetLamp(rated_w=60.0, density=1.0)
+    rng = random.Random(2)
+    by_hour: dict[int, list[float]] = {}
+    for when in _day(_local(WINTER, 0), 900):
+        r = lamp.reading(when, rng)
+        by_hour.setdefault(env.local_time(when.timestamp()).hour.__int__(), []).append(
+            float(r["brightness_pct"])
+        )
+        assert r["power_w"] == pytest.approx(
+            60 * float(r["brightness_pct"]) / 100 + 0.5 * (r["brightness_pct"] > 0), abs=0.01
+        )
+    for hour in (10, 12, 14):
+        assert by_hour[hour] == [0.0] * 4  # January sun is up from ~08:10 to ~17:10
+    for hour in (18, 20, 22):
+        assert min(by_hour[hour]) == 100.0
+    for hour in (1, 2, 3, 4):
+        assert all(
+            v in (NIGHT_DIM_PCT, 100.0) for v in by_hour[hour]
+        )  # dimmed, or lit for passers-by
+    assert NIGHT_DIM_PCT in by_hour[3]
+
+
+def test_lamp_ambient_light_follows_the_sun() -> None:
+    lamp = StreetLamp(rated_w=60.0, density=1.0)
+    rng = random.Random(3)
+    noon = lamp.reading(_local(SUMMER, 13.5), rng)["ambient_lux"]
+    night = lamp.reading(_local(SUMMER, 1.0), rng)["ambient_lux"]
+    assert float(noon) > 10_000 and float(night) < 5
+
+
+def test_lamp_keeps_the_commanded_brightness() -> None:
+    lamp = StreetLamp(rated_w=90.0, density=1.0)
+    rng = random.Random(4)
+    assert lamp.accepts(_cmd("set_brightness", 30))
+    assert not lamp.accepts(_cmd("set_brightness", 130))
+    assert not lamp.accepts(_cmd("set_bollard_position", 1))
+    assert not lamp.apply(_cmd("set_bollard_position", 1), WINTER)
+    assert lamp.apply(_cmd("set_brightness", 30), WINTER)
+    for when in _day(_local(WINTER, 0), 3600):
+        r = lamp.reading(when, rng)
+        assert r["brightness_pct"] == 30.0
+        assert r["power_w"] == pytest.approx(90 * 0.3 + 0.5)
+
+
+def test_lamp_presence_is_busier_in_the_evening_than_before_dawn() -> None:
+    rng = random.Random(5)
+    lamps = [StreetLamp(45.0, 1.0) for _ in range(50)]
+    evening = sum(int(lp.reading(_local(WINTER, 19), rng)["presence_count"]) for lp in lamps)
+    dawn = sum(int(lp.reading(_local(WINTER, 4), rng)["presence_count"]) for lp in lamps)
+    assert evening > 5 * max(dawn, 1)
+
+
+def test_lamp_faults_persist() -> None:
+    lamp = StreetLamp(60.0, 1.0)
+    lamp.fault = True
+    r = lamp.reading(_local(WINTER, 20), random.Random(0))
+    assert r["fault"] is True and r["power_w"] == 0.0
+    assert lamp.reading(_local(WINTER, 21), random.Random(0))["fault"] is True
+
+
+def test_water_meter_has_night_gaps_and_daytime_use() -> None:
+    rng = random.Random(6)
+    meters = [WaterMeter(at_risk=False, usage=1.0, battery_pct=90.0) for _ in range(40)]
+    night: list[float] = []
+    day: list[float] = []
+    daily: list[float] = []
+    other: list[float] = []
+    for meter in meters:
+        total = 0.0
+        for when in _day(_local(WINTER, 0), 3600):
+            litres = float(meter.reading(when, rng)["litres_since_last"])
+            total += litres
+            hour = int(env.local_time(when.timestamp()).hour)
+            (night if 1 <= hour <= 4 else day if 7 <= hour <= 20 else other).append(litres)
+        daily.append(total)
+    assert sum(1 for v in night if v == 0) / len(night) > 0.8
+    assert sum(1 for v in day if v > 0) / len(day) > 0.5
+    assert 50 < statistics.median(daily) < 300  # litres a day for an elderly household
+
+
+def test_an_at_risk_household_sometimes_draws_nothing_for_many_hours() -> None:
+    rng = random.Random(7)
+    meter = WaterMeter(at_risk=True, usage=1.0, battery_pct=90.0)
+    longest = run = 0
+    start = _local(WINTER, 0)
+    for k in range(24 * 60):  # two months of hourly uplinks
+        litres = meter.reading(start + timedelta(hours=k), rng)["litres_since_last"]
+        run = run + 1 if litres == 0 else 0
+        longest = max(longest, run)
+    assert longest >= 10
+
+
+def test_parking_churns_more_full_by_day_than_at_night() -> None:
+    rng = random.Random(8)
+    spots = [ParkingSpot(occupied=False, battery_pct=80.0) for _ in range(200)]
+    monday = datetime(2024, 3, 4, tzinfo=UTC)
+    occupancy: dict[float, float] = {}
+    t = _local(monday, 0)
+    for hour in (4.0, 10.0):
+        end = _local(monday, hour)
+        while t < end:  # run every spot through the hours before
+            t += timedelta(minutes=10)
+            for s in spots:
+                s.reading(t, rng)
+        occupancy[hour] = sum(1 for s in spots if s.occupied) / len(spots)
+    assert occupancy[10.0] > occupancy[4.0] + 0.15
+    spot = spots[0]
+    assert 1.0 <= spot.next_delay_s(t) <= spot.interval_s
+
+
+def test_bus_stays_on_its_line_and_runs_late_in_rush_hour() -> None:
+    line = dijon.LINES[0]
+    route = Route.of(line.stops)
+    bus = Bus(LineRoute(line.number, route, line.commercial_speed_kmh), phase_s=123.0)
+    rng = random.Random(9)
+    positions = set()
+    for when in _day(_local(datetime(2024, 3, 4, tzinfo=UTC), 0), 15):
+        r = bus.reading(when, rng)
+        point = (float(r["latitude"]), float(r["longitude"]))
+        assert route.distance_to(point) < 20
+        assert r["line"] == 1 and 0 <= float(r["heading_deg"]) < 360
+        positions.add(point)
+    assert len(positions) > 100  # it moves
+
+
+def test_road_is_colder_at_night_and_near_freezing_on_winter_nights() -> None:
+    station = RoadWeatherStation(exposure=1.0)
+    rng = random.Random(10)
+    nights, afternoons = [], []
+    for day in range(10):
+        base = WINTER + timedelta(days=day)
+        nights.append(float(station.reading(_local(base, 5), rng)["road_temperature_c"]))
+        afternoons.append(float(station.reading(_local(base, 14), rng)["road_temperature_c"]))
+    assert statistics.mean(nights) < statistics.mean(afternoons) - 3
+    assert -8 < statistics.mean(nights) < 3
+    summer = [
+        float(station.reading(_local(SUMMER + timedelta(days=d), 5), rng)["road_temperature_c"])
+        for d in range(10)
+    ]
+    assert statistics.mean(summer) > statistics.mean(nights) + 8
+
+
+def test_camera_counts_follow_the_day() -> None:
+    rng = random.Random(11)
+    cams = [Camera(people_scale=40.0, vehicle_scale=20.0) for _ in range(20)]
+    noon = sum(int(c.reading(_local(SUMMER, 12.5), rng)["people_count"]) for c in cams)
+    night = sum(int(c.reading(_local(SUMMER, 4), rng)["people_count"]) for c in cams)
+    assert noon > 5 * max(night, 1)
+
+
+def test_traffic_signal_priority_and_modes() -> None:
+    signal = TrafficSignal(offset_s=0.0, night_flashing=False)
+    rng = random.Random(12)
+    now = _local(datetime(2024, 3, 4, tzinfo=UTC), 8)
+    phases = {signal.reading(now + timedelta(seconds=s), rng)["phase"] for s in range(0, 200, 7)}
+    assert {telemetry_pb2.RED, telemetry_pb2.GREEN} <= phases
+    assert signal.reading(now, rng)["bus_priority_active"] is False
+    assert not signal.accepts(_cmd("signal_priority", 0))
+    assert signal.apply(_cmd("signal_priority", 20.0), now)
+    r = signal.reading(now + timedelta(seconds=5), rng)
+    assert r["bus_priority_active"] is True and r["phase"] == telemetry_pb2.GREEN
+    assert signal.apply(_cmd("set_signal_mode", telemetry_pb2.FLASHING_AMBER), now)
+    later = now + timedelta(minutes=5)
+    assert signal.reading(later, rng)["phase"] == telemetry_pb2.FLASHING_AMBER
+    assert signal.apply(_cmd("set_signal_mode", 0), later)
+    assert signal.reading(later, rng)["phase"] != telemetry_pb2.FLASHING_AMBER
+    assert not signal.apply(_cmd("set_brightness", 50), later)
+
+
+def test_bollard_holds_the_commanded_position() -> None:
+    bollard = Bollard()
+    rng = random.Random(13)
+    now = _local(WINTER, 10)
+    assert bollard.reading(now, rng)["position"] == telemetry_pb2.RAISED
+    assert not bollard.accepts(_cmd("set_bollard_position", telemetry_pb2.MOVING))
+    assert bollard.apply(_cmd("set_bollard_position", telemetry_pb2.LOWERED), now)
+    assert bollard.reading(now + timedelta(seconds=2), rng)["position"] == telemetry_pb2.MOVING
+    for minutes in (1, 60, 600):
+        r = bollard.reading(now + timedelta(minutes=minutes), rng)
+        assert r["position"] == telemetry_pb2.LOWERED
+
+
+def test_air_quality_peaks_at_rush_hour() -> None:
+    city = build_city(CityConfig(scale=0.25, seed=5))
+    stations = [sd.behaviour for sd in city.devices if sd.device.asset_class == 6]
+    rng = random.Random(14)
+    monday = datetime(2024, 3, 4, tzinfo=UTC)
+    rush = [float(s.reading(_local(monday, 8), rng)["no2_ugm3"]) for s in stations]
+    night = [float(s.reading(_local(monday, 3), rng)["no2_ugm3"]) for s in stations]
+    assert statistics.mean(rush) > 2 * statistics.mean(night)
+
+
+def test_sun_and_local_time() -> None:
+    assert env.sun_elevation_deg(_local(SUMMER, 13.7).timestamp()) > 60
+    assert env.sun_elevation_deg(_local(WINTER, 0).timestamp()) < -50
+    assert env.local_time(datetime(2024, 7, 1, 10, tzinfo=UTC).timestamp()).hour == 12.0
