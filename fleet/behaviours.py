@@ -23,7 +23,7 @@ from typing import ClassVar
 
 from bridges.downlink_frame import DeviceCommand
 from fleet import environment as env
-from fleet.geo import LatLon, Route, bearing_deg, distance_m, move_towards, offset
+from fleet.geo import LatLon, Route, bearing_deg, move_towards, offset
 from protos.citypost.v1 import telemetry_pb2
 
 Reading = dict[str, float | int | bool]
@@ -711,7 +711,3 @@ def places_from(centres: Sequence[tuple[LatLon, float, float]]) -> Places:
     return Places(
         tuple(c for c, _, _ in centres), tuple(r for _, r, _ in centres), tuple(cumulative)
     )
-
-
-def near(a: LatLon, b: LatLon, metres: float) -> bool:
-    return distance_m(a, b) <= metres

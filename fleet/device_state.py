@@ -3,7 +3,7 @@
 Pure. A device executes a command_id at most once, and drops a command whose
 epoch is lower than the highest it has seen (a deposed leader's). Memory is
 bounded: the last `max_ids` executed command ids are kept (4096 by default,
-about 0.5 MB at most per device; a lamp commanded a few times a day needs
+under 1 MB per device at the bound; a lamp commanded a few times a day needs
 years to fill it). A command evicted from that window and re-sent would run
 again; leaders re-send only unacknowledged commands, within their TTL, so it
 never is in practice.

@@ -14,6 +14,7 @@ downlink, confirmed or not, because the post's command lifecycle waits for it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -45,7 +46,13 @@ from bridges.layouts import Layout, encode_reading, layout_of
 from bridges.mqtt_session import MqttSession
 from bridges.registry import class_name
 from cluster.config import MqttConfig, SimConfig
-from cluster.errors import CitypostError, ConfigError, DeadLetterReason, DecodeError
+from cluster.errors import (
+    CitypostError,
+    ConfigError,
+    DeadLetterReason,
+    DecodeError,
+    InfrastructureError,
+)
 from fleet.device_state import CommandGate, Outcome
 from fleet.pacing import TokenBucket, UplinkSchedule
 from fleet.population import City, SimDevice
@@ -167,6 +174,7 @@ class NetworkServer:
         self._gates: dict[str, CommandGate] = {}
         self._executions: deque[Execution] = deque(maxlen=EXECUTION_LOG_SIZE)
         self._counters = _Counters()
+        self._downlink_ids = 0
         self._schedule = UplinkSchedule()
         burst = max(1.0, sim.max_uplinks_per_s / 20)  # 50 ms worth
         self._bucket = TokenBucket(sim.max_uplinks_per_s, burst)
@@ -287,6 +295,8 @@ class NetworkServer:
 
     def publish_round(self, timeout: float = 10.0) -> int:
         """One uplink from every device now (no rate cap), each acknowledged by the broker."""
+        if not self._session.connected:
+            raise InfrastructureError("the network server is not connected: start() it first")
         ts = self.clock.now_ts()
         infos = []
         for i in range(len(self._devices)):
@@ -296,7 +306,8 @@ class NetworkServer:
                 infos.append(self._publish(*built))
         deadline = time.monotonic() + timeout
         for info in infos:
-            info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+            with contextlib.suppress(RuntimeError, ValueError):  # lost the connection meanwhile
+                info.wait_for_publish(max(0.0, deadline - time.monotonic()))
         return sum(1 for info in infos if info.is_published())
 
     def _run(self) -> None:
@@ -416,10 +427,12 @@ class NetworkServer:
                     self._counters.stale += 1
             slot.f_cnt_down = (slot.f_cnt_down + 1) % _FCNT_MODULO
             f_cnt_down = slot.f_cnt_down
+            self._downlink_ids = self._downlink_ids % (_FCNT_MODULO - 1) + 1
+            downlink_id = self._downlink_ids
         if execution is not None:
             self._publish(self.executions_topic, execution.to_json())
         acknowledged = outcome is not None and outcome.acknowledged
-        self._answer(sim_device, slot, queue_id, acknowledged, f_cnt_down)
+        self._answer(sim_device, slot, queue_id, acknowledged, f_cnt_down, downlink_id)
 
     def _record(self, sim_device: SimDevice, cmd: DeviceCommand, sim_now: datetime) -> Execution:
         device = sim_device.device
@@ -438,7 +451,13 @@ class NetworkServer:
         return execution
 
     def _answer(
-        self, sim_device: SimDevice, slot: _Slot, queue_id: str, acknowledged: bool, f_cnt_down: int
+        self,
+        sim_device: SimDevice,
+        slot: _Slot,
+        queue_id: str,
+        acknowledged: bool,
+        f_cnt_down: int,
+        downlink_id: int,
     ) -> None:
         device = sim_device.device
         now_ms = self.clock.now_ms()
@@ -449,7 +468,7 @@ class NetworkServer:
             f_cnt_down,
             time_ms=now_ms,
             gateway_id=gateway,
-            downlink_id=f_cnt_down,
+            downlink_id=downlink_id,
         )
         self._publish(txack_topic(device.application_id, device.dev_eui), txack)
         ack = build_ack(slot.info, queue_id, acknowledged, f_cnt_down, time_ms=now_ms)
