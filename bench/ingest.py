@@ -29,44 +29,26 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from bridges import chirpstack
 from bridges.edge import UPLINK_FILTER, Edge
-from bridges.layouts import encode_reading, layout_of
 from bridges.router import UplinkRouter
 from cluster.config import Config, load_config
 from cluster.mosquitto_local import LocalMosquitto
 from cluster.observability import setup_observability
 from fleet.population import City, build_city
+from fleet.uplinks import UplinkFactory
 from protos.citypost.v1 import telemetry_pb2
 
 Uplink = tuple[str, bytes]
 
 
 def city_uplinks(city: City, n: int, seed: int = 1) -> list[Uplink]:
-    """n uplinks from the city's devices as its network server would publish them."""
-    rng = random.Random(seed)
-    devices = list(city.registry)
-    now = datetime(2026, 11, 25, 18, 0, tzinfo=UTC)
+    """n uplinks from the city's devices, built as its network server builds them."""
+    factory = UplinkFactory(city, city.name, random.Random(seed))
+    ts = datetime(2026, 11, 25, 18, 0, tzinfo=UTC).timestamp()
     out: list[Uplink] = []
     for i in range(n):
-        device = devices[i % len(devices)]
-        reading = city.behaviour(device.dev_eui).reading(now, rng)
-        data = encode_reading(layout_of(device.asset_class), reading)
-        info = chirpstack.DeviceInfo(
-            application_id=device.application_id, dev_eui=device.dev_eui, device_name=device.name
-        )
-        lora = device.transport == 1
-        raw = chirpstack.build_uplink(
-            info,
-            data,
-            layout_of(device.asset_class).f_port,
-            i // len(devices),
-            time_ms=int(now.timestamp() * 1000),
-            rssi=-95 if lora else None,
-            snr=6.5 if lora else None,
-            gateway_id="0016c001ff10a235" if lora else "",
-        )
-        out.append((chirpstack.uplink_topic(device.application_id, device.dev_eui), raw))
+        topic, payload, _ = factory.uplink(i % len(city.devices), ts + i * 0.01)
+        out.append((topic, payload))
     return out
 
 

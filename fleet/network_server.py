@@ -31,18 +31,14 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from bridges.chirpstack import (
     KIND_DOWN,
-    DeviceInfo,
     ack_topic,
     build_ack,
     build_txack,
-    build_uplink,
     parse_downlink,
     parse_topic,
     txack_topic,
-    uplink_topic,
 )
 from bridges.downlink_frame import COMMAND_F_PORT, DeviceCommand, decode_command
-from bridges.layouts import Layout, encode_reading, layout_of
 from bridges.mqtt_session import MqttSession
 from bridges.registry import class_name
 from cluster.config import MqttConfig, SimConfig
@@ -57,6 +53,7 @@ from fleet.device_state import CommandGate, Outcome
 from fleet.pacing import TokenBucket, UplinkSchedule
 from fleet.population import City, SimDevice
 from fleet.sim_clock import SimClock
+from fleet.uplinks import FCNT_MODULO, DeviceWire, UplinkFactory
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +65,6 @@ MAX_OUTSTANDING = 5_000
 BATCH = 256  # uplinks built per lock hold
 MIN_WAIT_S = 0.01  # shortest pause of the scheduler
 CONFIRM_DELAY_S = (5.0, 60.0)  # a device reports its new state soon after a command
-_FCNT_MODULO = 2**32
 
 
 def executions_topic(city: str) -> str:
@@ -136,18 +132,6 @@ class _Counters:
     uplink_errors: int = 0
 
 
-@dataclass(slots=True)
-class _Slot:
-    """Per-device wire state, built on first use."""
-
-    info: DeviceInfo
-    topic: str
-    layout: Layout
-    cls: str
-    f_cnt: int = 0
-    f_cnt_down: int = 0
-
-
 class NetworkServer:
     def __init__(
         self,
@@ -170,7 +154,7 @@ class NetworkServer:
         self._rng = random.Random(f"fleet:{city_name}" if seed is None else seed)
         self._devices = city.devices
         self._index = {d.device.dev_eui: i for i, d in enumerate(self._devices)}
-        self._slots: list[_Slot | None] = [None] * len(self._devices)
+        self._factory = UplinkFactory(city, city_name, self._rng)
         self._gates: dict[str, CommandGate] = {}
         self._executions: deque[Execution] = deque(maxlen=EXECUTION_LOG_SIZE)
         self._counters = _Counters()
@@ -184,7 +168,6 @@ class NetworkServer:
         self._puback = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._tenant = str(uuid.uuid5(uuid.NAMESPACE_URL, f"citypost:{city_name}"))
         self._session = MqttSession(
             client_id=client_id or f"citypost-fleet-{city_name}-{uuid.uuid4().hex[:8]}",
             host=mqtt_config.host,
@@ -228,57 +211,18 @@ class NetworkServer:
 
     # --- uplinks -----------------------------------------------------------------------------
 
-    def _slot(self, i: int) -> _Slot:
-        slot = self._slots[i]
-        if slot is None:
-            device = self._devices[i].device
-            cls = class_name(device.asset_class)
-            info = DeviceInfo(
-                tenant_id=self._tenant,
-                application_id=device.application_id,
-                application_name=f"{self.city_name}-{cls}",
-                device_profile_name=cls,
-                device_name=device.name,
-                dev_eui=device.dev_eui,
-                tags={"group": device.group, "commune": device.commune},
-            )
-            slot = _Slot(
-                info,
-                uplink_topic(device.application_id, device.dev_eui),
-                layout_of(device.asset_class),
-                cls,
-            )
-            self._slots[i] = slot
-        return slot
-
     def _uplink(self, i: int, ts: float) -> tuple[str, bytes] | None:
         """Build device i's uplink at simulated ts (lock held); None if its model failed."""
-        sim_device = self._devices[i]
-        slot = self._slot(i)
         try:
-            reading = sim_device.behaviour.reading(datetime.fromtimestamp(ts, UTC), self._rng)
-            data = encode_reading(slot.layout, reading)
-            radio = sim_device.radio
-            kwargs: dict[str, Any] = {"dr": 0}
-            if radio is not None:
-                kwargs = {
-                    "dr": radio.dr,
-                    "rssi": radio.rssi + round(self._rng.gauss(0, 2)),
-                    "snr": round(radio.snr + self._rng.gauss(0, 1), 1),
-                    "gateway_id": radio.gateway_id,
-                }
-            payload = build_uplink(
-                slot.info, data, slot.layout.f_port, slot.f_cnt, time_ms=int(ts * 1000), **kwargs
-            )
+            topic, payload, cls = self._factory.uplink(i, ts)
         except (CitypostError, ValueError, ArithmeticError) as exc:
             # A model bug must not stop the city: count it, skip this uplink.
             self._counters.uplink_errors += 1
-            log.warning("uplink of %s failed: %s", sim_device.device.dev_eui, exc)
+            log.warning("uplink of %s failed: %s", self._devices[i].device.dev_eui, exc)
             return None
-        slot.f_cnt = (slot.f_cnt + 1) % _FCNT_MODULO
         by_class = self._counters.uplinks_by_class
-        by_class[slot.cls] = by_class.get(slot.cls, 0) + 1
-        return slot.topic, payload
+        by_class[cls] = by_class.get(cls, 0) + 1
+        return topic, payload
 
     def _publish(self, topic: str, payload: bytes) -> mqtt.MQTTMessageInfo:
         with self._pub_lock:
@@ -403,7 +347,7 @@ class NetworkServer:
         sim_now = self.clock.now()
         execution: Execution | None = None
         with self._lock:
-            slot = self._slot(i)
+            slot = self._factory.wire(i)
             if cmd is None:
                 self._counters.bad += 1
                 outcome: Outcome | None = None
@@ -425,9 +369,9 @@ class NetworkServer:
                     self._counters.duplicate += 1
                 else:
                     self._counters.stale += 1
-            slot.f_cnt_down = (slot.f_cnt_down + 1) % _FCNT_MODULO
+            slot.f_cnt_down = (slot.f_cnt_down + 1) % FCNT_MODULO
             f_cnt_down = slot.f_cnt_down
-            self._downlink_ids = self._downlink_ids % (_FCNT_MODULO - 1) + 1
+            self._downlink_ids = self._downlink_ids % (FCNT_MODULO - 1) + 1
             downlink_id = self._downlink_ids
         if execution is not None:
             self._publish(self.executions_topic, execution.to_json())
@@ -453,7 +397,7 @@ class NetworkServer:
     def _answer(
         self,
         sim_device: SimDevice,
-        slot: _Slot,
+        slot: DeviceWire,
         queue_id: str,
         acknowledged: bool,
         f_cnt_down: int,
