@@ -69,6 +69,13 @@ def _session_props() -> Properties:
     return props
 
 
+def _end_session() -> Properties:
+    # Sessions must not outlive their trial: the broker would queue later trials for them.
+    props = Properties(PacketTypes.DISCONNECT)
+    props.SessionExpiryInterval = 0
+    return props
+
+
 def _publish_all(port: int, uplinks: Sequence[Uplink]) -> None:
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     client.max_inflight_messages_set(1000)
@@ -99,7 +106,7 @@ def raw_drain_rate(port: int, uplinks: Sequence[Uplink]) -> float:
     )
     client.on_message = on_message
     client.connect("127.0.0.1", port, clean_start=True, properties=_session_props())
-    client.subscribe(f"$share/raw/{UPLINK_FILTER}", qos=1)
+    client.subscribe(UPLINK_FILTER, qos=1)
     client.loop(1)
     client.loop(1)
     client.disconnect()
@@ -110,7 +117,7 @@ def raw_drain_rate(port: int, uplinks: Sequence[Uplink]) -> float:
     if not done.wait(120):
         raise RuntimeError(f"raw subscriber got {received} of {n}")
     elapsed = time.perf_counter() - start
-    client.disconnect()
+    client.disconnect(properties=_end_session())
     client.loop_stop()
     return n / elapsed
 
@@ -142,7 +149,7 @@ def edge_drain_rate(config: Config, city: City, uplinks: Sequence[Uplink]) -> fl
         raise RuntimeError(f"edge delivered {sink.count} of {len(uplinks)}")
     elapsed = time.perf_counter() - start
     dead = edge.stats().dead_letters_by_reason
-    edge.stop()
+    edge.stop(end_session=True)
     observability.shutdown()
     if dead:
         raise RuntimeError(f"benchmark uplinks went to dead letters: {dead}")
@@ -176,11 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                 # Alternate so drift on a noisy machine hits both alike.
                 raw.append(raw_drain_rate(broker.port, uplinks))
                 trial_config = config.model_copy(
-                    update={
-                        "edge": config.edge.model_copy(
-                            update={"share_group": f"edge{trial}", "name": f"bench-{trial}"}
-                        )
-                    }
+                    update={"edge": config.edge.model_copy(update={"post": f"bench{trial}"})}
                 )
                 edge.append(edge_drain_rate(trial_config, city, uplinks))
         finally:

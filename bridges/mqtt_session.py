@@ -47,6 +47,8 @@ class MqttSession:
             protocol=mqtt.MQTTv5,
             manual_ack=manual_ack,
         )
+        # A bug in a callback is logged by paho instead of ending its network thread.
+        self.client.suppress_exceptions = True
         self.client.reconnect_delay_set(min_delay=1, max_delay=5)
         self.client.max_queued_messages_set(0)  # paho queues while disconnected: unbounded
         self.client.max_inflight_messages_set(1000)
@@ -109,6 +111,11 @@ class MqttSession:
     def connected(self) -> bool:
         return self._connected.is_set()
 
-    def stop(self) -> None:
-        self.client.disconnect()
+    def stop(self, *, end_session: bool = False) -> None:
+        """Disconnect; the broker keeps the session (and queues for it) unless end_session."""
+        props = None
+        if end_session:
+            props = Properties(PacketTypes.DISCONNECT)
+            props.SessionExpiryInterval = 0
+        self.client.disconnect(properties=props)
         self.client.loop_stop()

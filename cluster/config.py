@@ -86,8 +86,12 @@ class MqttConfig(_Section):
 
 class EdgeConfig(_Section):
     name: str = "edge-1"
-    # Each post subscribes as its own shared-subscription group.
-    share_group: str = Field("primary", pattern=r"^[A-Za-z0-9_-]+$")
+    # The post this edge belongs to. Each post's edge holds its own persistent
+    # session with a plain subscription, so every post receives every uplink.
+    # Not a $share group: mosquitto (2.0.11 and 2.0.21 alike, checked) does not
+    # restore shared subscriptions from persistence, so uplinks published after
+    # a broker restart and before the group re-subscribes would be lost.
+    post: str = Field("primary", pattern=r"^[A-Za-z0-9_-]+$")
     qos: Literal[0, 1] = 1
     # MQTT messages above this go to the dead letters unread.
     max_message_bytes: int = Field(65536, ge=256)

@@ -201,7 +201,9 @@ class NetworkServer:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
-        self._session.stop()
+        # A stopped simulator is never resumed under the same identity: let the
+        # broker drop its session instead of queueing downlinks for it.
+        self._session.stop(end_session=True)
 
     def __enter__(self) -> NetworkServer:
         return self

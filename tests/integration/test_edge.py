@@ -55,8 +55,8 @@ def _uplink(device: Device, f_cnt: int) -> tuple[str, bytes]:
 
 
 def _config(port: int, group: str, **overrides: object) -> Config:
-    # A share group of its own per test: the session broker keeps other tests' sessions.
-    settings = {"mqtt.port": port, "edge.share_group": group, "edge.batch_interval_ms": 20}
+    # A post (so a session) of its own per test: the session broker keeps other tests' sessions.
+    settings = {"mqtt.port": port, "edge.post": group, "edge.batch_interval_ms": 20}
     return load_config(overrides={**settings, **overrides})
 
 
@@ -76,7 +76,7 @@ def running_edge(config: Config, registry: DeviceRegistry, sink: MemorySink) -> 
     try:
         yield edge
     finally:
-        edge.stop()
+        edge.stop(end_session=True)
         observability.shutdown()
 
 
@@ -190,7 +190,7 @@ def test_broker_restart_loses_no_qos1_uplink(fresh_broker: Callable[..., LocalMo
                     len({(t.dev_eui, t.f_cnt) for t in sink.snapshot()}) == rounds * len(devices)
                 ),
                 45,
-                "every uplink after the broker restart",
+                f"every uplink after the broker restart (had {len({(t.dev_eui, t.f_cnt) for t in sink.snapshot()})}, connects {edge.session.connects}, stats {edge.stats()})",
             )
             assert edge.stats().connected
             assert edge.session.connects >= 2  # it did reconnect by itself
