@@ -88,7 +88,10 @@ def _render(
     if not stats.dead_letters_by_reason:
         dead.add_row("(none)", "0")
     status = "connected" if stats.connected else "RECONNECTING"
-    footer = Text(f"broker {status}; pending {stats.pending}; batches {stats.batches:,}")
+    footer = Text(
+        f"broker {status}; pending {stats.pending}; batches {stats.batches:,}\n"
+        "Ctrl-C stops everything this demo started"
+    )
     return Group(Text(header), table, dead, footer)
 
 
@@ -131,8 +134,9 @@ def run_demo(config: Config, *, duration_s: float | None = None) -> int:
                     header = f"simulated time {clock.now():%Y-%m-%d %H:%M} (x{config.sim.speed:g})"
                     live.update(_render(stats, previous, now - last, devices, header))
                     previous, last = stats, now
+        console.line()
     except KeyboardInterrupt:
-        console.print("citypost demo: stopping")
+        console.print("\ncitypost demo: stopping")
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
     console.print("citypost demo: everything stopped")
