@@ -525,7 +525,7 @@ def build_uplink(
     f_cnt: int,
     *,
     time_ms: int,
-    dr: int = 5,
+    dr: int | None = 5,
     rssi: int | None = None,
     snr: float | None = None,
     gateway_id: str = "",
@@ -535,14 +535,16 @@ def build_uplink(
     """The `event/up` JSON ChirpStack would publish (proto3 JSON: zero fields left out).
 
     rxInfo is present only when rssi is given; txInfo follows the EU868 data rate
-    (0..7). Without a deduplication_id one is derived from device, fCnt and time,
+    (0..7). dr=None builds the same envelope without any radio field, as the
+    city's IP devices send it. Without a deduplication_id one is derived from device, fCnt and time,
     so the same uplink built twice is the same event.
     """
     dev_eui = _check_eui(device.dev_eui, "device.dev_eui")
     payload = _check_data(data)
     _check_int(f_port, 0, MAX_UPLINK_F_PORT, "f_port")
     _check_int(f_cnt, 0, UINT32_MAX, "f_cnt")
-    _check_int(dr, 0, 7, "dr (EU868 uplink)")
+    if dr is not None:
+        _check_int(dr, 0, 7, "dr (EU868 uplink)")
     when = _format_time(time_ms)
     if deduplication_id is None:
         deduplication_id = str(uuid.uuid5(_ID_NAMESPACE, f"up/{dev_eui}/{f_cnt}/{time_ms}"))
@@ -568,9 +570,10 @@ def build_uplink(
         ]
     elif snr is not None:
         raise InvalidArgumentError("snr needs an rssi: both come from the receiving gateway")
-    frequency, modulation = _eu868_tx(dr, channel)
-    event["txInfo"] = {"frequency": frequency, "modulation": modulation}
-    event["regionConfigId"] = REGION_CONFIG_ID
+    if dr is not None:
+        frequency, modulation = _eu868_tx(dr, channel)
+        event["txInfo"] = {"frequency": frequency, "modulation": modulation}
+        event["regionConfigId"] = REGION_CONFIG_ID
     return orjson.dumps(event)
 
 

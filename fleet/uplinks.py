@@ -71,7 +71,7 @@ class UplinkFactory:
         reading = sim_device.behaviour.reading(datetime.fromtimestamp(ts, UTC), self._rng)
         data = encode_reading(wire.layout, reading)
         radio = sim_device.radio
-        kwargs: dict[str, Any] = {"dr": 0}
+        kwargs: dict[str, Any] = {"dr": None}  # an IP device: no radio fields
         if radio is not None:
             kwargs = {
                 "dr": radio.dr,

@@ -1195,3 +1195,11 @@ def test_parsed_values_are_true_frozen_instances() -> None:
     # Events travel between processes (Ray): they pickle.
     assert pickle.loads(pickle.dumps(uplink)) == uplink
     assert pickle.loads(pickle.dumps(topic)) == topic
+
+
+def test_ip_device_uplink_has_no_radio_fields() -> None:
+    info = cs.DeviceInfo(application_id=APP, dev_eui=EUI)
+    event = orjson.loads(cs.build_uplink(info, b"\x01\x00\x01", 18, 4, time_ms=0, dr=None))
+    assert not {"dr", "txInfo", "rxInfo", "regionConfigId"} & set(event)
+    json_format.Parse(orjson.dumps(event), integration_pb2.UplinkEvent())
+    assert cs.parse_uplink(orjson.dumps(event)).f_cnt == 4
