@@ -60,6 +60,9 @@ class DeviceRegistry:
     def __iter__(self) -> Iterator[Device]:
         return iter(self._by_eui.values())
 
+    def group(self, asset_class: assets_pb2.AssetClass.ValueType, group: str) -> list[Device]:
+        return list(self._by_group.get((asset_class, group), ()))
+
     def groups(self) -> dict[tuple[assets_pb2.AssetClass.ValueType, str], list[Device]]:
         return {key: list(members) for key, members in self._by_group.items()}
 

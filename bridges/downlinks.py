@@ -1,0 +1,59 @@
+"""Commands to downlinks: which devices a command reaches and what each receives.
+
+Pure: a command and the registry in, MQTT (topic, payload) pairs out, each a
+ChirpStack v4 `command/down` whose `id` is the command_id (it comes back as
+`queueItemId` in the device's ack) and whose frame carries the epoch.
+A group command stays one ledger entry; until the network server's multicast
+API is used, it goes out as one downlink per device of the group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bridges import chirpstack
+from bridges.downlink_frame import COMMAND_F_PORT, encode_command
+from bridges.registry import Device, DeviceRegistry
+from cluster.errors import InvalidArgumentError, NotFoundError
+from protos.citypost.v1 import command_pb2
+
+
+@dataclass(frozen=True)
+class Downlink:
+    dev_eui: str
+    topic: str
+    payload: bytes
+
+
+def targets(command: command_pb2.Command, registry: DeviceRegistry) -> list[Device]:
+    """The devices a command is for; NotFoundError if there are none."""
+    kind = command.target.WhichOneof("kind")
+    if kind == "dev_eui":
+        device = registry.get(command.target.dev_eui)
+        if device is None:
+            raise NotFoundError(f"no device {command.target.dev_eui!r} in the registry")
+        if command.asset_class and device.asset_class != command.asset_class:
+            raise InvalidArgumentError(
+                f"device {device.dev_eui} is not of the command's asset class"
+            )
+        return [device]
+    if kind == "group":
+        members = registry.group(command.asset_class, command.target.group)
+        if not members:
+            raise NotFoundError(f"no device in group {command.target.group!r} of that asset class")
+        return members
+    raise InvalidArgumentError("command.target must name a dev_eui or a group")
+
+
+def downlinks(command: command_pb2.Command, registry: DeviceRegistry) -> list[Downlink]:
+    frame = encode_command(command)
+    return [
+        Downlink(
+            device.dev_eui,
+            chirpstack.downlink_topic(device.application_id, device.dev_eui),
+            chirpstack.build_downlink(
+                device.dev_eui, COMMAND_F_PORT, frame, confirmed=True, id=command.command_id
+            ),
+        )
+        for device in targets(command, registry)
+    ]
