@@ -20,23 +20,33 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import paho.mqtt.client as mqtt
-from tenacity import Retrying, retry_if_exception_type, wait_exponential
+from tenacity import Retrying, before_sleep_log, retry_if_exception_type, wait_exponential
 
+from bridges import chirpstack
 from bridges.dead_letters import DeadLetterCounter, make_dead_letter, to_json
 from bridges.mqtt_session import MqttSession
 from bridges.registry import DeviceRegistry, class_name
 from bridges.router import UplinkRouter
 from cluster.config import Config
-from cluster.errors import CitypostError, ConfigError, DeadLetterReason, DecodeError
+from cluster.errors import ConfigError, DeadLetterReason, DecodeError
 from cluster.observability import Observability
 from protos.citypost.v1 import telemetry_pb2
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 UPLINK_FILTER = "application/+/device/+/event/up"
+ACK_FILTER = "application/+/device/+/event/ack"
+_ACK_SUFFIX = "/event/ack"
+
+
+class AckSink(Protocol):
+    """Where devices' acknowledgements of commands go (the post's command ledger)."""
+
+    def submit_acks(self, acks: Sequence[chirpstack.Ack]) -> None: ...
 
 
 class TelemetrySink(Protocol):
@@ -62,9 +72,9 @@ class EdgeStats:
         return sum(self.decoded_by_class.values())
 
 
-# One queued message: connection generation, packet id, qos, then either
-# telemetry or a dead letter ready to publish.
-_Item = tuple[int, int, int, telemetry_pb2.Telemetry | None, bytes | None]
+# One queued message: connection generation, packet id, qos, and what it became:
+# telemetry, a device's ack of a command, or a dead letter ready to publish.
+_Item = tuple[int, int, int, telemetry_pb2.Telemetry | chirpstack.Ack | bytes]
 
 
 def _wall_ms() -> int:
@@ -79,6 +89,7 @@ class Edge:
         registry: DeviceRegistry,
         sink: TelemetrySink,
         observability: Observability,
+        acks: AckSink | None = None,
         now_ms: Callable[[], int] = _wall_ms,
     ) -> None:
         edge = config.edge
@@ -88,6 +99,7 @@ class Edge:
         self._now_ms = now_ms
         self._router = UplinkRouter(registry, edge, now_ms)
         self._sink = sink
+        self._acks = acks
         self._dead_letter_topic = edge.dead_letter_topic(config.city.name)
         self._items: list[_Item] = []
         self._cond = threading.Condition()
@@ -113,7 +125,8 @@ class Edge:
             host=config.mqtt.host,
             port=config.mqtt.port,
             keepalive_s=config.mqtt.keepalive_s,
-            subscriptions=[(UPLINK_FILTER, edge.qos)],
+            subscriptions=[(UPLINK_FILTER, edge.qos)]
+            + ([(ACK_FILTER, 1)] if acks is not None else []),
             on_message=self._on_message,
             manual_ack=True,
             # The broker may have this many unacknowledged uplinks out to us: a few
@@ -126,31 +139,42 @@ class Edge:
 
     def _on_message(self, message: mqtt.MQTTMessage) -> None:
         payload = bytes(message.payload)
-        telemetry: telemetry_pb2.Telemetry | None = None
-        dead: bytes | None = None
+        value: telemetry_pb2.Telemetry | chirpstack.Ack | bytes
         try:
             topic = message.topic
         except UnicodeDecodeError:
             topic = "(topic is not valid UTF-8)"
             error = DecodeError(DeadLetterReason.BAD_TOPIC, "the topic is not valid UTF-8")
-            dead = self._dead_letter(error, topic, payload)
+            value = self._dead_letter(error, topic, payload)
         else:
             try:
-                telemetry = self._router.route(topic, payload)
+                if topic.endswith(_ACK_SUFFIX):
+                    value = self._parse_ack(topic, payload)
+                else:
+                    value = self._router.route(topic, payload)
             except DecodeError as error:
-                dead = self._dead_letter(error, topic, payload)
+                value = self._dead_letter(error, topic, payload)
             except Exception as exc:  # a bug must not stop the edge, nor lose the message
                 log.exception("edge: unexpected error routing a message on %s", topic)
                 internal = DecodeError(
                     DeadLetterReason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"
                 )
-                dead = self._dead_letter(internal, topic, payload)
-        item = (self.session.connects, message.mid, message.qos, telemetry, dead)
+                value = self._dead_letter(internal, topic, payload)
+        item = (self.session.connects, message.mid, message.qos, value)
         with self._cond:
             self._items.append(item)
             full = len(self._items) >= self._edge.batch_max
         if full:
             self._take_and_flush()
+
+    @staticmethod
+    def _parse_ack(topic: str, payload: bytes) -> chirpstack.Ack:
+        ack = chirpstack.parse_ack(payload)
+        if chirpstack.parse_topic(topic).dev_eui != ack.device.dev_eui:
+            raise DecodeError(
+                DeadLetterReason.BAD_ENVELOPE, "the ack's topic and event name different devices"
+            )
+        return ack
 
     def _dead_letter(self, error: DecodeError, topic: str, payload: bytes) -> bytes:
         self.dead_letters.add(error.reason)
@@ -194,15 +218,26 @@ class Edge:
         return bool(items)
 
     def _flush(self, items: list[_Item]) -> None:
-        batch = [t for _, _, _, t, _ in items if t is not None]
+        batch: list[telemetry_pb2.Telemetry] = []
+        acks: list[chirpstack.Ack] = []
+        dead: list[bytes] = []
+        for _, _, _, value in items:
+            if isinstance(value, telemetry_pb2.Telemetry):
+                batch.append(value)
+            elif isinstance(value, bytes):
+                dead.append(value)
+            else:
+                acks.append(value)
         with self._tracer.start_as_current_span("edge.batch") as span:
             span.set_attribute("citypost.batch.size", len(batch))
-            span.set_attribute("citypost.batch.dead_letters", len(items) - len(batch))
+            span.set_attribute("citypost.batch.dead_letters", len(dead))
+            span.set_attribute("citypost.batch.acks", len(acks))
             if batch:
-                self._submit(batch)
-            for _, _, _, _, dead in items:
-                if dead is not None:
-                    self.session.client.publish(self._dead_letter_topic, dead, qos=1)
+                self._submit(self._sink.submit, batch)
+            if acks and self._acks is not None:
+                self._submit(self._acks.submit_acks, acks)
+            for letter in dead:
+                self.session.client.publish(self._dead_letter_topic, letter, qos=1)
         by_class: Counter[str] = Counter(self._class_names[t.asset_class] for t in batch)
         for name, n in by_class.items():
             self._uplink_counter.add(n, {"asset_class": name})
@@ -211,20 +246,24 @@ class Edge:
             self._batches += 1
         generation = self.session.connects
         ack = self.session.client.ack
-        for gen, mid, qos, _, _ in items:
+        for gen, mid, qos, _ in items:
             # A packet id from an earlier connection may now name another message:
             # the broker re-delivers those, so they are left unacknowledged.
             if qos > 0 and gen == generation:
                 ack(mid, qos)
 
-    def _submit(self, batch: list[telemetry_pb2.Telemetry]) -> None:
+    @staticmethod
+    def _submit(deliver: Callable[[list[_T]], None], values: list[_T]) -> None:
+        # Held and retried until accepted: nothing is acknowledged to the broker
+        # before. A sink's bug stalls the edge visibly (logged) instead of losing data.
         for attempt in Retrying(
-            retry=retry_if_exception_type(CitypostError),
+            retry=retry_if_exception_type(Exception),
             wait=wait_exponential(multiplier=0.05, max=2.0),
+            before_sleep=before_sleep_log(log, logging.WARNING),
             reraise=True,
         ):
             with attempt:
-                self._sink.submit(batch)
+                deliver(values)
 
     # --- lifecycle -----------------------------------------------------------------------
 

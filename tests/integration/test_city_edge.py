@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import pytest
@@ -9,6 +11,8 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from bridges.chirpstack import Ack
+from bridges.downlinks import downlinks
 from bridges.edge import Edge
 from bridges.sinks import MemorySink
 from cluster.config import load_config
@@ -17,6 +21,7 @@ from cluster.observability import setup_observability
 from fleet.network_server import NetworkServer
 from fleet.population import build_city
 from fleet.sim_clock import SimClock
+from protos.citypost.v1 import assets_pb2, command_pb2
 from tests.integration.test_edge import wait_for
 
 pytestmark = pytest.mark.integration
@@ -83,3 +88,54 @@ def test_edge_decodes_every_uplink_of_a_small_city(mqtt_broker: LocalMosquitto) 
                         counted[str(point.attributes["asset_class"])] = point.value  # type: ignore[index,attr-defined]
     assert counted == {name: ROUNDS * n for name, n in by_class.items()}
     observability.shutdown()
+
+
+class AckList:
+    def __init__(self) -> None:
+        self.acks: list[Ack] = []
+
+    def submit_acks(self, acks: Sequence[Ack]) -> None:
+        self.acks.extend(acks)
+
+
+@pytest.mark.timeout(60)
+def test_commands_reach_devices_and_their_acks_reach_the_edge(mqtt_broker: LocalMosquitto) -> None:
+    config = load_config(
+        overrides={"city.scale": 0.002, "mqtt.port": mqtt_broker.port, "edge.post": "acks"}
+    )
+    city = build_city(config.city)
+    observability = setup_observability(config.observability)
+    acks = AckList()
+    edge = Edge(
+        config=config,
+        registry=city.registry,
+        sink=MemorySink(),
+        observability=observability,
+        acks=acks,
+    )
+    clock = SimClock(datetime(2026, 1, 15, 22, 0, tzinfo=UTC), 60)
+    network_server = NetworkServer(city, config.mqtt, clock, config.sim, config.city.name)
+    lamps = [d for d in city.registry if d.asset_class == assets_pb2.STREET_LAMP]
+    group = lamps[0].group
+    members = city.registry.group(assets_pb2.STREET_LAMP, group)
+    command = command_pb2.Command(
+        command_id=str(uuid.uuid4()),
+        epoch=3,
+        asset_class=assets_pb2.STREET_LAMP,
+        target=command_pb2.Target(group=group),
+        set_brightness=command_pb2.SetBrightness(brightness_pct=55),
+    )
+    edge.start()
+    network_server.start(uplinks=False)
+    try:
+        for downlink in downlinks(command, city.registry):
+            edge.session.client.publish(downlink.topic, downlink.payload, qos=1)
+        wait_for(lambda: len(acks.acks) >= len(members), 20, "an ack from every lamp of the group")
+    finally:
+        network_server.stop()
+        edge.stop(end_session=True)
+        observability.shutdown()
+    assert {a.device.dev_eui for a in acks.acks} == {d.dev_eui for d in members}
+    assert all(a.queue_item_id == command.command_id and a.acknowledged for a in acks.acks)
+    executed = {(e.dev_eui, e.command_id) for e in network_server.executions()}
+    assert executed == {(d.dev_eui, command.command_id) for d in members}
