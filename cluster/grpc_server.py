@@ -1,0 +1,136 @@
+"""The post's gRPC server: one place for binding, health, reflection and the
+interceptors every service shares.
+
+Interceptors: (1) the caller's identity from metadata (`x-citypost-operator`),
+kept in a context variable — the seam where authentication and roles will
+plug in; (2) error translation: a CitypostError becomes its gRPC status with
+its message, anything else INTERNAL without leaking internals; (3) a
+server-side deadline on every unary call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from cluster.errors import CitypostError
+
+log = logging.getLogger(__name__)
+
+OPERATOR_METADATA = "x-citypost-operator"
+ANONYMOUS = "anonymous"
+_INTERNAL = "internal error in the post (it is logged); retry, and report it if it persists"
+caller: contextvars.ContextVar[str] = contextvars.ContextVar("citypost_caller", default=ANONYMOUS)
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str  # full service name, e.g. "citypost.v1.OperatorService"
+    register: Callable[[Any, grpc.aio.Server], None]  # the generated add_..._to_server
+    servicer: Any
+
+
+def status_of(error: CitypostError) -> grpc.StatusCode:
+    return getattr(grpc.StatusCode, error.grpc_status, grpc.StatusCode.INTERNAL)
+
+
+class _CommonInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, deadline_s: float) -> None:
+        self._deadline_s = deadline_s
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler: Any = await continuation(details)
+        if handler is None:
+            return handler
+        who = dict(details.invocation_metadata or ()).get(OPERATOR_METADATA, ANONYMOUS)
+        deadline_s = self._deadline_s
+        if handler.unary_unary is not None:
+            inner: Any = handler.unary_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                caller.set(str(who))
+                try:
+                    return await asyncio.wait_for(inner(request, context), deadline_s)
+                except CitypostError as error:
+                    await context.abort(status_of(error), error.message)
+                except TimeoutError:
+                    await context.abort(
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"the post did not answer within {deadline_s:g} s; retry",
+                    )
+                except grpc.aio.AbortError:
+                    raise
+                except Exception:
+                    log.exception("unexpected error in %s", details.method)
+                    await context.abort(grpc.StatusCode.INTERNAL, _INTERNAL)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            inner_stream: Any = handler.unary_stream
+
+            async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                caller.set(str(who))
+                try:
+                    async for item in inner_stream(request, context):
+                        yield item
+                except CitypostError as error:
+                    await context.abort(status_of(error), error.message)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception:
+                    log.exception("unexpected error in %s", details.method)
+                    await context.abort(grpc.StatusCode.INTERNAL, _INTERNAL)
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+async def start_server(
+    services: Sequence[Service],
+    *,
+    host: str = "127.0.0.1",
+    port: int,
+    deadline_s: float = 10.0,
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    """Start serving; health reports SERVING for every service (and "")."""
+    server = grpc.aio.server(interceptors=[_CommonInterceptor(deadline_s)])
+    for service in services:
+        service.register(service.servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [s.name for s in services]
+    reflection.enable_server_reflection(
+        [
+            *names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise CitypostError(f"cannot bind the gRPC server to {host}:{port}")
+    await server.start()
+    for name in ["", *names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, health_servicer
