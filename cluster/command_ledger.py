@@ -1,0 +1,260 @@
+"""The command lifecycle as pure functions over a `CommandRecord`.
+
+    QUEUED -> SENT -> ACKED, or EXPIRED (TTL passed) / FAILED (attempts exhausted).
+
+A driver loops: `decide(record, now)` says RESEND / EXPIRE / FAIL / WAIT / DONE;
+the driver writes the record the matching function returns (fenced) and
+publishes after the write, so a command is in the ledger before it is sent.
+Every function returns a new record; none changes its argument.
+
+Time: `now` is milliseconds on one clock per record. The ledger is replicated
+and read by the next leader, so store wall-clock milliseconds; a driver may
+schedule its local timers on the monotonic clock.
+
+Retries: after send number n the next one is due `backoff_initial_ms * 2**(n-1)`
+later (capped at `backoff_max_ms`) and never later than the deadline; nothing
+is sent at or after the deadline. When the retry and the deadline fall due
+together, EXPIRE wins: the TTL is the harder bound.
+
+Acks: a positive ack counts once toward `expected_acks` (1 for a device, the
+device count for a group command); the caller passes each device's ack once
+(dedupe by (command_id, dev_eui) is the caller's: the record holds counts,
+not thousands of device ids). A negative ack (a device refused it, e.g. for a
+stale epoch) is not a success: the record goes back to QUEUED for a resend
+under the current epoch, or to FAILED if no attempt is left. An ack that
+arrives after a terminal state is a normal race, not a caller's bug: it is
+returned with `ignored=True` and the record unchanged (audit it as late).
+
+Idempotency: finding an existing record by `idempotency_key` (and answering
+with it instead of calling `new_record`) is the caller's job, through the
+control state's `idempotency/<key>` index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from cluster.errors import FailedPreconditionError, InvalidArgumentError
+from protos.citypost.v1 import command_pb2, control_state_pb2
+
+CommandRecord = control_state_pb2.CommandRecord
+Status = command_pb2.CommandStatus
+
+QUEUED = command_pb2.QUEUED
+SENT = command_pb2.SENT
+ACKED = command_pb2.ACKED
+EXPIRED = command_pb2.EXPIRED
+FAILED = command_pb2.FAILED
+TERMINAL: frozenset[Status.ValueType] = frozenset({ACKED, EXPIRED, FAILED})
+
+DEFAULT_BACKOFF_INITIAL_MS = 1_000
+DEFAULT_BACKOFF_MAX_MS = 30_000
+
+
+class Action(StrEnum):
+    RESEND = "resend"  # a send is due (the first one too): call on_sent, then publish
+    EXPIRE = "expire"  # the deadline passed: call expire
+    FAIL = "fail"  # no attempt left and the last one went unanswered: call fail
+    WAIT = "wait"  # nothing due before next_wake_ms
+    DONE = "done"  # terminal: nothing will ever be due
+
+
+@dataclass(frozen=True)
+class AckResult:
+    record: CommandRecord
+    ignored: bool  # the record was already terminal; `record` is unchanged
+
+
+def status_name(record: CommandRecord) -> str:
+    return command_pb2.CommandStatus.Name(record.status)
+
+
+def is_terminal(record: CommandRecord) -> bool:
+    return record.status in TERMINAL
+
+
+def _copy(record: CommandRecord) -> CommandRecord:
+    copied = CommandRecord()
+    copied.CopyFrom(record)
+    return copied
+
+
+def _refuse(record: CommandRecord, what: str) -> FailedPreconditionError:
+    return FailedPreconditionError(
+        f"command {record.command.command_id}: cannot {what} when {status_name(record)}"
+    )
+
+
+def new_record(
+    command: command_pb2.Command,
+    ttl_ms: int,
+    max_attempts: int,
+    now: int,
+    idempotency_key: str = "",
+    issued_by: str = "",
+    *,
+    expected_acks: int = 1,
+    backoff_initial_ms: int = DEFAULT_BACKOFF_INITIAL_MS,
+    backoff_max_ms: int = DEFAULT_BACKOFF_MAX_MS,
+) -> CommandRecord:
+    """A QUEUED entry whose first send is due at once and whose deadline is now + ttl_ms."""
+    if not command.command_id:
+        raise InvalidArgumentError("command.command_id must not be empty")
+    target = command.target.WhichOneof("kind")
+    if target is None:
+        raise InvalidArgumentError("command.target must name a dev_eui or a group")
+    if command.WhichOneof("action") is None:
+        raise InvalidArgumentError("command.action must be set")
+    if ttl_ms <= 0:
+        raise InvalidArgumentError(f"ttl_ms must be > 0, got {ttl_ms}")
+    if max_attempts < 1:
+        raise InvalidArgumentError(f"max_attempts must be >= 1, got {max_attempts}")
+    if now < 0:
+        raise InvalidArgumentError(f"now must be >= 0, got {now}")
+    if expected_acks < 1:
+        raise InvalidArgumentError(f"expected_acks must be >= 1, got {expected_acks}")
+    if target == "dev_eui" and expected_acks != 1:
+        raise InvalidArgumentError("expected_acks must be 1 for a command to one device")
+    if backoff_initial_ms < 1 or backoff_max_ms < backoff_initial_ms:
+        raise InvalidArgumentError(
+            f"backoff must satisfy 1 <= backoff_initial_ms ({backoff_initial_ms}) "
+            f"<= backoff_max_ms ({backoff_max_ms})"
+        )
+    record = CommandRecord(
+        status=QUEUED,
+        max_attempts=max_attempts,
+        created_at_ms=now,
+        deadline_ms=now + ttl_ms,
+        next_retry_at_ms=now,
+        idempotency_key=idempotency_key,
+        issued_by=issued_by or command.issued_by,
+        expected_acks=expected_acks,
+        backoff_initial_ms=backoff_initial_ms,
+        backoff_max_ms=backoff_max_ms,
+    )
+    record.command.CopyFrom(command)
+    record.command.ttl_ms = ttl_ms
+    record.command.issued_by = record.issued_by
+    if not record.command.issued_at_ms:
+        record.command.issued_at_ms = now
+    return record
+
+
+def backoff_ms(record: CommandRecord, attempt: int) -> int:
+    """The wait after send number `attempt` (1-based) before the next one is due."""
+    if attempt < 1:
+        raise InvalidArgumentError(f"attempt must be >= 1, got {attempt}")
+    # Shift bounded so a large attempt count cannot build a huge integer.
+    return min(record.backoff_initial_ms << min(attempt - 1, 40), record.backoff_max_ms)
+
+
+def on_sent(record: CommandRecord, now: int, *, epoch: int | None = None) -> CommandRecord:
+    """One more send, under `epoch` if given (a new leader re-sends under its own)."""
+    if record.status not in (QUEUED, SENT):
+        raise _refuse(record, "send")
+    if record.attempts >= record.max_attempts:
+        raise FailedPreconditionError(
+            f"command {record.command.command_id}: no attempt left "
+            f"({record.attempts} of {record.max_attempts})"
+        )
+    if now >= record.deadline_ms:
+        raise FailedPreconditionError(
+            f"command {record.command.command_id}: deadline {record.deadline_ms} has passed"
+        )
+    if epoch is not None and epoch < record.command.epoch:
+        raise FailedPreconditionError(
+            f"command {record.command.command_id}: epoch {epoch} is below "
+            f"the epoch it was sent under ({record.command.epoch})"
+        )
+    sent = _copy(record)
+    sent.attempts += 1
+    sent.status = SENT
+    sent.last_sent_at_ms = now
+    sent.next_retry_at_ms = min(now + backoff_ms(sent, sent.attempts), sent.deadline_ms)
+    if epoch is not None:
+        sent.command.epoch = epoch
+    return sent
+
+
+def on_ack(record: CommandRecord, acknowledged: bool, now: int, *, detail: str = "") -> AckResult:
+    """A device answered: positive counts toward ACKED, negative asks for a resend or FAILED."""
+    if is_terminal(record):
+        return AckResult(record, ignored=True)
+    acked = _copy(record)
+    if acknowledged:
+        acked.acked_count = min(acked.acked_count + 1, acked.expected_acks)
+        acked.status = SENT  # an ack proves it went out, even if the SENT write was lost
+        if acked.acked_count >= acked.expected_acks:
+            acked.status = ACKED
+            acked.acked_at_ms = now
+            acked.finished_at_ms = now
+        if detail:
+            acked.detail = detail
+        return AckResult(acked, ignored=False)
+    acked.nacked_count += 1
+    acked.detail = detail or "negative ack"
+    if acked.attempts >= acked.max_attempts:
+        acked.status = FAILED
+        acked.finished_at_ms = now
+    else:
+        # Nothing is pending any more; next_retry_at_ms keeps the back-off spacing of sends.
+        acked.status = QUEUED
+    return AckResult(acked, ignored=False)
+
+
+def decide(record: CommandRecord, now: int) -> Action:
+    if is_terminal(record):
+        return Action.DONE
+    if now >= record.deadline_ms:
+        return Action.EXPIRE
+    if now >= record.next_retry_at_ms:
+        return Action.RESEND if record.attempts < record.max_attempts else Action.FAIL
+    return Action.WAIT
+
+
+def next_wake_ms(record: CommandRecord) -> int | None:
+    """When `decide` may next answer something other than WAIT; None once terminal."""
+    if is_terminal(record):
+        return None
+    return min(record.next_retry_at_ms, record.deadline_ms)
+
+
+def expire(record: CommandRecord, now: int) -> CommandRecord:
+    if is_terminal(record):
+        raise _refuse(record, "expire")
+    if now < record.deadline_ms:
+        raise FailedPreconditionError(
+            f"command {record.command.command_id}: cannot expire before its deadline "
+            f"{record.deadline_ms} (now {now})"
+        )
+    expired = _copy(record)
+    expired.status = EXPIRED
+    expired.finished_at_ms = now
+    expired.detail = f"TTL passed after {record.attempts} attempt(s)"
+    return expired
+
+
+def fail(record: CommandRecord, now: int, detail: str = "") -> CommandRecord:
+    """FAILED from any live state: attempts exhausted, or a cause the caller names."""
+    if is_terminal(record):
+        raise _refuse(record, "fail")
+    failed = _copy(record)
+    failed.status = FAILED
+    failed.finished_at_ms = now
+    failed.detail = detail or f"no ack after {record.attempts} attempt(s)"
+    return failed
+
+
+def on_promotion(record: CommandRecord, now: int) -> CommandRecord:
+    """A new leader took the ledger: an unacknowledged command with attempts left is due now.
+
+    The resend (on_sent with the new epoch) keeps the command_id, so devices
+    execute it at most once. With no attempt left the last ack window runs out
+    as it would have.
+    """
+    if is_terminal(record) or record.attempts >= record.max_attempts:
+        return record
+    due = _copy(record)
+    due.next_retry_at_ms = min(due.next_retry_at_ms, now)
+    return due
