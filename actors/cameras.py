@@ -1,0 +1,168 @@
+"""Cameras: status and detections (no video) -> offline alarms and incidents.
+
+A camera is offline when it says so or when it has been silent for
+`silent_after_s` (five missed one-minute uplinks by default); that raises
+"camera_offline" (MINOR), cleared by the next uplink that says it is online.
+
+A detection opens one incident per episode: the episode starts when the
+camera reports an event other than the one it reported before, and ends
+when it reports no event (or goes offline). The same accident seen on
+twenty uplinks is one incident.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from actors.decisions import ClearAlarm, Decision, IssueCommand, OpenIncident, RaiseAlarm
+from actors.policy import Policy, Snapshot
+from bridges.registry import Device
+from cluster.errors import InvalidArgumentError
+from protos.citypost.v1 import operations_pb2, telemetry_pb2
+
+ALARM = "camera_offline"
+NO_EVENT = telemetry_pb2.NO_EVENT
+
+# CameraEvent -> (incident kind, priority 1..5, words for the operator)
+EVENTS: dict[int, tuple[operations_pb2.IncidentKind.ValueType, int, str]] = {
+    telemetry_pb2.ACCIDENT: (operations_pb2.INCIDENT_ACCIDENT, 2, "accident"),
+    telemetry_pb2.FIRE: (operations_pb2.INCIDENT_FIRE, 1, "fire"),
+    telemetry_pb2.CROWD: (operations_pb2.INCIDENT_DEMONSTRATION, 3, "crowd"),
+    telemetry_pb2.STOPPED_VEHICLE: (operations_pb2.INCIDENT_OTHER, 3, "stopped vehicle"),
+}
+
+
+def _ms(at: datetime) -> int:
+    return int(at.timestamp() * 1000)
+
+
+@dataclass
+class _Camera:
+    last_seen_ms: int | None = None
+    event: int = NO_EVENT  # the event of the episode in progress
+    offline_alarm: bool = False
+
+
+class CameraPolicy:
+    """Implements `actors.policy.Policy` for CAMERA; cameras take no commands here."""
+
+    def __init__(
+        self, group: str, devices: Sequence[Device], *, silent_after_s: float = 300.0
+    ) -> None:
+        if silent_after_s <= 0:
+            raise InvalidArgumentError("silent_after_s: must be positive")
+        self.group = group
+        self.silent_after_ms = int(silent_after_s * 1000)
+        self._devices = {d.dev_eui: d for d in devices}
+        self._cameras: dict[str, _Camera] = {d.dev_eui: _Camera() for d in devices}
+        # Cameras never heard are timed from when the policy started watching.
+        self._watch_since_ms: int | None = None
+
+    def on_telemetry(
+        self, batch: Sequence[telemetry_pb2.Telemetry], now: datetime
+    ) -> list[Decision]:
+        now_ms = _ms(now)
+        if self._watch_since_ms is None:
+            self._watch_since_ms = now_ms
+        out: list[Decision] = []
+        for item in batch:
+            camera = self._cameras.get(item.dev_eui)
+            if camera is None or item.WhichOneof("reading") != "camera":
+                continue
+            camera.last_seen_ms = max(camera.last_seen_ms or 0, now_ms)
+            out.extend(self._apply(item.dev_eui, camera, item.camera))
+        return out
+
+    def on_tick(self, now: datetime) -> list[Decision]:
+        now_ms = _ms(now)
+        if self._watch_since_ms is None:
+            self._watch_since_ms = now_ms
+        out: list[Decision] = []
+        for eui, camera in self._cameras.items():
+            heard = camera.last_seen_ms or self._watch_since_ms
+            silent_ms = now_ms - heard
+            if not camera.offline_alarm and silent_ms >= self.silent_after_ms:
+                camera.offline_alarm = True
+                camera.event = NO_EVENT
+                minutes = silent_ms / 60_000
+                out.append(
+                    RaiseAlarm(eui, ALARM, operations_pb2.MINOR, f"no uplink for {minutes:.0f} min")
+                )
+        return out
+
+    def desired_commands(self, now: datetime) -> list[IssueCommand]:
+        return []
+
+    def _apply(self, eui: str, camera: _Camera, r: telemetry_pb2.CameraReading) -> list[Decision]:
+        out: list[Decision] = []
+        if not r.online:
+            camera.event = NO_EVENT  # an outage ends any episode
+            if not camera.offline_alarm:
+                camera.offline_alarm = True
+                out.append(RaiseAlarm(eui, ALARM, operations_pb2.MINOR, "camera reports offline"))
+            return out
+        if camera.offline_alarm:
+            camera.offline_alarm = False
+            out.append(ClearAlarm(eui, ALARM, "camera back online"))
+        event = r.event if r.event in EVENTS else NO_EVENT
+        if event != camera.event and event != NO_EVENT:
+            out.append(self._incident(eui, event, r))
+        camera.event = event
+        return out
+
+    def _incident(self, eui: str, event: int, r: telemetry_pb2.CameraReading) -> OpenIncident:
+        kind, priority, words = EVENTS[event]
+        device = self._devices[eui]
+        return OpenIncident(
+            kind=kind,
+            source=operations_pb2.CAMERA_DETECTION,
+            latitude=device.latitude,
+            longitude=device.longitude,
+            commune=device.commune,
+            detail=(
+                f"{words} detected by camera {device.name} "
+                f"({r.people_count} people, {r.vehicle_count} vehicles in view)"
+            ),
+            priority=priority,
+            originator=eui,
+        )
+
+    # --- state ---
+
+    def snapshot(self) -> Snapshot:
+        return {
+            "watch_since_ms": self._watch_since_ms,
+            "cameras": {
+                eui: {
+                    "last_seen_ms": c.last_seen_ms,
+                    "event": c.event,
+                    "offline_alarm": c.offline_alarm,
+                }
+                for eui, c in self._cameras.items()
+            },
+        }
+
+    def restore(self, snapshot: Snapshot) -> None:
+        try:
+            cameras: dict[str, Any] = snapshot["cameras"]
+            restored = {
+                eui: _Camera(
+                    None if s["last_seen_ms"] is None else int(s["last_seen_ms"]),
+                    int(s["event"]),
+                    bool(s["offline_alarm"]),
+                )
+                for eui, s in cameras.items()
+            }
+            since = snapshot["watch_since_ms"]
+            watch_since = None if since is None else int(since)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise InvalidArgumentError(f"snapshot: not a camera snapshot ({exc!r})") from exc
+        self._cameras = {eui: restored.get(eui, _Camera()) for eui in self._cameras}
+        self._watch_since_ms = watch_since
+
+
+def make_policy(group: str, devices: Sequence[Device]) -> Policy:
+    return CameraPolicy(group, devices)
