@@ -1,0 +1,168 @@
+"""The dispatcher over the in-memory control state: ledger before downlink, acks, TTL, overrides, alarms."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from actors.decisions import ClearAlarm, IssueCommand, RaiseAlarm, RequestTask
+from bridges import chirpstack
+from bridges.registry import Device, DeviceRegistry, application_id
+from cluster.dispatcher import Dispatcher
+from failover.control_state import InMemoryControlState, ledger_key
+from protos.citypost.v1 import assets_pb2, command_pb2, control_state_pb2, operations_pb2
+
+pytestmark = pytest.mark.unit
+
+AC = assets_pb2.AssetClass
+APP = application_id("dijon", AC.STREET_LAMP)
+LAMPS = [
+    Device(
+        dev_eui=f"{i:016x}",
+        name=f"lamp-{i}",
+        asset_class=AC.STREET_LAMP,
+        group="talant",
+        commune="Talant",
+        latitude=47.33,
+        longitude=5.0,
+        transport=assets_pb2.LORAWAN,
+        application_id=APP,
+    )
+    for i in range(1, 4)
+]
+ACTOR = "policy:street_lamp/talant"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000_000
+
+    def __call__(self) -> int:
+        return self.now
+
+
+class Harness:
+    def __init__(self) -> None:
+        self.state = InMemoryControlState(epoch=5)
+        self.clock = Clock()
+        self.sent: list[tuple[str, bytes]] = []
+        self.dispatcher = Dispatcher(
+            state=self.state,
+            registry=DeviceRegistry(LAMPS),
+            publish=lambda topic, payload: self.sent.append((topic, payload)),
+            epoch=lambda: 5,
+            wall_ms=self.clock,
+            command_ttl_ms=30_000,
+            max_attempts=2,
+        )
+
+    async def record(self, command_id: str) -> control_state_pb2.CommandRecord:
+        record = await self.state.get(ledger_key(command_id), control_state_pb2.CommandRecord)
+        assert record is not None
+        return record
+
+    def ack(self, command_id: str, dev_eui: str, acknowledged: bool = True) -> chirpstack.Ack:
+        info = chirpstack.DeviceInfo(application_id=APP, dev_eui=dev_eui)
+        return chirpstack.Ack("", self.clock.now, info, command_id, acknowledged, 1)
+
+
+def _group_command() -> command_pb2.Command:
+    return command_pb2.Command(
+        asset_class=AC.STREET_LAMP,
+        target=command_pb2.Target(group="talant"),
+        set_brightness=command_pb2.SetBrightness(brightness_pct=30),
+    )
+
+
+async def test_group_command_is_one_ledger_entry_sent_to_each_device_then_acked() -> None:
+    h = Harness()
+    await h.dispatcher.apply(ACTOR, [IssueCommand(_group_command(), reason="dusk")])
+    assert len(h.sent) == 3
+    command_id = chirpstack.parse_downlink(h.sent[0][1]).id
+    assert command_id is not None
+    record = await h.record(command_id)
+    assert record.status == command_pb2.SENT and record.expected_acks == 3
+    assert record.command.epoch == 5 and record.issued_by == ACTOR
+    await h.dispatcher.on_acks([h.ack(command_id, LAMPS[0].dev_eui)] * 2)  # the same ack twice
+    assert (await h.record(command_id)).acked_count == 1
+    await h.dispatcher.on_acks([h.ack(command_id, d.dev_eui) for d in LAMPS[1:]])
+    assert (await h.record(command_id)).status == command_pb2.ACKED
+    assert h.dispatcher.pending_commands() == 0
+
+
+async def test_unacked_command_is_resent_then_expires_within_its_ttl() -> None:
+    h = Harness()
+    record = await h.dispatcher.issue_command(_group_command(), issued_by="op-claire")
+    command_id = record.command.command_id
+    h.clock.now += 20_000
+    await h.dispatcher.run_ledger()
+    assert len(h.sent) == 6  # resent to the three lamps, same command id
+    assert {chirpstack.parse_downlink(p).id for _, p in h.sent} == {command_id}
+    h.clock.now += 20_000
+    await h.dispatcher.run_ledger()
+    assert (await h.record(command_id)).status in (command_pb2.EXPIRED, command_pb2.FAILED)
+    assert h.dispatcher.pending_commands() == 0
+
+
+async def test_policy_commands_wait_while_an_override_holds_the_group() -> None:
+    h = Harness()
+    held = await h.dispatcher.set_override(
+        control_state_pb2.Override(
+            asset_class=AC.STREET_LAMP,
+            group="talant",
+            action=_group_command(),
+            ends_at_ms=h.clock.now + 60_000,
+            reason="festival",
+        ),
+        set_by="op-claire",
+    )
+    assert len(h.sent) == 3  # the override's action went to the group at once
+    await h.dispatcher.apply(ACTOR, [IssueCommand(_group_command(), reason="dusk")])
+    assert len(h.sent) == 3 and h.dispatcher.stats.commands_suppressed == 1
+    operator = await h.dispatcher.issue_command(_group_command(), issued_by="op-claire")
+    assert operator.status == command_pb2.SENT  # the operator's own command goes out
+    h.clock.now += 60_000
+    assert [o.override_id for o in h.dispatcher.expired_overrides()] == [held.override_id]
+    sent_before = len(h.sent)
+    await h.dispatcher.apply(ACTOR, [IssueCommand(_group_command(), reason="resume")])
+    assert len(h.sent) == sent_before + 3
+
+
+async def test_alarm_raised_once_task_requested_once_and_everything_audited() -> None:
+    h = Harness()
+    raise_it = RaiseAlarm(LAMPS[0].dev_eui, "lamp_fault", operations_pb2.MINOR, "no light")
+    task = RequestTask(
+        operations_pb2.ROADS,
+        "repair_lamp",
+        3,
+        47.33,
+        5.0,
+        "repair",
+        f"{LAMPS[0].dev_eui}/lamp_fault",
+    )
+    await h.dispatcher.apply(ACTOR, [raise_it, task, raise_it, task])
+    alarms = (await h.state.list("state/alarms/", operations_pb2.Alarm)).entries
+    tasks = (await h.state.list("state/tasks/", operations_pb2.Task)).entries
+    assert len(alarms) == 1 and alarms[0].value.state == operations_pb2.ACTIVE_UNACK
+    assert alarms[0].value.asset_class == AC.STREET_LAMP and alarms[0].value.group == "talant"
+    assert len(tasks) == 1
+    await h.dispatcher.apply(ACTOR, [ClearAlarm(LAMPS[0].dev_eui, "lamp_fault")])
+    alarm = (await h.state.list("state/alarms/", operations_pb2.Alarm)).entries[0].value
+    assert alarm.state == operations_pb2.CLEARED_UNACK
+    audit = (await h.state.list("audit/", control_state_pb2.AuditEntry)).entries
+    assert [e.value.action for e in audit].count("alarm.raise") == 1
+    assert all(e.value.epoch == 5 for e in audit)
+
+
+async def test_a_refused_decision_does_not_stop_the_others() -> None:
+    h = Harness()
+    stranger = command_pb2.Command(
+        command_id=str(uuid.uuid4()),
+        asset_class=AC.STREET_LAMP,
+        target=command_pb2.Target(dev_eui="00000000000000ff"),
+        set_brightness=command_pb2.SetBrightness(brightness_pct=30),
+    )
+    raise_it = RaiseAlarm(LAMPS[0].dev_eui, "lamp_fault", operations_pb2.MINOR, "no light")
+    await h.dispatcher.apply(ACTOR, [IssueCommand(stranger, reason="x"), raise_it])
+    assert len((await h.state.list("state/alarms/", operations_pb2.Alarm)).entries) == 1
