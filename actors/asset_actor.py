@@ -7,9 +7,11 @@ the one writer of the control state). Batches carry a sequence number per
 actor: a batch the actor has already applied is acknowledged again without
 being applied twice, so the post can retry freely after a timeout.
 
-After a crash Ray restarts the actor empty (a new incarnation); the post
-restores the last snapshot and replays the batches sent since, so no
-telemetry is lost from the policy's state.
+After a crash Ray restarts the actor empty (a new incarnation) and it refuses
+batches until the post has restored it: from the last snapshot, then the
+batches sent since, so no telemetry is lost from the policy's state. Clock
+ticks travel in the same sequence (an empty batch is a tick), so a replay
+reproduces them too.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class IngestResult:
     applied: int  # telemetry items applied since the actor's state began
     decisions: list[Decision]
     duplicate: bool = False  # the batch had been applied before: decisions are empty
+    needs_restore: bool = False  # a fresh incarnation: restore() first, nothing was applied
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class Health:
     pid: int
     seq: int
     applied: int
+    restored: bool
 
 
 def _at(now_ms: int) -> datetime:
@@ -56,30 +60,37 @@ class AssetActor:
         self._incarnation = uuid.uuid4().hex
         self._seq = 0
         self._applied = 0
+        self._restored = False
 
     def ingest(self, seq: int, batch: bytes, now_ms: int) -> IngestResult:
+        """Apply batch `seq` (an empty batch is a clock tick) once, in order."""
+        if not self._restored:
+            return IngestResult(self._incarnation, self._seq, self._applied, [], needs_restore=True)
         if seq <= self._seq:
             return IngestResult(self._incarnation, self._seq, self._applied, [], duplicate=True)
-        items = telemetry_pb2.TelemetryBatch.FromString(batch).items
-        decisions = self._policy.on_telemetry(items, _at(now_ms))
+        if batch:
+            items = telemetry_pb2.TelemetryBatch.FromString(batch).items
+            decisions = self._policy.on_telemetry(items, _at(now_ms))
+            self._applied += len(items)
+        else:
+            decisions = self._policy.on_tick(_at(now_ms))
         self._seq = seq
-        self._applied += len(items)
         return IngestResult(self._incarnation, self._seq, self._applied, decisions)
-
-    def tick(self, now_ms: int) -> list[Decision]:
-        return self._policy.on_tick(_at(now_ms))
 
     def desired_commands(self, now_ms: int) -> list[IssueCommand]:
         return self._policy.desired_commands(_at(now_ms))
 
     def health(self) -> Health:
-        return Health(self._incarnation, os.getpid(), self._seq, self._applied)
+        return Health(self._incarnation, os.getpid(), self._seq, self._applied, self._restored)
 
     def snapshot(self) -> Snapshot:
         return {"seq": self._seq, "applied": self._applied, "policy": self._policy.snapshot()}
 
-    def restore(self, snapshot: Snapshot) -> Health:
-        self._policy.restore(snapshot["policy"])
-        self._seq = int(snapshot["seq"])
-        self._applied = int(snapshot["applied"])
+    def restore(self, snapshot: Snapshot | None) -> Health:
+        """Take the state of `snapshot`, or start fresh with None (a new actor)."""
+        if snapshot is not None:
+            self._policy.restore(snapshot["policy"])
+            self._seq = int(snapshot["seq"])
+            self._applied = int(snapshot["applied"])
+        self._restored = True
         return self.health()

@@ -83,3 +83,7 @@ class FailedPreconditionError(CitypostError):
 
 class ResourceExhaustedError(CitypostError):
     grpc_status = "RESOURCE_EXHAUSTED"
+
+
+class ActorUnavailableError(InfrastructureError):
+    """An actor did not answer in time or died; it may be restarting."""

@@ -50,6 +50,8 @@ def _batch(n: int) -> bytes:
 
 def test_batches_apply_once_in_sequence() -> None:
     actor = AssetActor("g", [], CountingPolicy)
+    assert actor.ingest(1, _batch(3), 0).needs_restore  # nothing applied before restore
+    actor.restore(None)
     first = actor.ingest(1, _batch(3), 1_700_000_000_000)
     assert first.applied == 3 and first.decisions == [ReportMetric("seen", 3)]
     again = actor.ingest(1, _batch(3), 1_700_000_000_000)  # a retry after a timeout
@@ -60,6 +62,7 @@ def test_batches_apply_once_in_sequence() -> None:
 
 def test_restore_then_replay_gives_the_state_before_the_crash() -> None:
     actor = AssetActor("g", [], CountingPolicy)
+    actor.restore(None)
     actor.ingest(1, _batch(4), 0)
     snapshot = actor.snapshot()
     actor.ingest(2, _batch(6), 0)
@@ -67,8 +70,24 @@ def test_restore_then_replay_gives_the_state_before_the_crash() -> None:
 
     reborn = AssetActor("g", [], CountingPolicy)  # what Ray's restart gives: empty
     assert reborn.health().incarnation != before_crash.incarnation
+    assert not reborn.health().restored
     reborn.restore(snapshot)
     reborn.ingest(2, _batch(6), 0)  # the post replays what came after the snapshot
     assert reborn.health().applied == before_crash.applied == 10
     assert reborn.health().seq == before_crash.seq
     assert reborn.ingest(2, _batch(6), 0).duplicate
+
+
+def test_an_empty_batch_is_a_sequenced_tick() -> None:
+    ticks: list[datetime] = []
+
+    class Ticking(CountingPolicy):
+        def on_tick(self, now: datetime) -> list[Decision]:
+            ticks.append(now)
+            return [ReportMetric("tick", 1)]
+
+    actor = AssetActor("g", [], Ticking)
+    actor.restore(None)
+    assert actor.ingest(1, b"", 60_000).decisions == [ReportMetric("tick", 1)]
+    assert actor.ingest(1, b"", 60_000).duplicate  # replayed ticks apply once too
+    assert len(ticks) == 1 and actor.health().applied == 0
