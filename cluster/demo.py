@@ -25,9 +25,9 @@ from cluster.config import Config
 from cluster.etcd_local import LocalEtcd
 from cluster.mosquitto_local import LocalMosquitto
 from cluster.observability import setup_observability
+from cluster.sim_clock import SimClock
 from fleet.network_server import NetworkServer
 from fleet.population import build_city
-from fleet.sim_clock import SimClock
 
 
 def _terminate(_signum: int, _frame: FrameType | None) -> None:

@@ -49,10 +49,10 @@ from cluster.errors import (
     DecodeError,
     InfrastructureError,
 )
+from cluster.sim_clock import SimClock
 from fleet.device_state import CommandGate, Outcome
 from fleet.pacing import TokenBucket, UplinkSchedule
 from fleet.population import City, SimDevice
-from fleet.sim_clock import SimClock
 from fleet.uplinks import FCNT_MODULO, DeviceWire, UplinkFactory
 
 log = logging.getLogger(__name__)

@@ -18,9 +18,9 @@ from bridges.sinks import MemorySink
 from cluster.config import load_config
 from cluster.mosquitto_local import LocalMosquitto
 from cluster.observability import setup_observability
+from cluster.sim_clock import SimClock
 from fleet.network_server import NetworkServer
 from fleet.population import build_city
-from fleet.sim_clock import SimClock
 from protos.citypost.v1 import assets_pb2, command_pb2
 from tests.integration.test_edge import wait_for
 

@@ -25,10 +25,10 @@ from bridges.downlink_frame import COMMAND_F_PORT, encode_command
 from bridges.layouts import decode_reading, layout_of
 from cluster.config import CityConfig, MqttConfig, SimConfig
 from cluster.mosquitto_local import LocalMosquitto
+from cluster.sim_clock import SimClock
 from fleet.behaviours import StreetLamp
 from fleet.network_server import NetworkServer, executions_topic
 from fleet.population import City, build_city
-from fleet.sim_clock import SimClock
 from protos.citypost.v1 import assets_pb2, command_pb2
 
 pytestmark = pytest.mark.integration

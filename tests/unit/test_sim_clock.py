@@ -4,8 +4,8 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from cluster.errors import ConfigError
+from cluster.sim_clock import SimClock
 from fleet.pacing import TokenBucket, UplinkSchedule
-from fleet.sim_clock import SimClock
 
 pytestmark = pytest.mark.unit
 
