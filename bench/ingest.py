@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                 # Alternate so drift on a noisy machine hits both alike.
                 raw.append(raw_drain_rate(broker.port, uplinks))
                 trial_config = config.model_copy(
-                    update={"edge": config.edge.model_copy(update={"post": f"bench{trial}"})}
+                    update={"post": config.post.model_copy(update={"name": f"bench{trial}"})}
                 )
                 edge.append(edge_drain_rate(trial_config, city, uplinks))
         finally:

@@ -121,7 +121,7 @@ class Edge:
             description="messages sent to the dead letters, by reason",
         )
         self.session = MqttSession(
-            client_id=f"citypost-{config.city.name}-{edge.post}-{edge.name}",
+            client_id=f"citypost-{config.city.name}-{config.post.name}-{edge.name}",
             host=config.mqtt.host,
             port=config.mqtt.port,
             keepalive_s=config.mqtt.keepalive_s,

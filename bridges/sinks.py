@@ -1,7 +1,5 @@
-"""Simple telemetry sinks: the latest reading per device, optionally every batch.
-
-The post's actors are the real sink (a later stage); these serve the demo, the
-benchmarks and the tests.
+"""Simple telemetry sinks: the latest reading per device, optionally every batch,
+and a fan-out to several sinks.
 """
 
 from __future__ import annotations
@@ -9,6 +7,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
+from bridges.edge import TelemetrySink
 from protos.citypost.v1 import telemetry_pb2
 
 
@@ -31,3 +30,22 @@ class MemorySink:
     def snapshot(self) -> list[telemetry_pb2.Telemetry]:
         with self._lock:
             return list(self.received)
+
+    def last(self, dev_eui: str) -> telemetry_pb2.Telemetry | None:
+        with self._lock:
+            return self.latest.get(dev_eui)
+
+
+class FanOutSink:
+    """Every batch to each sink in turn; the batch is accepted once all accepted it.
+
+    A retry after a refusal goes to every sink again, so sinks after the first
+    must take a batch twice without harm (the latest-value store does).
+    """
+
+    def __init__(self, *sinks: TelemetrySink) -> None:
+        self._sinks = sinks
+
+    def submit(self, batch: Sequence[telemetry_pb2.Telemetry]) -> None:
+        for sink in self._sinks:
+            sink.submit(batch)

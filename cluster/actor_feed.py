@@ -114,6 +114,26 @@ class ActorFeed:
         with self._lock:
             self._recover(list(self._tracks))
 
+    def check_health(self) -> list[ActorKey]:
+        """Ping every actor that is up; restore those that died or restarted. Returns
+        the actors found in trouble (the supervisor counts them against its intensity)."""
+        with self._lock:
+            up = [key for key, track in self._tracks.items() if not track.down]
+            healths = self._pool.call_many([Call(key, "health") for key in up], self._timeout)
+            troubled = []
+            for key, health in zip(up, healths, strict=True):
+                track = self._tracks[key]
+                if (
+                    isinstance(health, BaseException)
+                    or not health.restored
+                    or health.incarnation != track.incarnation
+                ):
+                    track.down = True
+                    troubled.append(key)
+            if troubled:
+                self._recover(troubled)
+            return troubled
+
     def recover_down(self) -> list[ActorKey]:
         """Try again to restore the actors that are down; returns those still down."""
         with self._lock:

@@ -86,12 +86,6 @@ class MqttConfig(_Section):
 
 class EdgeConfig(_Section):
     name: str = "edge-1"
-    # The post this edge belongs to. Each post's edge holds its own persistent
-    # session with a plain subscription, so every post receives every uplink.
-    # Not a $share group: mosquitto (2.0.11 and 2.0.21 alike, checked) does not
-    # restore shared subscriptions from persistence, so uplinks published after
-    # a broker restart and before the group re-subscribes would be lost.
-    post: str = Field("primary", pattern=r"^[A-Za-z0-9_-]+$")
     qos: Literal[0, 1] = 1
     # MQTT messages above this go to the dead letters unread.
     max_message_bytes: int = Field(65536, ge=256)
@@ -125,6 +119,32 @@ class FailoverConfig(_Section):
         return self
 
 
+class PostConfig(_Section):
+    # The post's name. Its edge holds a persistent MQTT session of its own with a
+    # plain subscription, so every post receives every uplink. Not a $share group:
+    # mosquitto (2.0.11 and 2.0.21 alike, checked) does not restore shared
+    # subscriptions from persistence, so uplinks published after a broker restart
+    # and before the group re-subscribed would be lost.
+    name: str = Field("primary", pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")
+    grpc_host: str = "127.0.0.1"
+    # None: a free loopback port (printed at start).
+    grpc_port: int | None = Field(None, ge=1, le=65535)
+    rpc_deadline_s: float = Field(10.0, gt=0)
+    command_ttl_s: float = Field(60.0, gt=0)
+    command_max_attempts: int = Field(3, ge=1, le=20)
+    # An actor that does not answer within this is treated as down and restored.
+    actor_call_timeout_s: float = Field(10.0, gt=0)
+    # Actors hand over a snapshot every this many events (the replay bound after a crash).
+    snapshot_every: int = Field(20, ge=1)
+    # Past this many events waiting for one actor, the edge stops taking telemetry.
+    max_buffered_events: int = Field(2000, ge=10)
+    # Restart intensity (Erlang/OTP): more restarts than this within the window
+    # makes the post report itself unhealthy.
+    max_restarts: int = Field(10, ge=1)
+    restart_window_s: float = Field(60.0, gt=0)
+    ray_object_store_mb: int = Field(256, ge=64)
+
+
 class ObservabilityConfig(_Section):
     exporter: Literal["none", "console", "otlp"] = "none"
     otlp_endpoint: str | None = None
@@ -145,6 +165,7 @@ class Config(_Section):
     mqtt: MqttConfig = MqttConfig()
     edge: EdgeConfig = EdgeConfig()
     failover: FailoverConfig = FailoverConfig()
+    post: PostConfig = PostConfig()
     observability: ObservabilityConfig = ObservabilityConfig()
     run_dir: Path = Path("run")
 

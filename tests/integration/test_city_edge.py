@@ -35,7 +35,7 @@ def test_edge_decodes_every_uplink_of_a_small_city(mqtt_broker: LocalMosquitto) 
         overrides={
             "city.scale": 0.002,
             "mqtt.port": mqtt_broker.port,
-            "edge.post": "city-edge",
+            "post.name": "city-edge",
             "edge.batch_interval_ms": 20,
         }
     )
@@ -101,7 +101,7 @@ class AckList:
 @pytest.mark.timeout(60)
 def test_commands_reach_devices_and_their_acks_reach_the_edge(mqtt_broker: LocalMosquitto) -> None:
     config = load_config(
-        overrides={"city.scale": 0.002, "mqtt.port": mqtt_broker.port, "edge.post": "acks"}
+        overrides={"city.scale": 0.002, "mqtt.port": mqtt_broker.port, "post.name": "acks"}
     )
     city = build_city(config.city)
     observability = setup_observability(config.observability)

@@ -56,7 +56,7 @@ def _uplink(device: Device, f_cnt: int) -> tuple[str, bytes]:
 
 def _config(port: int, group: str, **overrides: object) -> Config:
     # A post (so a session) of its own per test: the session broker keeps other tests' sessions.
-    settings = {"mqtt.port": port, "edge.post": group, "edge.batch_interval_ms": 20}
+    settings = {"mqtt.port": port, "post.name": group, "edge.batch_interval_ms": 20}
     return load_config(overrides={**settings, **overrides})
 
 
