@@ -77,7 +77,9 @@ class ActorFeed:
         self._by_class: dict[int, list[ActorKey]] = {}
         for key in self._tracks:
             self._by_class.setdefault(key[0], []).append(key)
-        # One caller at a time: the edge's flush and the post's tick loop share the sequences.
+        # One caller at a time: the edge's flush and the post's tick loop share the
+        # sequences. Held while decisions are delivered, so never taken on the post's
+        # event loop (deliver waits on that loop): call these through a thread there.
         self._lock = threading.RLock()
 
     # --- the edge's sink -----------------------------------------------------------------
@@ -247,11 +249,14 @@ class ActorFeed:
     # --- reading -------------------------------------------------------------------------
 
     def stats(self) -> FeedStats:
-        with self._lock:
-            return FeedStats(
-                actors=len(self._tracks),
-                down=[actor_name(*k) for k, t in self._tracks.items() if t.down],
-                restarts={actor_name(*k): t.restarts for k, t in self._tracks.items()},
-                buffered_events=sum(len(t.events) for t in self._tracks.values()),
-                applied_by_actor={actor_name(*k): t.applied for k, t in self._tracks.items()},
-            )
+        # Without the lock, on purpose: the lock is held while decisions are delivered
+        # to the post's event loop, and the loop reads these figures. The set of tracks
+        # never changes; each figure is read whole.
+        tracks = list(self._tracks.items())
+        return FeedStats(
+            actors=len(self._tracks),
+            down=[actor_name(*k) for k, t in tracks if t.down],
+            restarts={actor_name(*k): t.restarts for k, t in tracks},
+            buffered_events=sum(len(t.events) for _, t in tracks),
+            applied_by_actor={actor_name(*k): t.applied for k, t in tracks},
+        )

@@ -38,6 +38,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(config, duration_s=args.duration)
 
 
+def _cmd_post(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from cluster.post_main import run_post
+
+    config = _config(args, {"post.name": args.name})
+    return asyncio.run(run_post(config, ready_file=args.ready_file))
+
+
 def _cmd_edge_decode(args: argparse.Namespace) -> int:
     from bridges.field_decode import decode_event, decode_lpp
 
@@ -71,6 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--duration", type=float, help="stop after this many seconds (default: Ctrl-C)"
     )
     demo.set_defaults(handler=_cmd_demo)
+
+    post = commands.add_parser(
+        "post", help="run one control post (its own Ray cluster, actors, gRPC services)"
+    )
+    _add_config_flags(post)
+    post.add_argument("--name", help="the post's name (default: post.name from the config)")
+    post.add_argument(
+        "--ready-file", type=Path, help="write the gRPC address here once the post serves"
+    )
+    post.set_defaults(handler=_cmd_post)
 
     edge = commands.add_parser("edge", help="the device edge")
     edge_commands = edge.add_subparsers(dest="edge_command", required=True)

@@ -34,6 +34,18 @@ class CitypostError(Exception):
         super().__init__(message)
         self.message = message
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Errors cross process boundaries (Ray actors): rebuild from the attributes,
+        # whatever the subclass's constructor takes.
+        return (_rebuild, (type(self), self.message, self.__dict__))
+
+
+def _rebuild(cls: type[CitypostError], message: str, state: dict[str, object]) -> CitypostError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error
+
 
 class ConfigError(CitypostError):
     """Configuration that cannot run; the message names the field and the rule."""
@@ -86,4 +98,14 @@ class ResourceExhaustedError(CitypostError):
 
 
 class ActorUnavailableError(InfrastructureError):
-    """An actor did not answer in time or died; it may be restarting."""
+    """An actor that cannot answer now: dead, restarting, unreachable or too slow."""
+
+    def __init__(self, message: str, *, actor: str | None = None) -> None:
+        super().__init__(message)
+        self.actor = actor
+
+
+class ActorCallError(CitypostError):
+    """An actor method raised an exception that is not a CitypostError (a bug)."""
+
+    grpc_status = "INTERNAL"

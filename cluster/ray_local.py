@@ -311,6 +311,8 @@ class LocalRay:
         # On SIGTERM `ray start` otherwise asks the GCS to drain the node and
         # waits up to 30 s; a single-node post has nothing to drain.
         env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
+        # Otherwise the head's own messages sit in a buffer when it is killed.
+        env["PYTHONUNBUFFERED"] = "1"
         return env
 
     def _make_temp_dir(self) -> None:

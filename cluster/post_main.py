@@ -1,0 +1,91 @@
+"""`citypost post`: one control post as a process, with its own Ray cluster.
+
+Expects the broker (and, from the failover stage on, etcd) to be reachable as
+configured; starts a Ray head of its own, the actors, the post and its gRPC
+services; runs until SIGTERM or Ctrl-C; stops what it started, in reverse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+from pathlib import Path
+
+from actors import ray_api
+from actors.ray_pool import RayActorPool
+from cluster.admin_api import PostAdminService
+from cluster.config import Config
+from cluster.errors import ConfigError
+from cluster.grpc_server import Service, start_server
+from cluster.observability import setup_observability
+from cluster.ports import free_port
+from cluster.post import Post
+from cluster.ray_local import LocalRay
+from cluster.sim_clock import SimClock
+from fleet.population import build_city
+from protos.citypost.v1 import admin_pb2, admin_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+def admin_service(post: Post) -> Service:
+    name = admin_pb2.DESCRIPTOR.services_by_name["PostAdmin"].full_name
+    return Service(name, admin_pb2_grpc.add_PostAdminServicer_to_server, PostAdminService(post))
+
+
+async def run_post(config: Config, *, ready_file: Path | None = None) -> int:
+    if config.mqtt.port is None:
+        raise ConfigError("mqtt.port: a post needs the broker's address (mqtt.host, mqtt.port)")
+    name = config.post.name
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    run_dir = config.run_dir.resolve() / f"post-{name}-{stamp}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # The registry comes from the city model until a provisioning source replaces it.
+    registry = build_city(config.city).registry
+    clock = SimClock(config.sim.start_or_now(), config.sim.speed)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with AsyncExitStack() as stack:
+        ray_head = LocalRay(
+            run_dir / "ray", name=name, object_store_mb=config.post.ray_object_store_mb
+        )
+        await asyncio.to_thread(ray_head.start)
+        stack.push_async_callback(asyncio.to_thread, ray_head.stop)
+        ray_api.connect(ray_head.address, namespace=name, env=ray_head.env_for_driver())
+        stack.push_async_callback(asyncio.to_thread, ray_api.disconnect)
+        pool = await asyncio.to_thread(RayActorPool.spawn, registry.groups())
+        observability = setup_observability(config.observability, post=name)
+        stack.callback(observability.shutdown)
+        post = Post(
+            config,
+            name=name,
+            registry=registry,
+            pool=pool,
+            clock=clock,
+            observability=observability,
+        )
+        await post.start()
+        stack.push_async_callback(post.stop)
+        port = config.post.grpc_port or free_port()
+        server, _ = await start_server(
+            [admin_service(post)],
+            host=config.post.grpc_host,
+            port=port,
+            deadline_s=config.post.rpc_deadline_s,
+        )
+        stack.push_async_callback(server.stop, None)
+        address = f"{config.post.grpc_host}:{port}"
+        print(
+            f"citypost post {name}: leading, gRPC on {address}, {len(registry):,} devices",
+            flush=True,
+        )
+        if ready_file is not None:
+            ready_file.write_text(address)
+        await stop.wait()
+        print(f"citypost post {name}: stopping", flush=True)
+    return 0
