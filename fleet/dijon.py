@@ -1,4 +1,4 @@
-"""Dijon Métropole as the simulated city sees it: communes, old town, Divia lines, scale.
+"""Dijon Métropole as the simulated city sees it: communes, sectors, old town, Divia lines, scale.
 
 Data only. Coordinates are approximate town centres (WGS84, 4 decimals ≈ 10 m);
 populations are rounded recent census figures that add up to about 256,000 as
@@ -95,6 +95,58 @@ COMMUNES: tuple[Commune, ...] = (
 
 COMMUNE_BY_NAME: Mapping[str, Commune] = {c.name: c for c in COMMUNES}
 DIJON = COMMUNE_BY_NAME["Dijon"]
+
+
+@dataclass(frozen=True, slots=True)
+class Sector:
+    """Communes whose devices of one class share an actor (street lamps stay per commune)."""
+
+    name: str
+    communes: tuple[str, ...]
+
+    @property
+    def slug(self) -> str:
+        """`north` -> `sector-north`: the group name, apart from any commune's slug."""
+        return f"sector-{self.name}"
+
+
+# Dijon is the centre; every other commune goes by its bearing from Dijon's town centre
+# to the quadrant around N, E, S or W (boundaries on the diagonals: Daix at 309° is west).
+SECTORS: tuple[Sector, ...] = (
+    Sector("centre", ("Dijon",)),
+    Sector("north", ("Ahuy", "Fontaine-lès-Dijon", "Hauteville-lès-Dijon")),
+    Sector(
+        "east",
+        (
+            "Bressey-sur-Tille",
+            "Chevigny-Saint-Sauveur",
+            "Crimolois",
+            "Magny-sur-Tille",
+            "Neuilly-lès-Dijon",
+            "Quetigny",
+            "Saint-Apollinaire",
+            "Sennecey-lès-Dijon",
+        ),
+    ),
+    Sector(
+        "south",
+        (
+            "Bretenière",
+            "Chenôve",
+            "Fénay",
+            "Longvic",
+            "Marsannay-la-Côte",
+            "Ouges",
+            "Perrigny-lès-Dijon",
+        ),
+    ),
+    Sector(
+        "west",
+        ("Corcelles-les-Monts", "Daix", "Flavignerot", "Plombières-lès-Dijon", "Talant"),
+    ),
+)
+
+SECTOR_OF_COMMUNE: Mapping[str, Sector] = {name: s for s in SECTORS for name in s.communes}
 
 # The old town (secteur sauvegardé, ~97 ha around the Palais des ducs): a circle of
 # 97 ha has a radius of ~560 m; bollards stand at its street entries.

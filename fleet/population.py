@@ -3,8 +3,10 @@
 Deterministic: the same CityConfig gives the same devEuis, places and
 behaviours. Counts follow `fleet.dijon.DEFAULT_COUNTS` times `city.scale`,
 with at least one device of every class so that a tiny slice still has them
-all. Groups are the commune (split into `<commune>-<n>` past
-`max_group_size`), the bus line, or the car's department.
+all. Groups are the commune for street lamps, the bus line, the car's
+department, and the sector (`sector-north`, see `fleet.dijon.SECTORS`) for
+every other class; a group past `max_group_size` is split into `<group>-<n>`.
+Each (class, group) is one actor (~50 MiB), so groups are few and large.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from fleet.behaviours import (
     WaterMeter,
     places_from,
 )
-from fleet.dijon import COMMUNES, Commune
+from fleet.dijon import COMMUNES, SECTOR_OF_COMMUNE, Commune
 from fleet.geo import LatLon, Route, distance_m, offset
 from protos.citypost.v1 import assets_pb2
 
@@ -130,6 +132,16 @@ def radio_link(point: LatLon, extra_loss_db: float, rng: random.Random) -> Radio
     return RadioLink(gateway_id, round(rssi), round(snr, 1), dr)
 
 
+# Grouped by commune: lamps are numerous enough to fill commune groups, and a dusk or
+# dimming command to a commune's lamps is what the lighting plan is made of.
+COMMUNE_GROUPED = frozenset({AssetClass.STREET_LAMP})
+
+
+def area_group(cls: ClassId, commune: Commune) -> str:
+    """The base group of a placed device: its commune's slug for lamps, else its sector's."""
+    return commune.slug if cls in COMMUNE_GROUPED else SECTOR_OF_COMMUNE[commune.name].slug
+
+
 # How far below street level each LoRaWAN class sits: meters in cellars, sensors in asphalt.
 _EXTRA_LOSS_DB: Mapping[ClassId, float] = {
     AssetClass.WATER_METER: 15.0,
@@ -168,7 +180,7 @@ class _Builder:
             for _ in range(n):
                 point = _scatter(self.rng, centre, commune.radius_km * 1000, spread)
                 self.specs.append(
-                    _Spec(cls, commune.slug, commune.name, point, make(commune, point))
+                    _Spec(cls, area_group(cls, commune), commune.name, point, make(commune, point))
                 )
 
     def lamps(self) -> None:
@@ -259,20 +271,20 @@ class _Builder:
                 behaviour = TrafficSignal(
                     offset_s=rng.uniform(0, 100), night_flashing=rng.random() < 0.3
                 )
+                group = area_group(AssetClass.TRAFFIC_SIGNAL, commune)
                 self.specs.append(
-                    _Spec(AssetClass.TRAFFIC_SIGNAL, commune.slug, commune.name, point, behaviour)
+                    _Spec(AssetClass.TRAFFIC_SIGNAL, group, commune.name, point, behaviour)
                 )
 
     def bollards(self) -> None:
         # At the old town's street entries, on a ring around the secteur sauvegardé.
         rng = self.rng
+        group = area_group(AssetClass.BOLLARD, dijon.DIJON)
         for _ in range(self.counts[AssetClass.BOLLARD]):
             r = dijon.OLD_TOWN_RADIUS_M * rng.uniform(0.85, 1.05)
             a = rng.uniform(0, 2 * math.pi)
             point = offset(dijon.OLD_TOWN_CENTRE, r * math.cos(a), r * math.sin(a))
-            self.specs.append(
-                _Spec(AssetClass.BOLLARD, dijon.DIJON.slug, dijon.DIJON.name, point, Bollard())
-            )
+            self.specs.append(_Spec(AssetClass.BOLLARD, group, dijon.DIJON.name, point, Bollard()))
 
     def buses(self) -> None:
         shares = apportion(self.counts[AssetClass.BUS], [line.weight for line in dijon.LINES])
