@@ -1,9 +1,11 @@
-"""`citypost demo`: the local stack, the simulated city and the edge, live.
+"""`citypost demo`: the local stack, the simulated city and a control post, live.
 
 Starts what the config asks for (a local etcd and mosquitto, or points at
-external ones), the simulated network server of the city, and the edge with an
-in-memory sink; shows rates per asset class and dead letters until Ctrl-C or
-the given duration, then stops everything it started, in reverse order.
+external ones), the simulated network server of the city, and a post
+(`citypost post`, its own process with its own Ray cluster); shows what the
+post reports over its PostAdmin API — uplinks per asset class and their rate,
+actors, pending commands, dead letters — until Ctrl-C or the given duration,
+then stops everything it started, in reverse order.
 """
 
 from __future__ import annotations
@@ -14,20 +16,20 @@ from contextlib import ExitStack
 from datetime import UTC, datetime
 from types import FrameType
 
+import grpc
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from bridges.edge import Edge, EdgeStats
-from bridges.sinks import MemorySink
 from cluster.config import Config
 from cluster.etcd_local import LocalEtcd
 from cluster.mosquitto_local import LocalMosquitto
-from cluster.observability import setup_observability
+from cluster.post_process import PostProcess
 from cluster.sim_clock import SimClock
 from fleet.network_server import NetworkServer
 from fleet.population import build_city
+from protos.citypost.v1 import admin_pb2, admin_pb2_grpc
 
 
 def _terminate(_signum: int, _frame: FrameType | None) -> None:
@@ -64,32 +66,35 @@ def start_infrastructure(config: Config, stack: ExitStack) -> tuple[Config, list
 
 
 def _render(
-    stats: EdgeStats,
-    previous: EdgeStats | None,
+    status: admin_pb2.PostStatus,
+    previous: admin_pb2.PostStatus | None,
     elapsed: float,
     devices: dict[str, int],
     header: str,
 ) -> Group:
-    table = Table(title="citypost edge: uplinks decoded by asset class")
+    table = Table(title=f"post {status.post} ({status.role}, epoch {status.epoch})")
     table.add_column("asset class")
     table.add_column("devices", justify="right")
-    table.add_column("decoded", justify="right")
+    table.add_column("uplinks", justify="right")
     table.add_column("per second", justify="right")
     for name in sorted(devices):
-        now = stats.decoded_by_class.get(name, 0)
-        before = previous.decoded_by_class.get(name, 0) if previous else 0
+        now = status.uplinks_by_class.get(name, 0)
+        before = previous.uplinks_by_class.get(name, 0) if previous else 0
         rate = (now - before) / elapsed if previous and elapsed > 0 else 0.0
         table.add_row(name, f"{devices[name]:,}", f"{now:,}", f"{rate:,.0f}")
-    dead = Table(title="dead letters by reason")
+    dead = Table(title="dead letters")
     dead.add_column("reason")
     dead.add_column("count", justify="right")
-    for reason, n in sorted(stats.dead_letters_by_reason.items()):
+    for reason, n in sorted(status.dead_letters_by_reason.items()):
         dead.add_row(reason, f"{n:,}")
-    if not stats.dead_letters_by_reason:
+    if not status.dead_letters_by_reason:
         dead.add_row("(none)", "0")
-    status = "connected" if stats.connected else "RECONNECTING"
+    down = [a.name for a in status.actors if not a.healthy]
+    restarts = sum(a.restarts for a in status.actors)
+    health = "healthy" if status.healthy else f"UNHEALTHY: {status.unhealthy_reason}"
     footer = Text(
-        f"broker {status}; pending {stats.pending}; batches {stats.batches:,}\n"
+        f"{len(status.actors)} actors, {len(down)} down, {restarts} restarts; "
+        f"{status.commands_pending} commands pending; {health}\n"
         "Ctrl-C stops everything this demo started"
     )
     return Group(Text(header), table, dead, footer)
@@ -97,43 +102,51 @@ def _render(
 
 def run_demo(config: Config, *, duration_s: float | None = None) -> int:
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    config = config.model_copy(update={"run_dir": config.run_dir.resolve() / f"demo-{stamp}"})
-    config.run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = config.run_dir.resolve() / f"demo-{stamp}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # One simulated clock for the city and the post: the same start and speed.
+    sim = config.sim.model_copy(update={"start": config.sim.start_or_now()})
+    config = config.model_copy(update={"run_dir": run_dir, "sim": sim})
     console = Console()
     previous_handler = signal.signal(signal.SIGTERM, _terminate)
     try:
         with ExitStack() as stack:
-            console.print(f"citypost demo: run dir {config.run_dir}")
+            console.print(f"citypost demo: run dir {run_dir}")
             config, endpoints = start_infrastructure(config, stack)
             console.print(
                 f"etcd: {', '.join(endpoints)}; mqtt: {config.mqtt.host}:{config.mqtt.port}"
             )
             city = build_city(config.city)
-            console.print(f"city: {config.city.name}, {len(city.registry):,} devices")
-            observability = setup_observability(config.observability, post="demo")
-            stack.callback(observability.shutdown)
-            sink = MemorySink()
-            edge = Edge(
-                config=config, registry=city.registry, sink=sink, observability=observability
+            console.print(
+                f"city: {config.city.name}, {len(city.registry):,} devices; starting the post"
             )
-            edge.start()
-            stack.callback(edge.stop)
-            clock = SimClock(config.sim.start_or_now(), config.sim.speed)
+            post = PostProcess(config, run_dir).start()
+            stack.callback(post.stop)
+            console.print(
+                f"post {post.name}: gRPC on {post.address} (log: {run_dir}/post-{post.name}.log)"
+            )
+            clock = SimClock(sim.start_or_now(), sim.speed)
             network_server = NetworkServer(city, config.mqtt, clock, config.sim, config.city.name)
             network_server.start()
             stack.callback(network_server.stop)
+            channel = grpc.insecure_channel(post.address)
+            stack.callback(channel.close)
+            admin = admin_pb2_grpc.PostAdminStub(channel)
             devices = city.registry.count_by_class()
-            started = time.monotonic()
-            previous: EdgeStats | None = None
-            last = started
+            started = last = time.monotonic()
+            previous: admin_pb2.PostStatus | None = None
             with Live(console=console, refresh_per_second=1, transient=False) as live:
                 while duration_s is None or time.monotonic() - started < duration_s:
                     time.sleep(1.0)
                     now = time.monotonic()
-                    stats = edge.stats()
-                    header = f"simulated time {clock.now():%Y-%m-%d %H:%M} (x{config.sim.speed:g})"
-                    live.update(_render(stats, previous, now - last, devices, header))
-                    previous, last = stats, now
+                    try:
+                        status = admin.GetStatus(admin_pb2.GetStatusRequest(), timeout=5)
+                    except grpc.RpcError as error:
+                        live.update(Text(f"post {post.name} does not answer: {error.code().name}"))
+                        continue
+                    header = f"simulated time {clock.now():%Y-%m-%d %H:%M} (x{sim.speed:g})"
+                    live.update(_render(status, previous, now - last, devices, header))
+                    previous, last = status, now
         console.line()
     except KeyboardInterrupt:
         console.print("\ncitypost demo: stopping")

@@ -12,14 +12,20 @@ from cluster.cli import main
 pytestmark = pytest.mark.integration
 
 
-def _stack_processes() -> set[int]:
-    names = {"etcd", "mosquitto"}
-    return {p.pid for p in psutil.process_iter(["name"]) if p.info["name"] in names}
+def _demo_processes(run_dir: Path) -> set[int]:
+    """Processes of this demo: its etcd, mosquitto and post name the run dir; its Ray
+    cluster lives in a temp dir named after the post."""
+    found = set()
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or ())
+        if str(run_dir) in cmdline or "cpray-primary-" in cmdline:
+            found.add(process.pid)
+    return found
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(240)
 def test_demo_runs_and_stops_everything(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    before = _stack_processes()
+    assert _demo_processes(tmp_path) == set()
     code = main(
         [
             "demo",
@@ -28,7 +34,7 @@ def test_demo_runs_and_stops_everything(tmp_path: Path, capsys: pytest.CaptureFi
             "--speed",
             "600",
             "--duration",
-            "4",
+            "6",
             "--set",
             f"run_dir='{tmp_path}'",
         ]
@@ -36,8 +42,9 @@ def test_demo_runs_and_stops_everything(tmp_path: Path, capsys: pytest.CaptureFi
     out = capsys.readouterr().out
     assert code == 0
     assert "street_lamp" in out and "dead letters" in out
+    assert "post primary" in out and "actors" in out
     assert "everything stopped" in out
-    assert _stack_processes() == before  # the demo's etcd and mosquitto are gone
+    assert _demo_processes(tmp_path) == set()  # etcd, mosquitto, the post and its Ray: gone
     run = next(tmp_path.glob("demo-*"))
     assert (run / "etcd" / "etcd-0.log").exists()
     assert any((run / "mosquitto").glob("*.log"))

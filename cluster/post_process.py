@@ -1,0 +1,66 @@
+"""A post as a child process (`citypost post`), started and stopped by PID.
+
+The demo (and later the drills) run posts this way, so a post can be killed
+like the real thing. Readiness is the post's own word: it writes its gRPC
+address to a ready file once it serves.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from cluster.config import Config
+from cluster.processes import ManagedProcess
+
+START_TIMEOUT_S = 180.0  # a Ray head and one worker per actor on a small machine
+
+
+def post_overrides(config: Config) -> list[str]:
+    """The settings a child post must share with its parent, as --set flags."""
+    values = {
+        "city.name": f'"{config.city.name}"',
+        "city.scale": repr(config.city.scale),
+        "city.seed": str(config.city.seed),
+        "city.max_group_size": str(config.city.max_group_size),
+        "sim.start": config.sim.start_or_now().isoformat(),
+        "sim.speed": repr(config.sim.speed),
+        "mqtt.host": f'"{config.mqtt.host}"',
+        "mqtt.port": str(config.mqtt.port),
+        "post.name": f'"{config.post.name}"',
+        "run_dir": f'"{config.run_dir}"',
+        "observability.exporter": f'"{config.observability.exporter}"',
+    }
+    if config.post.grpc_port is not None:
+        values["post.grpc_port"] = str(config.post.grpc_port)
+    flags: list[str] = []
+    for key, value in values.items():
+        flags += ["--set", f"{key}={value}"]
+    return flags
+
+
+class PostProcess:
+    def __init__(self, config: Config, run_dir: Path) -> None:
+        self.name = config.post.name
+        self._ready_file = run_dir / f"post-{self.name}.ready"
+        argv = [
+            sys.executable,
+            "-m",
+            "cluster.cli",
+            "post",
+            *post_overrides(config),
+            "--ready-file",
+            str(self._ready_file),
+        ]
+        self.process = ManagedProcess(f"post {self.name}", argv, run_dir / f"post-{self.name}.log")
+        self.address = ""
+
+    def start(self) -> PostProcess:
+        self._ready_file.unlink(missing_ok=True)
+        self.process.start()
+        self.process.wait_ready(self._ready_file.exists, START_TIMEOUT_S, interval=0.2)
+        self.address = self._ready_file.read_text().strip()
+        return self
+
+    def stop(self) -> None:
+        self.process.stop(timeout=60.0)
