@@ -1,0 +1,423 @@
+"""CitizenService: traffic by commune, incident reports, nearest free parking.
+
+Reads are anonymous and answer from what the post already holds: the latest
+telemetry per device (the edge's `MemorySink.latest`) and the control state.
+A report carries a pseudonymous reporter id; it is validated, rate-limited per
+reporter, and becomes an incident through the dispatcher (the one writer),
+which also opens the departments' tasks. Nothing personal is answered: areas
+are communes, parking spaces are sensors.
+
+Traffic level from the mean queue at a commune's signals (vehicles waiting on
+the controlled approach, as the controllers report it): below 3 FLUID, below 6
+DENSE, else CONGESTED; no signal heard in the commune: TRAFFIC_LEVEL_UNSPECIFIED
+(unknown). A simulated junction averages about 0.5 at night, 3 at midday and
+6-7 at the rush hours.
+
+Idempotency: a bounded in-memory map (reporter_id, idempotency_key) ->
+incident_id, least recently used forgotten first. It does not survive a
+restart or a failover; the control state's `idempotency/` records will, once
+the dispatcher writes one in the incident's own transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import hashlib
+import math
+import time
+import unicodedata
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from actors.decisions import OpenIncident
+from actors.dispatch import haversine_m
+from actors.incidents import nearest_commune, validate_citizen_report
+from bridges.registry import Device, DeviceRegistry
+from cluster import audit
+from cluster.dispatcher import Dispatcher
+from cluster.errors import (
+    InfrastructureError,
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
+)
+from cluster.grpc_server import Service
+from cluster.rate_limit import KeyedRateLimiter
+from failover.control_state import AUDIT, INCIDENTS, ControlState, incident_key
+from fleet.dijon import BOUNDS, COMMUNES
+from protos.citypost.v1 import (
+    assets_pb2,
+    citizen_pb2,
+    citizen_pb2_grpc,
+    control_state_pb2,
+    operations_pb2,
+    telemetry_pb2,
+)
+
+SERVICE_NAME = citizen_pb2.DESCRIPTOR.services_by_name["CitizenService"].full_name
+
+# Traffic levels by mean queue length at the signals (vehicles).
+DENSE_FROM_QUEUE = 3.0
+CONGESTED_FROM_QUEUE = 6.0
+
+# Reports: 5 per 10 minutes on average, at most 3 at once.
+REPORTS_PER_WINDOW = 5
+REPORT_WINDOW_S = 600.0
+REPORT_BURST = 3
+
+MAX_REPORTER_ID_CHARS = 64
+MAX_IDEMPOTENCY_KEY_CHARS = 128
+MAX_REMEMBERED_REPORTS = 10_000
+
+DEFAULT_PARKING_LIMIT = 5
+MAX_PARKING_LIMIT = 50
+
+_PAGE = 500
+_INCIDENT_TARGET = "incident/"  # the audit target of an incident, as the dispatcher writes it
+# How far before the report the audit is searched: tolerates a wall clock stepped back.
+_AUDIT_SLACK_MS = 2_000
+
+
+def default_report_limiter(*, monotonic: Callable[[], float] = time.monotonic) -> KeyedRateLimiter:
+    """The citizens' default: 5 reports per 10 minutes per reporter, burst 3."""
+    return KeyedRateLimiter(REPORTS_PER_WINDOW / REPORT_WINDOW_S, REPORT_BURST, monotonic=monotonic)
+
+
+def citizen_service(servicer: CitizenService) -> Service:
+    """The servicer as the post's gRPC server registers it."""
+    return Service(SERVICE_NAME, citizen_pb2_grpc.add_CitizenServiceServicer_to_server, servicer)
+
+
+# --- pure parts -----------------------------------------------------------------------
+
+
+def traffic_level(mean_queue: float | None) -> citizen_pb2.TrafficLevel.ValueType:
+    if mean_queue is None:
+        return citizen_pb2.TRAFFIC_LEVEL_UNSPECIFIED
+    if mean_queue < DENSE_FROM_QUEUE:
+        return citizen_pb2.FLUID
+    if mean_queue < CONGESTED_FROM_QUEUE:
+        return citizen_pb2.DENSE
+    return citizen_pb2.CONGESTED
+
+
+def _slug(text: str) -> str:
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    return "-".join(ascii_text.strip().lower().replace("'", " ").replace("-", " ").split())
+
+
+_COMMUNE_BY_SLUG: Mapping[str, str] = {_slug(c.name): c.name for c in COMMUNES}
+
+
+def resolve_commune(asked: str) -> str:
+    """The commune's official name; case, accents, spaces and hyphens do not matter."""
+    name = _COMMUNE_BY_SLUG.get(_slug(asked))
+    if name is not None:
+        return name
+    shown = asked if len(asked) <= 64 else asked[:64] + "…"
+    close = difflib.get_close_matches(_slug(asked), list(_COMMUNE_BY_SLUG), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(_COMMUNE_BY_SLUG[s] for s in close)}?" if close else ""
+    valid = ", ".join(c.name for c in COMMUNES)
+    raise NotFoundError(
+        f"commune: {shown!r} is not a commune of the metropolis{hint} (valid: {valid})"
+    )
+
+
+def _inside(latitude: float, longitude: float) -> bool:
+    south, west, north, east = BOUNDS
+    return south <= latitude <= north and west <= longitude <= east
+
+
+@dataclass
+class _Area:
+    queues: list[int]
+    delays: list[float]
+    open_incidents: int = 0
+
+    def to_proto(self, commune: str) -> citizen_pb2.AreaTraffic:
+        mean_queue = sum(self.queues) / len(self.queues) if self.queues else None
+        return citizen_pb2.AreaTraffic(
+            commune=commune,
+            level=traffic_level(mean_queue),
+            mean_queue_length=mean_queue or 0.0,
+            mean_bus_delay_s=sum(self.delays) / len(self.delays) if self.delays else 0.0,
+            open_incidents=self.open_incidents,
+        )
+
+
+def traffic_by_commune(
+    signals: Iterable[tuple[Device, telemetry_pb2.Telemetry]],
+    buses: Iterable[telemetry_pb2.Telemetry],
+    incidents: Iterable[operations_pb2.Incident],
+) -> dict[str, citizen_pb2.AreaTraffic]:
+    """Every commune's traffic from the latest readings and the incidents (closed ones skipped)."""
+    areas = {c.name: _Area([], []) for c in COMMUNES}
+    for device, item in signals:
+        area = areas.get(device.commune)
+        if area is not None and item.WhichOneof("reading") == "traffic_signal":
+            area.queues.append(item.traffic_signal.queue_length)
+    for item in buses:
+        if item.WhichOneof("reading") != "vehicle":
+            continue
+        where = item.vehicle
+        # A bus without a fix (0, 0) or off the map is in no commune.
+        if math.isfinite(where.delay_s) and _inside(where.latitude, where.longitude):
+            areas[nearest_commune(where.latitude, where.longitude)].delays.append(where.delay_s)
+    for incident in incidents:
+        if incident.closed:
+            continue
+        commune = incident.commune
+        if not commune and _inside(incident.location.latitude, incident.location.longitude):
+            commune = nearest_commune(incident.location.latitude, incident.location.longitude)
+        if commune in areas:
+            areas[commune].open_incidents += 1
+    return {name: area.to_proto(name) for name, area in areas.items()}
+
+
+def nearest_free_spaces(
+    free: Sequence[Device], latitude: float, longitude: float, limit: int
+) -> citizen_pb2.FindParkingResponse:
+    """The `limit` nearest of the free spaces, and how many are free in the nearest one's zone."""
+    ranked = sorted(
+        ((haversine_m(latitude, longitude, d.latitude, d.longitude), d.dev_eui, d) for d in free),
+        key=lambda entry: (entry[0], entry[1]),
+    )[:limit]
+    spaces = [
+        citizen_pb2.ParkingSpace(
+            spot_id=device.dev_eui,
+            zone=device.group,
+            location=operations_pb2.GeoPoint(latitude=device.latitude, longitude=device.longitude),
+            distance_m=distance,
+        )
+        for distance, _, device in ranked
+    ]
+    zone = spaces[0].zone if spaces else None
+    in_zone = sum(1 for d in free if d.group == zone)
+    return citizen_pb2.FindParkingResponse(spaces=spaces, free_in_zone=in_zone)
+
+
+def check_limit(limit: int) -> int:
+    if limit == 0:
+        return DEFAULT_PARKING_LIMIT
+    if not 1 <= limit <= MAX_PARKING_LIMIT:
+        raise InvalidArgumentError(
+            f"limit: must be between 1 and {MAX_PARKING_LIMIT} (0 means {DEFAULT_PARKING_LIMIT}),"
+            f" got {limit}"
+        )
+    return limit
+
+
+def check_location(field: str, point: operations_pb2.GeoPoint) -> tuple[float, float]:
+    south, west, north, east = BOUNDS
+    for name, value, low, high in (
+        ("latitude", point.latitude, south, north),
+        ("longitude", point.longitude, west, east),
+    ):
+        if not math.isfinite(value):
+            raise InvalidArgumentError(f"{field}.{name}: must be a finite number")
+        if not low <= value <= high:
+            raise InvalidArgumentError(
+                f"{field}.{name}: {value} is outside the metropolis ({low}..{high})"
+            )
+    return point.latitude, point.longitude
+
+
+def check_token(field: str, value: str, max_chars: int) -> str:
+    """A required identifier: 1..max_chars printable characters, no spaces."""
+    if not value:
+        raise InvalidArgumentError(f"{field}: required")
+    if len(value) > max_chars:
+        raise InvalidArgumentError(f"{field}: {len(value)} characters, at most {max_chars}")
+    if not value.isprintable() or any(ch.isspace() for ch in value):
+        raise InvalidArgumentError(f"{field}: printable characters only, without spaces")
+    return value
+
+
+def report_originator(reporter_id: str, idempotency_key: str) -> str:
+    """The incident's `reported_by`: the pseudonym plus a digest of the report's key.
+
+    One originator per report, so two reports of one reporter are two incidents
+    even within the same millisecond; the key itself is not stored.
+    """
+    digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:12]
+    return f"{reporter_id}#{digest}"
+
+
+def validate_report(request: citizen_pb2.ReportIncidentRequest) -> OpenIncident:
+    """The request checked and turned into an incident; InvalidArgumentError names the field."""
+    reporter = check_token("reporter_id", request.reporter_id, MAX_REPORTER_ID_CHARS)
+    key = check_token("idempotency_key", request.idempotency_key, MAX_IDEMPOTENCY_KEY_CHARS)
+    if not request.HasField("location"):
+        raise InvalidArgumentError("location: required")
+    try:
+        return validate_citizen_report(
+            request.kind,
+            request.location.latitude,
+            request.location.longitude,
+            request.text,
+            reporter=report_originator(reporter, key),
+        )
+    except InvalidArgumentError as error:
+        # Name the field as the request spells it.
+        if error.message.startswith(("latitude:", "longitude:")):
+            raise InvalidArgumentError(f"location.{error.message}") from error
+        raise
+
+
+# --- the service ----------------------------------------------------------------------
+
+
+class CitizenService(citizen_pb2_grpc.CitizenServiceServicer):
+    """`latest` is the edge's latest telemetry per devEui (`MemorySink.latest`): it is only
+    read key by key, which is safe while the edge's threads write it.
+    `wall_ms` must be the dispatcher's clock: a report is found back in the audit by time.
+    """
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        registry: DeviceRegistry,
+        latest: Mapping[str, telemetry_pb2.Telemetry],
+        *,
+        state: ControlState,
+        limiter: KeyedRateLimiter,
+        wall_ms: Callable[[], int],
+        max_remembered_reports: int = MAX_REMEMBERED_REPORTS,
+    ) -> None:
+        if max_remembered_reports < 1:
+            raise InvalidArgumentError("max_remembered_reports: must be >= 1")
+        self._dispatcher = dispatcher
+        self._state = state
+        self._latest = latest
+        self._limiter = limiter
+        self._wall_ms = wall_ms
+        self._signals = _of_class(registry, assets_pb2.TRAFFIC_SIGNAL)
+        self._buses = _of_class(registry, assets_pb2.BUS)
+        self._spots = _of_class(registry, assets_pb2.PARKING_SPOT)
+        self._reports: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._max_reports = max_remembered_reports
+        # One report at a time: an idempotent retry never races its first attempt.
+        self._report_lock = asyncio.Lock()
+
+    # --- traffic ---
+
+    async def GetTrafficConditions(
+        self, request: citizen_pb2.TrafficConditionsRequest, context: Any
+    ) -> citizen_pb2.TrafficConditions:
+        asked = resolve_commune(request.commune) if request.commune else None
+        signals = [(d, t) for d in self._signals if (t := self._latest.get(d.dev_eui)) is not None]
+        buses = [t for d in self._buses if (t := self._latest.get(d.dev_eui)) is not None]
+        incidents = await self._incidents()
+        areas = traffic_by_commune(signals, buses, incidents)
+        chosen = [areas[asked]] if asked is not None else list(areas.values())
+        return citizen_pb2.TrafficConditions(areas=chosen, as_of_ms=self._wall_ms())
+
+    async def _incidents(self) -> list[operations_pb2.Incident]:
+        out: list[operations_pb2.Incident] = []
+        start_after = ""
+        while True:
+            page = await self._state.list(
+                INCIDENTS, operations_pb2.Incident, limit=_PAGE, start_after=start_after
+            )
+            out.extend(entry.value for entry in page.entries)
+            if page.next_start_after is None:
+                return out
+            start_after = page.next_start_after
+
+    # --- reports ---
+
+    async def ReportIncident(
+        self, request: citizen_pb2.ReportIncidentRequest, context: Any
+    ) -> citizen_pb2.ReportIncidentResponse:
+        incident = validate_report(request)
+        # Shielded: a caller's deadline must not cut a report between its write and the
+        # idempotency map, or the retry would open a second incident.
+        task = asyncio.create_task(
+            self._report(request.reporter_id, request.idempotency_key, incident)
+        )
+        task.add_done_callback(_retrieve)
+        incident_id = await asyncio.shield(task)
+        return citizen_pb2.ReportIncidentResponse(incident_id=incident_id)
+
+    async def _report(self, reporter_id: str, key: str, incident: OpenIncident) -> str:
+        async with self._report_lock:
+            known = self._reports.get((reporter_id, key))
+            if known is not None:
+                # A retry answers as the first time did, rate limit or not.
+                self._reports.move_to_end((reporter_id, key))
+                return known
+            wait_s = self._limiter.try_acquire(reporter_id)
+            if wait_s > 0:
+                raise ResourceExhaustedError(
+                    f"reporter_id: too many reports from this reporter; "
+                    f"retry in {math.ceil(wait_s)} s"
+                )
+            actor = f"citizen:{reporter_id}"
+            since_ms = self._wall_ms()
+            await self._dispatcher.apply(actor, [incident])
+            incident_id = await self._committed_incident(actor, incident.originator, since_ms)
+            if incident_id is None:
+                raise InfrastructureError(
+                    "the report could not be recorded now; retry with the same idempotency_key"
+                )
+            self._reports[(reporter_id, key)] = incident_id
+            while len(self._reports) > self._max_reports:
+                self._reports.popitem(last=False)
+            return incident_id
+
+    async def _committed_incident(self, actor: str, originator: str, since_ms: int) -> str | None:
+        """The id of the incident `originator` opened since `since_ms`, read from the control
+        state: its audit entry and the incident are one transaction, so finding them means it
+        committed (`Dispatcher.apply` logs a refusal instead of raising).
+        """
+        start_after = f"{AUDIT}{max(0, since_ms - _AUDIT_SLACK_MS):015d}"
+        while True:
+            page = await self._state.list(
+                AUDIT, control_state_pb2.AuditEntry, limit=_PAGE, start_after=start_after
+            )
+            for entry in page.entries:
+                note = entry.value
+                mine = note.action == audit.Action.INCIDENT_OPEN and note.actor == actor
+                if not mine or not note.target.startswith(_INCIDENT_TARGET):
+                    continue
+                incident_id = note.target.removeprefix(_INCIDENT_TARGET)
+                found = await self._state.get(incident_key(incident_id), operations_pb2.Incident)
+                if found is not None and found.reported_by == originator:
+                    return incident_id
+            if page.next_start_after is None:
+                return None
+            start_after = page.next_start_after
+
+    # --- parking ---
+
+    async def FindParking(
+        self, request: citizen_pb2.FindParkingRequest, context: Any
+    ) -> citizen_pb2.FindParkingResponse:
+        limit = check_limit(request.limit)
+        if not request.HasField("near"):
+            raise InvalidArgumentError("near: required")
+        latitude, longitude = check_location("near", request.near)
+        free = [d for d in self._spots if _is_free(self._latest.get(d.dev_eui))]
+        return nearest_free_spaces(free, latitude, longitude, limit)
+
+
+def _of_class(
+    registry: DeviceRegistry, asset_class: assets_pb2.AssetClass.ValueType
+) -> list[Device]:
+    return [d for d in registry if d.asset_class == asset_class]
+
+
+def _retrieve(task: asyncio.Task[str]) -> None:
+    # A report whose caller gave up still finishes; its outcome was only for that caller.
+    if not task.cancelled():
+        task.exception()
+
+
+def _is_free(item: telemetry_pb2.Telemetry | None) -> bool:
+    # Unknown (never heard) is not free: sending a driver there is worse than silence.
+    return (
+        item is not None and item.WhichOneof("reading") == "parking" and not item.parking.occupied
+    )
