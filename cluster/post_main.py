@@ -17,12 +17,13 @@ from pathlib import Path
 from actors import ray_api
 from actors.ray_pool import RayActorPool
 from cluster.admin_api import PostAdminService
+from cluster.citizen_api import CitizenService, citizen_service, default_report_limiter
 from cluster.config import Config
 from cluster.errors import ConfigError
 from cluster.grpc_server import Service, start_server
 from cluster.observability import setup_observability
 from cluster.ports import free_port
-from cluster.post import Post
+from cluster.post import Post, wall_ms
 from cluster.ray_local import LocalRay
 from cluster.sim_clock import SimClock
 from fleet.population import build_city
@@ -72,8 +73,16 @@ async def run_post(config: Config, *, ready_file: Path | None = None) -> int:
         await post.start()
         stack.push_async_callback(post.stop)
         port = config.post.grpc_port or free_port()
+        citizen = CitizenService(
+            post.dispatcher,
+            post.registry,
+            post.latest.latest,
+            state=post.state,
+            limiter=default_report_limiter(),
+            wall_ms=wall_ms,
+        )
         server, _ = await start_server(
-            [admin_service(post)],
+            [admin_service(post), citizen_service(citizen)],
             host=config.post.grpc_host,
             port=port,
             deadline_s=config.post.rpc_deadline_s,
