@@ -31,7 +31,7 @@ TASK = "salt_route"
 
 
 def default_route(group: str) -> str:
-    """The gritting route of a group of stations (a commune or a part of one)."""
+    """The gritting route of a group of stations (a sector of the metropolis, or part of one)."""
     return f"salt-{group}"
 
 

@@ -27,7 +27,7 @@ class CityConfig(_Section):
     # 1.0 is the article's scale (34,000 lamps...); tests run a small slice.
     scale: float = Field(1.0, gt=0, le=1)
     seed: int = 7
-    # A (class, commune) with more devices than this is split into numbered groups,
+    # A (class, group) with more devices than this is split into numbered groups,
     # so one actor never owns an unbounded share of the city.
     max_group_size: int = Field(2000, ge=1)
 
