@@ -6,6 +6,11 @@ downlink; every change of an alarm, task, incident, override or command is
 audited; every write is fenced by the post's epoch. It keeps in memory what
 it needs to decide quickly (active alarms, live tasks, pending commands,
 active overrides) and loads it from the control state at start.
+
+Operators' writes take an idempotency key: under the writer's lock the
+dispatcher looks up `idempotency/<key>`; if a first request left a record
+there, it answers with the record it points at and acts no more; otherwise it
+writes the index entry in the same transaction as the change.
 """
 
 from __future__ import annotations
@@ -34,11 +39,22 @@ from bridges import chirpstack
 from bridges.downlinks import downlinks, targets
 from bridges.registry import DeviceRegistry
 from cluster import alarm_book, audit, command_ledger, task_board
-from cluster.errors import CitypostError, NotFoundError
+from cluster.errors import (
+    CitypostError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+)
 from failover.control_state import (
+    ALARMS,
+    INCIDENTS,
+    LEDGER,
+    OVERRIDES,
+    TASKS,
     ControlState,
     alarm_key,
     audit_key,
+    idempotency_index_key,
     incident_key,
     ledger_key,
     notification_key,
@@ -162,13 +178,22 @@ class Dispatcher:
         idempotency_key: str = "",
         from_policy: bool = False,
     ) -> control_state_pb2.CommandRecord:
-        """Ledger first (QUEUED), then the downlinks (SENT)."""
+        """Ledger first (QUEUED), then the downlinks (SENT).
+
+        With an `idempotency_key` a repeated call answers with the ledger entry
+        of the first one (as it is now) and sends nothing.
+        """
         async with self._lock:
             if from_policy:
                 group = command.target.group or self._group_of(command.target.dev_eui)
                 if self.override_for(command.asset_class, group) is not None:
                     self.stats.commands_suppressed += 1
                     return control_state_pb2.CommandRecord(command=command)
+            prior = await self._prior(
+                idempotency_key, control_state_pb2.CommandRecord, LEDGER, actor=issued_by
+            )
+            if prior is not None:
+                return prior
             now = self._wall_ms()
             issued = command_pb2.Command()
             issued.CopyFrom(command)
@@ -188,7 +213,9 @@ class Dispatcher:
                 expected_acks=expected,
             )
             note = audit.for_command(record, audit.Action.COMMAND_ISSUE, now, detail=reason)
-            await self._write([(ledger_key(issued.command_id), record)], [note])
+            key = ledger_key(issued.command_id)
+            index = self._index(idempotency_key, key, issued_by, now)
+            await self._write([(key, record), *index], [note])
             self._pending[issued.command_id] = record
             self.stats.commands_issued += 1
             return await self._send(record)
@@ -326,26 +353,7 @@ class Dispatcher:
             incident_id = str(
                 uuid.uuid5(uuid.NAMESPACE_URL, f"incident:{decision.originator}:{now}")
             )
-            incident = operations_pb2.Incident(
-                incident_id=incident_id,
-                kind=decision.kind,
-                source=decision.source,
-                location=operations_pb2.GeoPoint(
-                    latitude=decision.latitude, longitude=decision.longitude
-                ),
-                commune=decision.commune,
-                detail=decision.detail,
-                priority=decision.priority,
-                opened_at_ms=now,
-                reported_by=decision.originator,
-            )
-            note = audit.draft(
-                actor=actor,
-                action=audit.Action.INCIDENT_OPEN,
-                target=f"incident/{incident_id}",
-                at_ms=now,
-                detail=decision.detail,
-            )
+            incident, note = _incident_of(decision, incident_id, now, actor)
             await self._write([(incident_key(incident_id), incident)], [note])
         for request in tasks_for(decision, origin=f"incident/{incident_id}"):
             await self._task_request(actor, request)
@@ -376,11 +384,23 @@ class Dispatcher:
     # --- overrides -----------------------------------------------------------------------
 
     async def set_override(
-        self, override: control_state_pb2.Override, *, set_by: str
+        self, override: control_state_pb2.Override, *, set_by: str, idempotency_key: str = ""
     ) -> control_state_pb2.Override:
+        """Hold a group at the override's action until `ends_at_ms`; one override per group."""
         async with self._lock:
+            prior = await self._prior(
+                idempotency_key, control_state_pb2.Override, OVERRIDES, actor=set_by
+            )
+            if prior is not None:
+                return prior
             if not self._registry.group(override.asset_class, override.group):
                 raise NotFoundError(f"no group {override.group!r} of that asset class")
+            holding = self.override_for(override.asset_class, override.group)
+            if holding is not None:
+                raise FailedPreconditionError(
+                    f"group {override.group!r} is already held by override "
+                    f"{holding.override_id} until {holding.ends_at_ms}: end it first (EndOverride)"
+                )
             now = self._wall_ms()
             held = control_state_pb2.Override()
             held.CopyFrom(override)
@@ -395,7 +415,9 @@ class Dispatcher:
                 at_ms=now,
                 detail=held.reason,
             )
-            await self._write([(override_key(held.override_id), held)], [note])
+            key = override_key(held.override_id)
+            index = self._index(idempotency_key, key, set_by, now)
+            await self._write([(key, held), *index], [note])
             self._overrides[(held.asset_class, held.group)] = held
         # The override's own action goes out at once, to the whole group.
         action = command_pb2.Command()
@@ -414,6 +436,302 @@ class Dispatcher:
             self._overrides.pop((override.asset_class, override.group), None)
         return done
 
+    async def end_override(
+        self, override_id: str, *, ended_by: str, reason: str = "", idempotency_key: str = ""
+    ) -> control_state_pb2.Override:
+        """End an override now; the post's ledger loop sees it in `expired_overrides`
+        and lets the group's policy put the group back where it wants it."""
+        async with self._lock:
+            key = override_key(override_id)
+            prior = await self._prior(
+                idempotency_key,
+                control_state_pb2.Override,
+                OVERRIDES,
+                actor=ended_by,
+                result_key=key,
+            )
+            if prior is not None:
+                return prior
+            held = await self._state.get(key, control_state_pb2.Override)
+            if held is None:
+                raise NotFoundError(f"override {override_id!r} does not exist")
+            now = self._wall_ms()
+            if held.ends_at_ms <= now:
+                raise FailedPreconditionError(
+                    f"override {override_id} already ended (at {held.ends_at_ms})"
+                )
+            ended = control_state_pb2.Override()
+            ended.CopyFrom(held)
+            ended.ends_at_ms = now
+            note = audit.draft(
+                actor=ended_by,
+                action=audit.Action.OVERRIDE_END,
+                target=audit.override_target(override_id),
+                at_ms=now,
+                detail=reason or "ended early",
+            )
+            await self._write(
+                [(key, ended), *self._index(idempotency_key, key, ended_by, now)], [note]
+            )
+            group = (ended.asset_class, ended.group)
+            current = self._overrides.get(group)
+            if current is None or current.override_id == override_id:
+                self._overrides[group] = ended  # expired_overrides() hands it to the post
+            return ended
+
+    # --- operators' alarm and task actions -----------------------------------------------
+
+    def active_alarm_counts(self) -> dict[str, int]:
+        """Active alarms per originator (a devEui, or `<class>/<group>`)."""
+        counts: dict[str, int] = {}
+        for originator, _ in self._alarms.by_key:
+            counts[originator] = counts.get(originator, 0) + 1
+        return counts
+
+    async def acknowledge_alarm(
+        self, alarm_id: str, *, operator: str, comment: str = "", idempotency_key: str = ""
+    ) -> operations_pb2.Alarm:
+        async with self._lock:
+            key = alarm_key(alarm_id)
+            prior = await self._prior(
+                idempotency_key, operations_pb2.Alarm, ALARMS, actor=operator, result_key=key
+            )
+            if prior is not None:
+                return prior
+            alarm = await self._existing_alarm(alarm_id)
+            now = self._wall_ms()
+            change = alarm_book.acknowledge(alarm, operator, now)
+            return await self._write_alarm(change, comment, idempotency_key, operator, now)
+
+    async def clear_alarm(
+        self, alarm_id: str, *, operator: str, comment: str = "", idempotency_key: str = ""
+    ) -> operations_pb2.Alarm:
+        """An operator declares the cause gone (acknowledging is a separate act)."""
+        async with self._lock:
+            key = alarm_key(alarm_id)
+            prior = await self._prior(
+                idempotency_key, operations_pb2.Alarm, ALARMS, actor=operator, result_key=key
+            )
+            if prior is not None:
+                return prior
+            alarm = await self._existing_alarm(alarm_id)
+            now = self._wall_ms()
+            who = audit.operator_actor(operator)
+            change = alarm_book.clear(alarm, now, detail=f"cleared by {who}", actor=who)
+            return await self._write_alarm(change, comment, idempotency_key, operator, now)
+
+    async def _existing_alarm(self, alarm_id: str) -> operations_pb2.Alarm:
+        alarm = await self._state.get(alarm_key(alarm_id), operations_pb2.Alarm)
+        if alarm is None:
+            raise NotFoundError(f"alarm {alarm_id!r} does not exist")
+        return alarm
+
+    async def _write_alarm(
+        self,
+        change: alarm_book.AlarmChange,
+        comment: str,
+        idempotency_key: str,
+        operator: str,
+        now: int,
+    ) -> operations_pb2.Alarm:
+        if change.audit is not None and comment:
+            change.audit.detail += f": {comment}"
+        key = alarm_key(change.alarm.alarm_id)
+        index = self._index(idempotency_key, key, operator, now)
+        await self._write([(key, change.alarm), *index], [change.audit])
+        self._alarms = self._alarms.with_alarm(change.alarm)
+        return change.alarm
+
+    async def open_incident(
+        self, decision: OpenIncident, *, opened_by: str, idempotency_key: str = ""
+    ) -> operations_pb2.Incident:
+        """An operator's incident and the departments' tasks for it, in one transaction."""
+        async with self._lock:
+            prior = await self._prior(
+                idempotency_key, operations_pb2.Incident, INCIDENTS, actor=opened_by
+            )
+            if prior is not None:
+                return prior
+            now = self._wall_ms()
+            incident_id = str(uuid.uuid4())
+            incident, note = _incident_of(decision, incident_id, now, opened_by)
+            key = incident_key(incident_id)
+            items: list[tuple[str, Message]] = [(key, incident)]
+            notes: list[control_state_pb2.AuditEntry | None] = [note]
+            tasks = self._tasks
+            for request in tasks_for(decision, origin=f"incident/{incident_id}"):
+                change = task_board.request_task(
+                    tasks,
+                    request.department,
+                    request.kind,
+                    request.priority,
+                    request.latitude,
+                    request.longitude,
+                    request.detail,
+                    request.origin,
+                    now,
+                    actor=opened_by,
+                )
+                if change.changed:
+                    items.append((task_key(change.task.task_id), change.task))
+                    notes.append(change.audit)
+                    tasks = tasks.with_task(change.task)
+            items.extend(self._index(idempotency_key, key, opened_by, now))
+            await self._write(items, notes)
+            self._tasks = tasks
+            return incident
+
+    async def create_task(
+        self, request: RequestTask, *, created_by: str, idempotency_key: str = ""
+    ) -> operations_pb2.Task:
+        """An operator's task; with an origin it merges into that origin's live task."""
+        async with self._lock:
+            prior = await self._prior(idempotency_key, operations_pb2.Task, TASKS, actor=created_by)
+            if prior is not None:
+                return prior
+            now = self._wall_ms()
+            change = task_board.request_task(
+                self._tasks,
+                request.department,
+                request.kind,
+                request.priority,
+                request.latitude,
+                request.longitude,
+                request.detail,
+                request.origin,
+                now,
+                actor=created_by,
+                task_id="" if request.origin else str(uuid.uuid4()),
+            )
+            return await self._write_task(change, idempotency_key, created_by, now)
+
+    async def assign_task(
+        self, task_id: str, assignee: str, *, operator: str, idempotency_key: str = ""
+    ) -> operations_pb2.Task:
+        async with self._lock:
+            prior = await self._prior(
+                idempotency_key,
+                operations_pb2.Task,
+                TASKS,
+                actor=operator,
+                result_key=task_key(task_id),
+            )
+            if prior is not None:
+                return prior
+            task = await self._existing_task(task_id)
+            now = self._wall_ms()
+            change = task_board.assign(task, assignee, operator, now)
+            return await self._write_task(change, idempotency_key, operator, now)
+
+    async def close_task(
+        self,
+        task_id: str,
+        *,
+        operator: str,
+        cancelled: bool,
+        comment: str = "",
+        idempotency_key: str = "",
+    ) -> operations_pb2.Task:
+        """DONE or CANCELLED. Done needs someone who did it: an ASSIGNED task is started
+        and completed in one step (no RPC reports IN_PROGRESS yet); an OPEN one is refused."""
+        async with self._lock:
+            prior = await self._prior(
+                idempotency_key,
+                operations_pb2.Task,
+                TASKS,
+                actor=operator,
+                result_key=task_key(task_id),
+            )
+            if prior is not None:
+                return prior
+            task = await self._existing_task(task_id)
+            now = self._wall_ms()
+            if cancelled:
+                changes = [task_board.cancel(task, operator, now, reason=comment)]
+            elif task.status == task_board.OPEN:
+                raise FailedPreconditionError(
+                    f"task {task_id} is OPEN: assign it (AssignTask) before closing it as done, "
+                    "or close it as cancelled"
+                )
+            else:
+                changes = []
+                if task.status == task_board.ASSIGNED:
+                    changes.append(task_board.start(task, operator, now))
+                    task = changes[-1].task
+                changes.append(task_board.complete(task, operator, now, detail=comment))
+            final = changes[-1].task
+            key = task_key(task_id)
+            index = self._index(idempotency_key, key, operator, now)
+            await self._write([(key, final), *index], [c.audit for c in changes])
+            self._tasks = self._tasks.with_task(final)
+            return final
+
+    async def _existing_task(self, task_id: str) -> operations_pb2.Task:
+        task = await self._state.get(task_key(task_id), operations_pb2.Task)
+        if task is None:
+            raise NotFoundError(f"task {task_id!r} does not exist")
+        return task
+
+    async def _write_task(
+        self, change: task_board.TaskChange, idempotency_key: str, actor: str, now: int
+    ) -> operations_pb2.Task:
+        key = task_key(change.task.task_id)
+        items: list[tuple[str, Message]] = [(key, change.task)] if change.changed else []
+        items.extend(self._index(idempotency_key, key, actor, now))
+        if items:
+            await self._write(items, [change.audit])
+        self._tasks = self._tasks.with_task(change.task)
+        return change.task
+
+    # --- idempotency ---------------------------------------------------------------------
+
+    async def _prior(
+        self,
+        idempotency_key: str,
+        message_type: type[M],
+        namespace: str,
+        *,
+        actor: str,
+        result_key: str = "",
+    ) -> M | None:
+        """The result of an earlier request with this key, or None for a first request.
+
+        Call under the lock, so the check and the write of a first request are one step.
+        """
+        if not idempotency_key:
+            return None
+        index = await self._state.get(
+            idempotency_index_key(idempotency_key), control_state_pb2.IdempotencyRecord
+        )
+        if index is None:
+            return None
+        same_kind = index.result_key.startswith(namespace)
+        same_target = not result_key or index.result_key == result_key
+        if not (same_kind and same_target and index.actor == actor):
+            raise InvalidArgumentError(
+                f"idempotency_key {idempotency_key!r} was already used for another request "
+                f"({index.result_key}): send a new key with each new request"
+            )
+        first = await self._state.get(index.result_key, message_type)
+        if first is None:
+            raise FailedPreconditionError(
+                f"idempotency_key {idempotency_key!r}: the result of the first request "
+                f"({index.result_key}) is gone"
+            )
+        return first
+
+    @staticmethod
+    def _index(
+        idempotency_key: str, result_key: str, actor: str, now: int
+    ) -> list[tuple[str, Message]]:
+        """The index entry to write with a first request's change (none without a key)."""
+        if not idempotency_key:
+            return []
+        record = control_state_pb2.IdempotencyRecord(
+            idempotency_key=idempotency_key, result_key=result_key, created_at_ms=now, actor=actor
+        )
+        return [(idempotency_index_key(idempotency_key), record)]
+
     # --- writing -------------------------------------------------------------------------
 
     async def _write(
@@ -428,6 +746,30 @@ class Dispatcher:
                 stamped = audit.finalize(note, epoch=epoch)
                 batch.append((audit_key(stamped.at_ms, stamped.entry_id), stamped))
         await self._state.put_many(batch, epoch=epoch)
+
+
+def _incident_of(
+    decision: OpenIncident, incident_id: str, now: int, actor: str
+) -> tuple[operations_pb2.Incident, control_state_pb2.AuditEntry]:
+    incident = operations_pb2.Incident(
+        incident_id=incident_id,
+        kind=decision.kind,
+        source=decision.source,
+        location=operations_pb2.GeoPoint(latitude=decision.latitude, longitude=decision.longitude),
+        commune=decision.commune,
+        detail=decision.detail,
+        priority=decision.priority,
+        opened_at_ms=now,
+        reported_by=decision.originator,
+    )
+    note = audit.draft(
+        actor=actor,
+        action=audit.Action.INCIDENT_OPEN,
+        target=f"incident/{incident_id}",
+        at_ms=now,
+        detail=decision.detail,
+    )
+    return incident, note
 
 
 def _class_group(actor: str) -> tuple[assets_pb2.AssetClass.ValueType, str]:

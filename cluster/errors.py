@@ -97,6 +97,12 @@ class ResourceExhaustedError(CitypostError):
     grpc_status = "RESOURCE_EXHAUSTED"
 
 
+class UnimplementedError(CitypostError):
+    """A valid request for something this post does not do yet."""
+
+    grpc_status = "UNIMPLEMENTED"
+
+
 class ActorUnavailableError(InfrastructureError):
     """An actor that cannot answer now: dead, restarting, unreachable or too slow."""
 

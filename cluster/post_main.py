@@ -22,6 +22,7 @@ from cluster.config import Config
 from cluster.errors import ConfigError
 from cluster.grpc_server import Service, start_server
 from cluster.observability import setup_observability
+from cluster.operator_api import operator_service
 from cluster.ports import free_port
 from cluster.post import Post, wall_ms
 from cluster.ray_local import LocalRay
@@ -82,7 +83,13 @@ async def run_post(config: Config, *, ready_file: Path | None = None) -> int:
             wall_ms=wall_ms,
         )
         server, _ = await start_server(
-            [admin_service(post), citizen_service(citizen)],
+            [
+                admin_service(post),
+                operator_service(
+                    post.dispatcher, post.state, post.registry, post.latest, wall_ms=wall_ms
+                ),
+                citizen_service(citizen),
+            ],
             host=config.post.grpc_host,
             port=port,
             deadline_s=config.post.rpc_deadline_s,

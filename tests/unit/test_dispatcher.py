@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
 
-from actors.decisions import ClearAlarm, IssueCommand, RaiseAlarm, RequestTask
+from actors.decisions import ClearAlarm, IssueCommand, OpenIncident, RaiseAlarm, RequestTask
 from bridges import chirpstack
 from bridges.registry import Device, DeviceRegistry, application_id
 from cluster.dispatcher import Dispatcher
-from failover.control_state import InMemoryControlState, ledger_key
+from cluster.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from failover.control_state import InMemoryControlState, idempotency_index_key, ledger_key
 from protos.citypost.v1 import assets_pb2, command_pb2, control_state_pb2, operations_pb2
 
 pytestmark = pytest.mark.unit
@@ -166,3 +168,152 @@ async def test_a_refused_decision_does_not_stop_the_others() -> None:
     raise_it = RaiseAlarm(LAMPS[0].dev_eui, "lamp_fault", operations_pb2.MINOR, "no light")
     await h.dispatcher.apply(ACTOR, [IssueCommand(stranger, reason="x"), raise_it])
     assert len((await h.state.list("state/alarms/", operations_pb2.Alarm)).entries) == 1
+
+
+# --- operators' actions -------------------------------------------------------------------
+
+
+async def _ledger(h: Harness) -> list[control_state_pb2.CommandRecord]:
+    return [
+        e.value for e in (await h.state.list("ledger/", control_state_pb2.CommandRecord)).entries
+    ]
+
+
+async def test_the_same_idempotency_key_issues_once_even_when_concurrent() -> None:
+    h = Harness()
+    first = await h.dispatcher.issue_command(
+        _group_command(), issued_by="op-claire", idempotency_key="k1"
+    )
+    again = await h.dispatcher.issue_command(
+        _group_command(), issued_by="op-claire", idempotency_key="k1"
+    )
+    assert again.command.command_id == first.command.command_id
+    assert len(await _ledger(h)) == 1 and len(h.sent) == 3
+    a, b = await asyncio.gather(
+        h.dispatcher.issue_command(_group_command(), issued_by="op-claire", idempotency_key="k2"),
+        h.dispatcher.issue_command(_group_command(), issued_by="op-claire", idempotency_key="k2"),
+    )
+    assert a.command.command_id == b.command.command_id
+    assert len(await _ledger(h)) == 2 and len(h.sent) == 6
+    index = await h.state.get(idempotency_index_key("k2"), control_state_pb2.IdempotencyRecord)
+    assert index is not None and index.result_key == ledger_key(a.command.command_id)
+    assert index.actor == "op-claire"
+    with pytest.raises(InvalidArgumentError, match="idempotency_key"):
+        await h.dispatcher.issue_command(
+            _group_command(), issued_by="op-bruno", idempotency_key="k1"
+        )  # another operator's key
+
+
+async def test_an_override_ended_early_is_handed_back_and_a_group_holds_one_override() -> None:
+    h = Harness()
+    held = await h.dispatcher.set_override(
+        control_state_pb2.Override(
+            asset_class=AC.STREET_LAMP,
+            group="talant",
+            action=_group_command(),
+            ends_at_ms=h.clock.now + 600_000,
+        ),
+        set_by="op-claire",
+        idempotency_key="o1",
+    )
+    with pytest.raises(FailedPreconditionError, match="already held"):
+        await h.dispatcher.set_override(held, set_by="op-claire", idempotency_key="o2")
+    h.clock.now += 1_000
+    ended = await h.dispatcher.end_override(
+        held.override_id, ended_by="op-claire", idempotency_key="e1"
+    )
+    assert ended.ends_at_ms == h.clock.now
+    assert h.dispatcher.override_for(AC.STREET_LAMP, "talant") is None
+    assert [o.override_id for o in h.dispatcher.expired_overrides()] == [held.override_id]
+    again = await h.dispatcher.end_override(
+        held.override_id, ended_by="op-claire", idempotency_key="e1"
+    )
+    assert again == ended  # a retry answers, it does not refuse
+    with pytest.raises(FailedPreconditionError, match="already ended"):
+        await h.dispatcher.end_override(held.override_id, ended_by="op-claire")
+    with pytest.raises(NotFoundError):
+        await h.dispatcher.end_override("nope", ended_by="op-claire")
+    audit = (await h.state.list("audit/", control_state_pb2.AuditEntry)).entries
+    assert [(e.value.action, e.value.actor) for e in audit if e.value.action == "override.end"] == [
+        ("override.end", "op-claire")
+    ]
+
+
+async def test_operators_acknowledge_and_clear_alarms_with_audit() -> None:
+    h = Harness()
+    raise_it = RaiseAlarm(LAMPS[0].dev_eui, "lamp_fault", operations_pb2.MINOR, "no light")
+    await h.dispatcher.apply(ACTOR, [raise_it])
+    assert h.dispatcher.active_alarm_counts() == {LAMPS[0].dev_eui: 1}
+    [alarm] = [e.value for e in (await h.state.list("state/alarms/", operations_pb2.Alarm)).entries]
+    acked = await h.dispatcher.acknowledge_alarm(
+        alarm.alarm_id, operator="op-claire", comment="seen"
+    )
+    assert acked.state == operations_pb2.ACTIVE_ACK and acked.acknowledged_by == "op-claire"
+    with pytest.raises(FailedPreconditionError, match="already acknowledged"):
+        await h.dispatcher.acknowledge_alarm(alarm.alarm_id, operator="op-claire")
+    cleared = await h.dispatcher.clear_alarm(alarm.alarm_id, operator="op-claire")
+    assert cleared.state == operations_pb2.CLEARED_ACK
+    assert h.dispatcher.active_alarm_counts() == {}
+    with pytest.raises(NotFoundError, match="alarm 'x' does not exist"):
+        await h.dispatcher.clear_alarm("x", operator="op-claire")
+    # The policy raising the fault again opens a new alarm: the cleared one is history.
+    await h.dispatcher.apply(ACTOR, [raise_it])
+    assert h.dispatcher.active_alarm_counts() == {LAMPS[0].dev_eui: 1}
+    audit = [e.value for e in (await h.state.list("audit/", control_state_pb2.AuditEntry)).entries]
+    ack = next(e for e in audit if e.action == "alarm.ack")
+    assert ack.actor == "op-claire" and ack.detail.endswith(": seen")
+    assert any(e.action == "alarm.clear" and e.actor == "op-claire" for e in audit)
+
+
+async def test_an_operator_incident_and_its_tasks_are_one_transaction() -> None:
+    h = Harness()
+    before = await h.state.revision()
+    incident = await h.dispatcher.open_incident(
+        OpenIncident(
+            kind=operations_pb2.INCIDENT_DEMONSTRATION,
+            source=operations_pb2.OPERATOR,
+            latitude=47.32,
+            longitude=5.04,
+            commune="Dijon",
+            detail="march on place Darcy",
+            priority=3,
+            originator="op-claire",
+        ),
+        opened_by="op-claire",
+        idempotency_key="i1",
+    )
+    assert await h.state.revision() == before + 1
+    tasks = [e.value for e in (await h.state.list("state/tasks/", operations_pb2.Task)).entries]
+    assert {t.department for t in tasks} == {operations_pb2.POLICE, operations_pb2.MUNICIPAL_POLICE}
+    assert {t.origin for t in tasks} == {f"incident/{incident.incident_id}"}
+    again = await h.dispatcher.open_incident(
+        OpenIncident(operations_pb2.INCIDENT_FIRE, operations_pb2.OPERATOR, 0, 0, "", "", 1, "x"),
+        opened_by="op-claire",
+        idempotency_key="i1",
+    )
+    assert again == incident and await h.state.revision() == before + 1
+
+
+async def test_close_task_as_done_starts_an_assigned_task_and_refuses_an_open_one() -> None:
+    h = Harness()
+    request = RequestTask(operations_pb2.ROADS, "fill_pothole", 3, 47.33, 5.0, "", "")
+    task = await h.dispatcher.create_task(request, created_by="op-claire", idempotency_key="t1")
+    assert task.status == operations_pb2.OPEN
+    other = await h.dispatcher.create_task(request, created_by="op-claire", idempotency_key="t2")
+    assert other.task_id != task.task_id  # no origin: operators' tasks never merge
+    with pytest.raises(FailedPreconditionError, match="assign it"):
+        await h.dispatcher.close_task(task.task_id, operator="op-claire", cancelled=False)
+    await h.dispatcher.assign_task(task.task_id, "car-7", operator="op-claire")
+    done = await h.dispatcher.close_task(
+        task.task_id, operator="op-claire", cancelled=False, comment="filled"
+    )
+    assert done.status == operations_pb2.DONE
+    with pytest.raises(FailedPreconditionError):
+        await h.dispatcher.close_task(task.task_id, operator="op-claire", cancelled=True)
+    cancelled = await h.dispatcher.close_task(other.task_id, operator="op-claire", cancelled=True)
+    assert cancelled.status == operations_pb2.CANCELLED
+    with pytest.raises(NotFoundError, match="task 'x' does not exist"):
+        await h.dispatcher.assign_task("x", "car-7", operator="op-claire")
+    audit = [e.value for e in (await h.state.list("audit/", control_state_pb2.AuditEntry)).entries]
+    flow = [e.action for e in audit if e.target == f"task/{task.task_id}"]
+    assert sorted(flow) == sorted(["task.create", "task.assign", "task.start", "task.done"])
