@@ -36,7 +36,6 @@ from actors.decisions import OpenIncident
 from actors.dispatch import haversine_m
 from actors.incidents import nearest_commune, validate_citizen_report
 from bridges.registry import Device, DeviceRegistry
-from cluster import audit
 from cluster.dispatcher import Dispatcher
 from cluster.errors import (
     InfrastructureError,
@@ -46,13 +45,12 @@ from cluster.errors import (
 )
 from cluster.grpc_server import Service
 from cluster.rate_limit import KeyedRateLimiter
-from failover.control_state import AUDIT, INCIDENTS, ControlState, incident_key
+from failover.control_state import INCIDENTS, ControlState, FencedError
 from fleet.dijon import BOUNDS, COMMUNES
 from protos.citypost.v1 import (
     assets_pb2,
     citizen_pb2,
     citizen_pb2_grpc,
-    control_state_pb2,
     operations_pb2,
     telemetry_pb2,
 )
@@ -76,9 +74,6 @@ DEFAULT_PARKING_LIMIT = 5
 MAX_PARKING_LIMIT = 50
 
 _PAGE = 500
-_INCIDENT_TARGET = "incident/"  # the audit target of an incident, as the dispatcher writes it
-# How far before the report the audit is searched: tolerates a wall clock stepped back.
-_AUDIT_SLACK_MS = 2_000
 
 
 def default_report_limiter(*, monotonic: Callable[[], float] = time.monotonic) -> KeyedRateLimiter:
@@ -273,7 +268,6 @@ def validate_report(request: citizen_pb2.ReportIncidentRequest) -> OpenIncident:
 class CitizenService(citizen_pb2_grpc.CitizenServiceServicer):
     """`latest` is the edge's latest telemetry per devEui (`MemorySink.latest`): it is only
     read key by key, which is safe while the edge's threads write it.
-    `wall_ms` must be the dispatcher's clock: a report is found back in the audit by time.
     """
 
     def __init__(
@@ -355,41 +349,22 @@ class CitizenService(citizen_pb2_grpc.CitizenServiceServicer):
                     f"reporter_id: too many reports from this reporter; "
                     f"retry in {math.ceil(wait_s)} s"
                 )
-            actor = f"citizen:{reporter_id}"
-            since_ms = self._wall_ms()
-            await self._dispatcher.apply(actor, [incident])
-            incident_id = await self._committed_incident(actor, incident.originator, since_ms)
-            if incident_id is None:
+            try:
+                # Durable idempotency too: the same key after a restart finds the incident.
+                opened = await self._dispatcher.open_incident(
+                    incident,
+                    opened_by=f"citizen:{reporter_id}",
+                    idempotency_key=f"citizen:{reporter_id}:{key}",
+                )
+            except FencedError as exc:
                 raise InfrastructureError(
                     "the report could not be recorded now; retry with the same idempotency_key"
-                )
+                ) from exc
+            incident_id = opened.incident_id
             self._reports[(reporter_id, key)] = incident_id
             while len(self._reports) > self._max_reports:
                 self._reports.popitem(last=False)
             return incident_id
-
-    async def _committed_incident(self, actor: str, originator: str, since_ms: int) -> str | None:
-        """The id of the incident `originator` opened since `since_ms`, read from the control
-        state: its audit entry and the incident are one transaction, so finding them means it
-        committed (`Dispatcher.apply` logs a refusal instead of raising).
-        """
-        start_after = f"{AUDIT}{max(0, since_ms - _AUDIT_SLACK_MS):015d}"
-        while True:
-            page = await self._state.list(
-                AUDIT, control_state_pb2.AuditEntry, limit=_PAGE, start_after=start_after
-            )
-            for entry in page.entries:
-                note = entry.value
-                mine = note.action == audit.Action.INCIDENT_OPEN and note.actor == actor
-                if not mine or not note.target.startswith(_INCIDENT_TARGET):
-                    continue
-                incident_id = note.target.removeprefix(_INCIDENT_TARGET)
-                found = await self._state.get(incident_key(incident_id), operations_pb2.Incident)
-                if found is not None and found.reported_by == originator:
-                    return incident_id
-            if page.next_start_after is None:
-                return None
-            start_after = page.next_start_after
 
     # --- parking ---
 
