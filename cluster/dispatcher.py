@@ -153,7 +153,7 @@ class Dispatcher:
         elif isinstance(decision, RequestTask):
             await self._task_request(actor, decision)
         elif isinstance(decision, OpenIncident):
-            await self._incident_open(actor, decision)
+            await self.open_incident(decision, opened_by=actor)
         elif isinstance(decision, Notify):
             await self._notify(actor, decision)
         elif isinstance(decision, ReportMetric):
@@ -347,17 +347,6 @@ class Dispatcher:
                 await self._write([(task_key(change.task.task_id), change.task)], [change.audit])
                 self._tasks = self._tasks.with_task(change.task)
 
-    async def _incident_open(self, actor: str, decision: OpenIncident) -> None:
-        async with self._lock:
-            now = self._wall_ms()
-            incident_id = str(
-                uuid.uuid5(uuid.NAMESPACE_URL, f"incident:{decision.originator}:{now}")
-            )
-            incident, note = _incident_of(decision, incident_id, now, actor)
-            await self._write([(incident_key(incident_id), incident)], [note])
-        for request in tasks_for(decision, origin=f"incident/{incident_id}"):
-            await self._task_request(actor, request)
-
     async def _notify(self, actor: str, decision: Notify) -> None:
         async with self._lock:
             now = self._wall_ms()
@@ -545,7 +534,8 @@ class Dispatcher:
     async def open_incident(
         self, decision: OpenIncident, *, opened_by: str, idempotency_key: str = ""
     ) -> operations_pb2.Incident:
-        """An operator's incident and the departments' tasks for it, in one transaction."""
+        """An incident (a policy's, an operator's, a citizen's) and the departments' tasks
+        for it, in one transaction."""
         async with self._lock:
             prior = await self._prior(
                 idempotency_key, operations_pb2.Incident, INCIDENTS, actor=opened_by
