@@ -11,6 +11,7 @@ from typing import Any
 
 from cluster.config import Config, load_config, parse_override
 from cluster.errors import CitypostError, DecodeError
+from console.cli import add_console_parser
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -104,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--class", dest="asset_class", help="read the payload with this class's layout"
     )
     decode.set_defaults(handler=_cmd_edge_decode)
+
+    add_console_parser(commands)
     return parser
 
 

@@ -127,8 +127,8 @@ class PostConfig(_Section):
     # and before the group re-subscribed would be lost.
     name: str = Field("primary", pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")
     grpc_host: str = "127.0.0.1"
-    # None: a free loopback port (printed at start).
-    grpc_port: int | None = Field(None, ge=1, le=65535)
+    # The console's default address is 127.0.0.1:50051. None: a free loopback port.
+    grpc_port: int | None = Field(50051, ge=1, le=65535)
     rpc_deadline_s: float = Field(10.0, gt=0)
     command_ttl_s: float = Field(60.0, gt=0)
     command_max_attempts: int = Field(3, ge=1, le=20)

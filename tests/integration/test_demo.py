@@ -8,6 +8,7 @@ import psutil
 import pytest
 
 from cluster.cli import main
+from cluster.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -37,6 +38,8 @@ def test_demo_runs_and_stops_everything(tmp_path: Path, capsys: pytest.CaptureFi
             "6",
             "--set",
             f"run_dir='{tmp_path}'",
+            "--set",
+            f"post.grpc_port={free_port()}",
         ]
     )
     out = capsys.readouterr().out
