@@ -232,10 +232,11 @@ class Edge:
             span.set_attribute("citypost.batch.size", len(batch))
             span.set_attribute("citypost.batch.dead_letters", len(dead))
             span.set_attribute("citypost.batch.acks", len(acks))
-            if batch:
-                self._submit(self._sink.submit, batch)
+            # Acks first: a command's round trip should not wait behind a batch of telemetry.
             if acks and self._acks is not None:
                 self._submit(self._acks.submit_acks, acks)
+            if batch:
+                self._submit(self._sink.submit, batch)
             for letter in dead:
                 self.session.client.publish(self._dead_letter_topic, letter, qos=1)
         by_class: Counter[str] = Counter(self._class_names[t.asset_class] for t in batch)

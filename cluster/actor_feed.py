@@ -136,6 +136,11 @@ class ActorFeed:
                 self._recover(troubled)
             return troubled
 
+    def quiesce(self) -> None:
+        """Return once no call to the actors is in progress (before disconnecting)."""
+        with self._lock:
+            pass
+
     def recover_down(self) -> list[ActorKey]:
         """Try again to restore the actors that are down; returns those still down."""
         with self._lock:

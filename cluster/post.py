@@ -139,6 +139,8 @@ class Post:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await asyncio.to_thread(self.edge.stop)
+        # A cancelled loop's step may still be calling the actors from a worker thread.
+        await asyncio.to_thread(self.feed.quiesce)
 
     def _tick_interval_s(self) -> float:
         return max(1.0, 60.0 / self.clock.speed)
