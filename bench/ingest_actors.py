@@ -1,0 +1,182 @@
+"""Ingest through the actors: a real post's drain rate against raw paho QoS 1, same run.
+
+In one run, on one broker started here, with the same N uplinks of the
+simulated city: (1) a raw paho subscriber draining them from a queued
+backlog (`bench.ingest.raw_drain_rate`); (2) a real post (its own Ray head,
+one actor per (class, group), the edge feeding them in batches, decisions
+carried out by the dispatcher) draining the same backlog, timed from the
+post's start until the actors have applied every reading (bus readings also
+go to the traffic-signal actors, so more readings are applied than uplinks
+arrive; the rate counts uplinks). Actors are spawned fresh and ready before
+each trial, so their start-up is out of the measure. Prints one JSON object.
+
+    python -m bench.ingest_actors [--uplinks N] [--scale S] [--trials T]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.harness import (
+    PostRig,
+    bench_config,
+    expected_applied,
+    open_post_session,
+    parse_overrides,
+)
+from bench.ingest import Uplink, _publish_all, city_uplinks, raw_drain_rate
+from cluster.config import Config
+from cluster.mosquitto_local import LocalMosquitto
+from cluster.sim_clock import SimClock
+from fleet.population import City, build_city
+
+TARGET_RATIO = 0.5
+# city_uplinks stamps its uplinks from here: the post's clock starts there too.
+UPLINKS_AT = datetime(2026, 11, 25, 18, 0, tzinfo=UTC)
+POLL_S = 0.01
+
+
+async def post_drain(
+    rig: PostRig,
+    config: Config,
+    city: City,
+    uplinks: Sequence[Uplink],
+    expected: dict[str, int],
+    timeout_s: float,
+) -> dict[str, Any]:
+    """One trial: fresh actors, a backlog for the post's session, then the post drains it."""
+    await asyncio.to_thread(rig.spawn_actors, city.registry)
+    post = rig.make_post(config, city.registry, SimClock(UPLINKS_AT, 1.0))
+    await asyncio.to_thread(open_post_session, config, city.registry)
+    await asyncio.to_thread(_publish_all, config.mqtt.port or 0, uplinks)
+    # Restore the fresh actors before the clock starts (post.start does it again,
+    # then only a health round): the drain is what is measured.
+    await asyncio.to_thread(post.feed.start)
+    total = sum(expected.values())
+    start = time.perf_counter()
+    await rig.start_post(post)
+    deadline = start + timeout_s
+    while True:
+        applied = post.feed.stats().applied_by_actor
+        if applied == expected:
+            break
+        if time.perf_counter() > deadline or sum(applied.values()) > total:
+            wrong = {k: (v, expected[k]) for k, v in applied.items() if v != expected[k]}
+            raise RuntimeError(
+                f"after {time.perf_counter() - start:.0f} s the actors applied "
+                f"{sum(applied.values())} of {total} readings; (applied, expected) of "
+                f"some: {dict(list(wrong.items())[:5])}"
+            )
+        await asyncio.sleep(POLL_S)
+    elapsed = time.perf_counter() - start
+    dead = post.edge.stats().dead_letters_by_reason
+    feed = post.feed.stats()
+    dispatcher = post.dispatcher.stats
+    await rig.stop_posts()
+    if dead:
+        raise RuntimeError(f"benchmark uplinks went to dead letters: {dead}")
+    return {
+        "per_s": len(uplinks) / elapsed,
+        "seconds": elapsed,
+        "actor_restarts": sum(feed.restarts.values()),
+        "commands_issued": dispatcher.commands_issued,
+        "actors_spawn_s": rig.spawn_s,
+    }
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="citypost-bench-") as tmp:
+        broker = LocalMosquitto(
+            Path(tmp) / "mosquitto", max_queued_messages=args.uplinks * 2, persistence=False
+        )
+        broker.start()
+        rig = PostRig(Path(tmp), name="bench-ingest")
+        try:
+            port = broker.port
+            base = bench_config(
+                broker_port=port,
+                scale=args.scale,
+                post_name="bench-actors",
+                run_dir=Path(tmp),
+                **parse_overrides(args.set),
+            )
+            city = build_city(base.city)
+            uplinks = city_uplinks(city, args.uplinks)
+            expected = expected_applied(city.registry, [topic for topic, _ in uplinks])
+            await rig.start_ray()
+            raw: list[float] = []
+            trials: list[dict[str, Any]] = []
+            for trial in range(args.trials):
+                # Alternate so drift on a noisy machine hits both alike.
+                raw.append(await asyncio.to_thread(raw_drain_rate, port, uplinks))
+                config = base.model_copy(
+                    update={"post": base.post.model_copy(update={"name": f"bench-actors{trial}"})}
+                )
+                trials.append(await post_drain(rig, config, city, uplinks, expected, args.timeout))
+        finally:
+            try:
+                await rig.close()
+            finally:
+                broker.stop()
+    raw_rate = statistics.median(raw)
+    post_rate = statistics.median(t["per_s"] for t in trials)
+    ratio = round(post_rate / raw_rate, 3)
+    return {
+        "benchmark": "ingest_actors",
+        "uplinks": args.uplinks,
+        "devices": len(city.registry),
+        "actors": len(city.registry.groups()),
+        "readings_applied_per_trial": sum(expected.values()),
+        "trials": args.trials,
+        "raw_paho_qos1_per_s": round(raw_rate),
+        "post_through_actors_per_s": round(post_rate),
+        "post_to_raw_ratio": ratio,
+        "raw_trials_per_s": [round(r) for r in raw],
+        "edge_batch_max": base.edge.batch_max,
+        "post_trials": [
+            {k: round(v, 3) if isinstance(v, float) else v for k, v in t.items()} for t in trials
+        ],
+        "targets": {"post_to_raw_ratio": TARGET_RATIO},
+        "meets_targets": ratio >= TARGET_RATIO,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--uplinks", type=int, default=20_000)
+    parser.add_argument("--scale", type=float, default=0.05)
+    parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument(
+        "--timeout", type=float, default=180.0, help="seconds a post may take to drain"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override for the post, e.g. edge.batch_max=2000",
+    )
+    args = parser.parse_args(argv)
+    if args.uplinks < 1 or args.trials < 1:
+        parser.error("--uplinks and --trials must be >= 1")
+    # Ray prints its raylet's warnings on stdout: keep stdout for the JSON alone.
+    with contextlib.redirect_stdout(sys.stderr):
+        result = asyncio.run(run(args))
+    json.dump(result, sys.stdout, indent=2)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
