@@ -163,7 +163,8 @@ class Edge:
         item = (self.session.connects, message.mid, message.qos, value)
         with self._cond:
             self._items.append(item)
-            full = len(self._items) >= self._edge.batch_max
+            # A device's ack ends a command's round trip: it does not wait for the batch.
+            full = len(self._items) >= self._edge.batch_max or isinstance(value, chirpstack.Ack)
         if full:
             self._take_and_flush()
 
