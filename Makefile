@@ -55,6 +55,8 @@ lint: bootstrap
 
 bench: bootstrap
 	$(PY) -m bench.ingest
+	$(PY) -m bench.ingest_actors
+	$(PY) -m bench.command
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
