@@ -29,7 +29,6 @@ import json
 import multiprocessing
 import multiprocessing.connection
 import random
-import socket
 import sys
 import tempfile
 import threading
@@ -47,6 +46,7 @@ from bench.harness import PostRig, bench_config, parse_overrides, percentiles_ms
 from bridges import chirpstack
 from bridges.downlinks import downlinks
 from bridges.edge import ACK_FILTER
+from bridges.mqtt_session import tcp_no_delay
 from bridges.registry import Device, DeviceRegistry
 from cluster.config import load_config
 from cluster.mosquitto_local import LocalMosquitto
@@ -149,7 +149,7 @@ class RawRoundTrip:
         self._client.on_message = self._on_message
         # Without TCP_NODELAY a publish that follows a PUBACK waits for the broker's
         # delayed ACK (~40 ms): the baseline is the round trip without that stall.
-        self._client.on_socket_open = _no_delay
+        self._client.on_socket_open = tcp_no_delay
         self._subscribed = threading.Event()
         self._client.on_subscribe = lambda *_a: self._subscribed.set()
         self._client.connect("127.0.0.1", port)
@@ -190,11 +190,6 @@ class RawRoundTrip:
     def close(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
-
-
-def _no_delay(_client: mqtt.Client, _userdata: object, sock: Any) -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class AckWatch:
@@ -347,8 +342,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             wall_origin = time.time()
             clock = SimClock(config.sim.start_or_now(), config.sim.speed)
             post = rig.make_post(config, city.registry, clock)
-            if args.post_tcp_nodelay:
-                post.edge.session.client.on_socket_open = _no_delay
             await rig.start_post(post)
             watch = AckWatch(post)
             raw = RawRoundTrip(port, city.registry)
@@ -402,7 +395,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "actors": len(city.registry.groups()),
         "lamps": len(lamp_devices),
         "edge_batch_interval_ms": config.edge.batch_interval_ms,
-        "post_tcp_nodelay": args.post_tcp_nodelay,
         "max_gap_ms": args.max_gap_ms,
         "sim": {
             "speed": config.sim.speed,
@@ -455,11 +447,6 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         metavar="KEY=VALUE",
         help="a config override for the post, e.g. edge.batch_interval_ms=20",
-    )
-    parser.add_argument(
-        "--post-tcp-nodelay",
-        action="store_true",
-        help="what-if: TCP_NODELAY on the post's MQTT client (the project's clients lack it)",
     )
     args = parser.parse_args(argv)
     if args.commands < 1 or args.load_commands < 1:

@@ -23,7 +23,7 @@ from cluster.errors import InfrastructureError
 SESSION_EXPIRY_S = 3600
 
 
-def _no_delay(_client: mqtt.Client, _userdata: Any, sock: Any) -> None:
+def tcp_no_delay(_client: mqtt.Client, _userdata: Any, sock: Any) -> None:
     # Small packets (acks, downlinks) go out at once instead of waiting for the
     # peer's delayed ACK (measured: up to 40 ms more per command round trip).
     with contextlib.suppress(OSError, AttributeError):
@@ -61,7 +61,7 @@ class MqttSession:
         self.client.reconnect_delay_set(min_delay=1, max_delay=5)
         self.client.max_queued_messages_set(0)  # paho queues while disconnected: unbounded
         self.client.max_inflight_messages_set(1000)
-        self.client.on_socket_open = _no_delay
+        self.client.on_socket_open = tcp_no_delay
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = self._on_subscribe
