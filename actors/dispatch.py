@@ -18,21 +18,13 @@ from datetime import datetime
 from typing import Any, TypeAlias
 
 from actors.decisions import Decision, IssueCommand, ReportMetric
+from actors.geo import haversine_m
 from actors.policy import Policy, Snapshot
 from bridges.registry import Device
 from cluster.errors import InvalidArgumentError, NotFoundError
 from protos.citypost.v1 import operations_pb2, telemetry_pb2
 
-EARTH_RADIUS_M = 6_371_000.0
 DepartmentId: TypeAlias = operations_pb2.Department.ValueType
-
-
-def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Great-circle distance in metres between two WGS84 points."""
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lon2 - lon1)
-    h = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(h)))
 
 
 def department_of_group(group: str) -> DepartmentId:

@@ -24,7 +24,7 @@ import unicodedata
 from typing import TypeAlias
 
 from actors.decisions import OpenIncident, RequestTask
-from actors.dispatch import haversine_m
+from actors.geo import haversine_m
 from cluster.errors import InvalidArgumentError
 from fleet.dijon import BOUNDS, COMMUNES
 from protos.citypost.v1 import operations_pb2

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from actors.decisions import Decision, IssueCommand, ReportMetric
-from actors.dispatch import haversine_m
+from actors.geo import haversine_m
 from actors.policy import Policy, Snapshot
 from bridges.registry import Device
 from cluster.errors import InvalidArgumentError

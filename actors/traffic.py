@@ -34,6 +34,7 @@ from actors.decisions import (
     ReportMetric,
     RequestTask,
 )
+from actors.geo import M_PER_DEG_LAT, bearing_deg, haversine_m
 from actors.policy import Policy, Snapshot
 from bridges.registry import Device
 from cluster.errors import ConfigError, InvalidArgumentError
@@ -43,26 +44,7 @@ ASSET_CLASS = assets_pb2.AssetClass.TRAFFIC_SIGNAL
 FAULT_ALARM = "signal_fault"
 REPAIR_TASK = "repair_signal"
 DELAY_SAVED_METRIC = "traffic.bus_delay_saved_s"
-EARTH_RADIUS_M = 6_371_000.0
-_M_PER_DEG_LAT = math.pi * EARTH_RADIUS_M / 180.0
 _SNAPSHOT_VERSION = 1
-
-
-def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Great-circle distance in metres."""
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lon2 - lon1)
-    h = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(h)))
-
-
-def bearing_deg(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Initial compass bearing from point 1 to point 2: 0 north, 90 east, in [0, 360)."""
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dl = math.radians(lon2 - lon1)
-    x = math.sin(dl) * math.cos(p2)
-    y = math.cos(p1) * math.sin(p2) - math.sin(p1) * math.cos(p2) * math.cos(dl)
-    return math.degrees(math.atan2(x, y)) % 360.0
 
 
 def _angle_between(a: float, b: float) -> float:
@@ -134,7 +116,7 @@ class TrafficPolicy:
             else {eui: frozenset(lines) for eui, lines in lines_by_signal.items()}
         )
         if signals:
-            margin_lat = approach_m / _M_PER_DEG_LAT
+            margin_lat = approach_m / M_PER_DEG_LAT
             margin_lon = margin_lat / max(0.01, math.cos(math.radians(signals[0].latitude)))
             self._bbox = (
                 min(d.latitude for d in signals) - margin_lat,

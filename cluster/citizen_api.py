@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from actors.decisions import OpenIncident
-from actors.dispatch import haversine_m
+from actors.geo import haversine_m
 from actors.incidents import nearest_commune, validate_citizen_report
 from bridges.registry import Device, DeviceRegistry
 from cluster.dispatcher import Dispatcher

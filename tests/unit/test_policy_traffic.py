@@ -15,11 +15,10 @@ from actors.decisions import (
     ReportMetric,
     RequestTask,
 )
+from actors.geo import bearing_deg, haversine_m
 from actors.traffic import (
     DELAY_SAVED_METRIC,
     TrafficPolicy,
-    bearing_deg,
-    haversine_m,
     make_policy,
 )
 from bridges.registry import Device
