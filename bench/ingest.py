@@ -76,7 +76,7 @@ def _end_session() -> Properties:
     return props
 
 
-def _publish_all(port: int, uplinks: Sequence[Uplink]) -> None:
+def publish_all(port: int, uplinks: Sequence[Uplink]) -> None:
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
@@ -110,7 +110,7 @@ def raw_drain_rate(port: int, uplinks: Sequence[Uplink]) -> float:
     client.loop(1)
     client.loop(1)
     client.disconnect()
-    _publish_all(port, uplinks)
+    publish_all(port, uplinks)
     start = time.perf_counter()
     client.connect("127.0.0.1", port, clean_start=False, properties=_session_props())
     client.loop_start()
@@ -141,7 +141,7 @@ def edge_drain_rate(config: Config, city: City, uplinks: Sequence[Uplink]) -> fl
     edge = Edge(config=config, registry=city.registry, sink=sink, observability=observability)
     edge.start()
     edge.stop()
-    _publish_all(config.mqtt.port or 0, uplinks)
+    publish_all(config.mqtt.port or 0, uplinks)
     edge = Edge(config=config, registry=city.registry, sink=sink, observability=observability)
     start = time.perf_counter()
     edge.start()

@@ -35,7 +35,7 @@ from bench.harness import (
     open_post_session,
     parse_overrides,
 )
-from bench.ingest import Uplink, _publish_all, city_uplinks, raw_drain_rate
+from bench.ingest import Uplink, city_uplinks, publish_all, raw_drain_rate
 from cluster.config import Config
 from cluster.mosquitto_local import LocalMosquitto
 from cluster.sim_clock import SimClock
@@ -59,7 +59,7 @@ async def post_drain(
     await asyncio.to_thread(rig.spawn_actors, city.registry)
     post = rig.make_post(config, city.registry, SimClock(UPLINKS_AT, 1.0))
     await asyncio.to_thread(open_post_session, config, city.registry)
-    await asyncio.to_thread(_publish_all, config.mqtt.port or 0, uplinks)
+    await asyncio.to_thread(publish_all, config.mqtt.port or 0, uplinks)
     # Restore the fresh actors before the clock starts (post.start does it again,
     # then only a health round): the drain is what is measured.
     await asyncio.to_thread(post.feed.start)
