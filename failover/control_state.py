@@ -82,6 +82,16 @@ class RevisionCompactedError(FailedPreconditionError):
 
 # --- keys -------------------------------------------------------------------
 
+# Outside the namespaces: the election's key, which fences every write.
+LEADER_KEY = "leader"
+
+
+def city_root(city: str) -> str:
+    """The etcd prefix of a city's control state; every key above is relative to it."""
+    if not city or "/" in city:
+        raise InvalidArgumentError(f"city must be a non-empty name without '/', got {city!r}")
+    return f"/citypost/{city}/"
+
 
 def _segment(name: str, value: str) -> str:
     # Ids may hold "/" (a group originator is "<class>/<group>"): escape so one id is one segment.
