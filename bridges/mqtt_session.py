@@ -69,17 +69,18 @@ class MqttSession:
             self.client.on_message = lambda _c, _u, message: on_message(message)
 
     def _on_connect(
-        self, client: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any
+        self, client: mqtt.Client, _u: Any, flags: Any, reason: ReasonCode, _p: Any
     ) -> None:
         if reason.is_failure:
             return
         self.connects += 1
         self._connected.set()
-        if self._subscriptions:
-            # Re-sent on every connect: after a broker restart without persistence the
-            # broker has forgotten them.
+        if self._subscriptions and not flags.session_present:
+            # A new session, or a broker restarted without persistence that forgot ours.
             client.subscribe(self._subscriptions)
         else:
+            # The broker kept our session and its subscriptions. Waiting for a SUBACK
+            # here would wait behind the whole backlog the broker queued for us.
             self._subscribed.set()
 
     def _on_disconnect(self, *_args: Any) -> None:

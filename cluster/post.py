@@ -139,8 +139,8 @@ class Post:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await asyncio.to_thread(self.edge.stop)
-        # A cancelled loop's step may still be calling the actors from a worker thread.
-        await asyncio.to_thread(self.feed.quiesce)
+        # What the edge accepted is applied (bounded), then the pump stops.
+        await asyncio.to_thread(self.feed.stop)
 
     def _tick_interval_s(self) -> float:
         return max(1.0, 60.0 / self.clock.speed)
@@ -175,7 +175,7 @@ class Post:
         await self.dispatcher.apply(actor_name(*key), list(commands))
 
     async def _supervise(self) -> None:
-        troubled = await asyncio.to_thread(self.feed.check_health)
+        troubled = await asyncio.to_thread(self.feed.check_health, SUPERVISION_INTERVAL_S)
         troubled += await asyncio.to_thread(self.feed.recover_down)
         now = time.monotonic()
         for key in troubled:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -61,10 +62,14 @@ def _feed(pool: InProcessPool, delivered: list[tuple[str, Any]], **kw: Any) -> A
         pool,
         now_ms=lambda: 1_800_000_000_000,
         deliver=lambda name, decisions: delivered.append((name, decisions)),
-        **kw,
+        **{"max_event_delay_s": 0.01, **kw},
     )
     feed.start()
     return feed
+
+
+def _settled(feed: ActorFeed) -> None:
+    assert feed.wait_idle(5.0), "the feed did not apply what it was given"
 
 
 def test_each_actor_gets_its_groups_and_buses_also_reach_signals() -> None:
@@ -72,6 +77,7 @@ def test_each_actor_gets_its_groups_and_buses_also_reach_signals() -> None:
     delivered: list[tuple[str, Any]] = []
     feed = _feed(pool, delivered)
     feed.submit(_items(LAMPS, 3) + _items(BUSES, 2))
+    _settled(feed)
     assert pool.seen(LAMPS) == 3
     assert pool.seen(BUSES) == 2
     assert pool.seen(SIGNALS) == 2  # signals hear the buses
@@ -89,21 +95,26 @@ def test_a_crashed_actor_is_restored_and_replayed_without_loss_or_double_decisio
     sent = 0
     for round_ in range(7):
         feed.submit(_items(LAMPS, 5, start=round_ * 5))
+        _settled(feed)
         sent += 5
     pool.crash(LAMPS)  # state gone: what Ray gives back after SIGKILL
     pool.unreachable.add(LAMPS)
     feed.submit(_items(LAMPS, 5, start=100) + _items(SIGNALS, 1))
     sent += 5
+    _settled(feed)
     assert pool.seen(SIGNALS) == 1  # the others go on
     assert feed.stats().down == ["policy:street_lamp/talant"]
     pool.unreachable.clear()
     assert feed.recover_down() == []
+    _settled(feed)
     assert pool.seen(LAMPS) == sent  # snapshot + replay: every reading, once
     assert feed.stats().restarts["policy:street_lamp/talant"] == 1
     lamp_decisions = [d for name, d in delivered if name == "policy:street_lamp/talant"]
     assert len(lamp_decisions) == 8  # one per batch, none twice
     feed.submit(_items(LAMPS, 1, start=200))
+    _settled(feed)
     assert pool.seen(LAMPS) == sent + 1
+    feed.stop()
 
 
 def test_ticks_are_part_of_the_sequence() -> None:
@@ -111,19 +122,85 @@ def test_ticks_are_part_of_the_sequence() -> None:
     delivered: list[tuple[str, Any]] = []
     feed = _feed(pool, delivered)
     feed.submit(_items(LAMPS, 2))
+    _settled(feed)
     feed.tick()
+    _settled(feed)
     feed.submit(_items(LAMPS, 2))
+    _settled(feed)
     assert pool.actors[LAMPS].health().seq == 3
+    assert pool.seen(LAMPS) == 4
 
 
 def test_an_actor_too_far_behind_pushes_back() -> None:
     pool = InProcessPool([LAMPS])
-    feed = _feed(pool, [], max_buffered_events=3, snapshot_every=100)
+    feed = _feed(pool, [], max_behind_readings=3, snapshot_every=100)
     pool.unreachable.add(LAMPS)
-    for _ in range(3):
+    feed.submit(_items(LAMPS, 1))
+    _settled(feed)  # the actor is found down; what follows waits for it
+    for _ in range(2):
         feed.submit(_items(LAMPS, 1))
     with pytest.raises(ResourceExhaustedError, match="behind"):
         feed.submit(_items(LAMPS, 1))
     pool.unreachable.clear()
     feed.recover_down()
+    _settled(feed)
     assert pool.seen(LAMPS) == 3
+    feed.submit(_items(LAMPS, 1))  # caught up: accepted again
+    _settled(feed)
+    assert pool.seen(LAMPS) == 4
+
+
+class GatedPool(InProcessPool):
+    """Holds the first ingest until released, as a slow actor round would."""
+
+    def __init__(self, keys: Iterable[ActorKey]) -> None:
+        super().__init__(keys)
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.ingest_calls = 0
+
+    def call_many(self, calls: Sequence[Call], timeout_s: float) -> list[Any]:
+        if any(call.method == "ingest" for call in calls):
+            self.ingest_calls += 1
+            self.entered.set()
+            assert self.release.wait(5.0)
+        return super().call_many(calls, timeout_s)
+
+
+def test_batches_arriving_during_a_round_join_one_event() -> None:
+    pool = GatedPool([LAMPS])
+    delivered: list[tuple[str, Any]] = []
+    feed = _feed(pool, delivered)
+    feed.submit(_items(LAMPS, 1))
+    assert pool.entered.wait(5.0)
+    for i in range(10):  # the edge goes on while the actor works
+        feed.submit(_items(LAMPS, 2, start=10 + 2 * i))
+    pool.release.set()
+    _settled(feed)
+    assert pool.seen(LAMPS) == 21
+    assert pool.ingest_calls == 2  # one round for the first batch, one for the ten
+    assert len(delivered) == 2
+    feed.stop()
+
+
+def test_a_failed_delivery_is_counted_and_the_feed_goes_on() -> None:
+    pool = InProcessPool([LAMPS])
+    calls: list[str] = []
+
+    def deliver(name: str, decisions: Any) -> None:
+        calls.append(name)
+        if len(calls) == 1:
+            raise RuntimeError("the dispatcher refused")
+
+    feed = ActorFeed(
+        pool, now_ms=lambda: 1_800_000_000_000, deliver=deliver, max_event_delay_s=0.01
+    )
+    feed.start()
+    feed.submit(_items(LAMPS, 1))
+    _settled(feed)
+    feed.submit(_items(LAMPS, 1, start=1))
+    _settled(feed)
+    assert len(calls) == 2
+    assert feed.stats().delivery_failures == 1
+    assert pool.seen(LAMPS) == 2
+    feed.stop()
