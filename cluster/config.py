@@ -116,6 +116,20 @@ class FailoverConfig(_Section):
             raise ValueError(
                 f"safety_margin_s ({self.safety_margin_s}) must be < lease_ttl_s ({self.lease_ttl_s})"
             )
+        # etcd grants leases in whole seconds (LeaseGrantRequest.TTL is an integer).
+        if self.lease_ttl_s != int(self.lease_ttl_s):
+            raise ValueError(
+                f"lease_ttl_s ({self.lease_ttl_s}) must be a whole number of seconds: "
+                "etcd grants leases in whole seconds"
+            )
+        # The leader trusts its lease for TTL - margin after a keepalive was sent; if
+        # one lost keepalive used that up, a healthy leader would demote itself.
+        if self.lease_ttl_s - self.safety_margin_s <= 2 * self.keepalive_interval_s:
+            raise ValueError(
+                f"lease_ttl_s - safety_margin_s ({self.lease_ttl_s - self.safety_margin_s:.3f}) "
+                f"must be > 2 x keepalive_interval_s ({2 * self.keepalive_interval_s:.3f}) "
+                "so one lost keepalive does not demote a healthy leader"
+            )
         return self
 
 

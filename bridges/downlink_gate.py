@@ -1,0 +1,338 @@
+"""The downlink gate: the one path from the posts to the network server's `command/down`.
+
+Posts publish each downlink on `citypost/<city>/gate/<the command/down topic>`
+(`gate_topic`); the gate forwards it, QoS 1 and byte for byte, to the network
+server's topic only if the epoch in its frame is >= the highest epoch the gate
+has seen (bridges.gate_book), so a deposed leader's commands stop here even if
+it does not know it is deposed. It also learns a new leader's epoch from etcd
+(`raise_epoch`, fed by the leader watch) before that leader's first command.
+
+Each incoming message is acknowledged to the broker only once its outcome is
+safe: a forward or a dead letter after the broker's PUBACK of what the gate
+published, a stale command at once. A gate that dies therefore loses nothing
+(the broker re-delivers); it may forward a command twice, which the devices
+absorb (they execute a command_id at most once).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.reasoncodes import ReasonCode
+
+from bridges import chirpstack
+from bridges.dead_letters import DeadLetterCounter, make_dead_letter, to_json
+from bridges.downlink_frame import COMMAND_F_PORT
+from bridges.gate_book import (
+    DropReason,
+    FrameHeader,
+    GateBook,
+    Verdict,
+    load_mark,
+    read_frame_header,
+    store_mark,
+)
+from bridges.mqtt_session import MqttSession
+from cluster.config import Config
+from cluster.errors import (
+    ConfigError,
+    DeadLetterReason,
+    DecodeError,
+    InfrastructureError,
+    InvalidArgumentError,
+)
+
+log = logging.getLogger(__name__)
+
+GATE_NAME = "downlink-gate"  # the `edge` field of the gate's dead letters
+_DOWNLINK_FILTER = "application/+/device/+/command/down"
+
+
+def gate_prefix(city: str) -> str:
+    return f"citypost/{city}/gate/"
+
+
+def gate_subscription(city: str) -> str:
+    """What the gate subscribes to: every downlink the posts hand it."""
+    return gate_prefix(city) + _DOWNLINK_FILTER
+
+
+def gate_topic(city: str, downlink_topic: str) -> str:
+    """Where a post publishes the downlink meant for `downlink_topic` (a `command/down` topic)."""
+    try:
+        kind = chirpstack.parse_topic(downlink_topic).kind
+    except DecodeError as exc:
+        raise InvalidArgumentError(f"downlink_topic: {exc.message}") from exc
+    if kind != chirpstack.KIND_DOWN:
+        raise InvalidArgumentError(f"downlink_topic must end in command/down, got {kind!r}")
+    return gate_prefix(city) + downlink_topic
+
+
+def default_state_path(config: Config) -> Path:
+    """Where a gate keeps its high-water mark unless told otherwise."""
+    return config.run_dir / "gate" / f"{config.city.name}-mark.json"
+
+
+@dataclass(frozen=True)
+class GateStats:
+    forwarded: int
+    dropped_by_reason: dict[str, int]
+    dead_letters_by_reason: dict[str, int]
+    highest_epoch: int
+    persisted_epoch: int
+    pending_acks: int  # published by the gate, broker's PUBACK not yet in
+    connected: bool
+
+    @property
+    def dropped(self) -> int:
+        return sum(self.dropped_by_reason.values())
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """An incoming message waiting for the broker to take what the gate published for it."""
+
+    generation: int
+    mid: int
+    qos: int
+    forward: bool  # False: a dead letter
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class DownlinkGate:
+    def __init__(
+        self,
+        *,
+        config: Config,
+        state_path: Path | None = None,
+        now_ms: Callable[[], int] = _wall_ms,
+    ) -> None:
+        """Loads the persisted mark: GateStateError if the file is corrupt (never reset to 0)."""
+        if config.mqtt.port is None:
+            raise ConfigError("mqtt.port must be resolved (the broker started) before the gate")
+        city = config.city.name
+        self._prefix = gate_prefix(city)
+        self._dead_letter_topic = config.edge.dead_letter_topic(city)
+        self._max_bytes = config.edge.max_message_bytes
+        self._keep_bytes = config.edge.dead_letter_payload_bytes
+        self._now_ms = now_ms
+        self.state_path = state_path if state_path is not None else default_state_path(config)
+        self._book = GateBook(load_mark(self.state_path))
+        self.dead_letters = DeadLetterCounter()
+        # Held from the decision to the publish (and around every write of the mark):
+        # once raise_epoch(E) returns, no command older than E goes out.
+        self._fence_lock = threading.Lock()
+        self._pending_lock = threading.Lock()
+        self._pending: dict[int, _Pending] = {}
+        self.session = MqttSession(
+            client_id=f"citypost-{city}-gate",
+            host=config.mqtt.host,
+            port=config.mqtt.port,
+            keepalive_s=config.mqtt.keepalive_s,
+            subscriptions=[(gate_subscription(city), 1)],
+            on_message=self._on_message,
+            manual_ack=True,
+            receive_maximum=1000,
+        )
+        self.session.client.on_publish = self._on_published
+
+    # --- MQTT thread ---------------------------------------------------------------------
+
+    def _on_message(self, message: mqtt.MQTTMessage) -> None:
+        generation = self.session.connects
+        payload = bytes(message.payload)
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            error = DecodeError(DeadLetterReason.BAD_TOPIC, "the topic is not valid UTF-8")
+            self._reject(error, "(topic is not valid UTF-8)", payload, generation, message)
+            return
+        try:
+            target, header = self._parse(topic, payload)
+        except DecodeError as error:
+            self._reject(error, topic, payload, generation, message)
+            return
+        except Exception as exc:  # a bug must not stop the gate, nor lose the message
+            log.exception("gate: unexpected error reading a downlink on %s", topic)
+            internal = DecodeError(DeadLetterReason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+            self._reject(internal, topic, payload, generation, message)
+            return
+        try:
+            self._fence(target, payload, header, generation, message)
+        except Exception:  # a bug: left unacknowledged, the broker re-delivers it on reconnect
+            log.exception("gate: unexpected error fencing a downlink on %s", topic)
+
+    def _parse(self, topic: str, payload: bytes) -> tuple[str, FrameHeader]:
+        """The network server's topic and the frame header; DecodeError if malformed."""
+        if len(payload) > self._max_bytes:
+            raise DecodeError(
+                DeadLetterReason.OVERSIZED,
+                f"downlink of {len(payload)} bytes, above {self._max_bytes}",
+            )
+        if not topic.startswith(self._prefix):
+            raise DecodeError(DeadLetterReason.BAD_TOPIC, f"not a gate topic: {topic!r}")
+        target = topic[len(self._prefix) :]
+        parsed = chirpstack.parse_topic(target)
+        if parsed.kind != chirpstack.KIND_DOWN:
+            raise DecodeError(DeadLetterReason.BAD_TOPIC, f"not a command/down topic: {topic!r}")
+        downlink = chirpstack.parse_downlink(payload)
+        if downlink.dev_eui != parsed.dev_eui:
+            raise DecodeError(
+                DeadLetterReason.BAD_ENVELOPE, "the topic and the downlink name different devices"
+            )
+        if downlink.f_port != COMMAND_F_PORT:
+            raise DecodeError(
+                DeadLetterReason.WRONG_FPORT,
+                f"commands go on fPort {COMMAND_F_PORT}, got {downlink.f_port}: "
+                "nothing unfenced reaches the network server",
+            )
+        header = read_frame_header(downlink.data)
+        if downlink.id is not None and downlink.id != header.command_id:
+            raise DecodeError(
+                DeadLetterReason.BAD_ENVELOPE,
+                f"downlink id {downlink.id} is not the frame's command_id {header.command_id}",
+            )
+        return target, header
+
+    def _fence(
+        self,
+        target: str,
+        payload: bytes,
+        header: FrameHeader,
+        generation: int,
+        message: mqtt.MQTTMessage,
+    ) -> None:
+        with self._fence_lock:
+            verdict = self._book.decide(header.epoch)
+            if verdict is Verdict.DROP_STALE:
+                log.info(
+                    "gate: dropped command %s of epoch %d (highest seen %d) for %s",
+                    header.command_id,
+                    header.epoch,
+                    self._book.highest_epoch,
+                    target,
+                )
+                self._ack(generation, message.mid, message.qos)
+                return
+            if verdict is Verdict.PERSIST_FIRST:
+                try:
+                    store_mark(self.state_path, header.epoch)
+                except OSError as exc:
+                    # Forwarding now could be undone by a restart; the leader re-sends
+                    # unacknowledged commands, so dropping is the safe side.
+                    log.error(
+                        "gate: cannot persist epoch %d to %s (%s); dropped command %s",
+                        header.epoch,
+                        self.state_path,
+                        exc,
+                        header.command_id,
+                    )
+                    self._book.count_dropped(DropReason.PERSIST_FAILED)
+                    self._ack(generation, message.mid, message.qos)
+                    return
+                self._book.mark_persisted(header.epoch)
+            self._publish(target, payload, _Pending(generation, message.mid, message.qos, True))
+            self._book.count_forwarded()
+
+    def _reject(
+        self,
+        error: DecodeError,
+        topic: str,
+        payload: bytes,
+        generation: int,
+        message: mqtt.MQTTMessage,
+    ) -> None:
+        self.dead_letters.add(error.reason)
+        log.warning("gate: dead letter from %s: %s", topic, error)
+        letter = make_dead_letter(
+            error,
+            topic=topic,
+            payload=payload,
+            edge=GATE_NAME,
+            received_at_ms=self._now_ms(),
+            keep_bytes=self._keep_bytes,
+        )
+        pending = _Pending(generation, message.mid, message.qos, False)
+        self._publish(self._dead_letter_topic, to_json(letter), pending)
+
+    def _publish(self, topic: str, payload: bytes, pending: _Pending) -> None:
+        # Only the MQTT thread publishes, and it handles PUBACKs only after this
+        # callback returns, so the mid is recorded before its PUBACK can arrive.
+        info = self.session.client.publish(topic, payload, qos=1)
+        if pending.qos > 0:
+            with self._pending_lock:
+                self._pending[info.mid] = pending
+
+    def _on_published(
+        self, _c: mqtt.Client, _u: Any, mid: int, reason: ReasonCode, _p: Any
+    ) -> None:
+        with self._pending_lock:
+            pending = self._pending.pop(mid, None)
+        if pending is None:
+            return
+        if reason.is_failure:
+            what = "forward" if pending.forward else "dead letter"
+            log.error("gate: the broker refused a %s: %s", what, reason)
+            if pending.forward:
+                self._book.count_dropped(DropReason.FORWARD_REFUSED)
+        self._ack(pending.generation, pending.mid, pending.qos)
+
+    def _ack(self, generation: int, mid: int, qos: int) -> None:
+        # A packet id from an earlier connection may now name another message:
+        # the broker re-delivers those, so they are left unacknowledged.
+        if qos > 0 and generation == self.session.connects:
+            self.session.client.ack(mid, qos)
+
+    # --- any thread ----------------------------------------------------------------------
+
+    def raise_epoch(self, epoch: int) -> None:
+        """Fence every epoch below `epoch` now (a new leader was elected).
+
+        Thread-safe; blocks for one fsync when the mark rises. InfrastructureError if
+        the mark cannot be persisted: the fence still holds in memory, and the next
+        command of that epoch tries to persist it again before it is forwarded.
+        """
+        with self._fence_lock:
+            if not self._book.raise_epoch(epoch):
+                return
+            try:
+                store_mark(self.state_path, epoch)
+            except OSError as exc:
+                raise InfrastructureError(
+                    f"cannot persist the gate's epoch {epoch} to {self.state_path}: {exc}"
+                ) from exc
+            self._book.mark_persisted(epoch)
+        log.info("gate: fenced every epoch below %d", epoch)
+
+    def stats(self) -> GateStats:
+        with self._pending_lock:
+            pending = len(self._pending)
+        return GateStats(
+            forwarded=self._book.forwarded,
+            dropped_by_reason=self._book.dropped(),
+            dead_letters_by_reason=self.dead_letters.snapshot(),
+            highest_epoch=self._book.highest_epoch,
+            persisted_epoch=self._book.persisted_epoch,
+            pending_acks=pending,
+            connected=self.session.connected,
+        )
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.session.start(timeout)
+
+    def stop(self, *, end_session: bool = False) -> None:
+        """Disconnect. The broker keeps queueing downlinks for the gate's session until it
+        comes back (and re-delivers those not yet acknowledged), unless end_session."""
+        self.session.stop(end_session=end_session)

@@ -1,0 +1,294 @@
+"""The downlink gate against a real mosquitto: epoch fencing, dead letters, restart, raise_epoch."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from bridges import chirpstack
+from bridges.dead_letters import from_json
+from bridges.downlink_frame import COMMAND_F_PORT, encode_command
+from bridges.downlink_gate import DownlinkGate, gate_topic
+from bridges.gate_book import GateStateError, load_mark
+from bridges.mqtt_session import MqttSession
+from cluster.config import Config, load_config
+from cluster.errors import InfrastructureError, InvalidArgumentError
+from cluster.mosquitto_local import LocalMosquitto
+from protos.citypost.v1 import command_pb2
+
+pytestmark = pytest.mark.integration
+
+APP = "gate-test-app"
+DEV = "70b3d57e00000042"
+
+
+def _config(port: int, city: str) -> Config:
+    # A city of its own per test: its own gate session, gate topics and dead-letter topic.
+    return load_config(overrides={"mqtt.port": port, "city.name": city})
+
+
+def _downlink(epoch: int, command_id: str | None = None) -> tuple[str, bytes, str]:
+    """(NS topic, ChirpStack command/down payload, command_id) of a brightness command."""
+    command_id = command_id or str(uuid.uuid4())
+    command = command_pb2.Command(command_id=command_id, epoch=epoch)
+    command.set_brightness.brightness_pct = 30
+    payload = chirpstack.build_downlink(
+        DEV, COMMAND_F_PORT, encode_command(command), confirmed=True, id=command_id
+    )
+    return chirpstack.downlink_topic(APP, DEV), payload, command_id
+
+
+class Watcher:
+    """A plain subscriber that records (topic, payload) in arrival order."""
+
+    def __init__(self, port: int, topic: str) -> None:
+        self.received: list[tuple[str, bytes]] = []
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *_a: self._ready.set()
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe(topic, qos=1)
+        self.client.loop_start()
+        assert self._ready.wait(10), "the watcher's subscription was not acknowledged"
+
+    def _on_message(self, _c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.received.append((message.topic, bytes(message.payload)))
+
+    def snapshot(self) -> list[tuple[str, bytes]]:
+        with self._lock:
+            return list(self.received)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@contextmanager
+def watching(port: int, topic: str) -> Iterator[Watcher]:
+    watcher = Watcher(port, topic)
+    try:
+        yield watcher
+    finally:
+        watcher.close()
+
+
+@contextmanager
+def running_gate(
+    config: Config, state_path: Path, *, end_session: bool = True
+) -> Iterator[DownlinkGate]:
+    gate = DownlinkGate(config=config, state_path=state_path)
+    gate.start()
+    try:
+        yield gate
+    finally:
+        gate.stop(end_session=end_session)
+
+
+@contextmanager
+def publishing(port: int) -> Iterator[MqttSession]:
+    session = MqttSession(
+        client_id=f"test-post-{uuid.uuid4().hex[:8]}", host="127.0.0.1", port=port
+    )
+    session.start()
+    try:
+        yield session
+    finally:
+        session.stop(end_session=True)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _send(post: MqttSession, city: str, topic: str, payload: bytes) -> None:
+    post.client.publish(gate_topic(city, topic), payload, qos=1).wait_for_publish(5)
+
+
+@pytest.mark.timeout(30)
+def test_forwards_current_and_newer_epochs_in_order_and_drops_stale(
+    mqtt_broker: LocalMosquitto, tmp_path: Path
+) -> None:
+    config = _config(mqtt_broker.port, "gate-order")
+    sent = {epoch: _downlink(epoch) for epoch in (5, 4, 6)}
+    with (
+        watching(mqtt_broker.port, chirpstack.downlink_topic(APP, DEV)) as network_server,
+        running_gate(config, tmp_path / "mark.json") as gate,
+        publishing(mqtt_broker.port) as post,
+    ):
+        for epoch in (5, 4, 6):
+            topic, payload, _ = sent[epoch]
+            _send(post, "gate-order", topic, payload)
+        wait_for(lambda: len(network_server.snapshot()) >= 2, 10, "two forwarded downlinks")
+        wait_for(lambda: gate.stats().dropped >= 1, 10, "the stale downlink dropped")
+        # Whatever the gate forwards comes in order: after 6 nothing of 4 can follow.
+        wait_for(lambda: gate.stats().pending_acks == 0, 10, "the broker's PUBACKs")
+        assert network_server.snapshot() == [
+            (sent[5][0], sent[5][1]),
+            (sent[6][0], sent[6][1]),
+        ]
+        stats = gate.stats()
+        assert stats.forwarded == 2
+        assert stats.dropped_by_reason == {"stale_epoch": 1}
+        assert stats.dead_letters_by_reason == {}
+        assert stats.highest_epoch == 6
+        assert stats.persisted_epoch == 6
+    assert load_mark(tmp_path / "mark.json") == 6
+
+
+@pytest.mark.timeout(30)
+def test_malformed_downlinks_go_to_dead_letters_and_the_gate_keeps_working(
+    mqtt_broker: LocalMosquitto, tmp_path: Path
+) -> None:
+    city = "gate-bad"
+    config = _config(mqtt_broker.port, city)
+    topic, good, command_id = _downlink(3)
+    other_device = chirpstack.downlink_topic(APP, "70b3d57e000000ff")
+    short_frame = chirpstack.build_downlink(DEV, COMMAND_F_PORT, b"\x01\x02", id=command_id)
+    wrong_port = good.replace(b'"fPort":100', b'"fPort":7')
+    wrong_id = good.replace(command_id.encode(), str(uuid.uuid4()).encode())
+    bad = [
+        (topic, b"{not json", "bad_json"),
+        (topic, b'{"devEui": 5}', "bad_envelope"),
+        (topic, short_frame, "bad_envelope"),
+        (topic, wrong_port, "wrong_fport"),
+        (topic, wrong_id, "bad_envelope"),
+        (other_device, good, "bad_envelope"),  # topic and payload name different devices
+    ]
+    assert wrong_port != good and wrong_id != good
+    with (
+        watching(mqtt_broker.port, config.edge.dead_letter_topic(city)) as letters,
+        watching(mqtt_broker.port, f"application/{APP}/device/+/command/down") as network_server,
+        running_gate(config, tmp_path / "mark.json") as gate,
+        publishing(mqtt_broker.port) as post,
+    ):
+        for bad_topic, payload, _ in bad:
+            _send(post, city, bad_topic, payload)
+        _send(post, city, topic, good)
+        wait_for(lambda: len(letters.snapshot()) >= len(bad), 10, "every dead letter")
+        wait_for(lambda: len(network_server.snapshot()) >= 1, 10, "the good downlink")
+        parsed = [from_json(raw) for _, raw in letters.snapshot()]
+        assert sorted(p.reason for p in parsed) == sorted(reason for _, _, reason in bad)
+        assert {p.payload for p in parsed if p.reason == "bad_json"} == {b"{not json"}
+        assert all(p.edge == "downlink-gate" for p in parsed)
+        assert network_server.snapshot() == [(topic, good)]
+        stats = gate.stats()
+        assert stats.connected
+        assert stats.forwarded == 1
+        assert sum(stats.dead_letters_by_reason.values()) == len(bad)
+        assert stats.highest_epoch == 3
+
+
+@pytest.mark.timeout(40)
+def test_a_restarted_gate_still_fences_with_its_persisted_mark(
+    mqtt_broker: LocalMosquitto, tmp_path: Path
+) -> None:
+    city = "gate-restart"
+    config = _config(mqtt_broker.port, city)
+    state = tmp_path / "mark.json"
+    with (
+        watching(mqtt_broker.port, chirpstack.downlink_topic(APP, DEV)) as network_server,
+        publishing(mqtt_broker.port) as post,
+    ):
+        with running_gate(config, state, end_session=False) as gate:
+            _send(post, city, *_downlink(6)[:2])
+            wait_for(lambda: len(network_server.snapshot()) == 1, 10, "epoch 6 forwarded")
+            wait_for(lambda: gate.stats().pending_acks == 0, 10, "the broker's PUBACK")
+        assert load_mark(state) == 6
+        with running_gate(config, state) as restarted:
+            assert restarted.stats().highest_epoch == 6
+            stale_topic, stale, _ = _downlink(4)
+            _send(post, city, stale_topic, stale)
+            wait_for(lambda: restarted.stats().dropped >= 1, 10, "epoch 4 dropped")
+            fresh = _downlink(6)
+            _send(post, city, *fresh[:2])
+            wait_for(lambda: len(network_server.snapshot()) >= 2, 10, "epoch 6 forwarded again")
+            assert restarted.stats().dropped_by_reason == {"stale_epoch": 1}
+            assert [payload for _, payload in network_server.snapshot()][1:] == [fresh[1]]
+
+
+@pytest.mark.timeout(30)
+def test_raise_epoch_fences_older_commands_before_the_new_leader_speaks(
+    mqtt_broker: LocalMosquitto, tmp_path: Path
+) -> None:
+    city = "gate-raise"
+    config = _config(mqtt_broker.port, city)
+    state = tmp_path / "mark.json"
+    with (
+        watching(mqtt_broker.port, chirpstack.downlink_topic(APP, DEV)) as network_server,
+        running_gate(config, state) as gate,
+        publishing(mqtt_broker.port) as post,
+    ):
+        # The etcd watch runs elsewhere: raise_epoch is called from another thread.
+        raiser = threading.Thread(target=gate.raise_epoch, args=(9,))
+        raiser.start()
+        raiser.join(5)
+        assert load_mark(state) == 9  # durable before any command of epoch 9
+        _send(post, city, *_downlink(8)[:2])
+        wait_for(lambda: gate.stats().dropped >= 1, 10, "epoch 8 dropped")
+        topic, payload, _ = _downlink(9)
+        _send(post, city, topic, payload)
+        wait_for(lambda: len(network_server.snapshot()) >= 1, 10, "epoch 9 forwarded")
+        assert network_server.snapshot() == [(topic, payload)]
+        assert gate.stats().dropped_by_reason == {"stale_epoch": 1}
+
+
+@pytest.mark.timeout(10)
+def test_a_corrupt_mark_file_stops_the_gate_from_starting(
+    mqtt_broker: LocalMosquitto, tmp_path: Path
+) -> None:
+    state = tmp_path / "mark.json"
+    state.write_bytes(b'{"version": 1, "highest_')  # what a torn, non-atomic write would leave
+    with pytest.raises(GateStateError):
+        DownlinkGate(config=_config(mqtt_broker.port, "gate-corrupt"), state_path=state)
+
+
+def test_gate_topic_wraps_only_command_down_topics() -> None:
+    down = chirpstack.downlink_topic(APP, DEV)
+    assert gate_topic("dijon", down) == f"citypost/dijon/gate/{down}"
+    with pytest.raises(InvalidArgumentError):
+        gate_topic("dijon", chirpstack.uplink_topic(APP, DEV))
+    with pytest.raises(InvalidArgumentError):
+        gate_topic("dijon", "not/a/topic")
+
+
+@pytest.mark.timeout(30)
+def test_a_mark_that_cannot_be_persisted_blocks_the_higher_epoch(
+    mqtt_broker: LocalMosquitto, tmp_path: Path
+) -> None:
+    city = "gate-nodisk"
+    config = _config(mqtt_broker.port, city)
+    with (
+        watching(mqtt_broker.port, chirpstack.downlink_topic(APP, DEV)) as network_server,
+        running_gate(config, tmp_path / "mark.json") as gate,
+        publishing(mqtt_broker.port) as post,
+    ):
+        _send(post, city, *_downlink(2)[:2])
+        wait_for(lambda: len(network_server.snapshot()) == 1, 10, "epoch 2 forwarded")
+        blocker = tmp_path / "not-a-directory"
+        blocker.write_bytes(b"")
+        gate.state_path = blocker / "mark.json"  # every write now fails
+        _send(post, city, *_downlink(3)[:2])
+        wait_for(lambda: gate.stats().dropped >= 1, 10, "epoch 3 refused")
+        assert gate.stats().dropped_by_reason == {"persist_failed": 1}
+        with pytest.raises(InfrastructureError):
+            gate.raise_epoch(4)
+        assert gate.stats().highest_epoch == 4  # fenced in memory all the same
+        assert gate.stats().persisted_epoch == 2
+        _send(post, city, *_downlink(2)[:2])
+        wait_for(lambda: gate.stats().dropped >= 2, 10, "epoch 2 now stale")
+        assert len(network_server.snapshot()) == 1
