@@ -51,12 +51,15 @@ from failover.control_state import (
     LEDGER,
     OVERRIDES,
     TASKS,
+    Change,
     ControlState,
     alarm_key,
     audit_key,
     idempotency_index_key,
     incident_key,
+    key_id,
     ledger_key,
+    namespace_of,
     notification_key,
     override_key,
     task_key,
@@ -125,6 +128,45 @@ class Dispatcher:
         overrides = await _all(self._state, "state/overrides/", control_state_pb2.Override)
         now = self._wall_ms()
         self._overrides = {(o.asset_class, o.group): o for o in overrides if o.ends_at_ms > now}
+
+    def apply_change(self, change: Change) -> None:
+        """Follow another post's write (a standby watching the leader's control state)
+        so that, promoted, this dispatcher carries on from where the leader was."""
+        namespace = namespace_of(change.key) if change.key else ""
+        if namespace == LEDGER:
+            record = change.decode(control_state_pb2.CommandRecord)
+            if record is None:
+                self._pending.pop(key_id(change.key), None)
+            else:
+                self._settle(record)
+        elif namespace == ALARMS:
+            alarm = change.decode(operations_pb2.Alarm)
+            if alarm is not None:
+                self._alarms = self._alarms.with_alarm(alarm)
+        elif namespace == TASKS:
+            task = change.decode(operations_pb2.Task)
+            if task is not None:
+                self._tasks = self._tasks.with_task(task)
+        elif namespace == OVERRIDES:
+            override = change.decode(control_state_pb2.Override)
+            gone = key_id(change.key)
+            self._overrides = {k: o for k, o in self._overrides.items() if o.override_id != gone}
+            if override is not None and override.ends_at_ms > self._wall_ms():
+                self._overrides[(override.asset_class, override.group)] = override
+
+    async def replay_pending(self) -> int:
+        """A new leader sends every unfinished command again, under its own epoch and
+        with the same command_id (devices execute a command_id once). Returns how many."""
+        sent = 0
+        async with self._lock:
+            for record in list(self._pending.values()):
+                try:
+                    await self._send(record)
+                    sent += 1
+                except FailedPreconditionError as error:
+                    # No attempt or time left: the ledger loop fails or expires it.
+                    log.info("not replaying %s: %s", record.command.command_id, error.message)
+        return sent
 
     # --- policy decisions ----------------------------------------------------------------
 

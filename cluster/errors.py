@@ -93,6 +93,17 @@ class FailedPreconditionError(CitypostError):
     grpc_status = "FAILED_PRECONDITION"
 
 
+class NotLeaderError(FailedPreconditionError):
+    """A write or a command sent to a post that does not lead. Carries the leader
+    (when known) so a client can retry there: the gRPC server puts its address in
+    the trailing metadata `x-citypost-leader`."""
+
+    def __init__(self, message: str, *, leader_name: str = "", leader_address: str = "") -> None:
+        super().__init__(message)
+        self.leader_name = leader_name
+        self.leader_address = leader_address
+
+
 class ResourceExhaustedError(CitypostError):
     grpc_status = "RESOURCE_EXHAUSTED"
 

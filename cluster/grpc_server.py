@@ -21,11 +21,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from cluster.errors import CitypostError
+from cluster.errors import CitypostError, NotLeaderError
 
 log = logging.getLogger(__name__)
 
 OPERATOR_METADATA = "x-citypost-operator"
+# On a write refused by a standby: where the leader's gRPC server listens.
+LEADER_METADATA = "x-citypost-leader"
 ANONYMOUS = "anonymous"
 _INTERNAL = "internal error in the post (it is logged); retry, and report it if it persists"
 caller: contextvars.ContextVar[str] = contextvars.ContextVar("citypost_caller", default=ANONYMOUS)
@@ -40,6 +42,12 @@ class Service:
 
 def status_of(error: CitypostError) -> grpc.StatusCode:
     return getattr(grpc.StatusCode, error.grpc_status, grpc.StatusCode.INTERNAL)
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: CitypostError) -> None:
+    if isinstance(error, NotLeaderError) and error.leader_address:
+        context.set_trailing_metadata(((LEADER_METADATA, error.leader_address),))
+    await context.abort(status_of(error), error.message)
 
 
 class _CommonInterceptor(grpc.aio.ServerInterceptor):
@@ -64,7 +72,7 @@ class _CommonInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     return await asyncio.wait_for(inner(request, context), deadline_s)
                 except CitypostError as error:
-                    await context.abort(status_of(error), error.message)
+                    await _abort(context, error)
                 except TimeoutError:
                     await context.abort(
                         grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -90,7 +98,7 @@ class _CommonInterceptor(grpc.aio.ServerInterceptor):
                     async for item in inner_stream(request, context):
                         yield item
                 except CitypostError as error:
-                    await context.abort(status_of(error), error.message)
+                    await _abort(context, error)
                 except grpc.aio.AbortError:
                     raise
                 except Exception:

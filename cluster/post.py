@@ -7,8 +7,14 @@ ticks for the actors (once per simulated minute, at most once a second),
 the command ledger (resend, expire), supervision (pings, restores, restart
 intensity), and the end of operators' overrides.
 
-One post leads alone for now (epoch 1, control state in memory); the failover
-stage puts the control state in etcd behind the same seam and elects the leader.
+Leadership comes from `failover.roles.Leadership`: an etcd election when the
+post has a standby, or a post alone. Both posts run the same actors on the
+same telemetry; only the one that may command (checked at each decision and
+each downlink: the self-fence) carries decisions out. The other follows the
+leader's control state by watching it, applying each change to its
+dispatcher; promoted, it waits until it has applied everything the old leader
+wrote, then re-sends every unfinished command under its own epoch.
+Downlinks go to the downlink gate, never straight to the network server.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from actors.decisions import Decision
 from actors.pool import ActorKey, ActorPool, Call
 from actors.supervision import RestartIntensity, Verdict
 from bridges import chirpstack
+from bridges.downlink_gate import gate_topic
 from bridges.edge import Edge
 from bridges.registry import DeviceRegistry
 from bridges.sinks import FanOutSink, MemorySink
@@ -34,13 +41,18 @@ from cluster.config import Config
 from cluster.dispatcher import Dispatcher
 from cluster.observability import Observability
 from cluster.sim_clock import SimClock
-from failover.control_state import ControlState, InMemoryControlState
+from failover.control_state import ControlState, InMemoryControlState, RevisionCompactedError
+from failover.election import Role
+from failover.roles import SOLE_EPOCH, Leadership, SoleLeadership
 
 log = logging.getLogger(__name__)
 
 LEDGER_INTERVAL_S = 0.5
 SUPERVISION_INTERVAL_S = 1.0
 DELIVER_TIMEOUT_S = 30.0
+# A promoted post waits this long to have applied the old leader's writes; past it,
+# it reloads the whole control state instead.
+CATCH_UP_S = 5.0
 
 
 def wall_ms() -> int:
@@ -72,23 +84,28 @@ class Post:
         clock: SimClock,
         observability: Observability,
         state: ControlState | None = None,
+        leadership: Leadership | None = None,
     ) -> None:
         self.config = config
         self.name = name
         self.registry = registry
         self.pool = pool
         self.clock = clock
-        self.epoch = 1
+        self.leadership: Leadership = leadership or SoleLeadership(name, "")
         if state is None:
-            state = InMemoryControlState(epoch=self.epoch)
+            state = InMemoryControlState(epoch=SOLE_EPOCH)
         self.state = state
+        self.applied_revision = 0  # the last control-state revision this post applied
+        self.leading = False  # promoted and caught up: decisions are carried out
+        self.standby_decisions = 0  # decisions computed while standing by, not carried out
+        self.fenced_downlinks = 0  # downlinks withheld because the lease may have expired
         self.started_at_ms = wall_ms()
         self.latest = MemorySink()
         self.dispatcher = Dispatcher(
             state=state,
             registry=registry,
             publish=self._publish,
-            epoch=lambda: self.epoch,
+            epoch=self.leadership.command_epoch,
             wall_ms=wall_ms,
         )
         self.feed = ActorFeed(pool, now_ms=clock.now_ms, deliver=self._deliver)
@@ -111,20 +128,39 @@ class Post:
         assert self._loop is not None
         asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(DELIVER_TIMEOUT_S)
 
+    @property
+    def epoch(self) -> int:
+        """The epoch of the leader this post knows of (0: none)."""
+        return self.leadership.status().epoch or 0
+
+    def commanding(self) -> bool:
+        """Promoted, caught up, and the lease cannot have expired: checked at each use."""
+        return self.leading and self.leadership.may_command()
+
     def _deliver(self, actor: str, decisions: list[Decision]) -> None:
+        if not self.commanding():
+            self.standby_decisions += len(decisions)
+            return
         self.from_thread(self.dispatcher.apply(actor, decisions))
 
     def _publish(self, topic: str, payload: bytes) -> None:
-        self.edge.session.client.publish(topic, payload, qos=1)
+        # The self-fence, at the last instant: a leader frozen between its ledger write
+        # and this publish must not command once its lease may have expired.
+        if not self.leadership.may_command():
+            self.fenced_downlinks += 1
+            return
+        self.edge.session.client.publish(gate_topic(self.config.city.name, topic), payload, qos=1)
 
     # --- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        await self.dispatcher.load()
+        await self._load_state()
         await asyncio.to_thread(self.feed.start)
         await asyncio.to_thread(self.edge.start)
         self._tasks = [
+            asyncio.create_task(self._follow_state(), name="follow-state"),
+            asyncio.create_task(self._follow_role(), name="follow-role"),
             asyncio.create_task(self._every(self._tick_interval_s(), self._tick), name="tick"),
             asyncio.create_task(self._every(LEDGER_INTERVAL_S, self._ledger), name="ledger"),
             asyncio.create_task(
@@ -158,7 +194,63 @@ class Post:
     async def _tick(self) -> None:
         await asyncio.to_thread(self.feed.tick)
 
+    # --- leadership and the control state ------------------------------------------------
+
+    async def _load_state(self) -> None:
+        # The revision first: changes after it are watched (applying one twice is harmless).
+        revision = await self.state.revision()
+        await self.dispatcher.load()
+        self.applied_revision = revision
+
+    async def _follow_state(self) -> None:
+        """Apply every control-state change in revision order (the leader's own writes
+        are already in its dispatcher: it only counts them)."""
+        while True:
+            try:
+                async for change in self.state.watch(self.applied_revision + 1):
+                    if not self.leading:
+                        self.dispatcher.apply_change(change)
+                    self.applied_revision = change.revision
+            except RevisionCompactedError:
+                log.warning("post %s: control state compacted past it: reloading", self.name)
+                await self._load_state()
+            except Exception:
+                log.exception("post %s: following the control state failed", self.name)
+                await asyncio.sleep(0.5)
+
+    async def _follow_role(self) -> None:
+        async for change in self.leadership.role_changes():
+            try:
+                if change.role is Role.LEADER and not self.leading:
+                    await self._promote(change.epoch)
+                elif change.role is not Role.LEADER and self.leading:
+                    self.leading = False
+                    log.warning("post %s: demoted, standing by", self.name)
+            except Exception:
+                log.exception("post %s: role change to %s failed", self.name, change.role)
+
+    async def _promote(self, epoch: int | None) -> None:
+        # Whatever the old leader wrote is at or below the store's revision now: it can
+        # no longer write (fenced on the epoch). Apply it all before commanding.
+        target = await self.state.revision()
+        deadline = time.monotonic() + CATCH_UP_S
+        while self.applied_revision < target and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if self.applied_revision < target:
+            log.warning("post %s: control state not caught up: reloading it", self.name)
+            await self._load_state()
+        self.leading = True
+        replayed = await self.dispatcher.replay_pending()
+        log.warning(
+            "post %s: leading under epoch %s; %d unfinished command(s) sent again",
+            self.name,
+            epoch,
+            replayed,
+        )
+
     async def _ledger(self) -> None:
+        if not self.commanding():
+            return
         await self.dispatcher.run_ledger()
         for override in self.dispatcher.expired_overrides():
             key: ActorKey = (override.asset_class, override.group)

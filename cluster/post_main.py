@@ -1,8 +1,12 @@
 """`citypost post`: one control post as a process, with its own Ray cluster.
 
-Expects the broker (and, from the failover stage on, etcd) to be reachable as
-configured; starts a Ray head of its own, the actors, the post and its gRPC
-services; runs until SIGTERM or Ctrl-C; stops what it started, in reverse.
+Expects the broker, and etcd when `etcd.endpoints` names it, to be reachable;
+starts a Ray head of its own, the actors, the post and its gRPC services.
+With etcd the control state lives there and the post campaigns for
+leadership once everything is up (a post still starting never leads);
+without etcd it runs alone with its control state in memory. Runs until
+SIGTERM or Ctrl-C; stops what it started, in reverse (resigning first, so a
+standby takes over in milliseconds instead of a lease TTL).
 """
 
 from __future__ import annotations
@@ -27,6 +31,10 @@ from cluster.ports import free_port
 from cluster.post import Post, wall_ms
 from cluster.ray_local import LocalRay
 from cluster.sim_clock import SimClock
+from failover.control_state import ControlState
+from failover.election import Election
+from failover.etcd_control_state import EtcdControlState
+from failover.roles import Leadership, SoleLeadership
 from fleet.population import build_city
 from protos.citypost.v1 import admin_pb2, admin_pb2_grpc
 
@@ -63,6 +71,26 @@ async def run_post(config: Config, *, ready_file: Path | None = None) -> int:
         pool = await asyncio.to_thread(RayActorPool.spawn, registry.groups())
         observability = setup_observability(config.observability, post=name)
         stack.callback(observability.shutdown)
+        port = config.post.grpc_port or free_port()
+        address = f"{config.post.grpc_host}:{port}"
+        endpoints = list(config.etcd.endpoints)
+        election: Election | None = None
+        state: ControlState | None = None
+        leadership: Leadership
+        if endpoints:
+            etcd_state = EtcdControlState.from_endpoints(endpoints, config.city.name)
+            stack.push_async_callback(etcd_state.close)
+            state = etcd_state
+            election = Election(
+                endpoints,
+                city=config.city.name,
+                name=name,
+                address=address,
+                config=config.failover,
+            )
+            leadership = election
+        else:
+            leadership = SoleLeadership(name, address)
         post = Post(
             config,
             name=name,
@@ -70,10 +98,11 @@ async def run_post(config: Config, *, ready_file: Path | None = None) -> int:
             pool=pool,
             clock=clock,
             observability=observability,
+            state=state,
+            leadership=leadership,
         )
         await post.start()
         stack.push_async_callback(post.stop)
-        port = config.post.grpc_port or free_port()
         citizen = CitizenService(
             post.dispatcher,
             post.registry,
@@ -95,9 +124,14 @@ async def run_post(config: Config, *, ready_file: Path | None = None) -> int:
             deadline_s=config.post.rpc_deadline_s,
         )
         stack.push_async_callback(server.stop, None)
-        address = f"{config.post.grpc_host}:{port}"
+        if election is not None:
+            # Last: campaign only once actors, state and API are up. Closed first on
+            # the way out: resigning hands over before anything else stops.
+            await election.start()
+            stack.push_async_callback(election.close)
+        role = "campaigning" if election is not None else "leading alone"
         print(
-            f"citypost post {name}: leading, gRPC on {address}, {len(registry):,} devices",
+            f"citypost post {name}: {role}, gRPC on {address}, {len(registry):,} devices",
             flush=True,
         )
         if ready_file is not None:

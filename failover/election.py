@@ -51,6 +51,7 @@ from cluster.errors import (
     FailedPreconditionError,
     InfrastructureError,
     InvalidArgumentError,
+    NotLeaderError,
 )
 from cluster.etcd_local import etcd_client
 from failover.control_state import LEADER_KEY, city_root
@@ -344,9 +345,13 @@ class Election:
         """The epoch to stamp on a command now; FailedPreconditionError if I may not command."""
         decision = self._decide(self._clock())
         if not decision.may_command or decision.epoch is None:
-            leader = decision.leader.name if decision.leader else "nobody"
-            raise FailedPreconditionError(
-                f"post {self.name} may not command ({decision.action.value}); leader: {leader}"
+            leader = decision.leader
+            where = f"{leader.name} at {leader.address}" if leader else "nobody leads right now"
+            raise NotLeaderError(
+                f"post {self.name} does not lead ({decision.action.value}): {where}; "
+                "send writes to the leader",
+                leader_name=leader.name if leader else "",
+                leader_address=leader.address if leader else "",
             )
         return decision.epoch
 

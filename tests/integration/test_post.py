@@ -21,6 +21,7 @@ import pytest
 from actors import ray_api
 from actors.catalog import ALSO_FEEDS, actor_name
 from actors.ray_pool import RayActorPool
+from bridges.downlink_gate import DownlinkGate
 from bridges.registry import DeviceRegistry
 from cluster.config import Config, load_config
 from cluster.grpc_server import start_server
@@ -77,11 +78,15 @@ async def post(
         clock=SimClock(START, 1.0),
         observability=observability,
     )
+    # The post's only way to the network server.
+    gate = DownlinkGate(config=config)
+    await asyncio.to_thread(gate.start)
     await the_post.start()
     try:
         yield the_post, city, config
     finally:
         await the_post.stop()
+        await asyncio.to_thread(gate.stop, end_session=True)
         the_post.edge.session.stop(end_session=True)
         for key in pool.actor_keys():
             ray_api.kill(pool.actor(key))
