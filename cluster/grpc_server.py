@@ -45,7 +45,8 @@ def status_of(error: CitypostError) -> grpc.StatusCode:
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: CitypostError) -> None:
-    if isinstance(error, NotLeaderError) and error.leader_address:
+    if isinstance(error, NotLeaderError):
+        # Empty when nobody leads yet: the client then knows an election is on.
         context.set_trailing_metadata(((LEADER_METADATA, error.leader_address),))
     await context.abort(status_of(error), error.message)
 

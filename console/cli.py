@@ -4,22 +4,27 @@
 the `citypost` parser; each sub-command's handler returns the exit status:
 0 done, 1 the post refused or failed the call (its status and message are
 printed), 2 no post answers (or bad input, from argparse).
+
+The console is told every post (`--post A --post B`, `--post A,B`, or
+`CITYPOST_POSTS=A,B`): reads go to any post, writes follow the leader
+through a failover (console/client.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import Message
 
-from cluster.errors import CitypostError
+from cluster.errors import CitypostError, ConfigError
 from console import render
 from console.names import (
     ALARM_STATE,
@@ -45,6 +50,7 @@ if TYPE_CHECKING:
     from console.client import PostClient
 
 DEFAULT_POST = "127.0.0.1:50051"
+POSTS_ENV = "CITYPOST_POSTS"  # every post, comma separated, when --post is not given
 DEFAULT_TIMEOUT_S = 10.0
 PROG = "citypost console"
 
@@ -52,11 +58,26 @@ PROG = "citypost console"
 # --- argument types -------------------------------------------------------------------------
 
 
-def _address(text: str) -> str:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+def _addresses(text: str) -> list[str]:
+    """`--post HOST:PORT`, or several at once: `--post HOST:PORT,HOST:PORT`."""
+    from failover.follow_client import parse_posts  # loads gRPC: only for console commands
+
+    try:
+        posts = parse_posts([text])
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(error.message) from None
+    if not posts:
         raise argparse.ArgumentTypeError(f"{text!r}: give HOST:PORT, e.g. {DEFAULT_POST}")
-    return text
+    return posts
+
+
+def posts_to_ask(flags: Sequence[str] | None, environ: Mapping[str, str]) -> list[str]:
+    """The posts from --post, else from $CITYPOST_POSTS (a comma list), else the default."""
+    from failover.follow_client import parse_posts
+
+    if flags:
+        return list(dict.fromkeys(flags))
+    return parse_posts([environ.get(POSTS_ENV, "")]) or [DEFAULT_POST]
 
 
 def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
@@ -126,9 +147,12 @@ def _run(handler: Handler, args: argparse.Namespace) -> int:
 
     output = Output(json=args.json, console=Console(highlight=False))
     try:
-        with PostClient(
-            args.posts or [DEFAULT_POST], operator=args.operator, timeout_s=args.timeout
-        ) as client:
+        posts = posts_to_ask(args.posts, os.environ)
+    except ConfigError as error:
+        print(f"{PROG}: ${POSTS_ENV}: {error.message}", file=sys.stderr)
+        return 2
+    try:
+        with PostClient(posts, operator=args.operator, timeout_s=args.timeout) as client:
             handler(args, client, output)
     except PostUnreachableError as error:
         print(f"{PROG}: {error.message}", file=sys.stderr)
@@ -362,11 +386,15 @@ def _common_flags(parser: argparse.ArgumentParser, *, default: Any) -> None:
     parser.add_argument(
         "--post",
         dest="posts",
-        action="append",
-        type=_address,
-        metavar="HOST:PORT",
+        action="extend",
+        type=_addresses,
+        metavar="HOST:PORT[,HOST:PORT]",
         default=default if default is argparse.SUPPRESS else None,
-        help=f"a post's gRPC address, repeatable (default {DEFAULT_POST})",
+        help=(
+            "a post's gRPC address; repeat it or give a comma list to name every post "
+            "(reads go to any, writes follow the leader); default: "
+            f"${POSTS_ENV}, else {DEFAULT_POST}"
+        ),
     )
     parser.add_argument(
         "--operator",

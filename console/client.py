@@ -1,13 +1,17 @@
 """The console's gRPC client: which post to ask, retries with the same idempotency key, errors
 an operator can act on.
 
-Reads go to the first post that answers (and stay there for the rest of the
-invocation, so pages come from one post); writes go to the first post given.
-The failover stage will make writes follow the leader.
+The console is given every post (primary and backup) and follows the leader
+with the pure parts of failover/follow_client.py: reads go to the post that
+answered last (the first that answers, at first; pages then come from one
+post), writes to the leader: a standby's refusal names it (trailing metadata
+`x-citypost-leader`) and the write is sent there at once; while no post
+leads (an election) or the leader is out of reach, the write tries every post
+again with backoff for `RetryPolicy.write_window_s`.
 
 A write carries an idempotency key, fresh per invocation, and every retry
 (after UNAVAILABLE or DEADLINE_EXCEEDED: the first try may have acted before
-its answer was lost) sends the same key, so the post acts once.
+its answer was lost, or on another post) sends the same key, so the city acts once.
 
 Failures end in one of two errors: `PostUnreachableError` when nothing
 answers at the addresses (told apart from a post that answered UNAVAILABLE
@@ -17,39 +21,46 @@ post's own status and message otherwise.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import grpc
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from tenacity import (
-    Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential,
-)
+from tenacity import Retrying, retry_if_exception_type
 
-from cluster.errors import CitypostError, ConfigError, InfrastructureError
+from cluster.errors import CitypostError, ConfigError
 from cluster.grpc_server import OPERATOR_METADATA
-from protos.citypost.v1 import admin_pb2_grpc, operator_pb2, operator_pb2_grpc
+from failover.follow_client import (
+    IDEMPOTENCY_FIELD,
+    LEADER_ROLE,
+    PROBE_S,
+    RETRYABLE,
+    Kind,
+    Move,
+    PostDirectory,
+    PostUnreachableError,
+    Retry,
+    RetryPolicy,
+    Walk,
+    code_of,
+    details_of,
+    kind_of,
+    leader_of,
+    new_idempotency_key,
+)
+from protos.citypost.v1 import admin_pb2, admin_pb2_grpc, operator_pb2, operator_pb2_grpc
+
+__all__ = [
+    "CallFailedError",
+    "PostClient",
+    "PostUnreachableError",
+    "RetryPolicy",
+    "new_idempotency_key",
+]
 
 Service = Literal["operator", "admin"]
 ChannelFactory = Callable[[str], grpc.Channel]
-
-RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
-HEALTH_PROBE_S = 2.0
-
-
-class PostUnreachableError(InfrastructureError):
-    """No post answered at any of the addresses tried."""
-
-    def __init__(self, addresses: Sequence[str], status: str = "UNAVAILABLE") -> None:
-        where = ", ".join(addresses)
-        super().__init__(f"no post answers at {where}: is `citypost post` running? ({status})")
-        self.addresses = tuple(addresses)
 
 
 class CallFailedError(CitypostError):
@@ -63,40 +74,6 @@ class CallFailedError(CitypostError):
         self.details = details
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Tries per call (each read try goes through every post) and the waits between them."""
-
-    attempts: int = 3
-    initial_wait_s: float = 0.25
-    max_wait_s: float = 2.0
-
-
-class _Retry(Exception):
-    """One try failed in a way worth another: (address, error) per post tried."""
-
-    def __init__(self, failures: list[tuple[str, grpc.RpcError]]) -> None:
-        super().__init__("retryable failure")
-        self.failures = failures
-
-
-def new_idempotency_key() -> str:
-    return str(uuid.uuid4())
-
-
-def _code(error: grpc.RpcError) -> grpc.StatusCode:
-    # An RpcError raised by a call is also a grpc.Call; read it by duck typing, as interceptors
-    # may raise their own.
-    code = getattr(error, "code", None)
-    value = code() if callable(code) else None
-    return value if isinstance(value, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
-
-
-def _details(error: grpc.RpcError) -> str:
-    details = getattr(error, "details", None)
-    return str((details() if callable(details) else None) or "")
-
-
 class PostClient:
     def __init__(
         self,
@@ -107,21 +84,23 @@ class PostClient:
         retry: RetryPolicy | None = None,
         channel_factory: ChannelFactory = grpc.insecure_channel,
     ) -> None:
-        if not posts:
-            raise ConfigError("posts: give at least one post address (HOST:PORT)")
         if timeout_s <= 0:
             raise ConfigError(f"timeout: must be positive, got {timeout_s}")
-        self._posts = list(dict.fromkeys(posts))  # keep the order, drop repeats
+        self._directory = PostDirectory(posts)  # keeps the order, drops repeats
         self._metadata = ((OPERATOR_METADATA, operator),) if operator else ()
         self._timeout_s = timeout_s
         self._retry = retry or RetryPolicy()
         self._channel_factory = channel_factory
         self._channels: dict[str, grpc.Channel] = {}
-        self._answered: str | None = None  # the post that answered a read last
 
     @property
     def posts(self) -> list[str]:
-        return list(self._posts)
+        return self._directory.posts
+
+    @property
+    def leader(self) -> str | None:
+        """The post that took the last write, or that a standby named; None until known."""
+        return self._directory.leader
 
     def close(self) -> None:
         for channel in self._channels.values():
@@ -137,43 +116,19 @@ class PostClient:
     # --- calls ---------------------------------------------------------------------------
 
     def read(self, rpc: str, request: Message, *, service: Service = "operator") -> Any:
-        """A read from the first post that answers, retried while none does."""
+        """A read from the post that answered last (or the first that answers)."""
+        return self._call(rpc, request, service, Kind.READ)
 
-        def attempt() -> Any:
-            failures: list[tuple[str, grpc.RpcError]] = []
-            for address in self._read_order():
-                try:
-                    reply = self._unary(address, service, rpc, request)
-                except grpc.RpcError as error:
-                    if _code(error) not in RETRYABLE:
-                        raise self._failed(address, error) from None
-                    failures.append((address, error))
-                    continue
-                self._answered = address
-                return reply
-            raise _Retry(failures)
+    def write(self, rpc: str, request: Message, *, service: Service = "operator") -> Any:
+        """A write to the leader, following it through a failover; every try carries the
+        same idempotency key.
 
-        return self._with_retries(attempt)
-
-    def write(self, rpc: str, request: Message) -> Any:
-        """A write to the first post; every retry carries the same idempotency key.
-
-        A request without a key gets a fresh one, so an invocation's tries share it.
+        A request without a key gets a fresh one (set on `request`), so an invocation's
+        tries share it.
         """
-        keyed: Any = request
-        if not keyed.idempotency_key:
-            keyed.idempotency_key = new_idempotency_key()
-        address = self._posts[0]
-
-        def attempt() -> Any:
-            try:
-                return self._unary(address, "operator", rpc, request)
-            except grpc.RpcError as error:
-                if _code(error) not in RETRYABLE:
-                    raise self._failed(address, error) from None
-                raise _Retry([(address, error)]) from None
-
-        return self._with_retries(attempt)
+        if kind_of(request) is Kind.WRITE and not getattr(request, IDEMPOTENCY_FIELD):
+            setattr(request, IDEMPOTENCY_FIELD, new_idempotency_key())
+        return self._call(rpc, request, service, Kind.WRITE)
 
     def pages(self, rpc: str, request: Message, items: str) -> Iterator[Message]:
         """Every item of a list RPC, page after page (`items` names the repeated field)."""
@@ -192,11 +147,11 @@ class PostClient:
 
         Closing the iterator (or the client) cancels the stream.
         """
-        call, address = self._with_retries(lambda: self._open_watch(request))
+        call, address = self._with_retries(lambda: self._open_watch(request), Kind.READ)
         try:
             yield from call
         except grpc.RpcError as error:
-            if _code(error) == grpc.StatusCode.CANCELLED:
+            if code_of(error) == grpc.StatusCode.CANCELLED:
                 return
             raise self._final(address, error) from None
         finally:
@@ -204,10 +159,26 @@ class PostClient:
 
     # --- internals -----------------------------------------------------------------------
 
-    def _read_order(self) -> list[str]:
-        if self._answered is None:
-            return list(self._posts)
-        return [self._answered, *(p for p in self._posts if p != self._answered)]
+    def _call(self, rpc: str, request: Message, service: Service, kind: Kind) -> Any:
+        def attempt() -> Any:
+            walk = Walk(self._directory, kind)
+            while (address := walk.next()) is not None:
+                try:
+                    reply = self._unary(address, service, rpc, request)
+                except grpc.RpcError as error:
+                    move = walk.refused(address, code_of(error), leader_of(error), error)
+                    if move is Move.GIVE_UP:
+                        raise self._failed(address, error) from None
+                    if move is Move.ASK_ROLE:
+                        if self._leads(address):
+                            raise self._failed(address, error) from None
+                        walk.not_leading(address)
+                    continue
+                walk.answered(address)
+                return reply
+            raise Retry(walk.failures)
+
+        return self._with_retries(attempt, kind)
 
     def _channel(self, address: str) -> grpc.Channel:
         channel = self._channels.get(address)
@@ -228,7 +199,7 @@ class PostClient:
 
     def _open_watch(self, request: operator_pb2.WatchEventsRequest) -> tuple[Any, str]:
         failures: list[tuple[str, grpc.RpcError]] = []
-        for address in self._read_order():
+        for address in self._directory.order(Kind.READ):
             stub = operator_pb2_grpc.OperatorServiceStub(self._channel(address))
             call: Any = stub.WatchEvents(request, metadata=self._metadata)
             # The post sends its initial metadata once the stream is set up: waiting for it
@@ -240,42 +211,46 @@ class PostClient:
                     failures.append((address, call))
                     continue
                 raise self._failed(address, call)
-            self._answered = address
+            self._directory.answered(address, Kind.READ)
             return call, address
-        raise _Retry(failures)
+        raise Retry(failures)
 
-    def _with_retries(self, attempt: Callable[[], Any]) -> Any:
-        policy = self._retry
+    def _with_retries(self, attempt: Callable[[], Any], kind: Kind) -> Any:
         retrying = Retrying(
-            stop=stop_after_attempt(max(1, policy.attempts)),
-            wait=wait_exponential(multiplier=policy.initial_wait_s, max=policy.max_wait_s),
-            retry=retry_if_exception_type(_Retry),
+            stop=self._retry.stop(kind),
+            wait=self._retry.wait(),
+            retry=retry_if_exception_type(Retry),
             reraise=True,
         )
         try:
             return retrying(attempt)
-        except _Retry as last:
+        except Retry as last:
             raise self._give_up(last.failures) from None
 
     def _give_up(self, failures: list[tuple[str, grpc.RpcError]]) -> CitypostError:
         """The error to report once retries are spent: unreachable only if nothing answers."""
         if not failures:
-            return PostUnreachableError(self._posts)
-        answered = [(address, error) for address, error in failures if self._answers(address)]
+            return PostUnreachableError(self.posts)
+        answered = [
+            (address, error)
+            for address, error in failures
+            if code_of(error) not in RETRYABLE or self._answers(address)
+        ]
         if not answered:
             return PostUnreachableError(
-                list(dict.fromkeys(address for address, _ in failures)), _code(failures[-1][1]).name
+                list(dict.fromkeys(address for address, _ in failures)),
+                code_of(failures[-1][1]).name,
             )
         return self._failed(*answered[0])
 
     def _final(self, address: str, error: grpc.RpcError) -> CitypostError:
         """The error for a stream that broke after it started."""
-        if _code(error) in RETRYABLE and not self._answers(address):
-            return PostUnreachableError([address], _code(error).name)
+        if code_of(error) in RETRYABLE and not self._answers(address):
+            return PostUnreachableError([address], code_of(error).name)
         return self._failed(address, error)
 
     def _failed(self, address: str, error: grpc.RpcError) -> CallFailedError:
-        code, details = _code(error), _details(error)
+        code, details = code_of(error), details_of(error)
         if code == grpc.StatusCode.DEADLINE_EXCEEDED and details == "Deadline Exceeded":
             # The client's own deadline, not the post's message: say which and how long.
             details = (
@@ -284,13 +259,22 @@ class PostClient:
             )
         return CallFailedError(address, code, details)
 
+    def _leads(self, address: str) -> bool:
+        """Whether the post says it leads; False when it cannot tell (no PostAdmin, no answer)."""
+        stub: Any = admin_pb2_grpc.PostAdminStub(self._channel(address))
+        try:
+            status = stub.GetStatus(
+                admin_pb2.GetStatusRequest(), timeout=min(self._timeout_s, PROBE_S)
+            )
+        except grpc.RpcError:
+            return False
+        return bool(status.role == LEADER_ROLE)
+
     def _answers(self, address: str) -> bool:
         """Whether anything answers a health check at `address` (any status but a transport one)."""
         stub: Any = health_pb2_grpc.HealthStub(self._channel(address))
         try:
-            stub.Check(
-                health_pb2.HealthCheckRequest(), timeout=min(self._timeout_s, HEALTH_PROBE_S)
-            )
+            stub.Check(health_pb2.HealthCheckRequest(), timeout=min(self._timeout_s, PROBE_S))
         except grpc.RpcError as error:
-            return _code(error) not in RETRYABLE
+            return code_of(error) not in RETRYABLE
         return True
