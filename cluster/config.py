@@ -48,7 +48,7 @@ class SimConfig(_Section):
 
 class EtcdConfig(_Section):
     mode: Literal["local", "external"] = "local"
-    members: int = Field(1, ge=1, le=7)
+    members: int = Field(3, ge=1, le=7)
     endpoints: tuple[str, ...] = ()
     heartbeat_interval_ms: int = Field(50, ge=10)
     election_timeout_ms: int = Field(500, ge=50)

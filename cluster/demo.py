@@ -1,11 +1,13 @@
-"""`citypost demo`: the local stack, the simulated city and a control post, live.
+"""`citypost demo`: the local stack, the simulated city and two control posts, live.
 
 Starts what the config asks for (a local etcd and mosquitto, or points at
-external ones), the simulated network server of the city, and a post
-(`citypost post`, its own process with its own Ray cluster); shows what the
-post reports over its PostAdmin API — uplinks per asset class and their rate,
-actors, pending commands, dead letters — until Ctrl-C or the given duration,
-then stops everything it started, in reverse order.
+external ones), the downlink gate, two posts (`primary` and `backup`, each
+`citypost post` in its own process with its own Ray cluster; one leads, the
+other stands by hot), and the simulated network server of the city; shows
+what the leading post reports over its PostAdmin API — uplinks per asset
+class and their rate, actors, pending commands, dead letters — and each
+post's role, until Ctrl-C or the given duration, then stops everything it
+started, in reverse order.
 """
 
 from __future__ import annotations
@@ -24,12 +26,15 @@ from rich.text import Text
 
 from cluster.config import Config
 from cluster.etcd_local import LocalEtcd
+from cluster.gate_runner import GateRunner
 from cluster.mosquitto_local import LocalMosquitto
 from cluster.post_process import PostProcess
 from cluster.sim_clock import SimClock
 from fleet.network_server import NetworkServer
 from fleet.population import build_city
 from protos.citypost.v1 import admin_pb2, admin_pb2_grpc
+
+POST_NAMES = ("primary", "backup")
 
 
 def _terminate(_signum: int, _frame: FrameType | None) -> None:
@@ -100,6 +105,33 @@ def _render(
     return Group(Text(header), table, dead, footer)
 
 
+def _post_configs(config: Config) -> list[Config]:
+    """primary and backup: the same city and infrastructure, their own names and ports."""
+    port = config.post.grpc_port
+    out = []
+    for i, name in enumerate(POST_NAMES):
+        post = config.post.model_copy(
+            update={"name": name, "grpc_port": None if port is None else port + i}
+        )
+        out.append(config.model_copy(update={"post": post}))
+    return out
+
+
+def _statuses(
+    admins: dict[str, admin_pb2_grpc.PostAdminStub],
+) -> tuple[list[admin_pb2.PostStatus], str]:
+    statuses, roles = [], []
+    for name, admin in admins.items():
+        try:
+            status = admin.GetStatus(admin_pb2.GetStatusRequest(), timeout=5)
+        except grpc.RpcError as error:
+            roles.append(f"{name}: no answer ({error.code().name})")
+            continue
+        statuses.append(status)
+        roles.append(f"{name}: {status.role} (epoch {status.epoch})")
+    return statuses, ", ".join(roles)
+
+
 def run_demo(config: Config, *, duration_s: float | None = None) -> int:
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     run_dir = config.run_dir.resolve() / f"demo-{stamp}"
@@ -117,21 +149,31 @@ def run_demo(config: Config, *, duration_s: float | None = None) -> int:
                 f"etcd: {', '.join(endpoints)}; mqtt: {config.mqtt.host}:{config.mqtt.port}"
             )
             city = build_city(config.city)
+            # Before any post: the broker queues the posts' downlinks for the gate only
+            # once its session exists.
+            gate = GateRunner(config).start()
+            stack.callback(gate.stop)
             console.print(
-                f"city: {config.city.name}, {len(city.registry):,} devices; starting the post"
+                f"city: {config.city.name}, {len(city.registry):,} devices; starting two posts"
             )
-            post = PostProcess(config, run_dir).start()
-            stack.callback(post.stop)
-            console.print(
-                f"post {post.name}: gRPC on {post.address} (log: {run_dir}/post-{post.name}.log)"
-            )
+            posts = [PostProcess(c, run_dir).launch() for c in _post_configs(config)]
+            for post in posts:
+                stack.callback(post.stop)
+            for post in posts:
+                post.wait_ready()
+                console.print(
+                    f"post {post.name}: gRPC on {post.address} "
+                    f"(log: {run_dir}/post-{post.name}.log)"
+                )
             clock = SimClock(sim.start_or_now(), sim.speed)
             network_server = NetworkServer(city, config.mqtt, clock, config.sim, config.city.name)
             network_server.start()
             stack.callback(network_server.stop)
-            channel = grpc.insecure_channel(post.address)
-            stack.callback(channel.close)
-            admin = admin_pb2_grpc.PostAdminStub(channel)
+            admins = {}
+            for post in posts:
+                channel = grpc.insecure_channel(post.address)
+                stack.callback(channel.close)
+                admins[post.name] = admin_pb2_grpc.PostAdminStub(channel)
             devices = city.registry.count_by_class()
             started = last = time.monotonic()
             previous: admin_pb2.PostStatus | None = None
@@ -139,12 +181,16 @@ def run_demo(config: Config, *, duration_s: float | None = None) -> int:
                 while duration_s is None or time.monotonic() - started < duration_s:
                     time.sleep(1.0)
                     now = time.monotonic()
-                    try:
-                        status = admin.GetStatus(admin_pb2.GetStatusRequest(), timeout=5)
-                    except grpc.RpcError as error:
-                        live.update(Text(f"post {post.name} does not answer: {error.code().name}"))
+                    statuses, roles = _statuses(admins)
+                    status = next((s for s in statuses if s.role == "leader"), None)
+                    if status is None:
+                        live.update(Text(f"no post leads right now: {roles}"))
                         continue
-                    header = f"simulated time {clock.now():%Y-%m-%d %H:%M} (x{sim.speed:g})"
+                    header = (
+                        f"simulated time {clock.now():%Y-%m-%d %H:%M} (x{sim.speed:g}); "
+                        f"{roles}; gate forwarded {gate.stats().forwarded:,}, "
+                        f"dropped {gate.stats().dropped:,}"
+                    )
                     live.update(_render(status, previous, now - last, devices, header))
                     previous, last = status, now
         console.line()

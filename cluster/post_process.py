@@ -7,6 +7,7 @@ address to a ready file once it serves.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -30,7 +31,14 @@ def post_overrides(config: Config) -> list[str]:
         "post.name": f'"{config.post.name}"',
         "run_dir": f'"{config.run_dir}"',
         "observability.exporter": f'"{config.observability.exporter}"',
+        "failover.lease_ttl_s": repr(config.failover.lease_ttl_s),
+        "failover.keepalive_interval_s": repr(config.failover.keepalive_interval_s),
+        "failover.safety_margin_s": repr(config.failover.safety_margin_s),
     }
+    if config.etcd.endpoints:
+        # The etcd the parent started (or was given) is external to the post.
+        values["etcd.mode"] = '"external"'
+        values["etcd.endpoints"] = json.dumps(list(config.etcd.endpoints))
     if config.post.grpc_port is not None:
         values["post.grpc_port"] = str(config.post.grpc_port)
     flags: list[str] = []
@@ -56,8 +64,15 @@ class PostProcess:
         self.address = ""
 
     def start(self) -> PostProcess:
+        return self.launch().wait_ready()
+
+    def launch(self) -> PostProcess:
+        """Start the process without waiting (start several, then wait for each)."""
         self._ready_file.unlink(missing_ok=True)
         self.process.start()
+        return self
+
+    def wait_ready(self) -> PostProcess:
         self.process.wait_ready(self._ready_file.exists, START_TIMEOUT_S, interval=0.2)
         self.address = self._ready_file.read_text().strip()
         return self
