@@ -1,19 +1,105 @@
-"""PostAdmin: the post's own state, for operators and the SRE team."""
+"""PostAdmin: the post's own state, for operators and the SRE team.
+
+Failover RPCs (`citypost failover status|switchover`):
+- GetFailoverStatus answers this post's view: its role and the election's
+  decision, the leader and epoch it sees, its lease, and how far its control
+  state is behind the store (store revision - applied revision). What the post
+  cannot know now is left absent: the store revision when the control state
+  does not answer within STATE_TIMEOUT_S (the status still answers, with the
+  reason), the applied revision on a post that does not track it.
+- Resign makes this post stop leading (lease revoked, no campaign for the
+  hold-off), refused with FAILED_PRECONDITION (and the leader's address in
+  the trailing metadata) when it does not lead. Its idempotency key is kept
+  in a bounded in-memory map: a retry after a lost answer returns the first
+  answer instead of a "does not lead" refusal. Resigns run one at a time.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from actors.catalog import actor_name
+from cluster.errors import CitypostError, InvalidArgumentError, NotLeaderError
+from failover.election import ElectionStatus, Role
 from protos.citypost.v1 import admin_pb2, admin_pb2_grpc
 
 if TYPE_CHECKING:
     from cluster.post import Post
 
+# A status must answer while etcd does not: the store revision is then left out.
+STATE_TIMEOUT_S = 2.0
+# Longer would leave the city without a leader that long if no standby takes over.
+MAX_HOLD_OFF_MS = 60_000
+MAX_KEY_CHARS = 128
+REMEMBERED_RESIGNS = 256
+
+_ROLES = {Role.LEADER: admin_pb2.POST_ROLE_LEADER, Role.STANDBY: admin_pb2.POST_ROLE_STANDBY}
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def failover_status(
+    status: ElectionStatus,
+    *,
+    store_revision: int | None,
+    applied_revision: int | None,
+    store_error: str = "",
+    at_ms: int = 0,
+) -> admin_pb2.FailoverStatus:
+    """The FailoverStatus message from what the post knows; unknowns stay absent."""
+    message = admin_pb2.FailoverStatus(
+        post=status.name,
+        role=_ROLES.get(status.role, admin_pb2.POST_ROLE_UNSPECIFIED),
+        action=status.action.value,
+        epoch=status.epoch or 0,
+        leader_name=status.leader.name if status.leader else "",
+        leader_address=status.leader.address if status.leader else "",
+        lease_id=status.lease_id or 0,
+        store_error=store_error,
+        at_ms=at_ms,
+    )
+    if status.lease_remaining_s is not None:
+        message.lease_remaining_ms = round(status.lease_remaining_s * 1000)
+    if store_revision is not None:
+        message.store_revision = store_revision
+    if applied_revision is not None:
+        message.applied_revision = applied_revision
+    if store_revision is not None and applied_revision is not None:
+        message.lag_revisions = max(0, store_revision - applied_revision)
+    return message
+
+
+def check_resign(request: admin_pb2.ResignRequest) -> tuple[str, float | None]:
+    """The request's idempotency key and hold-off in seconds (None: the post's default)."""
+    key = request.idempotency_key
+    if not key:
+        raise InvalidArgumentError(
+            "idempotency_key: required: send a fresh key (e.g. a UUID) and the same one "
+            "when you retry"
+        )
+    if len(key) > MAX_KEY_CHARS:
+        raise InvalidArgumentError(
+            f"idempotency_key: at most {MAX_KEY_CHARS} characters, got {len(key)}"
+        )
+    hold_off_ms = request.hold_off_ms
+    if not 0 <= hold_off_ms <= MAX_HOLD_OFF_MS:
+        raise InvalidArgumentError(
+            f"hold_off_ms: 0..{MAX_HOLD_OFF_MS} ms (0: the post's default, its lease TTL), "
+            f"got {hold_off_ms}"
+        )
+    return key, (hold_off_ms / 1000 if hold_off_ms else None)
+
 
 class PostAdminService(admin_pb2_grpc.PostAdminServicer):
     def __init__(self, post: Post) -> None:
         self._post = post
+        self._resigns: OrderedDict[str, admin_pb2.ResignResponse] = OrderedDict()
+        self._resign_lock = asyncio.Lock()
 
     async def GetStatus(
         self, request: admin_pb2.GetStatusRequest, context: Any
@@ -38,7 +124,7 @@ class PostAdminService(admin_pb2_grpc.PostAdminServicer):
             )
         return admin_pb2.PostStatus(
             post=post.name,
-            role="leader",
+            role="leader" if post.commanding() else "standby",
             epoch=post.epoch,
             healthy=health.healthy,
             unhealthy_reason=health.reason,
@@ -48,3 +134,57 @@ class PostAdminService(admin_pb2_grpc.PostAdminServicer):
             commands_pending=post.dispatcher.pending_commands(),
             started_at_ms=post.started_at_ms,
         )
+
+    # --- failover ----------------------------------------------------------------------------
+
+    async def GetFailoverStatus(
+        self, request: admin_pb2.GetFailoverStatusRequest, context: Any
+    ) -> admin_pb2.FailoverStatus:
+        leadership = self._post.leadership
+        store_revision: int | None = None
+        store_error = ""
+        try:
+            async with asyncio.timeout(STATE_TIMEOUT_S):
+                store_revision = await self._post.state.revision()
+        except TimeoutError:
+            store_error = f"the control state did not answer within {STATE_TIMEOUT_S:g} s"
+        except CitypostError as error:
+            store_error = f"the control state did not answer: {error.message}"
+        # Read after the store: a revision applied in between then shows as lag 0, not < 0.
+        # getattr: a post that does not track what it applied reports its lag as unknown.
+        applied: int | None = getattr(self._post, "applied_revision", None)
+        return failover_status(
+            leadership.status(),
+            store_revision=store_revision,
+            applied_revision=applied,
+            store_error=store_error,
+            at_ms=wall_ms(),
+        )
+
+    async def Resign(
+        self, request: admin_pb2.ResignRequest, context: Any
+    ) -> admin_pb2.ResignResponse:
+        key, hold_off_s = check_resign(request)
+        leadership = self._post.leadership
+        async with self._resign_lock:
+            done = self._resigns.get(key)
+            if done is not None:
+                return done
+            status = leadership.status()
+            if status.role is not Role.LEADER or status.epoch is None:
+                leader = status.leader
+                where = f"{leader.name} leads at {leader.address}" if leader else "nobody leads now"
+                raise NotLeaderError(
+                    f"post {leadership.name} does not lead ({status.action.value}): {where}; "
+                    "send Resign to the leader",
+                    leader_name=leader.name if leader else "",
+                    leader_address=leader.address if leader else "",
+                )
+            await leadership.resign(hold_off_s=hold_off_s)
+            answer = admin_pb2.ResignResponse(
+                post=leadership.name, resigned_epoch=status.epoch, hold_off_ms=request.hold_off_ms
+            )
+            self._resigns[key] = answer
+            while len(self._resigns) > REMEMBERED_RESIGNS:
+                self._resigns.popitem(last=False)
+            return answer

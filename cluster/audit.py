@@ -54,6 +54,7 @@ class Action(StrEnum):
     INCIDENT_OPEN = "incident.open"
     INCIDENT_CLOSE = "incident.close"
     NOTIFY = "notification.send"
+    LEADERSHIP_TAKE = "leadership.take"
 
 
 # --- actors and targets -----------------------------------------------------

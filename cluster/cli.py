@@ -12,6 +12,7 @@ from typing import Any
 from cluster.config import Config, load_config, parse_override
 from cluster.errors import CitypostError, DecodeError
 from console.cli import add_console_parser
+from failover.cli import add_failover_parser
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -107,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     decode.set_defaults(handler=_cmd_edge_decode)
 
     add_console_parser(commands)
+    add_failover_parser(commands)
     return parser
 
 

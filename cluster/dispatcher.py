@@ -154,6 +154,23 @@ class Dispatcher:
             if override is not None and override.ends_at_ms > self._wall_ms():
                 self._overrides[(override.asset_class, override.group)] = override
 
+    async def mark_takeover(self, post_name: str) -> int:
+        """Audit that this post leads now; returns the entry's revision. Fenced like any
+        write, so it comes after everything the old leader wrote: a watcher that
+        delivered it has applied all of that."""
+        now = self._wall_ms()
+        note = audit.draft(
+            actor=audit.post_actor(post_name),
+            action=audit.Action.LEADERSHIP_TAKE,
+            target=f"post/{post_name}",
+            at_ms=now,
+            detail=f"epoch {self._epoch()}",
+        )
+        stamped = audit.finalize(note, epoch=self._epoch())
+        return await self._state.put(
+            audit_key(stamped.at_ms, stamped.entry_id), stamped, epoch=stamped.epoch
+        )
+
     async def replay_pending(self) -> int:
         """A new leader sends every unfinished command again, under its own epoch and
         with the same command_id (devices execute a command_id once). Returns how many."""

@@ -230,9 +230,9 @@ class Post:
                 log.exception("post %s: role change to %s failed", self.name, change.role)
 
     async def _promote(self, epoch: int | None) -> None:
-        # Whatever the old leader wrote is at or below the store's revision now: it can
-        # no longer write (fenced on the epoch). Apply it all before commanding.
-        target = await self.state.revision()
+        # The old leader can no longer write (fenced on the epoch): once the watch
+        # delivered this post's own takeover entry, it delivered all the old leader wrote.
+        target = await self.dispatcher.mark_takeover(self.name)
         deadline = time.monotonic() + CATCH_UP_S
         while self.applied_revision < target and time.monotonic() < deadline:
             await asyncio.sleep(0.01)

@@ -571,6 +571,10 @@ class Election:
         self._seen_revision = seen.revision
         changed = seen.leader != self._leader
         self._leader = seen.leader
+        if seen.leader is not None and seen.leader.holder != self.name:
+            # Someone took over after my resign: the hold-off has done its job, and
+            # a switchback must not wait it out.
+            self._hold_off_until = float("-inf")
         self._first_seen.set()
         if changed:
             for queue in self._leader_queues:

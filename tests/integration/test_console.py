@@ -107,6 +107,7 @@ def _stand_in_post(registry: DeviceRegistry, dispatcher: Dispatcher) -> Any:
     return SimpleNamespace(
         name="primary",
         epoch=EPOCH,
+        commanding=lambda: True,
         started_at_ms=1_800_000_000_000,
         registry=registry,
         dispatcher=dispatcher,

@@ -19,7 +19,7 @@ def _demo_processes(run_dir: Path) -> set[int]:
     found = set()
     for process in psutil.process_iter(["cmdline"]):
         cmdline = " ".join(process.info["cmdline"] or ())
-        if str(run_dir) in cmdline or "cpray-primary-" in cmdline:
+        if str(run_dir) in cmdline or "cpray-primary-" in cmdline or "cpray-backup-" in cmdline:
             found.add(process.pid)
     return found
 
@@ -45,7 +45,9 @@ def test_demo_runs_and_stops_everything(tmp_path: Path, capsys: pytest.CaptureFi
     out = capsys.readouterr().out
     assert code == 0
     assert "street_lamp" in out and "dead letters" in out
-    assert "post primary" in out and "actors" in out
+    assert "post primary" in out and "post backup" in out and "actors" in out
+    # One of the two leads (the table is the leader's), the other stands by.
+    assert "leader (epoch" in out and "standby (epoch" in out
     assert "everything stopped" in out
     assert _demo_processes(tmp_path) == set()  # etcd, mosquitto, the post and its Ray: gone
     run = next(tmp_path.glob("demo-*"))

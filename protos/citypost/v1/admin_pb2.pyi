@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from protos.citypost.v1 import assets_pb2 as _assets_pb2
 import builtins as _builtins
 import sys
@@ -18,6 +19,26 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _PostRole:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PostRoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PostRole.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    POST_ROLE_UNSPECIFIED: _PostRole.ValueType  # 0
+    POST_ROLE_LEADER: _PostRole.ValueType  # 1
+    POST_ROLE_STANDBY: _PostRole.ValueType  # 2
+
+class PostRole(_PostRole, metaclass=_PostRoleEnumTypeWrapper):
+    """The role a post plays now. A post that holds the leader key but may no longer
+    trust its lease (it is demoting itself) is a standby: it commands nothing.
+    """
+
+POST_ROLE_UNSPECIFIED: PostRole.ValueType  # 0
+POST_ROLE_LEADER: PostRole.ValueType  # 1
+POST_ROLE_STANDBY: PostRole.ValueType  # 2
+Global___PostRole: _TypeAlias = PostRole  # noqa: Y015
 
 @_typing.final
 class GetStatusRequest(_message.Message):
@@ -163,3 +184,155 @@ class PostStatus(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PostStatus: _TypeAlias = PostStatus  # noqa: Y015
+
+@_typing.final
+class GetFailoverStatusRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetFailoverStatusRequest: _TypeAlias = GetFailoverStatusRequest  # noqa: Y015
+
+@_typing.final
+class FailoverStatus(_message.Message):
+    """Values this post cannot know now are absent (proto3 optional), not zero:
+    a post without a lease, a control state that does not answer, a post that
+    does not track what it applied.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POST_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    LEADER_NAME_FIELD_NUMBER: _builtins.int
+    LEADER_ADDRESS_FIELD_NUMBER: _builtins.int
+    LEASE_REMAINING_MS_FIELD_NUMBER: _builtins.int
+    LEASE_ID_FIELD_NUMBER: _builtins.int
+    STORE_REVISION_FIELD_NUMBER: _builtins.int
+    APPLIED_REVISION_FIELD_NUMBER: _builtins.int
+    LAG_REVISIONS_FIELD_NUMBER: _builtins.int
+    STORE_ERROR_FIELD_NUMBER: _builtins.int
+    AT_MS_FIELD_NUMBER: _builtins.int
+    post: _builtins.str
+    role: Global___PostRole.ValueType
+    action: _builtins.str
+    """the election's decision: lead, stand_by, campaign, demote"""
+    epoch: _builtins.int
+    """the leader's epoch as this post sees it; 0: nobody leads"""
+    leader_name: _builtins.str
+    """empty: nobody leads"""
+    leader_address: _builtins.str
+    """the leader's gRPC address (host:port)"""
+    lease_remaining_ms: _builtins.int
+    """until this post stops trusting its own lease"""
+    lease_id: _builtins.int
+    """0: no lease (a post alone, or between leases)"""
+    store_revision: _builtins.int
+    """the control state's current revision"""
+    applied_revision: _builtins.int
+    """the last control-state revision this post applied"""
+    lag_revisions: _builtins.int
+    """store_revision - applied_revision, at least 0"""
+    store_error: _builtins.str
+    """why store_revision is absent, if it is"""
+    at_ms: _builtins.int
+    """wall clock of the answer (ms since the Unix epoch)"""
+    def __init__(
+        self,
+        *,
+        post: _builtins.str = ...,
+        role: Global___PostRole.ValueType = ...,
+        action: _builtins.str = ...,
+        epoch: _builtins.int = ...,
+        leader_name: _builtins.str = ...,
+        leader_address: _builtins.str = ...,
+        lease_remaining_ms: _builtins.int | None = ...,
+        lease_id: _builtins.int = ...,
+        store_revision: _builtins.int | None = ...,
+        applied_revision: _builtins.int | None = ...,
+        lag_revisions: _builtins.int | None = ...,
+        store_error: _builtins.str = ...,
+        at_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_applied_revision", b"_applied_revision", "_lag_revisions", b"_lag_revisions", "_lease_remaining_ms", b"_lease_remaining_ms", "_store_revision", b"_store_revision", "applied_revision", b"applied_revision", "lag_revisions", b"lag_revisions", "lease_remaining_ms", b"lease_remaining_ms", "store_revision", b"store_revision"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_applied_revision", b"_applied_revision", "_lag_revisions", b"_lag_revisions", "_lease_remaining_ms", b"_lease_remaining_ms", "_store_revision", b"_store_revision", "action", b"action", "applied_revision", b"applied_revision", "at_ms", b"at_ms", "epoch", b"epoch", "lag_revisions", b"lag_revisions", "leader_address", b"leader_address", "leader_name", b"leader_name", "lease_id", b"lease_id", "lease_remaining_ms", b"lease_remaining_ms", "post", b"post", "role", b"role", "store_error", b"store_error", "store_revision", b"store_revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__applied_revision: _TypeAlias = _typing.Literal["applied_revision"]  # noqa: Y015
+    _WhichOneofArgType__applied_revision: _TypeAlias = _typing.Literal["_applied_revision", b"_applied_revision"]  # noqa: Y015
+    _WhichOneofReturnType__lag_revisions: _TypeAlias = _typing.Literal["lag_revisions"]  # noqa: Y015
+    _WhichOneofArgType__lag_revisions: _TypeAlias = _typing.Literal["_lag_revisions", b"_lag_revisions"]  # noqa: Y015
+    _WhichOneofReturnType__lease_remaining_ms: _TypeAlias = _typing.Literal["lease_remaining_ms"]  # noqa: Y015
+    _WhichOneofArgType__lease_remaining_ms: _TypeAlias = _typing.Literal["_lease_remaining_ms", b"_lease_remaining_ms"]  # noqa: Y015
+    _WhichOneofReturnType__store_revision: _TypeAlias = _typing.Literal["store_revision"]  # noqa: Y015
+    _WhichOneofArgType__store_revision: _TypeAlias = _typing.Literal["_store_revision", b"_store_revision"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__applied_revision) -> _WhichOneofReturnType__applied_revision | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__lag_revisions) -> _WhichOneofReturnType__lag_revisions | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__lease_remaining_ms) -> _WhichOneofReturnType__lease_remaining_ms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__store_revision) -> _WhichOneofReturnType__store_revision | None: ...
+
+Global___FailoverStatus: _TypeAlias = FailoverStatus  # noqa: Y015
+
+@_typing.final
+class ResignRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    HOLD_OFF_MS_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    """required: a fresh key, the same one on retry"""
+    hold_off_ms: _builtins.int
+    """0: the post's default (its lease TTL); at most 60000"""
+    def __init__(
+        self,
+        *,
+        idempotency_key: _builtins.str = ...,
+        hold_off_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hold_off_ms", b"hold_off_ms", "idempotency_key", b"idempotency_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResignRequest: _TypeAlias = ResignRequest  # noqa: Y015
+
+@_typing.final
+class ResignResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POST_FIELD_NUMBER: _builtins.int
+    RESIGNED_EPOCH_FIELD_NUMBER: _builtins.int
+    HOLD_OFF_MS_FIELD_NUMBER: _builtins.int
+    post: _builtins.str
+    resigned_epoch: _builtins.int
+    """the epoch this post led under and gave up"""
+    hold_off_ms: _builtins.int
+    """as requested (0: the post's default)"""
+    def __init__(
+        self,
+        *,
+        post: _builtins.str = ...,
+        resigned_epoch: _builtins.int = ...,
+        hold_off_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hold_off_ms", b"hold_off_ms", "post", b"post", "resigned_epoch", b"resigned_epoch"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResignResponse: _TypeAlias = ResignResponse  # noqa: Y015

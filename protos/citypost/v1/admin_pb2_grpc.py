@@ -40,6 +40,16 @@ class PostAdminStub:
                 request_serializer=protos_dot_citypost_dot_v1_dot_admin__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=protos_dot_citypost_dot_v1_dot_admin__pb2.PostStatus.FromString,
                 _registered_method=True)
+        self.GetFailoverStatus = channel.unary_unary(
+                '/citypost.v1.PostAdmin/GetFailoverStatus',
+                request_serializer=protos_dot_citypost_dot_v1_dot_admin__pb2.GetFailoverStatusRequest.SerializeToString,
+                response_deserializer=protos_dot_citypost_dot_v1_dot_admin__pb2.FailoverStatus.FromString,
+                _registered_method=True)
+        self.Resign = channel.unary_unary(
+                '/citypost.v1.PostAdmin/Resign',
+                request_serializer=protos_dot_citypost_dot_v1_dot_admin__pb2.ResignRequest.SerializeToString,
+                response_deserializer=protos_dot_citypost_dot_v1_dot_admin__pb2.ResignResponse.FromString,
+                _registered_method=True)
 
 
 class PostAdminServicer:
@@ -52,6 +62,25 @@ class PostAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetFailoverStatus(self, request, context):
+        """This post's view of leadership and replication; every post answers,
+        leader or standby (`citypost failover status`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Resign(self, request, context):
+        """This post stops leading now (its lease is revoked, so the leader key goes)
+        and does not campaign for hold_off_ms, so a standby takes over
+        (`citypost failover switchover`). FAILED_PRECONDITION if it does not lead.
+        The same idempotency key sent again (a retry after a lost answer) returns
+        the first answer and resigns no more.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PostAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -59,6 +88,16 @@ def add_PostAdminServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=protos_dot_citypost_dot_v1_dot_admin__pb2.GetStatusRequest.FromString,
                     response_serializer=protos_dot_citypost_dot_v1_dot_admin__pb2.PostStatus.SerializeToString,
+            ),
+            'GetFailoverStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFailoverStatus,
+                    request_deserializer=protos_dot_citypost_dot_v1_dot_admin__pb2.GetFailoverStatusRequest.FromString,
+                    response_serializer=protos_dot_citypost_dot_v1_dot_admin__pb2.FailoverStatus.SerializeToString,
+            ),
+            'Resign': grpc.unary_unary_rpc_method_handler(
+                    servicer.Resign,
+                    request_deserializer=protos_dot_citypost_dot_v1_dot_admin__pb2.ResignRequest.FromString,
+                    response_serializer=protos_dot_citypost_dot_v1_dot_admin__pb2.ResignResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -89,6 +128,60 @@ class PostAdmin:
             '/citypost.v1.PostAdmin/GetStatus',
             protos_dot_citypost_dot_v1_dot_admin__pb2.GetStatusRequest.SerializeToString,
             protos_dot_citypost_dot_v1_dot_admin__pb2.PostStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFailoverStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/citypost.v1.PostAdmin/GetFailoverStatus',
+            protos_dot_citypost_dot_v1_dot_admin__pb2.GetFailoverStatusRequest.SerializeToString,
+            protos_dot_citypost_dot_v1_dot_admin__pb2.FailoverStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Resign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/citypost.v1.PostAdmin/Resign',
+            protos_dot_citypost_dot_v1_dot_admin__pb2.ResignRequest.SerializeToString,
+            protos_dot_citypost_dot_v1_dot_admin__pb2.ResignResponse.FromString,
             options,
             channel_credentials,
             insecure,

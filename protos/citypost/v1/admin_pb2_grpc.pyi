@@ -34,6 +34,17 @@ class PostAdminStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> PostAdminAsyncStub: ...
     GetStatus: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetStatusRequest, _admin_pb2.PostStatus]
+    GetFailoverStatus: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetFailoverStatusRequest, _admin_pb2.FailoverStatus]
+    """This post's view of leadership and replication; every post answers,
+    leader or standby (`citypost failover status`).
+    """
+    Resign: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ResignRequest, _admin_pb2.ResignResponse]
+    """This post stops leading now (its lease is revoked, so the leader key goes)
+    and does not campaign for hold_off_ms, so a standby takes over
+    (`citypost failover switchover`). FAILED_PRECONDITION if it does not lead.
+    The same idempotency key sent again (a retry after a lost answer) returns
+    the first answer and resigns no more.
+    """
 
 @_typing.type_check_only
 class PostAdminAsyncStub(PostAdminStub):
@@ -41,6 +52,17 @@ class PostAdminAsyncStub(PostAdminStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetStatus: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetStatusRequest, _admin_pb2.PostStatus]  # type: ignore[assignment]
+    GetFailoverStatus: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetFailoverStatusRequest, _admin_pb2.FailoverStatus]  # type: ignore[assignment]
+    """This post's view of leadership and replication; every post answers,
+    leader or standby (`citypost failover status`).
+    """
+    Resign: _aio.UnaryUnaryMultiCallable[_admin_pb2.ResignRequest, _admin_pb2.ResignResponse]  # type: ignore[assignment]
+    """This post stops leading now (its lease is revoked, so the leader key goes)
+    and does not campaign for hold_off_ms, so a standby takes over
+    (`citypost failover switchover`). FAILED_PRECONDITION if it does not lead.
+    The same idempotency key sent again (a retry after a lost answer) returns
+    the first answer and resigns no more.
+    """
 
 class PostAdminServicer(metaclass=_abc_1.ABCMeta):
     """The post's own state, for operators and the SRE team."""
@@ -51,5 +73,28 @@ class PostAdminServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.GetStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.PostStatus, _abc.Awaitable[_admin_pb2.PostStatus]]: ...
+
+    @_abc_1.abstractmethod
+    def GetFailoverStatus(
+        self,
+        request: _admin_pb2.GetFailoverStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.FailoverStatus, _abc.Awaitable[_admin_pb2.FailoverStatus]]:
+        """This post's view of leadership and replication; every post answers,
+        leader or standby (`citypost failover status`).
+        """
+
+    @_abc_1.abstractmethod
+    def Resign(
+        self,
+        request: _admin_pb2.ResignRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ResignResponse, _abc.Awaitable[_admin_pb2.ResignResponse]]:
+        """This post stops leading now (its lease is revoked, so the leader key goes)
+        and does not campaign for hold_off_ms, so a standby takes over
+        (`citypost failover switchover`). FAILED_PRECONDITION if it does not lead.
+        The same idempotency key sent again (a retry after a lost answer) returns
+        the first answer and resigns no more.
+        """
 
 def add_PostAdminServicer_to_server(servicer: PostAdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
