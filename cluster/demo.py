@@ -25,49 +25,13 @@ from rich.table import Table
 from rich.text import Text
 
 from cluster.config import Config
-from cluster.etcd_local import LocalEtcd
-from cluster.gate_runner import GateRunner
-from cluster.mosquitto_local import LocalMosquitto
-from cluster.post_process import PostProcess
 from cluster.sim_clock import SimClock
-from fleet.network_server import NetworkServer
-from fleet.population import build_city
+from cluster.system import CitySystem
 from protos.citypost.v1 import admin_pb2, admin_pb2_grpc
-
-POST_NAMES = ("primary", "backup")
 
 
 def _terminate(_signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
-
-
-def start_infrastructure(config: Config, stack: ExitStack) -> tuple[Config, list[str]]:
-    """Start local etcd and mosquitto as configured; return the config with their addresses."""
-    run_dir = config.run_dir
-    endpoints = list(config.etcd.endpoints)
-    if config.etcd.mode == "local":
-        etcd = LocalEtcd(
-            run_dir / "etcd",
-            members=config.etcd.members,
-            heartbeat_interval_ms=config.etcd.heartbeat_interval_ms,
-            election_timeout_ms=config.etcd.election_timeout_ms,
-        )
-        etcd.start()
-        stack.callback(etcd.stop)
-        endpoints = list(etcd.endpoints)
-    mqtt = config.mqtt
-    if mqtt.mode == "local":
-        broker = LocalMosquitto(run_dir / "mosquitto", port=mqtt.port, persistence=mqtt.persistence)
-        broker.start()
-        stack.callback(broker.stop)
-        mqtt = mqtt.model_copy(update={"host": broker.host, "port": broker.port})
-    resolved = config.model_copy(
-        update={
-            "mqtt": mqtt,
-            "etcd": config.etcd.model_copy(update={"endpoints": tuple(endpoints)}),
-        }
-    )
-    return resolved, endpoints
 
 
 def _render(
@@ -105,18 +69,6 @@ def _render(
     return Group(Text(header), table, dead, footer)
 
 
-def _post_configs(config: Config) -> list[Config]:
-    """primary and backup: the same city and infrastructure, their own names and ports."""
-    port = config.post.grpc_port
-    out = []
-    for i, name in enumerate(POST_NAMES):
-        post = config.post.model_copy(
-            update={"name": name, "grpc_port": None if port is None else port + i}
-        )
-        out.append(config.model_copy(update={"post": post}))
-    return out
-
-
 def _statuses(
     admins: dict[str, admin_pb2_grpc.PostAdminStub],
 ) -> tuple[list[admin_pb2.PostStatus], str]:
@@ -136,45 +88,33 @@ def run_demo(config: Config, *, duration_s: float | None = None) -> int:
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     run_dir = config.run_dir.resolve() / f"demo-{stamp}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    # One simulated clock for the city and the post: the same start and speed.
-    sim = config.sim.model_copy(update={"start": config.sim.start_or_now()})
-    config = config.model_copy(update={"run_dir": run_dir, "sim": sim})
     console = Console()
     previous_handler = signal.signal(signal.SIGTERM, _terminate)
     try:
         with ExitStack() as stack:
             console.print(f"citypost demo: run dir {run_dir}")
-            config, endpoints = start_infrastructure(config, stack)
+            console.print("starting etcd, mosquitto, the downlink gate and two posts")
+            system = CitySystem(config, run_dir)
+            stack.callback(system.stop)
+            system.start()
+            config = system.config
+            assert system.city is not None and system.gate is not None
             console.print(
-                f"etcd: {', '.join(endpoints)}; mqtt: {config.mqtt.host}:{config.mqtt.port}"
+                f"etcd: {', '.join(system.endpoints)}; mqtt: {config.mqtt.host}:{config.mqtt.port}"
             )
-            city = build_city(config.city)
-            # Before any post: the broker queues the posts' downlinks for the gate only
-            # once its session exists.
-            gate = GateRunner(config).start()
-            stack.callback(gate.stop)
-            console.print(
-                f"city: {config.city.name}, {len(city.registry):,} devices; starting two posts"
-            )
-            posts = [PostProcess(c, run_dir).launch() for c in _post_configs(config)]
-            for post in posts:
-                stack.callback(post.stop)
-            for post in posts:
-                post.wait_ready()
+            console.print(f"city: {config.city.name}, {len(system.city.registry):,} devices")
+            admins = {}
+            for post in system.posts.values():
                 console.print(
                     f"post {post.name}: gRPC on {post.address} "
                     f"(log: {run_dir}/post-{post.name}.log)"
                 )
-            clock = SimClock(sim.start_or_now(), sim.speed)
-            network_server = NetworkServer(city, config.mqtt, clock, config.sim, config.city.name)
-            network_server.start()
-            stack.callback(network_server.stop)
-            admins = {}
-            for post in posts:
                 channel = grpc.insecure_channel(post.address)
                 stack.callback(channel.close)
                 admins[post.name] = admin_pb2_grpc.PostAdminStub(channel)
-            devices = city.registry.count_by_class()
+            clock = SimClock(config.sim.start_or_now(), config.sim.speed)
+            gate = system.gate
+            devices = system.city.registry.count_by_class()
             started = last = time.monotonic()
             previous: admin_pb2.PostStatus | None = None
             with Live(console=console, refresh_per_second=1, transient=False) as live:
@@ -187,7 +127,7 @@ def run_demo(config: Config, *, duration_s: float | None = None) -> int:
                         live.update(Text(f"no post leads right now: {roles}"))
                         continue
                     header = (
-                        f"simulated time {clock.now():%Y-%m-%d %H:%M} (x{sim.speed:g}); "
+                        f"simulated time {clock.now():%Y-%m-%d %H:%M} (x{config.sim.speed:g}); "
                         f"{roles}; gate forwarded {gate.stats().forwarded:,}, "
                         f"dropped {gate.stats().dropped:,}"
                     )

@@ -122,7 +122,10 @@ async def start_server(
     deadline_s: float = 10.0,
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     """Start serving; health reports SERVING for every service (and "")."""
-    server = grpc.aio.server(interceptors=[_CommonInterceptor(deadline_s)])
+    # No SO_REUSEPORT: a port another server holds must fail here, not be shared.
+    server = grpc.aio.server(
+        interceptors=[_CommonInterceptor(deadline_s)], options=[("grpc.so_reuseport", 0)]
+    )
     for service in services:
         service.register(service.servicer, server)
     health_servicer = health.aio.HealthServicer()

@@ -62,7 +62,10 @@ async def run_post(config: Config, *, ready_file: Path | None = None) -> int:
         loop.add_signal_handler(signum, stop.set)
     async with AsyncExitStack() as stack:
         ray_head = LocalRay(
-            run_dir / "ray", name=name, object_store_mb=config.post.ray_object_store_mb
+            run_dir / "ray",
+            name=name,
+            object_store_mb=config.post.ray_object_store_mb,
+            in_caller_group=True,
         )
         await asyncio.to_thread(ray_head.start)
         stack.push_async_callback(asyncio.to_thread, ray_head.stop)

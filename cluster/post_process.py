@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from cluster.config import Config
+from cluster.ports import free_port
 from cluster.processes import ManagedProcess
 
 START_TIMEOUT_S = 180.0  # a Ray head and one worker per actor on a small machine
@@ -39,8 +40,8 @@ def post_overrides(config: Config) -> list[str]:
         # The etcd the parent started (or was given) is external to the post.
         values["etcd.mode"] = '"external"'
         values["etcd.endpoints"] = json.dumps(list(config.etcd.endpoints))
-    if config.post.grpc_port is not None:
-        values["post.grpc_port"] = str(config.post.grpc_port)
+    # Chosen here when unset: two children would both fall back to the default port.
+    values["post.grpc_port"] = str(config.post.grpc_port or free_port())
     flags: list[str] = []
     for key, value in values.items():
         flags += ["--set", f"{key}={value}"]

@@ -84,9 +84,13 @@ class ManagedProcess:
         *,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        own_group: bool = True,
     ) -> None:
+        """`own_group`: start in a session of its own (stopped as a group), or stay in
+        the caller's process group, so a signal to the caller's group reaches it too."""
         if not argv:
             raise InfrastructureError(f"{name}: empty command")
+        self._own_group = own_group
         self.name = name
         self.argv: tuple[str, ...] = tuple(argv)
         self.log_path = log_path
@@ -136,7 +140,7 @@ class ManagedProcess:
                         stderr=subprocess.STDOUT,
                         env=self._env,
                         cwd=self._cwd,
-                        start_new_session=True,
+                        start_new_session=self._own_group,
                         close_fds=True,
                     )
                 except OSError as exc:
@@ -193,6 +197,30 @@ class ManagedProcess:
             if self._proc is None or self._proc.returncode is not None:
                 raise InfrastructureError(f"{self.name} is not running; cannot send {sig}")
             self._signal_group(sig)
+
+    def signal_session(self, sig: int) -> int:
+        """Send `sig` to every process of this process's session (it must own one): its
+        group and the groups its children made, e.g. a post, its Ray head and the Ray
+        workers. Repeated until a scan finds nobody new, since a dying parent may still
+        spawn. Works after the leader died too (its session outlives it while a member
+        lives). Returns how many processes were signalled."""
+        with self._lock:
+            if not self._own_group:
+                raise InfrastructureError(f"{self.name} has no session of its own")
+            if self._proc is None:
+                raise InfrastructureError(f"{self.name} was never started; cannot send {sig}")
+            session = self._proc.pid
+            signalled: set[int] = set()
+            for _ in range(20):
+                found = [pid for pid in _session_members(session) if pid not in signalled]
+                if not found:
+                    break
+                for pid in found:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, sig)
+                signalled.update(found)
+                time.sleep(0.05)
+            return len(signalled)
 
     def terminate(self) -> None:
         """Ask the process group to stop (SIGTERM), without waiting."""
@@ -253,9 +281,13 @@ class ManagedProcess:
     def _signal_group(self, sig: int) -> None:
         proc = self._proc
         assert proc is not None
-        # start_new_session made the process its group leader: pgid == pid.
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, sig)
+            if self._own_group:
+                # start_new_session made the process its group leader: pgid == pid.
+                os.killpg(proc.pid, sig)
+            else:
+                # In the caller's group: the process alone; its descendants are swept.
+                os.kill(proc.pid, sig)
 
     def _descendants(self) -> list[psutil.Process]:
         """Children that may have left the process group (setsid); killed after stop."""
@@ -285,3 +317,14 @@ def _is_live(proc: psutil.Process) -> bool:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def _session_members(session: int) -> list[int]:
+    pids = []
+    for proc in psutil.process_iter(["pid", "status"]):
+        if proc.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
+            if os.getsid(proc.pid) == session:
+                pids.append(proc.pid)
+    return pids

@@ -138,6 +138,7 @@ class LocalRay:
         start_timeout_s: float = 90.0,
         stop_timeout_s: float = 15.0,
         keep_logs: bool = True,
+        in_caller_group: bool = False,
     ) -> None:
         if not _NAME_RE.match(name):
             raise ConfigError(
@@ -160,6 +161,9 @@ class LocalRay:
         self.start_timeout_s = start_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self.keep_logs = keep_logs
+        # A post puts its Ray cluster in its own process group: SIGKILL of the post's
+        # group (a crash drill, or the OS) then takes the cluster down with it.
+        self._in_caller_group = in_caller_group
         self.ports = RayPorts(*free_ports(8))
         self.log_path = self.run_dir / "ray-head.log"
         self._marker = uuid.uuid4().hex
@@ -227,6 +231,7 @@ class LocalRay:
                     self.log_path,
                     env=self._head_env(),
                     cwd=self.run_dir,
+                    own_group=not self._in_caller_group,
                 )
                 self._proc = proc
                 proc.start()

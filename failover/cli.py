@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 PROG = "citypost failover"
 # The demo's posts: primary on post.grpc_port (50051 by default), backup on the next
-# port (cluster/demo.py, `_post_configs`).
+# port (cluster/system.py, `post_configs`).
 DEFAULT_POSTS = ("127.0.0.1:50051", "127.0.0.1:50052")
 DEFAULT_TIMEOUT_S = 10.0
 # Long enough for the standby's campaign (milliseconds), short enough that the old
