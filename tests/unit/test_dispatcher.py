@@ -9,10 +9,21 @@ import pytest
 
 from actors.decisions import ClearAlarm, IssueCommand, OpenIncident, RaiseAlarm, RequestTask
 from bridges import chirpstack
+from bridges.downlink_frame import decode_command
 from bridges.registry import Device, DeviceRegistry, application_id
 from cluster.dispatcher import Dispatcher
-from cluster.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
-from failover.control_state import InMemoryControlState, idempotency_index_key, ledger_key
+from cluster.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    NotLeaderError,
+)
+from failover.control_state import (
+    FencedError,
+    InMemoryControlState,
+    idempotency_index_key,
+    ledger_key,
+)
 from protos.citypost.v1 import assets_pb2, command_pb2, control_state_pb2, operations_pb2
 
 pytestmark = pytest.mark.unit
@@ -317,3 +328,68 @@ async def test_close_task_as_done_starts_an_assigned_task_and_refuses_an_open_on
     audit = [e.value for e in (await h.state.list("audit/", control_state_pb2.AuditEntry)).entries]
     flow = [e.action for e in audit if e.target == f"task/{task.task_id}"]
     assert sorted(flow) == sorted(["task.create", "task.assign", "task.start", "task.done"])
+
+
+async def test_a_standby_follows_the_leaders_writes_and_once_promoted_replays_unfinished_commands() -> (
+    None
+):
+    leader = Harness()
+    epoch = {"standby": 0}
+
+    def standby_epoch() -> int:
+        if not epoch["standby"]:
+            raise NotLeaderError("standing by", leader_name="primary", leader_address="a:1")
+        return epoch["standby"]
+
+    sent: list[tuple[str, bytes]] = []
+    standby = Dispatcher(
+        state=leader.state,
+        registry=DeviceRegistry(LAMPS),
+        publish=lambda topic, payload: sent.append((topic, payload)),
+        epoch=standby_epoch,
+        wall_ms=leader.clock,
+        command_ttl_ms=30_000,
+        max_attempts=3,
+    )
+    await standby.load()
+    followed = 0
+
+    async def follow() -> None:
+        nonlocal followed
+        async for change in leader.state.watch(1):
+            standby.apply_change(change)
+            followed = change.revision
+
+    follower = asyncio.create_task(follow())
+    record = await leader.dispatcher.issue_command(_group_command(), issued_by="op-ana")
+    command_id = record.command.command_id
+    alarm = RaiseAlarm(LAMPS[0].dev_eui, "lamp_fault", operations_pb2.MAJOR, "dark")
+    await leader.dispatcher.apply(ACTOR, [alarm])
+    revision = await leader.state.revision()
+    while followed < revision:
+        await asyncio.sleep(0)
+    # A standby refuses operators' writes and names the leader.
+    with pytest.raises(NotLeaderError) as refused:
+        await standby.issue_command(_group_command(), issued_by="op-ana")
+    assert refused.value.leader_address == "a:1"
+
+    leader.state.set_epoch(6)  # the election: the old leader is fenced from here on
+    epoch["standby"] = 6
+    with pytest.raises(FencedError):
+        await leader.dispatcher.issue_command(_group_command(), issued_by="op-ana")
+    marker = await standby.mark_takeover("backup")
+    while followed < marker:
+        await asyncio.sleep(0)
+    assert await standby.replay_pending() == 1
+    frames = [chirpstack.parse_downlink(payload).data for _, payload in sent]
+    assert len(frames) == len(LAMPS)
+    for frame in frames:
+        replayed = decode_command(frame)
+        assert (replayed.command_id, replayed.epoch) == (command_id, 6)
+    assert (await leader.record(command_id)).command.epoch == 6
+    # The alarm came over too: raising it again on the new leader changes nothing.
+    before = await leader.state.revision()
+    await standby.apply(ACTOR, [alarm])
+    assert await leader.state.revision() == before
+    follower.cancel()
+    await asyncio.gather(follower, return_exceptions=True)
