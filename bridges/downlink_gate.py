@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -294,6 +294,12 @@ class DownlinkGate:
             self.session.client.ack(mid, qos)
 
     # --- any thread ----------------------------------------------------------------------
+
+    def send_own(self, topics_and_payloads: Sequence[tuple[str, bytes]]) -> None:
+        """The gate's own commands (fail-safe), straight to the network server, QoS 1."""
+        with self._fence_lock:
+            for topic, payload in topics_and_payloads:
+                self.session.client.publish(topic, payload, qos=1)
 
     def raise_epoch(self, epoch: int) -> None:
         """Fence every epoch below `epoch` now (a new leader was elected).

@@ -104,9 +104,17 @@ class FailoverConfig(_Section):
     lease_ttl_s: float = Field(2.0, gt=0)
     keepalive_interval_s: float = Field(0.5, gt=0)
     safety_margin_s: float = Field(0.5, ge=0)
+    # Nobody could command for this long (a leader was seen, then none): the downlink
+    # gate puts the devices in their declared fail-safe states. Real time.
+    failsafe_after_s: float = Field(60.0, gt=0)
 
     @model_validator(mode="after")
     def _rules(self) -> Self:
+        if self.failsafe_after_s <= self.lease_ttl_s:
+            raise ValueError(
+                f"failsafe_after_s ({self.failsafe_after_s}) must be > lease_ttl_s "
+                f"({self.lease_ttl_s}): a normal takeover must not put the city in fail-safe"
+            )
         if self.keepalive_interval_s >= self.lease_ttl_s / 3:
             raise ValueError(
                 f"keepalive_interval_s ({self.keepalive_interval_s}) must be < lease_ttl_s / 3 "
