@@ -23,6 +23,7 @@ from actors import ray_api
 from actors.catalog import ALSO_FEEDS, actor_name
 from actors.ray_pool import RayActorPool
 from bridges import chirpstack
+from bridges.downlink_gate import DownlinkGate
 from bridges.edge import Edge
 from bridges.registry import DeviceRegistry
 from cluster.config import Config, load_config
@@ -145,6 +146,8 @@ class PostRig:
 
     def __init__(self, run_dir: Path, *, name: str) -> None:
         self.head = LocalRay(run_dir / "ray", name=name)
+        self.run_dir = run_dir
+        self._gate: DownlinkGate | None = None
         self.name = name
         self.pool: RayActorPool | None = None
         self.spawn_s = 0.0
@@ -217,6 +220,10 @@ class PostRig:
         return post
 
     async def start_post(self, post: Post) -> None:
+        """Start the post, and the downlink gate its downlinks go through (once)."""
+        if self._gate is None:
+            self._gate = DownlinkGate(config=post.config, state_path=self.run_dir / "gate.json")
+            await asyncio.to_thread(self._gate.start)
         self._started.add(id(post))
         await post.start()
 
@@ -242,3 +249,6 @@ class PostRig:
             finally:
                 ray_api.disconnect()
                 await asyncio.to_thread(self.head.stop)
+                if self._gate is not None:
+                    await asyncio.to_thread(self._gate.stop, end_session=True)
+                    self._gate = None
