@@ -29,6 +29,7 @@ from cluster.observability import setup_observability
 from cluster.operator_api import operator_service
 from cluster.ports import free_port
 from cluster.post import Post, wall_ms
+from cluster.post_process import ray_temp_file
 from cluster.ray_local import LocalRay
 from cluster.sim_clock import SimClock
 from failover.control_state import ControlState
@@ -69,6 +70,9 @@ async def run_post(config: Config, *, ready_file: Path | None = None) -> int:
         )
         await asyncio.to_thread(ray_head.start)
         stack.push_async_callback(asyncio.to_thread, ray_head.stop)
+        if ready_file is not None:
+            # Where whoever runs this post cleans up after a crash (SIGKILL skips ours).
+            ray_temp_file(ready_file).write_text(str(ray_head.temp_dir))
         ray_api.connect(ray_head.address, namespace=name, env=ray_head.env_for_driver())
         stack.push_async_callback(asyncio.to_thread, ray_api.disconnect)
         pool = await asyncio.to_thread(RayActorPool.spawn, registry.groups())

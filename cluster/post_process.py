@@ -8,6 +8,7 @@ address to a ready file once it serves.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -16,6 +17,11 @@ from cluster.ports import free_port
 from cluster.processes import ManagedProcess
 
 START_TIMEOUT_S = 180.0  # a Ray head and one worker per actor on a small machine
+
+
+def ray_temp_file(ready_file: Path) -> Path:
+    """Where a post records its Ray temp dir, beside its ready file."""
+    return ready_file.with_suffix(".ray-temp")
 
 
 def post_overrides(config: Config) -> list[str]:
@@ -80,3 +86,10 @@ class PostProcess:
 
     def stop(self) -> None:
         self.process.stop(timeout=60.0)
+
+    def remove_ray_temp_dir(self) -> None:
+        """After the post is gone: its Ray temp dir, which a SIGKILLed post leaves."""
+        recorded = ray_temp_file(self._ready_file)
+        if recorded.exists():
+            shutil.rmtree(recorded.read_text().strip(), ignore_errors=True)
+            recorded.unlink(missing_ok=True)

@@ -12,6 +12,7 @@ the calling process (which may later be a driver of another cluster).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import secrets
@@ -33,6 +34,8 @@ import psutil
 from cluster.errors import ConfigError, InfrastructureError
 from cluster.ports import free_ports
 from cluster.processes import ManagedProcess, find_binary
+
+log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
 # Ray refuses a smaller object store (ray_constants.OBJECT_STORE_MINIMUM_MEMORY_BYTES).
@@ -217,7 +220,19 @@ class LocalRay:
         }
 
     def start(self) -> LocalRay:
-        """Start the head and wait until its GCS answers with a live node."""
+        """Start the head and wait until its GCS answers with a live node.
+
+        Tried twice: on a saturated machine the raylet gives its dashboard agent a
+        fixed 15 s to register and aborts the node past it (seen at load 35-50 with
+        two other clusters starting); a second start then usually succeeds.
+        """
+        try:
+            return self._start_once()
+        except InfrastructureError as error:
+            log.warning("ray head %s did not start (%s): trying once more", self.name, error)
+            return self._start_once()
+
+    def _start_once(self) -> LocalRay:
         with self._lock:
             if self._proc is not None and self._proc.alive:
                 raise InfrastructureError(f"ray head {self.name!r} is already started")

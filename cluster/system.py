@@ -28,6 +28,7 @@ from cluster.config import Config
 from cluster.etcd_local import LocalEtcd, etcd_client
 from cluster.gate_runner import GateRunner
 from cluster.mosquitto_local import LocalMosquitto
+from cluster.ports import free_ports
 from cluster.post_process import PostProcess
 from cluster.sim_clock import SimClock
 from failover.election import leader_key
@@ -48,13 +49,13 @@ class LeaderNow:
 
 
 def post_configs(config: Config) -> list[Config]:
-    """primary and backup: the same city and infrastructure, their own names and ports."""
+    """primary and backup: the same city and infrastructure, their own names and ports
+    (chosen now when unset, so a restarted post keeps its address)."""
     port = config.post.grpc_port
+    chosen = [port + i for i in range(len(POST_NAMES))] if port else free_ports(len(POST_NAMES))
     out = []
-    for i, name in enumerate(POST_NAMES):
-        post = config.post.model_copy(
-            update={"name": name, "grpc_port": None if port is None else port + i}
-        )
+    for name, grpc_port in zip(POST_NAMES, chosen, strict=True):
+        post = config.post.model_copy(update={"name": name, "grpc_port": grpc_port})
         out.append(config.model_copy(update={"post": post}))
     return out
 
@@ -83,12 +84,13 @@ class CitySystem:
             self.city = build_city(self.config.city)
             self.gate = GateRunner(self.config).start()
             self._stack.callback(self.gate.stop)
+            # One after the other: two Ray heads starting at once on a small machine
+            # can starve each other past Ray's own start-up deadlines.
             for config in post_configs(self.config):
                 self._post_configs[config.post.name] = config
                 self.posts[config.post.name] = PostProcess(config, self.run_dir).launch()
                 self._stack.callback(self._stop_post, config.post.name)
-            for post in self.posts.values():
-                post.wait_ready()
+                self.posts[config.post.name].wait_ready()
             clock = SimClock(self.config.sim.start_or_now(), self.config.sim.speed)
             self.network_server = NetworkServer(
                 self.city, self.config.mqtt, clock, self.config.sim, self.config.city.name
@@ -186,3 +188,4 @@ class CitySystem:
         deadline = time.monotonic() + 10.0
         while process.signal_session(signal.SIGKILL) and time.monotonic() < deadline:
             time.sleep(0.1)
+        post.remove_ray_temp_dir()

@@ -1,0 +1,357 @@
+"""Helpers of the failover scenarios (tests/integration/test_failover.py).
+
+The evidence they gather is independent of the posts' own word: the network
+server's execution log (what devices did), the leader key in etcd, and what
+the operator API acknowledged. The posts' PostAdmin is asked only for what
+only a post knows (its role, its applied revision).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import socket
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import aetcd
+import grpc
+
+from cluster.etcd_local import LocalEtcd
+from cluster.system import CitySystem, LeaderNow
+from console.client import CallFailedError, PostClient, PostUnreachableError, RetryPolicy
+from fleet.network_server import Execution, NetworkServer
+from protos.citypost.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    assets_pb2,
+    command_pb2,
+    operator_pb2,
+    operator_pb2_grpc,
+)
+
+# Lamp groups of the city at scale 0.005 (9 and 6 lamps): every command is one multicast.
+GROUPS = ("chenove", "fontaine-les-dijon")
+TAKEOVER_BOUND_S = 10.0  # generous: the lease is 2 s
+EXECUTION_BOUND_S = 45.0  # a command sent is executed by every device of its group within this
+OPERATOR = "op-failover"
+
+
+@dataclass(frozen=True)
+class Acked:
+    """A SendCommand the API acknowledged."""
+
+    key: str
+    command_id: str
+    epoch: int
+    group: str
+    acked_at: float  # monotonic
+
+
+def lamp_command(group: str, pct: float) -> command_pb2.Command:
+    return command_pb2.Command(
+        asset_class=assets_pb2.STREET_LAMP,
+        target=command_pb2.Target(group=group),
+        set_brightness=command_pb2.SetBrightness(brightness_pct=pct),
+    )
+
+
+def send(client: PostClient, key: str, group: str, pct: float) -> Acked:
+    request = operator_pb2.SendCommandRequest(
+        idempotency_key=key, command=lamp_command(group, pct), reason="failover test"
+    )
+    record = client.write("SendCommand", request)
+    return Acked(key, record.command.command_id, record.command.epoch, group, time.monotonic())
+
+
+async def send_some(addresses: Sequence[str], prefix: str, n: int, pct: float) -> list[Acked]:
+    """`n` commands through a leader-following client, one after the other."""
+    client = PostClient(list(addresses), operator=OPERATOR, timeout_s=5.0)
+    try:
+        return [
+            await asyncio.to_thread(send, client, f"{prefix}-{i}", GROUPS[i % 2], pct + i)
+            for i in range(n)
+        ]
+    finally:
+        client.close()
+
+
+class Sender:
+    """Sends group commands in a loop on a thread, recording what was acknowledged."""
+
+    def __init__(self, addresses: Sequence[str], prefix: str, *, window_s: float) -> None:
+        # A write window longer than a takeover: an unacknowledged write is retried.
+        policy = RetryPolicy(write_window_s=window_s)
+        self._window_s = window_s
+        self._client = PostClient(list(addresses), operator=OPERATOR, timeout_s=5.0, retry=policy)
+        self._prefix = prefix
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"sender-{prefix}", daemon=True)
+        self.acked: list[Acked] = []
+        self.failed: list[tuple[str, str]] = []  # (key, error): not acknowledged
+
+    def start(self) -> Sender:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self._window_s + 30)
+        self._client.close()
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            key = f"{self._prefix}-{n}"
+            group = GROUPS[n % len(GROUPS)]
+            try:
+                self.acked.append(send(self._client, key, group, float(10 + n % 80)))
+            except (CallFailedError, PostUnreachableError, grpc.RpcError) as exc:
+                self.failed.append((key, repr(exc)))
+            n += 1
+            self._stop.wait(0.1)
+
+
+# --- the leader, from etcd ------------------------------------------------------------------
+
+
+async def read_leader(system: CitySystem, client: aetcd.Client) -> LeaderNow | None:
+    with contextlib.suppress(aetcd.ClientError, TimeoutError):
+        return await system.leader(client)
+    return None
+
+
+async def wait_leader(
+    system: CitySystem, client: aetcd.Client, timeout_s: float, *, newer_than: int = 0
+) -> tuple[LeaderNow, float]:
+    """The leader once one holds the key with an epoch above `newer_than`, and when seen."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        leader = await read_leader(system, client)
+        if leader is not None and leader.epoch > newer_than:
+            return leader, time.monotonic()
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"no post leads with an epoch above {newer_than} in {timeout_s} s")
+        await asyncio.sleep(0.05)
+
+
+# --- what the posts say ---------------------------------------------------------------------
+
+
+def failover_status(address: str, timeout_s: float = 3.0) -> admin_pb2.FailoverStatus:
+    with grpc.insecure_channel(address) as channel:
+        stub = admin_pb2_grpc.PostAdminStub(channel)
+        status: admin_pb2.FailoverStatus = stub.GetFailoverStatus(
+            admin_pb2.GetFailoverStatusRequest(), timeout=timeout_s
+        )
+        return status
+
+
+async def wait_role(address: str, role: int, timeout_s: float) -> admin_pb2.FailoverStatus:
+    """The post's status once it reports `role` (PostRole)."""
+    deadline = time.monotonic() + timeout_s
+    last: object = None
+    while True:
+        try:
+            status = await asyncio.to_thread(failover_status, address)
+            if status.role == role:
+                return status
+            last = status
+        except grpc.RpcError as exc:
+            last = exc
+        if time.monotonic() >= deadline:
+            name = admin_pb2.PostRole.Name(role)  # type: ignore[arg-type]
+            raise AssertionError(f"{address} not {name} within {timeout_s} s; last: {last}")
+        await asyncio.sleep(0.1)
+
+
+@dataclass(frozen=True)
+class RoleSample:
+    at: float  # monotonic, when the round started
+    statuses: dict[str, admin_pb2.FailoverStatus]  # post name -> its answer, if it answered
+
+    @property
+    def roles(self) -> dict[str, int]:
+        return {name: status.role for name, status in self.statuses.items()}
+
+    def split_brain(self) -> bool:
+        """Two posts lead under one epoch, or the older epoch's leader still said it led
+        after the newer one said so (answer times, `at_ms`): a handover, even a planned one,
+        has the old leader stop before the new one starts."""
+        leaders = sorted(
+            (s for s in self.statuses.values() if s.role == admin_pb2.POST_ROLE_LEADER),
+            key=lambda s: s.epoch,
+        )
+        for older, newer in itertools.pairwise(leaders):
+            if older.epoch == newer.epoch or older.at_ms >= newer.at_ms:
+                return True
+        return False
+
+
+@dataclass
+class RolePoller:
+    """Asks every post its role in rounds on a thread, alternating the order, so that a
+    leader still claiming to lead after its successor started shows up in a round."""
+
+    system: CitySystem
+    interval_s: float = 0.2
+    # GetFailoverStatus waits up to 2 s for etcd (admin_api.STATE_TIMEOUT_S) before answering.
+    call_timeout_s: float = 3.0
+    samples: list[RoleSample] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> RolePoller:
+        self._thread = threading.Thread(target=self._run, name="role-poller", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10.0)
+
+    def split_brains(self, since: float = 0.0) -> list[RoleSample]:
+        return [s for s in list(self.samples) if s.at >= since and s.split_brain()]
+
+    def _run(self) -> None:
+        channels: dict[str, grpc.Channel] = {}
+        turn = 0
+        try:
+            while not self._stop.is_set():
+                statuses: dict[str, admin_pb2.FailoverStatus] = {}
+                at = time.monotonic()
+                posts = list(self.system.posts.items())
+                if turn % 2:
+                    posts.reverse()
+                turn += 1
+                for name, post in posts:
+                    if not post.address:
+                        continue
+                    channel = channels.get(post.address)
+                    if channel is None:
+                        channel = channels[post.address] = grpc.insecure_channel(post.address)
+                    stub = admin_pb2_grpc.PostAdminStub(channel)
+                    try:
+                        statuses[name] = stub.GetFailoverStatus(
+                            admin_pb2.GetFailoverStatusRequest(), timeout=self.call_timeout_s
+                        )
+                    except grpc.RpcError:
+                        continue  # crashed, frozen or restarting: no word
+                self.samples.append(RoleSample(at, statuses))
+                self._stop.wait(self.interval_s)
+        finally:
+            for channel in channels.values():
+                channel.close()
+
+
+# --- what the devices did -------------------------------------------------------------------
+
+
+def executed_by(executions: Sequence[Execution], command_id: str) -> set[str]:
+    return {e.dev_eui for e in executions if e.command_id == command_id}
+
+
+def group_sizes(network_server: NetworkServer) -> dict[str, int]:
+    groups = network_server.city.registry.groups()
+    return {g: len(groups[(assets_pb2.STREET_LAMP, g)]) for g in GROUPS}
+
+
+async def wait_executed(network_server: NetworkServer, commands: Sequence[Acked]) -> list[Acked]:
+    """Wait until every command was executed by every lamp of its group; return the rest."""
+    size = group_sizes(network_server)
+    deadline = time.monotonic() + EXECUTION_BOUND_S
+    while True:
+        log = network_server.executions()
+        missing = [c for c in commands if len(executed_by(log, c.command_id)) < size[c.group]]
+        if not missing or time.monotonic() >= deadline:
+            return missing
+        await asyncio.sleep(0.2)
+
+
+def executed_twice(log: Sequence[Execution]) -> list[tuple[str, str]]:
+    return [k for k, n in Counter((e.dev_eui, e.command_id) for e in log).items() if n > 1]
+
+
+def older_epoch_after_newer(log: Sequence[Execution]) -> list[tuple[Execution, int]]:
+    """Executions under an epoch older than one already executed before them in the log."""
+    late: list[tuple[Execution, int]] = []
+    highest = 0
+    for e in log:
+        if e.epoch < highest:
+            late.append((e, highest))
+        highest = max(highest, e.epoch)
+    return late
+
+
+def check_execution_log(log: Sequence[Execution]) -> None:
+    twice = executed_twice(log)
+    assert not twice, f"executed twice by a device: {twice[:20]}"
+    late = older_epoch_after_newer(log)
+    assert not late, f"executed under an older epoch after a newer one's first: {late[:20]}"
+
+
+def lost_commands(address: str, acked: Sequence[Acked]) -> list[tuple[Acked, str]]:
+    """The acknowledged commands the post at `address` does not know (GetCommand)."""
+    lost = []
+    with grpc.insecure_channel(address) as channel:
+        operator = operator_pb2_grpc.OperatorServiceStub(channel)
+        for command in acked:
+            try:
+                operator.GetCommand(
+                    operator_pb2.GetCommandRequest(command_id=command.command_id), timeout=5
+                )
+            except grpc.RpcError as exc:
+                lost.append((command, exc.code().name))
+    return lost
+
+
+# --- etcd -----------------------------------------------------------------------------------
+
+
+def raft_leader(etcd: LocalEtcd) -> int | None:
+    """The index of the member that is etcd's Raft leader (its /metrics say so), if any."""
+    for member in etcd.members:
+        if not etcd.member_alive(member.index):
+            continue
+        try:
+            with urllib.request.urlopen(f"{member.client_url}/metrics", timeout=2.0) as resp:
+                text = resp.read().decode()
+        except OSError:
+            continue
+        if "\netcd_server_is_leader 1" in text:
+            return member.index
+    return None
+
+
+def wait_etcd_healthy(etcd: LocalEtcd, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not all(etcd.member_healthy(m.index) for m in etcd.members):
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"etcd not healthy on every member within {timeout_s} s")
+        time.sleep(0.1)
+
+
+# --- ports ----------------------------------------------------------------------------------
+
+
+def free_port_pair() -> int:
+    """A loopback port p with p and p + 1 free (the posts take grpc_port and the next one)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as first:
+            first.bind(("127.0.0.1", 0))
+            port: int = first.getsockname()[1]
+            if port >= 65535:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as second:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+                return port
+    raise AssertionError("no two consecutive free loopback ports")
