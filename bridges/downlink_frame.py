@@ -83,8 +83,9 @@ _ACTIONS = {
 }
 
 
-def decode_command(data: bytes) -> DeviceCommand:
-    """Frame bytes -> DeviceCommand; raises DecodeError on anything malformed."""
+def decode_header(data: bytes) -> tuple[int, str]:
+    """(epoch, command_id) of a frame, without its action (what the downlink gate needs);
+    DecodeError(BAD_ENVELOPE) if it has no valid header."""
     if len(data) < HEADER_SIZE:
         raise DecodeError(
             DeadLetterReason.BAD_ENVELOPE,
@@ -93,6 +94,12 @@ def decode_command(data: bytes) -> DeviceCommand:
     version, epoch, raw_id = _HEADER.unpack_from(data)
     if version != FRAME_VERSION:
         raise DecodeError(DeadLetterReason.BAD_ENVELOPE, f"unknown command frame version {version}")
+    return epoch, str(uuid.UUID(bytes=raw_id))
+
+
+def decode_command(data: bytes) -> DeviceCommand:
+    """Frame bytes -> DeviceCommand; raises DecodeError on anything malformed."""
+    epoch, command_id = decode_header(data)
     values = lpp_decode(data[HEADER_SIZE:])
     if len(values) != 1:
         raise DecodeError(
@@ -106,4 +113,4 @@ def decode_command(data: bytes) -> DeviceCommand:
             f"no command action on channel {item.channel} with type {item.type.name}",
         )
     name, cast = known
-    return DeviceCommand(epoch, str(uuid.UUID(bytes=raw_id)), name, cast(item.value[0]))
+    return DeviceCommand(epoch, command_id, name, cast(item.value[0]))

@@ -16,9 +16,7 @@ devices execute a command_id at most once.
 from __future__ import annotations
 
 import os
-import struct
 import threading
-import uuid
 from collections import Counter
 from dataclasses import dataclass
 from enum import StrEnum
@@ -26,10 +24,8 @@ from pathlib import Path
 
 import orjson
 
-from bridges.downlink_frame import FRAME_VERSION, HEADER_SIZE
+from bridges.downlink_frame import decode_header
 from cluster.errors import (
-    DeadLetterReason,
-    DecodeError,
     FailedPreconditionError,
     InvalidArgumentError,
 )
@@ -137,8 +133,6 @@ def _check_epoch(epoch: int) -> None:
 
 # --- the command frame's header ------------------------------------------------------------
 
-_HEADER = struct.Struct(">BQ16s")  # the same layout as bridges.downlink_frame
-
 
 @dataclass(frozen=True, slots=True)
 class FrameHeader:
@@ -151,15 +145,8 @@ def read_frame_header(data: bytes) -> FrameHeader:
 
     Only the header: the gate fences, it does not need to understand the action.
     """
-    if len(data) < HEADER_SIZE:
-        raise DecodeError(
-            DeadLetterReason.BAD_ENVELOPE,
-            f"command frame is {len(data)} bytes, shorter than its {HEADER_SIZE}-byte header",
-        )
-    version, epoch, raw_id = _HEADER.unpack_from(data)
-    if version != FRAME_VERSION:
-        raise DecodeError(DeadLetterReason.BAD_ENVELOPE, f"unknown command frame version {version}")
-    return FrameHeader(epoch, str(uuid.UUID(bytes=raw_id)))
+    epoch, command_id = decode_header(data)
+    return FrameHeader(epoch, command_id)
 
 
 # --- the mark on disk ----------------------------------------------------------------------
