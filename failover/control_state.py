@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
@@ -296,7 +297,40 @@ def _check_page(limit: int) -> None:
         raise InvalidArgumentError(f"limit must be in 1..{MAX_PAGE}, got {limit}")
 
 
-class InMemoryControlState:
+class StoreBase(ABC):
+    """What every ControlState derives the same way from `list_raw` and `put_many`."""
+
+    @abstractmethod
+    async def list_raw(
+        self, prefix: str, *, limit: int = 100, start_after: str = "", revision: int | None = None
+    ) -> Page[bytes]: ...
+
+    @abstractmethod
+    async def put_many(self, items: Sequence[tuple[str, Message | None]], *, epoch: int) -> int: ...
+
+    async def list(
+        self,
+        prefix: str,
+        message_type: type[M],
+        *,
+        limit: int = 100,
+        start_after: str = "",
+        revision: int | None = None,
+    ) -> Page[M]:
+        raw = await self.list_raw(prefix, limit=limit, start_after=start_after, revision=revision)
+        entries = tuple(
+            Entry(e.key, decode(e.key, e.value, message_type), e.mod_revision) for e in raw.entries
+        )
+        return Page(entries, raw.revision, raw.next_start_after)
+
+    async def put(self, key: str, message: Message, *, epoch: int) -> int:
+        return await self.put_many([(key, message)], epoch=epoch)
+
+    async def delete(self, key: str, *, epoch: int) -> int:
+        return await self.put_many([(key, None)], epoch=epoch)
+
+
+class InMemoryControlState(StoreBase):
     """A `ControlState` in one process, with etcd's revision, history and compaction rules.
 
     Revisions start at 1 (an empty etcd) and rise by one per transaction that
@@ -399,28 +433,7 @@ class InMemoryControlState:
         next_start_after = entries[-1].key if more else None
         return Page(tuple(entries), at, next_start_after)
 
-    async def list(
-        self,
-        prefix: str,
-        message_type: type[M],
-        *,
-        limit: int = 100,
-        start_after: str = "",
-        revision: int | None = None,
-    ) -> Page[M]:
-        raw = await self.list_raw(prefix, limit=limit, start_after=start_after, revision=revision)
-        entries = tuple(
-            Entry(e.key, decode(e.key, e.value, message_type), e.mod_revision) for e in raw.entries
-        )
-        return Page(entries, raw.revision, raw.next_start_after)
-
     # -- writes
-
-    async def put(self, key: str, message: Message, *, epoch: int) -> int:
-        return await self.put_many([(key, message)], epoch=epoch)
-
-    async def delete(self, key: str, *, epoch: int) -> int:
-        return await self.put_many([(key, None)], epoch=epoch)
 
     async def put_many(self, items: Sequence[tuple[str, Message | None]], *, epoch: int) -> int:
         self._fence(epoch)

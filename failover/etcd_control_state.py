@@ -58,6 +58,7 @@ from failover.control_state import (
     M,
     Page,
     RevisionCompactedError,
+    StoreBase,
     city_root,
     decode,
     namespace_of,
@@ -141,7 +142,7 @@ def is_transient(exc: BaseException) -> bool:
 # --- the etcd state -----------------------------------------------------------
 
 
-class EtcdControlState:
+class EtcdControlState(StoreBase):
     """A `ControlState` in etcd under `city_root(city)`; only the epoch's leader can write.
 
     Calls that fail for lack of a reachable member are retried (another member,
@@ -348,28 +349,7 @@ class EtcdControlState:
             start = bytes(response.kvs[-1].key) + b"\0"
         return Page(tuple(entries), at, entries[-1].key if more else None)
 
-    async def list(
-        self,
-        prefix: str,
-        message_type: type[M],
-        *,
-        limit: int = 100,
-        start_after: str = "",
-        revision: int | None = None,
-    ) -> Page[M]:
-        raw = await self.list_raw(prefix, limit=limit, start_after=start_after, revision=revision)
-        entries = tuple(
-            Entry(e.key, decode(e.key, e.value, message_type), e.mod_revision) for e in raw.entries
-        )
-        return Page(entries, raw.revision, raw.next_start_after)
-
     # -- writes
-
-    async def put(self, key: str, message: Message, *, epoch: int) -> int:
-        return await self.put_many([(key, message)], epoch=epoch)
-
-    async def delete(self, key: str, *, epoch: int) -> int:
-        return await self.put_many([(key, None)], epoch=epoch)
 
     async def put_many(self, items: Sequence[tuple[str, Message | None]], *, epoch: int) -> int:
         try:
