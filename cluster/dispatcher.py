@@ -175,14 +175,18 @@ class Dispatcher:
         """A new leader sends every unfinished command again, under its own epoch and
         with the same command_id (devices execute a command_id once). Returns how many."""
         sent = 0
-        async with self._lock:
-            for record in list(self._pending.values()):
+        for command_id in list(self._pending):
+            # One at a time under the lock: operators' new commands need not wait for all.
+            async with self._lock:
+                record = self._pending.get(command_id)
+                if record is None:
+                    continue  # finished meanwhile (an ack)
                 try:
                     await self._send(record)
                     sent += 1
                 except FailedPreconditionError as error:
                     # No attempt or time left: the ledger loop fails or expires it.
-                    log.info("not replaying %s: %s", record.command.command_id, error.message)
+                    log.info("not replaying %s: %s", command_id, error.message)
         return sent
 
     # --- policy decisions ----------------------------------------------------------------
