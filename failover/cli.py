@@ -101,10 +101,30 @@ def lease_text(status: admin_pb2.FailoverStatus) -> str:
     return f"{status.lease_remaining_ms / 1000:.2f} s"
 
 
-def lag_text(status: admin_pb2.FailoverStatus) -> str:
+def lag_text(status: admin_pb2.FailoverStatus, leader_applied: int | None = None) -> str:
+    """A standby's lag behind the leader's own applied revision when the leader answered
+    (the store's revision also counts leader-key writes, which no post applies)."""
+    if (
+        leader_applied is not None
+        and status.role != admin_pb2.POST_ROLE_LEADER
+        and status.HasField("applied_revision")
+    ):
+        return f"{max(0, leader_applied - status.applied_revision)} rev"
     if not status.HasField("lag_revisions"):
         return "unknown"
     return f"{status.lag_revisions} rev"
+
+
+def leader_applied(views: Sequence[PostView]) -> int | None:
+    for view in views:
+        status = view.status
+        if (
+            status is not None
+            and status.role == admin_pb2.POST_ROLE_LEADER
+            and status.HasField("applied_revision")
+        ):
+            return status.applied_revision
+    return None
 
 
 def leader_text(status: admin_pb2.FailoverStatus) -> str:
@@ -115,7 +135,7 @@ def leader_text(status: admin_pb2.FailoverStatus) -> str:
     return status.leader_name
 
 
-def status_row(view: PostView) -> tuple[str, ...]:
+def status_row(view: PostView, leader_revision: int | None = None) -> tuple[str, ...]:
     status = view.status
     if status is None:
         return ("?", view.address, "unreachable", "-", "-", "-", "-", view.error)
@@ -126,7 +146,7 @@ def status_row(view: PostView) -> tuple[str, ...]:
         str(status.epoch) if status.epoch else "-",
         leader_text(status),
         lease_text(status),
-        lag_text(status),
+        lag_text(status, leader_revision),
         status.store_error,
     )
 
@@ -154,7 +174,7 @@ def status_table(views: Sequence[PostView]) -> TableData:
     return TableData(
         title="failover",
         columns=("post", "address", "role", "epoch", "leader", "lease left", "lag", "note"),
-        rows=[status_row(view) for view in views],
+        rows=[status_row(view, leader_applied(views)) for view in views],
         footer=agreement(views),
     )
 

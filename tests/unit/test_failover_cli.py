@@ -283,3 +283,18 @@ def test_the_handover_is_done_only_under_a_newer_epoch() -> None:
     assert not cli.took_over(status("backup", LEADER, epoch=7, leader="backup"), "backup", 7)
     assert not cli.took_over(status("backup", STANDBY, epoch=9), "backup", 7)
     assert not cli.took_over(status("primary", LEADER, epoch=9), "backup", 7)
+
+
+def test_a_standbys_lag_is_measured_against_what_the_leader_applied() -> None:
+    leader = admin_pb2.FailoverStatus(
+        post="primary", role=LEADER, epoch=9, applied_revision=120, lag_revisions=2
+    )
+    standby = admin_pb2.FailoverStatus(
+        post="backup", role=STANDBY, epoch=9, applied_revision=115, lag_revisions=7
+    )
+    rows = cli.status_table([cli.PostView(PRIMARY, leader), cli.PostView(BACKUP, standby)]).rows
+    lag = {row[0]: row[6] for row in rows}
+    # Not the store's count, which includes leader-key writes nobody applies.
+    assert lag == {"primary": "2 rev", "backup": "5 rev"}
+    alone = cli.status_table([cli.PostView(BACKUP, standby)]).rows
+    assert alone[0][6] == "7 rev"  # without the leader's answer: the store's figure
