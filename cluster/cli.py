@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from chaos.cli import add_drill_parser
 from cluster.config import Config, load_config, parse_override
 from cluster.errors import CitypostError, DecodeError
 from console.cli import add_console_parser
@@ -109,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_console_parser(commands)
     add_failover_parser(commands)
+    add_drill_parser(commands)
     return parser
 
 
