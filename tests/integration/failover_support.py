@@ -15,13 +15,14 @@ import socket
 import threading
 import time
 import urllib.request
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import aetcd
 import grpc
 
+from chaos.evidence import executions_from_log
+from chaos.invariants import executed_once, single_commander
 from cluster.etcd_local import LocalEtcd
 from cluster.system import CitySystem, LeaderNow
 from console.client import CallFailedError, PostClient, PostUnreachableError, RetryPolicy
@@ -274,26 +275,12 @@ async def wait_executed(network_server: NetworkServer, commands: Sequence[Acked]
         await asyncio.sleep(0.2)
 
 
-def executed_twice(log: Sequence[Execution]) -> list[tuple[str, str]]:
-    return [k for k, n in Counter((e.dev_eui, e.command_id) for e in log).items() if n > 1]
-
-
-def older_epoch_after_newer(log: Sequence[Execution]) -> list[tuple[Execution, int]]:
-    """Executions under an epoch older than one already executed before them in the log."""
-    late: list[tuple[Execution, int]] = []
-    highest = 0
-    for e in log:
-        if e.epoch < highest:
-            late.append((e, highest))
-        highest = max(highest, e.epoch)
-    return late
-
-
 def check_execution_log(log: Sequence[Execution]) -> None:
-    twice = executed_twice(log)
-    assert not twice, f"executed twice by a device: {twice[:20]}"
-    late = older_epoch_after_newer(log)
-    assert not late, f"executed under an older epoch after a newer one's first: {late[:20]}"
+    """The drills' own invariants over the devices' log: none executed twice, and no
+    older epoch executed after a newer one's first (ordered by the devices' clock)."""
+    events = executions_from_log(log)
+    broken = single_commander(events) + executed_once(events)
+    assert not broken, "\n".join(f"{v.invariant}: {v.detail}" for v in broken[:20])
 
 
 def lost_commands(address: str, acked: Sequence[Acked]) -> list[tuple[Acked, str]]:
