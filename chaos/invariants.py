@@ -31,6 +31,15 @@ EXECUTED_ONCE = "executed_once"
 WRITES_DURABLE = "acknowledged_writes_present"
 COMMANDS_SETTLED = "commands_settled_within_ttl"
 TELEMETRY_GAP = "telemetry_gap_bounded"
+# Every invariant check_all checks, in its order (a report lists the held ones too).
+INVARIANTS: tuple[str, ...] = (
+    SINGLE_COMMANDER,
+    SINGLE_LEADER_KEY,
+    EXECUTED_ONCE,
+    WRITES_DURABLE,
+    COMMANDS_SETTLED,
+    TELEMETRY_GAP,
+)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from actors.catalog import actor_name
-from cluster.errors import CitypostError, InvalidArgumentError, NotLeaderError
+from cluster.errors import CitypostError, InvalidArgumentError
 from failover.election import ElectionStatus, Role
 from protos.citypost.v1 import admin_pb2, admin_pb2_grpc
 
@@ -170,19 +170,10 @@ class PostAdminService(admin_pb2_grpc.PostAdminServicer):
             done = self._resigns.get(key)
             if done is not None:
                 return done
-            status = leadership.status()
-            if status.role is not Role.LEADER or status.epoch is None:
-                leader = status.leader
-                where = f"{leader.name} leads at {leader.address}" if leader else "nobody leads now"
-                raise NotLeaderError(
-                    f"post {leadership.name} does not lead ({status.action.value}): {where}; "
-                    "send Resign to the leader",
-                    leader_name=leader.name if leader else "",
-                    leader_address=leader.address if leader else "",
-                )
+            epoch = leadership.command_epoch()  # NotLeaderError, naming the leader, if not
             await leadership.resign(hold_off_s=hold_off_s)
             answer = admin_pb2.ResignResponse(
-                post=leadership.name, resigned_epoch=status.epoch, hold_off_ms=request.hold_off_ms
+                post=leadership.name, resigned_epoch=epoch, hold_off_ms=request.hold_off_ms
             )
             self._resigns[key] = answer
             while len(self._resigns) > REMEMBERED_RESIGNS:

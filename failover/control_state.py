@@ -292,7 +292,22 @@ def _check_write(key: str, message: Message | None) -> None:
         )
 
 
-def _check_page(limit: int) -> None:
+def encode_items(items: Sequence[tuple[str, Message | None]]) -> list[tuple[str, bytes | None]]:
+    """A transaction's items checked (namespaced keys, once each, the right record type)
+    and serialized; None stays a delete. Every store validates a write this way."""
+    seen: set[str] = set()
+    encoded: list[tuple[str, bytes | None]] = []
+    for key, message in items:
+        namespace_of(key)
+        if key in seen:
+            raise InvalidArgumentError(f"duplicate key in one transaction: {key}")
+        seen.add(key)
+        _check_write(key, message)
+        encoded.append((key, None if message is None else message.SerializeToString()))
+    return encoded
+
+
+def check_page(limit: int) -> None:
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidArgumentError(f"limit must be in 1..{MAX_PAGE}, got {limit}")
 
@@ -412,7 +427,7 @@ class InMemoryControlState(StoreBase):
         start_after: str = "",
         revision: int | None = None,
     ) -> Page[bytes]:
-        _check_page(limit)
+        check_page(limit)
         at = self._read_revision(revision)
         entries: list[Entry[bytes]] = []
         if start_after >= prefix:
@@ -437,16 +452,8 @@ class InMemoryControlState(StoreBase):
 
     async def put_many(self, items: Sequence[tuple[str, Message | None]], *, epoch: int) -> int:
         self._fence(epoch)
-        seen: set[str] = set()
-        encoded: list[tuple[str, bytes | None]] = []
         # Validate everything before changing anything: the transaction is all or none.
-        for key, message in items:
-            namespace_of(key)
-            if key in seen:
-                raise InvalidArgumentError(f"duplicate key in one transaction: {key}")
-            seen.add(key)
-            _check_write(key, message)
-            encoded.append((key, None if message is None else message.SerializeToString()))
+        encoded = encode_items(items)
         # Like etcd, deleting an absent key is no change and does not raise the revision.
         effective = [
             (key, value)

@@ -346,10 +346,10 @@ class Election:
         decision = self._decide(self._clock())
         if not decision.may_command or decision.epoch is None:
             leader = decision.leader
-            where = f"{leader.name} at {leader.address}" if leader else "nobody leads right now"
+            where = f"{leader.name} leads at {leader.address}" if leader else "nobody leads now"
             raise NotLeaderError(
                 f"post {self.name} does not lead ({decision.action.value}): {where}; "
-                "send writes to the leader",
+                "send writes (and Resign) to the leader",
                 leader_name=leader.name if leader else "",
                 leader_address=leader.address if leader else "",
             )
@@ -382,12 +382,7 @@ class Election:
         lease = self._lease
         if lease is None:
             raise FailedPreconditionError(f"post {self.name} has no lease to campaign with")
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(_TRANSIENT),
-            stop=stop_after_delay(self.config.lease_ttl_s),
-            wait=wait_exponential(multiplier=0.05, max=0.5),
-            reraise=True,
-        )
+        retrying = self._retrying()
         try:
             answer: tuple[LeaderRecord, int] = await retrying(self._campaign_txn, lease.lease_id)
             record, revision = answer
@@ -433,17 +428,21 @@ class Election:
             self._kick.set()  # a fresh lease for standing by
             self._wake.set()
 
-    async def _revoke(self) -> None:
-        lease, self._lease = self._lease, None
-        self._wake.set()
-        if lease is None:
-            return
-        retrying = AsyncRetrying(
+    def _retrying(self) -> AsyncRetrying:
+        """Transient etcd failures retried for at most a lease TTL."""
+        return AsyncRetrying(
             retry=retry_if_exception_type(_TRANSIENT),
             stop=stop_after_delay(self.config.lease_ttl_s),
             wait=wait_exponential(multiplier=0.05, max=0.5),
             reraise=True,
         )
+
+    async def _revoke(self) -> None:
+        lease, self._lease = self._lease, None
+        self._wake.set()
+        if lease is None:
+            return
+        retrying = self._retrying()
         try:
             await retrying(self._client.revoke_lease, lease.lease_id)
         except aetcd.ClientError as exc:

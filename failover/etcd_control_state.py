@@ -50,7 +50,6 @@ from cluster.errors import CitypostError, InfrastructureError, InvalidArgumentEr
 from cluster.etcd_local import etcd_client
 from failover.control_state import (
     LEADER_KEY,
-    MAX_PAGE,
     NAMESPACES,
     Change,
     Entry,
@@ -59,10 +58,11 @@ from failover.control_state import (
     Page,
     RevisionCompactedError,
     StoreBase,
+    check_page,
     city_root,
     decode,
+    encode_items,
     namespace_of,
-    record_type_for,
 )
 
 log = logging.getLogger(__name__)
@@ -97,29 +97,11 @@ def prefix_range_end(prefix: bytes) -> bytes:
     return b"\0"  # all 0xff: up to the end of the keyspace
 
 
-def check_page(limit: int) -> None:
-    if not 1 <= limit <= MAX_PAGE:
-        raise InvalidArgumentError(f"limit must be in 1..{MAX_PAGE}, got {limit}")
-
-
-def encode_items(
+def encode_txn(
     items: Sequence[tuple[str, Message | None]], *, max_ops: int
 ) -> list[tuple[str, bytes | None]]:
-    """Validate a transaction's items as InMemoryControlState does, then encode them."""
-    seen: set[str] = set()
-    encoded: list[tuple[str, bytes | None]] = []
-    for key, message in items:
-        namespace_of(key)
-        if key in seen:
-            raise InvalidArgumentError(f"duplicate key in one transaction: {key}")
-        seen.add(key)
-        expected = record_type_for(key)
-        if message is not None and expected is not None and not isinstance(message, expected):
-            raise InvalidArgumentError(
-                f"{key}: expected a {expected.DESCRIPTOR.full_name}, "
-                f"got a {message.DESCRIPTOR.full_name}"
-            )
-        encoded.append((key, None if message is None else message.SerializeToString()))
+    """The items checked and encoded as every store does, within etcd's txn size."""
+    encoded = encode_items(items)
     if len(encoded) > max_ops:
         raise InvalidArgumentError(
             f"put_many: {len(encoded)} items exceed etcd's {max_ops} operations per "
@@ -353,7 +335,7 @@ class EtcdControlState(StoreBase):
 
     async def put_many(self, items: Sequence[tuple[str, Message | None]], *, epoch: int) -> int:
         try:
-            encoded = encode_items(items, max_ops=self._max_txn_ops)
+            encoded = encode_txn(items, max_ops=self._max_txn_ops)
         except InvalidArgumentError:
             # The in-memory state fences before it validates: a deposed writer hears so first.
             await self._raise_if_fenced(epoch)

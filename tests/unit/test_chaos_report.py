@@ -20,7 +20,6 @@ from chaos.evidence import (
     Telemetry,
 )
 from chaos.report import (
-    INVARIANTS,
     report_dict,
     report_markdown,
     timeline_series,
@@ -100,7 +99,7 @@ def test_failed_round_writes_all_three_files_naming_what_broke(tmp_path: Path) -
     assert data["round"] == 2
     assert data["ok"] is False
     assert data["broken"] == [inv.SINGLE_COMMANDER, inv.TELEMETRY_GAP]
-    assert list(data["invariants"]) == list(INVARIANTS)
+    assert list(data["invariants"]) == list(inv.INVARIANTS)
     commander = data["invariants"][inv.SINGLE_COMMANDER]
     assert commander["held"] is False
     assert "command c9 of epoch 5" in commander["violations"][0]
