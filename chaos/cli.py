@@ -1,17 +1,22 @@
 """`citypost drill ...`: the SRE team's chaos drills.
 
 `add_drill_parser` hangs `drill list` and `drill run` under the `citypost`
-parser. `list` shows every scenario of chaos/scenarios.py. `run` parses and
-checks its arguments, but the runner (steady-state check, injection, heal,
-invariants, report) is not built yet: it says so and exits 3.
+parser. `list` shows every scenario of chaos/scenarios.py. `run` starts the
+drill's own system (a small city, or the one `--against CONFIG` describes),
+runs the scenario's rounds with chaos/runner.py, writes a report per round and
+exits non-zero when an invariant broke.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from chaos import scenarios
@@ -23,13 +28,20 @@ PROG = "citypost drill"
 
 # Exit statuses (also in --help).
 EXIT_OK = 0
+EXIT_BROKEN = 1  # an invariant or an expectation broke in some round
 EXIT_USAGE = 2  # unknown scenario or bad arguments (argparse)
-EXIT_NOT_BUILT = 3  # `drill run`: the runner does not exist yet
+EXIT_REFUSED = 4  # the steady state did not hold before a fault: nothing injected
+EXIT_INFRASTRUCTURE = 5  # the system could not be started, or a fault or heal failed
+EXIT_INTERRUPTED = 130
 
 EXIT_CODES_HELP = """exit status:
   list:  0
-  run:   2 unknown scenario or bad arguments;
-         3 the drill runner is not built yet: nothing was run
+  run:   0 every round held every invariant;
+         1 an invariant or the scenario's expectation broke (see the reports);
+         2 unknown scenario or bad arguments;
+         4 refused: the steady state did not hold before a fault (nothing injected);
+         5 the system could not be started, or a fault or its heal failed;
+         130 interrupted (the fault was healed and the system stopped first)
 """
 
 
@@ -38,7 +50,7 @@ def list_table(items: Sequence[Scenario]) -> TableData:
         title="drills",
         columns=("scenario", "breaks", "must hold"),
         rows=[(s.name, s.breaks, s.must_hold) for s in items],
-        footer="run one: citypost drill run SCENARIO (not built yet)",
+        footer="run one: citypost drill run SCENARIO [--rounds N]",
     )
 
 
@@ -66,11 +78,67 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     scenario: Scenario = args.scenario
-    _complain(
-        f"the drill runner is not built yet: {scenario.name} was not run "
-        f"({args.rounds} round{'s' if args.rounds != 1 else ''} asked)"
-    )
-    return EXIT_NOT_BUILT
+    out_dir: Path = args.out or Path("drills") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        with _terminate_as_interrupt():
+            return _run_rounds(scenario, args.rounds, args.against, out_dir.resolve(), args.seed)
+    except KeyboardInterrupt:
+        _complain("interrupted: the fault was healed and the drill's system stopped")
+        return EXIT_INTERRUPTED
+
+
+def _run_rounds(
+    scenario: Scenario, rounds: int, against: Path | None, out_dir: Path, seed: int
+) -> int:
+    from chaos.drill_system import drill_config, own_system
+    from chaos.runner import DrillRunner, SteadyStateRefused
+    from cluster.config import load_config
+    from cluster.errors import CitypostError
+
+    try:
+        config = drill_config(load_config(against), small=False) if against else drill_config()
+    except CitypostError as error:
+        _complain(error.message)
+        return EXIT_USAGE
+    _say(f"drill {scenario.name}: {scenario.breaks}")
+    _say(f"must hold: {scenario.must_hold}")
+    _say(f"starting the drill's system (city {config.city.name}, scale {config.city.scale:g}) ...")
+    broken = 0
+    try:
+        with (
+            own_system(config, out_dir / "system") as drill,
+            DrillRunner(drill.system, drill.drilled(seed=seed), out_dir) as runner,
+        ):
+            for round_ in range(1, rounds + 1):
+                result = runner.run_round(scenario, round_)
+                verdict = "PASS" if result.ok else "FAIL: " + ", ".join(result.report.broken())
+                _say(f"round {round_}/{rounds}: {verdict}  ({result.files.markdown})")
+                broken += not result.ok
+    except SteadyStateRefused as refused:
+        _complain(f"refused, nothing injected: {refused.message}")
+        return EXIT_REFUSED
+    except CitypostError as error:
+        _complain(f"{type(error).__name__}: {error.message}")
+        return EXIT_INFRASTRUCTURE
+    _say(f"{rounds - broken} of {rounds} rounds held; reports in {out_dir}")
+    return EXIT_BROKEN if broken else EXIT_OK
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler stopping the drill) unwinds like Ctrl-C: heal, then stop."""
+
+    def raise_interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # --- argument types ------------------------------------------------------------------------
@@ -133,11 +201,12 @@ def add_drill_parser(commands: argparse._SubParsersAction) -> None:
 
     run = sub.add_parser(
         "run",
-        help="run a drill (NOT BUILT YET: checks the arguments, runs nothing, exits 3)",
+        help="run a drill on the drill's own system and write its reports",
         description=(
-            "Run a drill: check the steady state, inject the fault, heal, check the steady "
-            "state and the invariants, write a report. NOT BUILT YET: this checks the "
-            "arguments, says the runner is missing and exits 3 without touching anything."
+            "Run a drill: start the drill's own system (a small city with both posts, or "
+            "the one CONFIG describes), then per round check the steady state, inject the "
+            "fault, heal it (always, also when interrupted), check the steady state and "
+            "the invariants, and write report.json, report.md and timeline.png."
         ),
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -155,8 +224,18 @@ def add_drill_parser(commands: argparse._SubParsersAction) -> None:
         "--against",
         type=_config_file,
         metavar="CONFIG",
-        help="a TOML config describing a running system (default: start a small one)",
+        help=(
+            "a TOML config (as for `citypost demo`) describing the system the drill starts "
+            "and drills (default: a small city)"
+        ),
     )
+    run.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="where the reports go (default: drills/SCENARIO-YYYYmmdd-HHMMSS)",
+    )
+    run.add_argument("--seed", type=int, default=0, help="seed of the faults' randomness")
     run.set_defaults(handler=_cmd_run)
 
 

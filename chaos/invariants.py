@@ -294,6 +294,16 @@ class Report:
     violations: tuple[Violation, ...]
     gaps: Mapping[str, Gap]
     measures: Measures
+    checked: tuple[str, ...] = INVARIANTS  # every name checked, held or not
+
+    def adding(self, names: Sequence[str], violations: Sequence[Violation]) -> Report:
+        """This report with more checks (a scenario's own expectations) and their results."""
+        return Report(
+            (*self.violations, *violations),
+            self.gaps,
+            self.measures,
+            (*self.checked, *(n for n in names if n not in self.checked)),
+        )
 
     @property
     def ok(self) -> bool:

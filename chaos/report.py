@@ -56,7 +56,7 @@ def report_dict(
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON report: fixed keys, every invariant (held or not) with its violations."""
-    by_invariant: dict[str, list[str]] = {name: [] for name in inv.INVARIANTS}
+    by_invariant: dict[str, list[str]] = {name: [] for name in report.checked}
     for v in report.violations:
         by_invariant.setdefault(v.invariant, []).append(v.detail)
     checked = report.to_dict()
@@ -206,6 +206,7 @@ class TimelineSeries:
     telemetry_rate: Mapping[str, tuple[float, ...]]
     executions_rate: Mapping[int, tuple[float, ...]]
     epochs: tuple[int, ...]
+    issued_rate: tuple[float, ...] = ()  # commands the ledger shows issued (group = 1)
 
 
 def timeline_series(evidence: Evidence) -> TimelineSeries:
@@ -254,6 +255,7 @@ def timeline_series(evidence: Evidence) -> TimelineSeries:
         runs[e.epoch].append(e.at_ms)
 
     epochs = sorted({t.epoch for t in evidence.leaders} | set(runs))
+    issued = [c.issued_at_ms for c in evidence.ledger if lo <= c.issued_at_ms <= hi]
     return TimelineSeries(
         from_s=(lo - zero) / 1000,
         to_s=(lo + n_bins * bin_s * 1000 - zero) / 1000,
@@ -264,6 +266,7 @@ def timeline_series(evidence: Evidence) -> TimelineSeries:
         telemetry_rate={cls: rate(pts) for cls, pts in sorted(telemetry.items())},
         executions_rate={ep: rate(runs[ep]) for ep in sorted(runs)},
         epochs=tuple(epochs),
+        issued_rate=rate(issued) if issued else (),
     )
 
 
@@ -321,10 +324,14 @@ def draw_timeline(series: TimelineSeries, path: Path, *, title: str) -> None:
             label=f"epoch {epoch}",
         )
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    if series.issued_rate:
+        ax_exec.stairs(
+            series.issued_rate, edges, color="black", lw=1.2, label="commands issued (ledger)"
+        )
     ax_exec.set_ylabel("executed/s")
-    _headroom(ax_exec, bottom)
+    _headroom(ax_exec, [*bottom, *series.issued_rate])
     ax_exec.set_xlabel("time from fault start (s)")
-    if series.executions_rate:
+    if series.executions_rate or series.issued_rate:
         ax_exec.legend(loc="upper right", fontsize=7)
     else:
         _note(ax_exec, "no executions recorded")

@@ -224,6 +224,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         kind=FaultKind.SWITCHOVER,
         heal="switch back to the post that led before (a second switchover)",
         target=Target.LEADER,
+        hold_ttl=2.0,  # the standby leads a while before the switchback
         leader_change=LeaderChange.REQUIRED,
         limits=Limits(takeover_ttl=1.0, telemetry_gap_ttl=_gaps(2.0)),
     ),

@@ -75,6 +75,9 @@ class _Track:
     down: bool = True  # until first restored
     restarts: int = 0
     applied: int = 0
+    # The Ray worker process the actor last answered a health ping or a restore from
+    # (0: none yet): what a drill SIGKILLs to crash the actor.
+    worker_pid: int = 0
     answered_at: float = float("-inf")  # monotonic: the actor's last good answer
 
     def next_event(self) -> _Event | None:
@@ -93,6 +96,7 @@ class FeedStats:
     buffered_events: int
     applied_by_actor: dict[str, int]
     delivery_failures: int
+    worker_pids: dict[str, int] = field(default_factory=dict)  # 0: not known yet
 
 
 class ActorFeed:
@@ -214,6 +218,8 @@ class ActorFeed:
             with self._cond:
                 for key, health in zip(up, healths, strict=True):
                     track = self._tracks[key]
+                    if isinstance(health, Health):
+                        track.worker_pid = health.pid
                     if (
                         isinstance(health, BaseException)
                         or not health.restored
@@ -245,6 +251,7 @@ class ActorFeed:
                     track.down = True
                     continue
                 assert isinstance(health, Health)
+                track.worker_pid = health.pid
                 if not health.restored:
                     if track.incarnation is not None:
                         track.restarts += 1
@@ -260,6 +267,8 @@ class ActorFeed:
                 for (key, snapshot), result in zip(to_restore, results, strict=True):
                     track = self._tracks[key]
                     track.down = isinstance(result, BaseException)
+                    if isinstance(result, Health):
+                        track.worker_pid = result.pid
                     if not track.down:
                         track.acked = int(snapshot["seq"]) if snapshot else 0
                         track.applied = int(snapshot["applied"]) if snapshot else 0
@@ -417,4 +426,5 @@ class ActorFeed:
             buffered_events=sum(len(t.events) for _, t in tracks),
             applied_by_actor={actor_name(*k): t.applied for k, t in tracks},
             delivery_failures=self._delivery_failures,
+            worker_pids={actor_name(*k): t.worker_pid for k, t in tracks},
         )

@@ -120,6 +120,7 @@ class PostAdminService(admin_pb2_grpc.PostAdminServicer):
                     healthy=name not in down,
                     restarts=feed.restarts.get(name, 0),
                     devices=len(devices),
+                    worker_pid=feed.worker_pids.get(name, 0),
                 )
             )
         return admin_pb2.PostStatus(

@@ -59,6 +59,7 @@ from failover.control_state import (
     incident_key,
     key_id,
     ledger_key,
+    list_all,
     namespace_of,
     notification_key,
     override_key,
@@ -835,11 +836,4 @@ def _class_group(actor: str) -> tuple[assets_pb2.AssetClass.ValueType, str]:
 
 
 async def _all(state: ControlState, prefix: str, message_type: type[M]) -> list[M]:
-    out: list[M] = []
-    start_after = ""
-    while True:
-        page = await state.list(prefix, message_type, limit=500, start_after=start_after)
-        out.extend(entry.value for entry in page.entries)
-        if page.next_start_after is None:
-            return out
-        start_after = page.next_start_after
+    return [entry.value for entry in await list_all(state, prefix, message_type)]

@@ -13,6 +13,7 @@ import os
 import platform
 import signal
 import threading
+import time
 import urllib.request
 import uuid
 from collections.abc import Sequence
@@ -205,6 +206,28 @@ class LocalEtcd:
 
     def member_healthy(self, i: int) -> bool:
         return member_is_healthy(self.members[self._check_index(i)].client_url)
+
+    def raft_leader(self) -> int | None:
+        """The index of the member that is etcd's Raft leader (its /metrics say so), if any."""
+        for member in self.members:
+            if not self.member_alive(member.index):
+                continue
+            try:
+                with urllib.request.urlopen(f"{member.client_url}/metrics", timeout=2.0) as resp:
+                    text = resp.read().decode()
+            except OSError:
+                continue
+            if "\netcd_server_is_leader 1" in text:
+                return member.index
+        return None
+
+    def wait_all_healthy(self, timeout_s: float) -> None:
+        """Until every member answers /health with a leader; InfrastructureError after."""
+        deadline = time.monotonic() + timeout_s
+        while not all(self.member_healthy(m.index) for m in self.members):
+            if time.monotonic() >= deadline:
+                raise InfrastructureError(f"etcd not healthy on every member within {timeout_s} s")
+            time.sleep(0.1)
 
     def client(self, *, timeout: float | None = 5.0) -> aetcd.Client:
         """An aetcd client that knows every member (see `etcd_client`)."""

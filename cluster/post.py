@@ -116,7 +116,9 @@ class Post:
             observability=observability,
             acks=_Acks(self),
         )
-        self.intensity = RestartIntensity(max_restarts=10, window_s=60.0)
+        self.intensity = RestartIntensity(
+            max_restarts=config.post.max_restarts, window_s=config.post.restart_window_s
+        )
         self.unhealthy_reason = ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []

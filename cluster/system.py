@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,13 +61,26 @@ def post_configs(config: Config) -> list[Config]:
     return out
 
 
+# Given a post's name and the etcd endpoints, the endpoints that post must use: the
+# drills put a link they control between each post and etcd this way.
+EtcdRoute = Callable[[str, Sequence[str]], Sequence[str]]
+
+
 class CitySystem:
-    def __init__(self, config: Config, run_dir: Path, *, uplinks: bool = True) -> None:
+    def __init__(
+        self,
+        config: Config,
+        run_dir: Path,
+        *,
+        uplinks: bool = True,
+        etcd_route: EtcdRoute | None = None,
+    ) -> None:
         # One simulated clock for the city and the posts: the same start and speed.
         sim = config.sim.model_copy(update={"start": config.sim.start_or_now()})
         self.config = config.model_copy(update={"run_dir": run_dir, "sim": sim})
         self.run_dir = run_dir
         self._uplinks = uplinks
+        self._etcd_route = etcd_route
         self._stack = ExitStack()
         self.etcd: LocalEtcd | None = None
         self.broker: LocalMosquitto | None = None
@@ -87,6 +101,7 @@ class CitySystem:
             # One after the other: two Ray heads starting at once on a small machine
             # can starve each other past Ray's own start-up deadlines.
             for config in post_configs(self.config):
+                config = self._routed(config)
                 self._post_configs[config.post.name] = config
                 self.posts[config.post.name] = PostProcess(config, self.run_dir).launch()
                 self._stack.callback(self._stop_post, config.post.name)
@@ -128,6 +143,14 @@ class CitySystem:
                 "mqtt": mqtt,
                 "etcd": config.etcd.model_copy(update={"endpoints": tuple(endpoints)}),
             }
+        )
+
+    def _routed(self, config: Config) -> Config:
+        if self._etcd_route is None:
+            return config
+        endpoints = tuple(self._etcd_route(config.post.name, self.endpoints))
+        return config.model_copy(
+            update={"etcd": config.etcd.model_copy(update={"endpoints": endpoints})}
         )
 
     def stop(self) -> None:

@@ -532,3 +532,17 @@ class InMemoryControlState(StoreBase):
             if self._closed:
                 return
             await changed.wait()
+
+
+async def list_all(
+    state: ControlState, prefix: str, message_type: type[M], *, page_size: int = 500
+) -> list[Entry[M]]:
+    """Every record under `prefix`, page after page, in key order."""
+    out: list[Entry[M]] = []
+    start_after = ""
+    while True:
+        page = await state.list(prefix, message_type, limit=page_size, start_after=start_after)
+        out.extend(page.entries)
+        if page.next_start_after is None:
+            return out
+        start_after = page.next_start_after

@@ -14,7 +14,6 @@ import itertools
 import socket
 import threading
 import time
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -23,15 +22,14 @@ import grpc
 
 from chaos.evidence import executions_from_log
 from chaos.invariants import executed_once, single_commander
-from cluster.etcd_local import LocalEtcd
+from chaos.operator_load import Acked, send
 from cluster.system import CitySystem, LeaderNow
-from console.client import CallFailedError, PostClient, PostUnreachableError, RetryPolicy
+from console.client import PostClient
 from fleet.network_server import Execution, NetworkServer
 from protos.citypost.v1 import (
     admin_pb2,
     admin_pb2_grpc,
     assets_pb2,
-    command_pb2,
     operator_pb2,
     operator_pb2_grpc,
 )
@@ -41,33 +39,6 @@ GROUPS = ("chenove", "fontaine-les-dijon")
 TAKEOVER_BOUND_S = 10.0  # generous: the lease is 2 s
 EXECUTION_BOUND_S = 45.0  # a command sent is executed by every device of its group within this
 OPERATOR = "op-failover"
-
-
-@dataclass(frozen=True)
-class Acked:
-    """A SendCommand the API acknowledged."""
-
-    key: str
-    command_id: str
-    epoch: int
-    group: str
-    acked_at: float  # monotonic
-
-
-def lamp_command(group: str, pct: float) -> command_pb2.Command:
-    return command_pb2.Command(
-        asset_class=assets_pb2.STREET_LAMP,
-        target=command_pb2.Target(group=group),
-        set_brightness=command_pb2.SetBrightness(brightness_pct=pct),
-    )
-
-
-def send(client: PostClient, key: str, group: str, pct: float) -> Acked:
-    request = operator_pb2.SendCommandRequest(
-        idempotency_key=key, command=lamp_command(group, pct), reason="failover test"
-    )
-    record = client.write("SendCommand", request)
-    return Acked(key, record.command.command_id, record.command.epoch, group, time.monotonic())
 
 
 async def send_some(addresses: Sequence[str], prefix: str, n: int, pct: float) -> list[Acked]:
@@ -80,42 +51,6 @@ async def send_some(addresses: Sequence[str], prefix: str, n: int, pct: float) -
         ]
     finally:
         client.close()
-
-
-class Sender:
-    """Sends group commands in a loop on a thread, recording what was acknowledged."""
-
-    def __init__(self, addresses: Sequence[str], prefix: str, *, window_s: float) -> None:
-        # A write window longer than a takeover: an unacknowledged write is retried.
-        policy = RetryPolicy(write_window_s=window_s)
-        self._window_s = window_s
-        self._client = PostClient(list(addresses), operator=OPERATOR, timeout_s=5.0, retry=policy)
-        self._prefix = prefix
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"sender-{prefix}", daemon=True)
-        self.acked: list[Acked] = []
-        self.failed: list[tuple[str, str]] = []  # (key, error): not acknowledged
-
-    def start(self) -> Sender:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=self._window_s + 30)
-        self._client.close()
-
-    def _run(self) -> None:
-        n = 0
-        while not self._stop.is_set():
-            key = f"{self._prefix}-{n}"
-            group = GROUPS[n % len(GROUPS)]
-            try:
-                self.acked.append(send(self._client, key, group, float(10 + n % 80)))
-            except (CallFailedError, PostUnreachableError, grpc.RpcError) as exc:
-                self.failed.append((key, repr(exc)))
-            n += 1
-            self._stop.wait(0.1)
 
 
 # --- the leader, from etcd ------------------------------------------------------------------
@@ -296,32 +231,6 @@ def lost_commands(address: str, acked: Sequence[Acked]) -> list[tuple[Acked, str
             except grpc.RpcError as exc:
                 lost.append((command, exc.code().name))
     return lost
-
-
-# --- etcd -----------------------------------------------------------------------------------
-
-
-def raft_leader(etcd: LocalEtcd) -> int | None:
-    """The index of the member that is etcd's Raft leader (its /metrics say so), if any."""
-    for member in etcd.members:
-        if not etcd.member_alive(member.index):
-            continue
-        try:
-            with urllib.request.urlopen(f"{member.client_url}/metrics", timeout=2.0) as resp:
-                text = resp.read().decode()
-        except OSError:
-            continue
-        if "\netcd_server_is_leader 1" in text:
-            return member.index
-    return None
-
-
-def wait_etcd_healthy(etcd: LocalEtcd, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not all(etcd.member_healthy(m.index) for m in etcd.members):
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"etcd not healthy on every member within {timeout_s} s")
-        time.sleep(0.1)
 
 
 # --- ports ----------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import grpc
 import psutil
 import pytest
 
+from chaos.operator_load import Sender, lamp_command
 from cluster.config import CityConfig, Config, FailoverConfig, PostConfig, SimConfig
 from cluster.errors import InfrastructureError
 from cluster.etcd_local import LocalEtcd
@@ -41,16 +42,12 @@ from tests.integration.failover_support import (
     TAKEOVER_BOUND_S,
     Acked,
     RolePoller,
-    Sender,
     check_execution_log,
     failover_status,
     free_port_pair,
-    lamp_command,
     lost_commands,
-    raft_leader,
     read_leader,
     send_some,
-    wait_etcd_healthy,
     wait_executed,
     wait_leader,
     wait_role,
@@ -243,7 +240,9 @@ async def test_crash_failover_loses_nothing_and_executes_once(city: City) -> Non
     assert not missing, f"not executed before the kill: {missing}"
 
     # Commands in flight; SIGKILL of the leader's whole session (post, Ray head, workers).
-    sender = Sender(city.addresses(), "crash-during", window_s=TAKEOVER_BOUND_S + 5).start()
+    sender = Sender(
+        city.addresses(), "crash-during", window_s=TAKEOVER_BOUND_S + 5, groups=GROUPS
+    ).start()
     city.note_ray_dirs()
     async with system.etcd_client() as etcd:
         try:
@@ -294,7 +293,9 @@ async def test_frozen_leader_is_fenced_and_wakes_as_standby(city: City) -> None:
     dropped_before = gate.stats().dropped
     log_before = len(city.network_server.executions())
 
-    sender = Sender(city.addresses(), "frozen", window_s=TAKEOVER_BOUND_S + 10).start()
+    sender = Sender(
+        city.addresses(), "frozen", window_s=TAKEOVER_BOUND_S + 10, groups=GROUPS
+    ).start()
     thawed = False
     async with system.etcd_client() as etcd:
         try:
@@ -345,7 +346,9 @@ async def test_planned_switchover_and_back(city: City) -> None:
     system = city.system
     started = time.monotonic()
     first, standby = await settled(city)
-    sender = Sender(city.addresses(), "switch", window_s=TAKEOVER_BOUND_S + 5).start()
+    sender = Sender(
+        city.addresses(), "switch", window_s=TAKEOVER_BOUND_S + 5, groups=GROUPS
+    ).start()
     async with system.etcd_client() as etcd:
         try:
             await asyncio.sleep(1.0)
@@ -383,12 +386,14 @@ async def test_losing_one_etcd_member_changes_nothing(city: City) -> None:
     etcd_cluster = city.etcd
     started = time.monotonic()
     leader, _ = await settled(city)
-    raft = await asyncio.to_thread(raft_leader, etcd_cluster)
+    raft = await asyncio.to_thread(etcd_cluster.raft_leader)
     # A follower: a killed Raft leader with short leases may make the post pause briefly.
     victim = next(m.index for m in etcd_cluster.members if m.index != raft)
     print(f"etcd: Raft leader member {raft}, killing member {victim}")
 
-    sender = Sender(city.addresses(), "member", window_s=TAKEOVER_BOUND_S + 5).start()
+    sender = Sender(
+        city.addresses(), "member", window_s=TAKEOVER_BOUND_S + 5, groups=GROUPS
+    ).start()
     seen: list[LeaderNow | None] = []
     restarted = False
     try:
@@ -401,7 +406,7 @@ async def test_losing_one_etcd_member_changes_nothing(city: City) -> None:
                 await asyncio.sleep(0.2)
             await asyncio.to_thread(etcd_cluster.restart_member, victim)
             restarted = True
-            await asyncio.to_thread(wait_etcd_healthy, etcd_cluster, 30.0)
+            await asyncio.to_thread(etcd_cluster.wait_all_healthy, 30.0)
             await asyncio.sleep(1.0)
             seen.append(await read_leader(system, etcd))
     finally:
@@ -429,7 +434,7 @@ async def test_quorum_loss_stops_commanding_and_return_restores_one_leader(city:
     started = time.monotonic()
     old, _ = await settled(city)
     victims = [m.index for m in etcd_cluster.members][:2]
-    sender = Sender(city.addresses(), "quorum", window_s=40.0).start()
+    sender = Sender(city.addresses(), "quorum", window_s=40.0, groups=GROUPS).start()
     restarted = False
     try:
         await asyncio.sleep(1.0)
@@ -454,7 +459,7 @@ async def test_quorum_loss_stops_commanding_and_return_restores_one_leader(city:
         for i in victims:
             await asyncio.to_thread(etcd_cluster.restart_member, i, wait_healthy=False)
         restarted = True
-        await asyncio.to_thread(wait_etcd_healthy, etcd_cluster, 30.0)
+        await asyncio.to_thread(etcd_cluster.wait_all_healthy, 30.0)
         async with system.etcd_client() as etcd:
             new, seen_at = await wait_leader(
                 system, etcd, TAKEOVER_BOUND_S, newer_than=old.epoch - 1

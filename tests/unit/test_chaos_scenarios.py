@@ -152,22 +152,23 @@ def test_bad_run_arguments_exit_2(
     assert "error:" in capsys.readouterr().err
 
 
-def test_run_says_it_is_not_built_and_runs_nothing(
+def test_run_with_an_invalid_config_exits_2_and_starts_nothing(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     config = tmp_path / "city.toml"
-    config.write_text("")
-    argv = ["run", "switchover", "--rounds", "3", "--against", str(config)]
-    assert cli.run(argv) == cli.EXIT_NOT_BUILT
+    config.write_text("[city]\nscale = 7\n")  # scale must be <= 1
+    argv = ["run", "switchover", "--against", str(config), "--out", str(tmp_path / "out")]
+    assert cli.run(argv) == cli.EXIT_USAGE
     captured = capsys.readouterr()
-    assert "not built yet" in captured.err
-    assert "switchover" in captured.err
+    assert "scale" in captured.err
     assert captured.out == ""
+    assert not (tmp_path / "out").exists()
 
 
-def test_run_help_says_it_is_not_built(capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_help_names_every_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         cli.run(["run", "--help"])
     out = capsys.readouterr().out
-    assert "NOT BUILT YET" in out
     assert "exit status" in out
+    for code in (cli.EXIT_BROKEN, cli.EXIT_REFUSED, cli.EXIT_INFRASTRUCTURE):
+        assert f"{code} " in out

@@ -66,6 +66,7 @@ class ActorStatus(_message.Message):
     RESTARTS_FIELD_NUMBER: _builtins.int
     LAST_PING_MS_FIELD_NUMBER: _builtins.int
     DEVICES_FIELD_NUMBER: _builtins.int
+    WORKER_PID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     asset_class: _assets_pb2.AssetClass.ValueType
     group: _builtins.str
@@ -73,6 +74,8 @@ class ActorStatus(_message.Message):
     restarts: _builtins.int
     last_ping_ms: _builtins.int
     devices: _builtins.int
+    worker_pid: _builtins.int
+    """the actor's current Ray worker process, 0 unknown"""
     def __init__(
         self,
         *,
@@ -83,10 +86,11 @@ class ActorStatus(_message.Message):
         restarts: _builtins.int = ...,
         last_ping_ms: _builtins.int = ...,
         devices: _builtins.int = ...,
+        worker_pid: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_class", b"asset_class", "devices", b"devices", "group", b"group", "healthy", b"healthy", "last_ping_ms", b"last_ping_ms", "name", b"name", "restarts", b"restarts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_class", b"asset_class", "devices", b"devices", "group", b"group", "healthy", b"healthy", "last_ping_ms", b"last_ping_ms", "name", b"name", "restarts", b"restarts", "worker_pid", b"worker_pid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,431 @@
+"""The fault injectors: each breaks one thing on a running `CitySystem` and has a
+heal step that undoes it. The runner calls `heal()` in a `finally`, so it runs
+also when the drill is interrupted; every heal is safe to call twice and after
+an `inject()` that failed half-way.
+
+A fault hits posts by the role they had when it starts (`Targets`), never by a
+fixed name: the leader of round 2 may be the standby of round 1. What a fault
+sees of itself (the post escalating, the storm's dead letters) goes into
+`observations`, which the scenario's expectations read.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+
+from chaos.expectations import DEAD_LETTERED, ESCALATED
+from chaos.scenarios import FaultKind, Scenario, Target
+from cluster.errors import FailedPreconditionError, InfrastructureError
+from cluster.etcd_local import LocalEtcd
+from cluster.mosquitto_local import LocalMosquitto
+from cluster.system import CitySystem
+from failover.cli import AdminCalls, Handover, plan_switchover, took_over
+from protos.citypost.v1 import admin_pb2, admin_pb2_grpc
+
+POLL_S = 0.2
+
+
+class Link(Protocol):
+    """A post's link to etcd the drill controls (chaos.link_proxy.LinkProxy)."""
+
+    def partition(self) -> None: ...
+    def degrade(self, latency_ms: int, loss: float) -> None: ...
+    def heal(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Who led and who stood by when the fault started (post names)."""
+
+    leader: str
+    standby: str
+
+    def of(self, target: Target | None) -> str:
+        return self.standby if target is Target.STANDBY else self.leader
+
+
+@dataclass
+class Drilled:
+    """What the faults act on: the system, the drill's links to etcd, the lease TTL."""
+
+    system: CitySystem
+    links: Mapping[str, Link]
+    lease_ttl_s: float
+    timeout_s: float = 60.0  # how long a heal waits for the system to come back
+    seed: int = 0
+
+    def address(self, post: str) -> str:
+        return self.system.posts[post].address
+
+    @property
+    def etcd(self) -> LocalEtcd:
+        if self.system.etcd is None:
+            raise FailedPreconditionError("this drill needs the etcd cluster the drill started")
+        return self.system.etcd
+
+    @property
+    def broker(self) -> LocalMosquitto:
+        if self.system.broker is None:
+            raise FailedPreconditionError("this drill needs the broker the drill started")
+        return self.system.broker
+
+    def link(self, post: str) -> Link:
+        if post not in self.links:
+            raise FailedPreconditionError(
+                f"post {post}'s etcd traffic does not pass through a link the drill controls"
+            )
+        return self.links[post]
+
+
+def post_status(address: str, timeout_s: float = 3.0) -> admin_pb2.PostStatus:
+    with grpc.insecure_channel(address) as channel:
+        status: admin_pb2.PostStatus = admin_pb2_grpc.PostAdminStub(channel).GetStatus(
+            admin_pb2.GetStatusRequest(), timeout=timeout_s
+        )
+        return status
+
+
+def wait_until(what: str, check: Callable[[], Any], timeout_s: float) -> Any:
+    """Poll `check` until it returns something truthy; InfrastructureError after."""
+    deadline = time.monotonic() + timeout_s
+    last_error: Exception | None = None
+    while True:
+        try:
+            got = check()
+            if got:
+                return got
+        except (grpc.RpcError, OSError) as exc:
+            last_error = exc
+        if time.monotonic() >= deadline:
+            why = f" (last error: {last_error})" if last_error else ""
+            raise InfrastructureError(f"{what}: not within {timeout_s:g} s{why}")
+        time.sleep(POLL_S)
+
+
+class Fault(ABC):
+    def __init__(self, drilled: Drilled, scenario: Scenario, targets: Targets) -> None:
+        self.drilled = drilled
+        self.scenario = scenario
+        self.targets = targets
+        self.observations: dict[str, object] = {}
+
+    @property
+    def post(self) -> str:
+        return self.targets.of(self.scenario.target)
+
+    @abstractmethod
+    def inject(self) -> None: ...
+
+    @abstractmethod
+    def heal(self) -> None: ...
+
+    def describe(self) -> str:
+        return self.scenario.breaks
+
+
+# --- posts ----------------------------------------------------------------------------------
+
+
+class PostKill(Fault):
+    """SIGKILL of a post's whole session; the heal starts it again (it joins as standby)."""
+
+    def inject(self) -> None:
+        hit = self.drilled.system.crash_post(self.post)
+        self.observations["processes_killed"] = hit
+
+    def heal(self) -> None:
+        self.drilled.system.restart_post(self.post)
+
+
+class PostFreeze(Fault):
+    def inject(self) -> None:
+        self.observations["processes_frozen"] = self.drilled.system.freeze_post(self.post)
+
+    def heal(self) -> None:
+        self.drilled.system.thaw_post(self.post)
+
+
+class Switchover(Fault):
+    """A planned handover to the standby; the heal hands back to the post that led."""
+
+    def inject(self) -> None:
+        self._hand_over(self.targets.leader, self.targets.standby)
+
+    def heal(self) -> None:
+        with AdminCalls() as calls:
+            views = calls.statuses(self.drilled.system.addresses())
+        if any(v.leads and v.name == self.targets.leader for v in views):
+            return  # never handed over, or already back
+        self._hand_over(self.targets.standby, self.targets.leader)
+
+    def _hand_over(self, leader: str, to: str) -> None:
+        addresses = self.drilled.system.addresses()
+        with AdminCalls() as calls:
+
+            def planned() -> Handover | None:
+                plan = plan_switchover(calls.statuses(addresses), to)
+                return plan if isinstance(plan, Handover) else None
+
+            # The target must be a ready standby first (after a first handover the old
+            # leader waits out its hold-off before it stands by).
+            plan: Handover = wait_until(
+                f"{to} ready to take over from {leader}", planned, self.drilled.timeout_s
+            )
+            calls.resign(plan.leader.address, hold_off_ms=0)
+            wait_until(
+                f"{to} leading after {leader} resigned",
+                lambda: any(
+                    v.status is not None and took_over(v.status, to, plan.from_epoch)
+                    for v in calls.statuses([self.drilled.address(to)])
+                ),
+                self.drilled.timeout_s,
+            )
+
+
+# --- actors ---------------------------------------------------------------------------------
+
+
+def _actor(status: admin_pb2.PostStatus, name: str) -> admin_pb2.ActorStatus | None:
+    return next((a for a in status.actors if a.name == name), None)
+
+
+class ActorKill(Fault):
+    """SIGKILL of one asset actor's Ray worker on the target post."""
+
+    def __init__(self, drilled: Drilled, scenario: Scenario, targets: Targets) -> None:
+        super().__init__(drilled, scenario, targets)
+        self.actor = ""
+        self._pid = 0
+
+    def _session(self) -> int:
+        pid = self.drilled.system.posts[self.post].process.pid
+        if pid is None:
+            raise FailedPreconditionError(f"post {self.post} is not running")
+        return pid
+
+    def _pick(self) -> admin_pb2.ActorStatus:
+        status = post_status(self.drilled.address(self.post))
+        live = sorted(
+            (a for a in status.actors if a.healthy and a.worker_pid > 0),
+            key=lambda a: (-a.devices, a.name),
+        )
+        if not live:
+            raise FailedPreconditionError(f"post {self.post} reports no live actor worker")
+        chosen = next((a for a in live if a.name == self.actor), live[0])
+        return chosen
+
+    def kill_one(self) -> None:
+        actor = self._pick()
+        # Only a process of the post's own session (which the drill started) is signalled.
+        if os.getsid(actor.worker_pid) != self._session():
+            raise FailedPreconditionError(
+                f"worker {actor.worker_pid} of {actor.name} is not in post {self.post}'s session"
+            )
+        self.actor, self._pid = actor.name, actor.worker_pid
+        os.kill(actor.worker_pid, signal.SIGKILL)
+
+    def wait_restarted(self) -> admin_pb2.ActorStatus:
+        def back() -> admin_pb2.ActorStatus | None:
+            actor = _actor(post_status(self.drilled.address(self.post)), self.actor)
+            ok = actor is not None and actor.healthy and actor.worker_pid not in (0, self._pid)
+            return actor if ok else None
+
+        restarted: admin_pb2.ActorStatus = wait_until(
+            f"actor {self.actor} back on a new worker", back, self.drilled.timeout_s
+        )
+        return restarted
+
+    def inject(self) -> None:
+        self.kill_one()
+        self.observations["actor"] = self.actor
+        self.observations["worker_pid"] = self._pid
+
+    def heal(self) -> None:
+        if self.actor:
+            restarted = self.wait_restarted()
+            self.observations["restarts"] = restarted.restarts
+
+
+class RestartIntensity(ActorKill):
+    """The same actor killed past the post's restart intensity: the post must escalate.
+    The heal restarts the post if it stays unhealthy."""
+
+    def inject(self) -> None:
+        config = self.drilled.system.config.post
+        kills = config.max_restarts + (self.scenario.kills_over_limit or 1)
+        for i in range(kills):
+            self.kill_one()
+            if i < kills - 1:
+                self.wait_restarted()
+        self.observations["actor"] = self.actor
+        self.observations["kills"] = kills
+
+        def unhealthy() -> str:
+            status = post_status(self.drilled.address(self.post))
+            return "" if status.healthy else status.unhealthy_reason or "unhealthy"
+
+        try:
+            reason = wait_until(f"post {self.post} escalating", unhealthy, self.drilled.timeout_s)
+            self.observations[ESCALATED] = True
+            self.observations["unhealthy_reason"] = reason
+        except InfrastructureError as exc:
+            self.observations[ESCALATED] = False
+            self.observations["unhealthy_reason"] = str(exc)
+
+    def heal(self) -> None:
+        try:
+            healthy = post_status(self.drilled.address(self.post)).healthy
+        except grpc.RpcError:
+            healthy = False
+        if not healthy:
+            self.drilled.system.restart_post(self.post)
+
+
+# --- etcd -----------------------------------------------------------------------------------
+
+
+class EtcdMembersKill(Fault):
+    """SIGKILL of etcd members: one (quorum kept) or a majority. The Raft leader goes
+    first, the harder case. The heal restarts every killed member."""
+
+    def __init__(self, drilled: Drilled, scenario: Scenario, targets: Targets) -> None:
+        super().__init__(drilled, scenario, targets)
+        self.killed: list[int] = []
+
+    def inject(self) -> None:
+        etcd = self.drilled.etcd
+        n = etcd.member_count
+        count = self.scenario.etcd_members_killed or n // 2 + 1
+        raft = etcd.raft_leader()
+        order = [i for i in ([raft] if raft is not None else []) if i is not None]
+        order += [i for i in range(n) if i not in order]
+        for index in order[:count]:
+            etcd.kill_member(index)
+            self.killed.append(index)
+        self.observations["members_killed"] = list(self.killed)
+        self.observations["raft_leader_killed"] = raft in self.killed
+
+    def heal(self) -> None:
+        etcd = self.drilled.etcd
+        for index in self.killed:
+            # A lone member is not healthy without a quorum: wait for all at the end.
+            etcd.restart_member(index, wait_healthy=False)
+        self.killed = []
+        etcd.wait_all_healthy(self.drilled.timeout_s)
+
+
+# --- the broker -----------------------------------------------------------------------------
+
+
+class BrokerRestart(Fault):
+    def __init__(self, drilled: Drilled, scenario: Scenario, targets: Targets) -> None:
+        super().__init__(drilled, scenario, targets)
+        self._killed = False
+
+    def inject(self) -> None:
+        self.drilled.broker.kill()
+        self._killed = True
+
+    def heal(self) -> None:
+        if self._killed or not self.drilled.broker.alive:
+            self.drilled.broker.restart()
+            self._killed = False
+
+
+# --- links to etcd --------------------------------------------------------------------------
+
+
+class LinkPartition(Fault):
+    def inject(self) -> None:
+        self.drilled.link(self.post).partition()
+
+    def heal(self) -> None:
+        self.drilled.link(self.post).heal()
+
+
+class LinkLatency(Fault):
+    def inject(self) -> None:
+        link = self.scenario.link
+        if link is None:
+            raise FailedPreconditionError(f"scenario {self.scenario.name} names no link")
+        latency = link.latency_ms(self.drilled.lease_ttl_s)
+        self.observations["latency_ms"] = latency
+        self.observations["loss"] = link.loss
+        self.drilled.link(self.post).degrade(latency, link.loss)
+
+    def heal(self) -> None:
+        self.drilled.link(self.post).heal()
+
+
+# --- malformed uplinks ----------------------------------------------------------------------
+
+
+class MalformedStorm(Fault):
+    """Publishes the storm; the heal stops it and compares what the leader counted in
+    its dead letters with what was sent, per reason."""
+
+    def __init__(self, drilled: Drilled, scenario: Scenario, targets: Targets) -> None:
+        super().__init__(drilled, scenario, targets)
+        self._publisher: Any = None
+        self._before: dict[str, int] = {}
+
+    def inject(self) -> None:
+        from chaos.storm import StormPublisher  # paho client only for this drill
+
+        storm = self.scenario.storm
+        if storm is None:
+            raise FailedPreconditionError(f"scenario {self.scenario.name} names no storm")
+        self._before = dict(post_status(self.drilled.address(self.post)).dead_letters_by_reason)
+        system = self.drilled.system
+        config = system.config
+        self._publisher = StormPublisher(
+            config.mqtt, system.city or config.city, storm, edge=config.edge, seed=self.drilled.seed
+        )
+        self._publisher.start()
+
+    def heal(self) -> None:
+        publisher, self._publisher = self._publisher, None
+        if publisher is None:
+            return
+        publisher.stop()
+        sent: dict[str, int] = dict(publisher.sent_by_reason())
+
+        def counted() -> dict[str, int] | None:
+            now = post_status(self.drilled.address(self.post)).dead_letters_by_reason
+            delta = {r: now.get(r, 0) - self._before.get(r, 0) for r in sent}
+            return delta if all(delta[r] >= sent[r] for r in sent) else None
+
+        try:
+            delta = wait_until("the storm's dead letters counted", counted, 10.0)
+        except InfrastructureError:
+            now = post_status(self.drilled.address(self.post)).dead_letters_by_reason
+            delta = {r: now.get(r, 0) - self._before.get(r, 0) for r in sent}
+        self.observations[DEAD_LETTERED] = {r: [sent[r], delta.get(r, 0)] for r in sorted(sent)}
+
+
+_FAULTS: dict[FaultKind, type[Fault]] = {
+    FaultKind.ACTOR_KILL: ActorKill,
+    FaultKind.RESTART_INTENSITY: RestartIntensity,
+    FaultKind.POST_KILL: PostKill,
+    FaultKind.POST_FREEZE: PostFreeze,
+    FaultKind.STANDBY_KILL: PostKill,
+    FaultKind.SWITCHOVER: Switchover,
+    FaultKind.ETCD_MEMBER_KILL: EtcdMembersKill,
+    FaultKind.ETCD_QUORUM_LOSS: EtcdMembersKill,
+    FaultKind.BROKER_RESTART: BrokerRestart,
+    FaultKind.ETCD_PARTITION: LinkPartition,
+    FaultKind.ETCD_LATENCY: LinkLatency,
+    FaultKind.MALFORMED_STORM: MalformedStorm,
+}
+
+
+def fault_for(scenario: Scenario, drilled: Drilled, targets: Targets) -> Fault:
+    return _FAULTS[scenario.kind](drilled, scenario, targets)
