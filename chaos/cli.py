@@ -2,9 +2,10 @@
 
 `add_drill_parser` hangs `drill list` and `drill run` under the `citypost`
 parser. `list` shows every scenario of chaos/scenarios.py. `run` starts the
-drill's own system (a small city, or the one `--against CONFIG` describes),
-runs the scenario's rounds with chaos/runner.py, writes a report per round and
-exits non-zero when an invariant broke.
+drill's own system (a small city), or attaches to a running one (`--against
+CONFIG`: the demo started with that config), runs the scenario's rounds with
+chaos/runner.py, writes a report per round and exits non-zero when an
+invariant broke.
 """
 
 from __future__ import annotations
@@ -91,24 +92,34 @@ def _run_rounds(
     scenario: Scenario, rounds: int, against: Path | None, out_dir: Path, seed: int
 ) -> int:
     from chaos.drill_system import drill_config, own_system
+    from chaos.faults import Drilled
     from chaos.runner import DrillRunner, SteadyStateRefused
+    from chaos.target import AttachedTarget, DrillTarget, find_manifest
     from cluster.config import load_config
     from cluster.errors import CitypostError
 
-    try:
-        config = drill_config(load_config(against), small=False) if against else drill_config()
-    except CitypostError as error:
-        _complain(error.message)
-        return EXIT_USAGE
     _say(f"drill {scenario.name}: {scenario.breaks}")
     _say(f"must hold: {scenario.must_hold}")
-    _say(f"starting the drill's system (city {config.city.name}, scale {config.city.scale:g}) ...")
     broken = 0
     try:
-        with (
-            own_system(config, out_dir / "system") as drill,
-            DrillRunner(drill.system, drill.drilled(seed=seed), out_dir) as runner,
-        ):
+        with contextlib.ExitStack() as stack:
+            target: DrillTarget
+            if against is not None:
+                try:
+                    manifest = find_manifest(load_config(against))
+                    target = AttachedTarget(manifest)
+                except CitypostError as error:
+                    _complain(error.message)
+                    return EXIT_USAGE
+                _say(f"drilling the running system of {manifest}")
+            else:
+                config = drill_config()
+                _say(
+                    f"starting the drill's own system (city {config.city.name}, "
+                    f"scale {config.city.scale:g}) ..."
+                )
+                target = stack.enter_context(own_system(config, out_dir / "system")).target()
+            runner = stack.enter_context(DrillRunner(Drilled(target, seed=seed), out_dir))
             for round_ in range(1, rounds + 1):
                 result = runner.run_round(scenario, round_)
                 verdict = "PASS" if result.ok else "FAIL: " + ", ".join(result.report.broken())
@@ -203,8 +214,8 @@ def add_drill_parser(commands: argparse._SubParsersAction) -> None:
         "run",
         help="run a drill on the drill's own system and write its reports",
         description=(
-            "Run a drill: start the drill's own system (a small city with both posts, or "
-            "the one CONFIG describes), then per round check the steady state, inject the "
+            "Run a drill: on the drill's own system (a small city with both posts), or on "
+            "a running one (--against), per round check the steady state, inject the "
             "fault, heal it (always, also when interrupted), check the steady state and "
             "the invariants, and write report.json, report.md and timeline.png."
         ),
@@ -225,8 +236,9 @@ def add_drill_parser(commands: argparse._SubParsersAction) -> None:
         type=_config_file,
         metavar="CONFIG",
         help=(
-            "a TOML config (as for `citypost demo`) describing the system the drill starts "
-            "and drills (default: a small city)"
+            "drill the running system started with this config (`citypost demo --config "
+            "CONFIG`; found by the manifest in its run dir) instead of the drill's own "
+            "small city"
         ),
     )
     run.add_argument(

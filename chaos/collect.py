@@ -62,6 +62,10 @@ class LeaderTrail:
         with self._lock:
             return self.book.terms()
 
+    def current(self) -> LeaderTerm | None:
+        with self._lock:
+            return self.book.current()
+
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         self._task = self._loop.create_task(self._follow())
@@ -152,9 +156,8 @@ class CounterSampler:
 
 
 def ledger_entry(record: control_state_pb2.CommandRecord) -> LedgerEntry:
-    name = command_pb2.CommandStatus.Name(record.status)
-    try:
-        status = CommandStatus(name)
+    try:  # a status number this version does not know (a newer writer) is UNSPECIFIED
+        status = CommandStatus(command_pb2.CommandStatus.Name(record.status))
     except ValueError:
         status = CommandStatus.UNSPECIFIED
     return LedgerEntry(

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from chaos.faults import Drilled
 from chaos.link_proxy import LinkProxy
+from chaos.target import OwnTarget
 from cluster.config import CityConfig, Config
 from cluster.system import CitySystem
 
@@ -47,13 +48,11 @@ class DrillSystem:
     system: CitySystem
     links: dict[str, LinkProxy]
 
+    def target(self) -> OwnTarget:
+        return OwnTarget(self.system, self.links)
+
     def drilled(self, *, seed: int = 0) -> Drilled:
-        return Drilled(
-            self.system,
-            self.links,
-            lease_ttl_s=self.system.config.failover.lease_ttl_s,
-            seed=seed,
-        )
+        return Drilled(self.target(), seed=seed)
 
 
 @contextmanager

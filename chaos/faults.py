@@ -15,30 +15,20 @@ import os
 import signal
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import grpc
 
 from chaos.expectations import DEAD_LETTERED, ESCALATED
 from chaos.scenarios import FaultKind, Scenario, Target
+from chaos.target import DrillTarget
 from cluster.errors import FailedPreconditionError, InfrastructureError
-from cluster.etcd_local import LocalEtcd
-from cluster.mosquitto_local import LocalMosquitto
-from cluster.system import CitySystem
 from failover.cli import AdminCalls, Handover, plan_switchover, took_over
 from protos.citypost.v1 import admin_pb2, admin_pb2_grpc
 
 POLL_S = 0.2
-
-
-class Link(Protocol):
-    """A post's link to etcd the drill controls (chaos.link_proxy.LinkProxy)."""
-
-    def partition(self) -> None: ...
-    def degrade(self, latency_ms: int, loss: float) -> None: ...
-    def heal(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -54,35 +44,21 @@ class Targets:
 
 @dataclass
 class Drilled:
-    """What the faults act on: the system, the drill's links to etcd, the lease TTL."""
+    """What the faults act on, how long a heal waits, the seed of their randomness."""
 
-    system: CitySystem
-    links: Mapping[str, Link]
-    lease_ttl_s: float
-    timeout_s: float = 60.0  # how long a heal waits for the system to come back
+    target: DrillTarget
+    timeout_s: float = 90.0
     seed: int = 0
 
+    @property
+    def lease_ttl_s(self) -> float:
+        return self.target.lease_ttl_s
+
     def address(self, post: str) -> str:
-        return self.system.posts[post].address
+        return self.target.address(post)
 
-    @property
-    def etcd(self) -> LocalEtcd:
-        if self.system.etcd is None:
-            raise FailedPreconditionError("this drill needs the etcd cluster the drill started")
-        return self.system.etcd
-
-    @property
-    def broker(self) -> LocalMosquitto:
-        if self.system.broker is None:
-            raise FailedPreconditionError("this drill needs the broker the drill started")
-        return self.system.broker
-
-    def link(self, post: str) -> Link:
-        if post not in self.links:
-            raise FailedPreconditionError(
-                f"post {post}'s etcd traffic does not pass through a link the drill controls"
-            )
-        return self.links[post]
+    def addresses(self) -> list[str]:
+        return list(self.target.addresses().values())
 
 
 def post_status(address: str, timeout_s: float = 3.0) -> admin_pb2.PostStatus:
@@ -138,19 +114,19 @@ class PostKill(Fault):
     """SIGKILL of a post's whole session; the heal starts it again (it joins as standby)."""
 
     def inject(self) -> None:
-        hit = self.drilled.system.crash_post(self.post)
+        hit = self.drilled.target.crash_post(self.post)
         self.observations["processes_killed"] = hit
 
     def heal(self) -> None:
-        self.drilled.system.restart_post(self.post)
+        self.drilled.target.restore_post(self.post, self.drilled.timeout_s)
 
 
 class PostFreeze(Fault):
     def inject(self) -> None:
-        self.observations["processes_frozen"] = self.drilled.system.freeze_post(self.post)
+        self.observations["processes_frozen"] = self.drilled.target.freeze_post(self.post)
 
     def heal(self) -> None:
-        self.drilled.system.thaw_post(self.post)
+        self.drilled.target.thaw_post(self.post)
 
 
 class Switchover(Fault):
@@ -161,13 +137,13 @@ class Switchover(Fault):
 
     def heal(self) -> None:
         with AdminCalls() as calls:
-            views = calls.statuses(self.drilled.system.addresses())
+            views = calls.statuses(self.drilled.addresses())
         if any(v.leads and v.name == self.targets.leader for v in views):
             return  # never handed over, or already back
         self._hand_over(self.targets.standby, self.targets.leader)
 
     def _hand_over(self, leader: str, to: str) -> None:
-        addresses = self.drilled.system.addresses()
+        addresses = self.drilled.addresses()
         with AdminCalls() as calls:
 
             def planned() -> Handover | None:
@@ -206,10 +182,7 @@ class ActorKill(Fault):
         self._pid = 0
 
     def _session(self) -> int:
-        pid = self.drilled.system.posts[self.post].process.pid
-        if pid is None:
-            raise FailedPreconditionError(f"post {self.post} is not running")
-        return pid
+        return self.drilled.target.session(self.post)
 
     def _pick(self) -> admin_pb2.ActorStatus:
         status = post_status(self.drilled.address(self.post))
@@ -259,7 +232,7 @@ class RestartIntensity(ActorKill):
     The heal restarts the post if it stays unhealthy."""
 
     def inject(self) -> None:
-        config = self.drilled.system.config.post
+        config = self.drilled.target.config.post
         kills = config.max_restarts + (self.scenario.kills_over_limit or 1)
         for i in range(kills):
             self.kill_one()
@@ -286,7 +259,10 @@ class RestartIntensity(ActorKill):
         except grpc.RpcError:
             healthy = False
         if not healthy:
-            self.drilled.system.restart_post(self.post)
+            # Crash and bring back: the drill's own system restarts it, a running one's
+            # supervisor does.
+            self.drilled.target.crash_post(self.post)
+            self.drilled.target.restore_post(self.post, self.drilled.timeout_s)
 
 
 # --- etcd -----------------------------------------------------------------------------------
@@ -301,25 +277,21 @@ class EtcdMembersKill(Fault):
         self.killed: list[int] = []
 
     def inject(self) -> None:
-        etcd = self.drilled.etcd
-        n = etcd.member_count
+        target = self.drilled.target
+        n = target.etcd_member_count()
         count = self.scenario.etcd_members_killed or n // 2 + 1
-        raft = etcd.raft_leader()
-        order = [i for i in ([raft] if raft is not None else []) if i is not None]
+        raft = target.raft_leader()
+        order = [raft] if raft is not None else []
         order += [i for i in range(n) if i not in order]
         for index in order[:count]:
-            etcd.kill_member(index)
+            target.take_etcd_members([index])
             self.killed.append(index)
-        self.observations["members_killed"] = list(self.killed)
-        self.observations["raft_leader_killed"] = raft in self.killed
+        self.observations["members_lost"] = list(self.killed)
+        self.observations["raft_leader_lost"] = raft in self.killed
 
     def heal(self) -> None:
-        etcd = self.drilled.etcd
-        for index in self.killed:
-            # A lone member is not healthy without a quorum: wait for all at the end.
-            etcd.restart_member(index, wait_healthy=False)
-        self.killed = []
-        etcd.wait_all_healthy(self.drilled.timeout_s)
+        killed, self.killed = self.killed, []
+        self.drilled.target.give_back_etcd_members(killed, self.drilled.timeout_s)
 
 
 # --- the broker -----------------------------------------------------------------------------
@@ -331,12 +303,12 @@ class BrokerRestart(Fault):
         self._killed = False
 
     def inject(self) -> None:
-        self.drilled.broker.kill()
+        self.drilled.target.kill_broker()
         self._killed = True
 
     def heal(self) -> None:
-        if self._killed or not self.drilled.broker.alive:
-            self.drilled.broker.restart()
+        if self._killed:
+            self.drilled.target.restore_broker(self.drilled.timeout_s)
             self._killed = False
 
 
@@ -345,10 +317,10 @@ class BrokerRestart(Fault):
 
 class LinkPartition(Fault):
     def inject(self) -> None:
-        self.drilled.link(self.post).partition()
+        self.drilled.target.link(self.post).partition()
 
     def heal(self) -> None:
-        self.drilled.link(self.post).heal()
+        self.drilled.target.link(self.post).heal()
 
 
 class LinkLatency(Fault):
@@ -359,10 +331,10 @@ class LinkLatency(Fault):
         latency = link.latency_ms(self.drilled.lease_ttl_s)
         self.observations["latency_ms"] = latency
         self.observations["loss"] = link.loss
-        self.drilled.link(self.post).degrade(latency, link.loss)
+        self.drilled.target.link(self.post).degrade(latency, link.loss)
 
     def heal(self) -> None:
-        self.drilled.link(self.post).heal()
+        self.drilled.target.link(self.post).heal()
 
 
 # --- malformed uplinks ----------------------------------------------------------------------
@@ -384,10 +356,10 @@ class MalformedStorm(Fault):
         if storm is None:
             raise FailedPreconditionError(f"scenario {self.scenario.name} names no storm")
         self._before = dict(post_status(self.drilled.address(self.post)).dead_letters_by_reason)
-        system = self.drilled.system
-        config = system.config
+        target = self.drilled.target
+        config = target.config
         self._publisher = StormPublisher(
-            config.mqtt, system.city or config.city, storm, edge=config.edge, seed=self.drilled.seed
+            config.mqtt, target.city, storm, edge=config.edge, seed=self.drilled.seed
         )
         self._publisher.start()
 

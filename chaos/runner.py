@@ -45,7 +45,6 @@ from chaos.steady_state import PostView, Role, Snapshot, check_steady_state
 from chaos.trails import recent_uplinks, telemetry_from_samples
 from cluster.errors import CitypostError, FailedPreconditionError
 from cluster.etcd_local import etcd_client
-from cluster.system import CitySystem
 from failover import cli as failover_cli
 from protos.citypost.v1 import admin_pb2, assets_pb2
 
@@ -92,31 +91,44 @@ class RoundResult:
         return self.report.ok
 
 
+def scenario_bounds(scenario: Scenario, lease_ttl_s: float) -> Bounds:
+    """The checker's bounds for a scenario. Nobody can mark a command EXPIRED while
+    nobody leads: when the leader may change, the hold and the takeover bound add to
+    how late a command whose deadline fell in between may settle."""
+    bounds = scenario.limits.bounds(lease_ttl_s)
+    if scenario.leader_change is LeaderChange.NONE:
+        return bounds
+    extra_ttl = scenario.hold_ttl + (scenario.limits.takeover_ttl or 0.0)
+    extra_ms = round(extra_ttl * lease_ttl_s * 1000)
+    return Bounds(bounds.command_slack_ms + extra_ms, bounds.telemetry_gap_ms)
+
+
 def _run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
 class DrillRunner:
-    """Drills on one running `CitySystem`; `start()` the collectors, `stop()` them."""
+    """Drills on one `DrillTarget`; `start()` the collectors, `stop()` them."""
 
     def __init__(
         self,
-        system: CitySystem,
         drilled: fault_lib.Drilled,
         out_dir: Path,
         settings: DrillSettings | None = None,
     ) -> None:
-        self.system = system
         self.drilled = drilled
+        self.target = drilled.target
         self.out_dir = out_dir
         self.settings = settings or DrillSettings()
-        self.city = system.config.city.name
-        self.lease_ttl_s = system.config.failover.lease_ttl_s
-        self._addresses = {name: post.address for name, post in system.posts.items()}
-        self.trail = LeaderTrail(system.endpoints, self.city)
+        self.city = self.target.config.city.name
+        self.lease_ttl_s = self.target.lease_ttl_s
+        # Posts keep their addresses across restarts (their ports are fixed per post).
+        self._addresses = self.target.addresses()
+        self.trail = LeaderTrail(self.target.endpoints, self.city)
         self.sampler = CounterSampler(self._addresses)
 
     def start(self) -> DrillRunner:
+        self.target.start()
         self.trail.start()
         self.sampler.start()
         return self
@@ -124,6 +136,7 @@ class DrillRunner:
     def stop(self) -> None:
         self.sampler.stop()
         self.trail.stop()
+        self.target.close()
 
     def __enter__(self) -> DrillRunner:
         return self.start()
@@ -167,7 +180,7 @@ class DrillRunner:
             recent = recent_uplinks(
                 self.sampler.samples(at - window_ms), leader_name, window_ms, at
             )
-        current = self.trail.book.current()
+        current = self.trail.current()
         ledger = _run(self._ledger())
         return Snapshot(
             at_ms=at,
@@ -181,7 +194,7 @@ class DrillRunner:
         )
 
     async def _ledger(self) -> list[Any]:
-        client = etcd_client(self.system.endpoints, timeout=5.0)
+        client = etcd_client(self.target.endpoints, timeout=5.0)
         try:
             return await read_ledger(client, self.city)
         finally:
@@ -206,23 +219,13 @@ class DrillRunner:
     # --- one round ---------------------------------------------------------------------------
 
     def targets(self) -> fault_lib.Targets:
-        current = self.trail.book.current()
+        current = self.trail.current()
         if current is None:
             raise FailedPreconditionError("nobody holds the leader key")
         others = [name for name in self._addresses if name != current.post]
         if not others:
             raise FailedPreconditionError(f"{current.post} leads but no other post exists")
         return fault_lib.Targets(leader=current.post, standby=others[0])
-
-    def bounds(self, scenario: Scenario) -> Bounds:
-        bounds = scenario.limits.bounds(self.lease_ttl_s)
-        if scenario.leader_change is LeaderChange.NONE:
-            return bounds
-        # Nobody can mark a command EXPIRED while nobody leads: the hold and the takeover
-        # add to how late a command whose deadline fell in between may settle.
-        extra_ttl = scenario.hold_ttl + (scenario.limits.takeover_ttl or 0.0)
-        extra_ms = round(extra_ttl * self.lease_ttl_s * 1000)
-        return Bounds(bounds.command_slack_ms + extra_ms, bounds.telemetry_gap_ms)
 
     def run_round(self, scenario: Scenario, round_: int) -> RoundResult:
         s = self.settings
@@ -259,7 +262,7 @@ class DrillRunner:
         evidence = self._evidence(
             FaultWindow(fault_start, fault_end), observed_from, observed_to, sender, steady_after
         )
-        report = check_all(evidence, self.bounds(scenario))
+        report = check_all(evidence, scenario_bounds(scenario, self.lease_ttl_s))
         report = report.adding(
             expectations_for(scenario),
             check_expectations(
@@ -289,10 +292,7 @@ class DrillRunner:
         return RoundResult(scenario.name, round_, report, files, dict(fault.observations))
 
     def _lamp_groups(self) -> list[str]:
-        city = self.system.city
-        if city is None:
-            raise FailedPreconditionError("the system has no city")
-        groups = city.registry.groups()
+        groups = self.target.city.registry.groups()
         lamps = sorted(
             (g for (cls, g) in groups if cls == assets_pb2.STREET_LAMP),
             key=lambda g: len(groups[(assets_pb2.STREET_LAMP, g)]),
@@ -307,10 +307,10 @@ class DrillRunner:
         sender: Sender,
         steady_at: int | None,
     ) -> Evidence:
-        network_server = self.system.network_server
-        log_ = network_server.executions() if network_server is not None else []
         executions = tuple(
-            e for e in executions_from_log(log_) if observed_from <= e.at_ms <= observed_to
+            e
+            for e in executions_from_log(self.target.executions())
+            if observed_from <= e.at_ms <= observed_to
         )
         terms = tuple(
             t
@@ -320,7 +320,7 @@ class DrillRunner:
         acked = [AcknowledgedWrite(a.ledger_key, a.at_ms) for a in sender.acked]
 
         async def read() -> tuple[list[Any], frozenset[str]]:
-            client = etcd_client(self.system.endpoints, timeout=5.0)
+            client = etcd_client(self.target.endpoints, timeout=5.0)
             try:
                 ledger = await read_ledger(client, self.city)
                 present = await read_present_keys(client, self.city, [w.key for w in acked])

@@ -8,6 +8,7 @@ every second, into arrival times per asset class. The drill's collectors
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -79,13 +80,18 @@ def telemetry_from_samples(
 def recent_uplinks(
     samples: Iterable[CounterSample], post: str, window_ms: int, now_ms: int
 ) -> dict[str, int]:
-    """Uplinks per class one post took in the last `window_ms` (counter difference between
-    its newest sample and its oldest within the window); empty with fewer than two."""
+    """Uplinks per class one post took in the last `window_ms`: the growth of its
+    counters between consecutive samples within the window (a counter that went down,
+    the post restarted, grew by its new value); empty with fewer than two samples."""
     mine = sorted(
-        (s for s in samples if s.post == post and s.at_ms >= now_ms - window_ms),
+        (s for s in samples if s.post == post and now_ms - window_ms <= s.at_ms <= now_ms),
         key=lambda s: s.at_ms,
     )
     if len(mine) < 2:
         return {}
-    first, newest = mine[0].uplinks_by_class, mine[-1].uplinks_by_class
-    return {cls: max(0, n - first.get(cls, 0)) for cls, n in newest.items()}
+    out: dict[str, int] = {}
+    for before, after in itertools.pairwise(mine):
+        for cls, n in after.uplinks_by_class.items():
+            prev = before.uplinks_by_class.get(cls, 0)
+            out[cls] = out.get(cls, 0) + (n - prev if n >= prev else n)
+    return out

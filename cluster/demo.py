@@ -94,7 +94,8 @@ def run_demo(config: Config, *, duration_s: float | None = None) -> int:
         with ExitStack() as stack:
             console.print(f"citypost demo: run dir {run_dir}")
             console.print("starting etcd, mosquitto, the downlink gate and two posts")
-            system = CitySystem(config, run_dir)
+            # Supervised, as a service manager would run it: what dies is restarted.
+            system = CitySystem(config, run_dir, supervise=True)
             stack.callback(system.stop)
             system.start()
             config = system.config
@@ -131,6 +132,11 @@ def run_demo(config: Config, *, duration_s: float | None = None) -> int:
                         f"{roles}; gate forwarded {gate.stats().forwarded:,}, "
                         f"dropped {gate.stats().dropped:,}"
                     )
+                    if system.restarts:
+                        restarted = ", ".join(
+                            f"{k} x{n}" for k, n in sorted(system.restarts.items())
+                        )
+                        header += f"; restarted by the supervisor: {restarted}"
                     live.update(_render(status, previous, now - last, devices, header))
                     previous, last = status, now
         console.line()

@@ -16,7 +16,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -71,6 +71,19 @@ def member_is_healthy(client_url: str, timeout: float = 1.0) -> bool:
         # OSError covers refused connections, timeouts and HTTP 503 (HTTPError).
         return False
     return isinstance(body, dict) and body.get("health") == "true"
+
+
+def raft_leader_of(client_urls: Mapping[int, str], timeout: float = 2.0) -> int | None:
+    """Which member (by index) says in its /metrics that it is etcd's Raft leader."""
+    for index, url in client_urls.items():
+        try:
+            with urllib.request.urlopen(f"{url}/metrics", timeout=timeout) as resp:
+                text = resp.read().decode()
+        except OSError:
+            continue
+        if "\netcd_server_is_leader 1" in text:
+            return index
+    return None
 
 
 def grpc_target(endpoints: Sequence[str]) -> str:
@@ -209,17 +222,8 @@ class LocalEtcd:
 
     def raft_leader(self) -> int | None:
         """The index of the member that is etcd's Raft leader (its /metrics say so), if any."""
-        for member in self.members:
-            if not self.member_alive(member.index):
-                continue
-            try:
-                with urllib.request.urlopen(f"{member.client_url}/metrics", timeout=2.0) as resp:
-                    text = resp.read().decode()
-            except OSError:
-                continue
-            if "\netcd_server_is_leader 1" in text:
-                return member.index
-        return None
+        alive = {m.index: m.client_url for m in self.members if self.member_alive(m.index)}
+        return raft_leader_of(alive)
 
     def wait_all_healthy(self, timeout_s: float) -> None:
         """Until every member answers /health with a leader; InfrastructureError after."""

@@ -57,6 +57,8 @@ class GateRunner:
         except asyncio.CancelledError:
             pass
         finally:
+            # The leader watch is an async generator: finalize it on its own loop.
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
             self._loop.close()
 
     async def _follow(self) -> None:

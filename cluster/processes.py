@@ -209,18 +209,7 @@ class ManagedProcess:
                 raise InfrastructureError(f"{self.name} has no session of its own")
             if self._proc is None:
                 raise InfrastructureError(f"{self.name} was never started; cannot send {sig}")
-            session = self._proc.pid
-            signalled: set[int] = set()
-            for _ in range(20):
-                found = [pid for pid in _session_members(session) if pid not in signalled]
-                if not found:
-                    break
-                for pid in found:
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.kill(pid, sig)
-                signalled.update(found)
-                time.sleep(0.05)
-            return len(signalled)
+            return signal_session(self._proc.pid, sig)
 
     def terminate(self) -> None:
         """Ask the process group to stop (SIGTERM), without waiting."""
@@ -309,6 +298,22 @@ class ManagedProcess:
         deadline = time.monotonic() + timeout
         while any(_is_live(child) for child in procs) and time.monotonic() < deadline:
             time.sleep(0.01)
+
+
+def signal_session(session: int, sig: int) -> int:
+    """Send `sig` to every live process of `session` (a session leader's pid), repeated
+    until a scan finds nobody new; returns how many processes were signalled."""
+    signalled: set[int] = set()
+    for _ in range(20):
+        found = [pid for pid in _session_members(session) if pid not in signalled]
+        if not found:
+            break
+        for pid in found:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        signalled.update(found)
+        time.sleep(0.05)
+    return len(signalled)
 
 
 def _is_live(proc: psutil.Process) -> bool:

@@ -12,11 +12,21 @@ what was started, in reverse, also after a failed start.
 Faults act on a post's whole session (the post, its Ray head, raylet and
 workers): `crash_post` is SIGKILL of all of it, `freeze_post`/`thaw_post`
 SIGSTOP/SIGCONT.
+
+With `supervise=True` (the demo) the system restarts what dies on its own, as
+a service manager would: a post, an etcd member, the broker. Tests and the
+drill's own system leave it off, since their faults heal themselves.
+`run_dir/system.json` (the manifest) says what runs where, with its PIDs, so
+a drill can be pointed at a running system (`citypost drill run --against`).
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -38,6 +48,10 @@ from fleet.network_server import NetworkServer
 from fleet.population import City, build_city
 
 POST_NAMES = ("primary", "backup")
+MANIFEST_NAME = "system.json"
+SUPERVISE_INTERVAL_S = 1.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -74,6 +88,7 @@ class CitySystem:
         *,
         uplinks: bool = True,
         etcd_route: EtcdRoute | None = None,
+        supervise: bool = False,
     ) -> None:
         # One simulated clock for the city and the posts: the same start and speed.
         sim = config.sim.model_copy(update={"start": config.sim.start_or_now()})
@@ -81,6 +96,11 @@ class CitySystem:
         self.run_dir = run_dir
         self._uplinks = uplinks
         self._etcd_route = etcd_route
+        self._supervise = supervise
+        self._stopping = threading.Event()
+        self._lock = threading.RLock()  # one restart at a time (supervisor, faults, stop)
+        self._supervisor: threading.Thread | None = None
+        self.restarts: dict[str, int] = {}  # what the supervisor restarted, by name
         self._stack = ExitStack()
         self.etcd: LocalEtcd | None = None
         self.broker: LocalMosquitto | None = None
@@ -112,6 +132,13 @@ class CitySystem:
             )
             self.network_server.start(uplinks=self._uplinks)
             self._stack.callback(self.network_server.stop)
+            self.write_manifest()
+            if self._supervise:
+                self._supervisor = threading.Thread(
+                    target=self._supervise_loop, name="system-supervisor", daemon=True
+                )
+                self._supervisor.start()
+                self._stack.callback(self._stop_supervisor)
         except BaseException:
             self.stop()
             raise
@@ -193,10 +220,84 @@ class CitySystem:
 
     def restart_post(self, name: str) -> PostProcess:
         """Stop what is left of the post (its session swept), start it again, wait ready."""
-        self._stop_post(name)
-        post = PostProcess(self._post_configs[name], self.run_dir).launch()
-        self.posts[name] = post
-        return post.wait_ready()
+        with self._lock:
+            self._stop_post(name)
+            post = PostProcess(self._post_configs[name], self.run_dir).launch()
+            self.posts[name] = post
+            post.wait_ready()
+            self.write_manifest()
+            return post
+
+    # --- the manifest and the supervisor -------------------------------------------------
+
+    def manifest(self) -> dict[str, object]:
+        """What runs where: enough for a drill to find and act on this running system."""
+        etcd = self.etcd
+        broker = self.broker
+        return {
+            "owner_pid": os.getpid(),
+            "written_at_ms": time.time_ns() // 1_000_000,
+            "supervised": self._supervise,
+            "config": self.config.model_dump(mode="json"),
+            "etcd_members": []
+            if etcd is None
+            else [
+                {"index": m.index, "pid": pid, "endpoint": m.endpoint}
+                for m, pid in zip(etcd.members, etcd.pids, strict=True)
+            ],
+            "broker_pid": None if broker is None else broker.pid,
+            "posts": {
+                name: {"address": post.address, "pid": post.process.pid}
+                for name, post in self.posts.items()
+            },
+        }
+
+    def write_manifest(self) -> None:
+        path = self.run_dir / MANIFEST_NAME
+        temp = path.with_suffix(".json.tmp")
+        temp.write_text(json.dumps(self.manifest(), indent=2) + "\n", encoding="utf-8")
+        temp.replace(path)  # readers never see half a manifest
+
+    def _stop_supervisor(self) -> None:
+        self._stopping.set()
+        if self._supervisor is not None:
+            self._supervisor.join(timeout=120.0)
+
+    def _supervise_loop(self) -> None:
+        while not self._stopping.wait(SUPERVISE_INTERVAL_S):
+            try:
+                self._restart_the_dead()
+            except Exception:  # a failed restart is tried again on the next round
+                log.exception("supervisor: a restart failed; trying again")
+
+    def _restart_the_dead(self) -> None:
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            changed = False
+            if self.etcd is not None:
+                for member in self.etcd.members:
+                    if not self.etcd.member_alive(member.index):
+                        log.warning("supervisor: etcd member %d died; restarting it", member.index)
+                        self.etcd.restart_member(member.index, wait_healthy=False)
+                        self._count(f"etcd-{member.index}")
+                        changed = True
+            if self.broker is not None and not self.broker.alive:
+                log.warning("supervisor: mosquitto died; restarting it")
+                self.broker.restart()
+                self._count("mosquitto")
+                changed = True
+            for name, post in list(self.posts.items()):
+                if not post.process.alive and not self._stopping.is_set():
+                    log.warning("supervisor: post %s died; restarting it", name)
+                    self.restart_post(name)
+                    self._count(f"post-{name}")
+                    changed = False  # restart_post wrote the manifest
+            if changed:
+                self.write_manifest()
+
+    def _count(self, what: str) -> None:
+        self.restarts[what] = self.restarts.get(what, 0) + 1
 
     def _stop_post(self, name: str) -> None:
         post = self.posts.get(name)

@@ -161,7 +161,19 @@ def test_run_with_an_invalid_config_exits_2_and_starts_nothing(
     assert cli.run(argv) == cli.EXIT_USAGE
     captured = capsys.readouterr()
     assert "scale" in captured.err
-    assert captured.out == ""
+    assert "starting" not in captured.out and "round" not in captured.out
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_against_a_config_with_no_running_system_exits_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = tmp_path / "city.toml"
+    config.write_text(f'run_dir = "{tmp_path / "run"}"\n')
+    argv = ["run", "leader-crash", "--against", str(config), "--out", str(tmp_path / "out")]
+    assert cli.run(argv) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "no running system" in err and "citypost demo" in err
     assert not (tmp_path / "out").exists()
 
 
