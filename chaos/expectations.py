@@ -18,6 +18,7 @@ TAKEOVER_BOUNDED = "takeover_within_bound"
 OLD_LEADER_STOPPED_FIRST = "old_leader_stopped_before_takeover"
 POST_ESCALATED = "post_escalated"  # restart-intensity: the fault saw the post report it
 STORM_DEAD_LETTERED = "storm_dead_lettered"  # every malformed uplink counted, by reason
+NO_COMMAND_WITHOUT_QUORUM = "no_command_without_quorum"  # etcd-quorum-loss
 
 # Facts a fault reports about itself (`observations`).
 ESCALATED = "escalated"  # bool
@@ -38,6 +39,8 @@ def expectations_for(scenario: Scenario) -> tuple[str, ...]:
         names.append(POST_ESCALATED)
     if scenario.kind is FaultKind.MALFORMED_STORM:
         names.append(STORM_DEAD_LETTERED)
+    if scenario.kind is FaultKind.ETCD_QUORUM_LOSS:
+        names.append(NO_COMMAND_WITHOUT_QUORUM)
     return tuple(names)
 
 
@@ -122,6 +125,22 @@ def check_expectations(
         )
     if STORM_DEAD_LETTERED in names:
         out.extend(_dead_lettered(observations.get(DEAD_LETTERED)))
+    if NO_COMMAND_WITHOUT_QUORUM in names:
+        # No command can be written (ledger before downlink) nor a lease kept without a
+        # quorum: after one TTL of grace for what was already on its way, devices execute
+        # nothing until the members are back.
+        quiet_from = evidence.fault.start_ms + round(lease_ttl_s * 1000)
+        late = [e for e in evidence.executions if quiet_from <= e.at_ms < evidence.fault.end_ms]
+        if late:
+            first = min(late, key=lambda e: e.at_ms)
+            out.append(
+                Violation(
+                    NO_COMMAND_WITHOUT_QUORUM,
+                    f"{len(late)} executions while etcd had no quorum, the first: command "
+                    f"{first.command_id} of epoch {first.epoch} on {first.dev_eui} at "
+                    f"{first.at_ms - evidence.fault.start_ms} ms after the fault started",
+                )
+            )
     return out
 
 

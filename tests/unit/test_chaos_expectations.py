@@ -40,7 +40,8 @@ def scenario(
 
 KEEP = scenario(FaultKind.STANDBY_KILL, LeaderChange.NONE)
 REPLACE = scenario(FaultKind.POST_KILL, LeaderChange.REQUIRED, takeover_ttl=2.0)
-ALLOW = scenario(FaultKind.ETCD_QUORUM_LOSS, LeaderChange.ALLOWED)
+ALLOW = scenario(FaultKind.ETCD_LATENCY, LeaderChange.ALLOWED)
+QUORUM = scenario(FaultKind.ETCD_QUORUM_LOSS, LeaderChange.ALLOWED)
 ESCALATE = scenario(FaultKind.RESTART_INTENSITY, LeaderChange.ALLOWED)
 STORM = scenario(FaultKind.MALFORMED_STORM, LeaderChange.NONE)
 
@@ -289,3 +290,28 @@ def test_no_leader_at_fault_start_is_one_violation_naming_it(sc: Scenario) -> No
     assert violations == [
         inv.Violation(exp.expectations_for(sc)[0], "no leader held the key when the fault started")
     ]
+
+
+# --- quorum loss ----------------------------------------------------------------------------
+
+
+def test_quorum_loss_is_checked_for_commands_without_a_quorum() -> None:
+    assert exp.NO_COMMAND_WITHOUT_QUORUM in exp.expectations_for(QUORUM)
+    assert exp.NO_COMMAND_WITHOUT_QUORUM not in exp.expectations_for(ALLOW)
+
+
+def test_executions_during_quorum_loss_after_one_ttl_break_it() -> None:
+    ttl_ms = round(TTL_S * 1000)
+    executions = (
+        ExecutionEvent("d1", "c1", 5, FAULT_START + ttl_ms - 1),  # on its way: grace
+        ExecutionEvent("d2", "c2", 5, FAULT_START + ttl_ms + 10),
+        ExecutionEvent("d3", "c3", 5, T0 + 20_000),  # at the heal: quorum is back
+    )
+    got = check(QUORUM, evidence(*KEPT, executions=executions))
+    assert [v.invariant for v in got] == [exp.NO_COMMAND_WITHOUT_QUORUM]
+    assert "1 executions" in got[0].detail and "c2" in got[0].detail
+
+
+def test_no_execution_during_quorum_loss_holds() -> None:
+    executions = (ExecutionEvent("d1", "c1", 5, T0 + 25_000),)
+    assert check(QUORUM, evidence(*KEPT, executions=executions)) == []
