@@ -1,4 +1,4 @@
-"""The fault injectors: each breaks one thing on a running `CitySystem` and has a
+"""The fault injectors: each breaks one thing on a `DrillTarget` and has a
 heal step that undoes it. The runner calls `heal()` in a `finally`, so it runs
 also when the drill is interrupted; every heal is safe to call twice and after
 an `inject()` that failed half-way.
@@ -13,22 +13,19 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
 from chaos.expectations import DEAD_LETTERED, ESCALATED
+from chaos.polling import wait_until
 from chaos.scenarios import FaultKind, Scenario, Target
 from chaos.target import DrillTarget
 from cluster.errors import FailedPreconditionError, InfrastructureError
 from failover.cli import AdminCalls, Handover, plan_switchover, took_over
 from protos.citypost.v1 import admin_pb2, admin_pb2_grpc
-
-POLL_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -67,23 +64,6 @@ def post_status(address: str, timeout_s: float = 3.0) -> admin_pb2.PostStatus:
             admin_pb2.GetStatusRequest(), timeout=timeout_s
         )
         return status
-
-
-def wait_until(what: str, check: Callable[[], Any], timeout_s: float) -> Any:
-    """Poll `check` until it returns something truthy; InfrastructureError after."""
-    deadline = time.monotonic() + timeout_s
-    last_error: Exception | None = None
-    while True:
-        try:
-            got = check()
-            if got:
-                return got
-        except (grpc.RpcError, OSError) as exc:
-            last_error = exc
-        if time.monotonic() >= deadline:
-            why = f" (last error: {last_error})" if last_error else ""
-            raise InfrastructureError(f"{what}: not within {timeout_s:g} s{why}")
-        time.sleep(POLL_S)
 
 
 class Fault(ABC):

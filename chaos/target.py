@@ -24,7 +24,6 @@ import json
 import os
 import signal
 import threading
-import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -37,16 +36,15 @@ import paho.mqtt.client as mqtt
 import psutil
 
 from bridges.mqtt_session import MqttSession
+from chaos.polling import wait_until
 from cluster.config import Config
-from cluster.errors import FailedPreconditionError, InfrastructureError
+from cluster.errors import FailedPreconditionError
 from cluster.etcd_local import member_is_healthy, raft_leader_of
 from cluster.mosquitto_local import mqtt_connects
 from cluster.processes import signal_session
 from cluster.system import MANIFEST_NAME, CitySystem
 from fleet.network_server import Execution, executions_topic
 from fleet.population import City, build_city
-
-POLL_S = 0.2
 
 
 class Link(Protocol):
@@ -296,7 +294,7 @@ class AttachedTarget(DrillTarget):
             raise FailedPreconditionError(
                 f"the system of {self._path} does not restart its posts; start post {post} again"
             )
-        self._wait(f"post {post} restarted by the system", lambda: self._post_back(post), timeout_s)
+        wait_until(f"post {post} restarted by the system", lambda: self._post_back(post), timeout_s)
 
     def _post_back(self, post: str) -> bool:
         pid = self._manifest().post_pid(post)
@@ -323,7 +321,7 @@ class AttachedTarget(DrillTarget):
             pid = int(members[index]["pid"])
             if _cmdline(pid):
                 os.kill(pid, signal.SIGCONT)
-        self._wait(
+        wait_until(
             "every etcd member healthy",
             lambda: all(member_is_healthy(f"http://{m['endpoint']}") for m in self._members()),
             timeout_s,
@@ -340,7 +338,7 @@ class AttachedTarget(DrillTarget):
             raise FailedPreconditionError("the running system does not restart its broker")
         mqtt_config = self.config.mqtt
         port = mqtt_config.port or 0
-        self._wait(
+        wait_until(
             "the broker restarted by the system",
             lambda: mqtt_connects(mqtt_config.host, port),
             timeout_s,
@@ -377,15 +375,3 @@ class AttachedTarget(DrillTarget):
         if self._session is not None:
             self._session.stop()
             self._session = None
-
-    def _wait(self, what: str, check: Any, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                if check():
-                    return
-            except (OSError, psutil.Error, FailedPreconditionError):
-                pass
-            if time.monotonic() >= deadline:
-                raise InfrastructureError(f"{what}: not within {timeout_s:g} s")
-            time.sleep(POLL_S)
