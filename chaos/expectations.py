@@ -19,10 +19,12 @@ OLD_LEADER_STOPPED_FIRST = "old_leader_stopped_before_takeover"
 POST_ESCALATED = "post_escalated"  # restart-intensity: the fault saw the post report it
 STORM_DEAD_LETTERED = "storm_dead_lettered"  # every malformed uplink counted, by reason
 NO_COMMAND_WITHOUT_QUORUM = "no_command_without_quorum"  # etcd-quorum-loss
+STEADY_AGAIN = "steady_state_restored"  # every scenario: after the heal
 
 # Facts a fault reports about itself (`observations`).
 ESCALATED = "escalated"  # bool
 DEAD_LETTERED = "dead_lettered"  # {reason: [sent, counted by the leader]}
+STEADY_REASONS = "steady_after_reasons"  # why the steady state did not return (runner)
 
 
 def expectations_for(scenario: Scenario) -> tuple[str, ...]:
@@ -41,6 +43,7 @@ def expectations_for(scenario: Scenario) -> tuple[str, ...]:
         names.append(STORM_DEAD_LETTERED)
     if scenario.kind is FaultKind.ETCD_QUORUM_LOSS:
         names.append(NO_COMMAND_WITHOUT_QUORUM)
+    names.append(STEADY_AGAIN)
     return tuple(names)
 
 
@@ -55,10 +58,16 @@ def check_expectations(
     observations = observations or {}
     out: list[Violation] = []
     names: Sequence[str] = expectations_for(scenario)
+    if evidence.steady_at_ms is None:
+        reasons = observations.get(STEADY_REASONS)
+        why = "; ".join(map(str, reasons)) if isinstance(reasons, list) and reasons else "not seen"
+        out.append(
+            Violation(STEADY_AGAIN, f"the steady state did not return after the heal: {why}")
+        )
     if measures.old_epoch is None:
         # The steady state before the fault requires a leader: without one nothing below
         # can be judged, and saying so is the honest answer.
-        return [Violation(names[0], "no leader held the key when the fault started")]
+        return [Violation(names[0], "no leader held the key when the fault started"), *out]
     newer = sorted(
         (t for t in evidence.leaders if t.epoch > measures.old_epoch), key=lambda t: t.from_ms
     )

@@ -36,7 +36,7 @@ from chaos.collect import (
     read_present_keys,
 )
 from chaos.evidence import AcknowledgedWrite, Evidence, FaultWindow, executions_from_log
-from chaos.expectations import check_expectations, expectations_for
+from chaos.expectations import STEADY_REASONS, check_expectations, expectations_for
 from chaos.invariants import Bounds, Report, check_all
 from chaos.operator_load import Sender
 from chaos.report import ReportFiles, write_report
@@ -270,7 +270,7 @@ class DrillRunner:
                 evidence,
                 report.measures,
                 lease_ttl_s=self.lease_ttl_s,
-                observations=fault.observations,
+                observations={**fault.observations, STEADY_REASONS: after_reasons},
             ),
         )
         extra = {

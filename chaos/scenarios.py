@@ -249,10 +249,11 @@ SCENARIOS: tuple[Scenario, ...] = (
     ),
     Scenario(
         name="broker-restart",
-        breaks="mosquitto killed and started again",
+        breaks="mosquitto killed, down for twice the TTL, then started again",
         must_hold="the leader keeps leading; telemetry resumes; commands settle or expire",
         kind=FaultKind.BROKER_RESTART,
         heal="start mosquitto again on the same port and persistence directory",
+        hold_ttl=2.0,
         limits=Limits(telemetry_gap_ttl=_gaps(10.0)),
     ),
     Scenario(

@@ -46,13 +46,18 @@ ESCALATE = scenario(FaultKind.RESTART_INTENSITY, LeaderChange.ALLOWED)
 STORM = scenario(FaultKind.MALFORMED_STORM, LeaderChange.NONE)
 
 
-def evidence(*leaders: LeaderTerm, executions: tuple[ExecutionEvent, ...] = ()) -> Evidence:
+def evidence(
+    *leaders: LeaderTerm,
+    executions: tuple[ExecutionEvent, ...] = (),
+    steady_at_ms: int | None = T0 + 22_000,
+) -> Evidence:
     return Evidence(
         fault=FaultWindow(FAULT_START, T0 + 20_000),
         observed_from_ms=T0,
         observed_to_ms=T0 + 30_000,
         executions=executions,
         leaders=leaders,
+        steady_at_ms=steady_at_ms,
     )
 
 
@@ -103,18 +108,25 @@ def test_every_scenario_gets_the_rules_of_its_kind(sc: Scenario) -> None:
 
 
 def test_expectations_come_in_a_fixed_order() -> None:
-    assert exp.expectations_for(KEEP) == (exp.LEADER_KEPT, exp.OLD_LEADER_STOPPED_FIRST)
+    steady = exp.STEADY_AGAIN
+    assert exp.expectations_for(KEEP) == (exp.LEADER_KEPT, exp.OLD_LEADER_STOPPED_FIRST, steady)
     assert exp.expectations_for(REPLACE) == (
         exp.LEADER_REPLACED,
         exp.TAKEOVER_BOUNDED,
         exp.OLD_LEADER_STOPPED_FIRST,
+        steady,
     )
-    assert exp.expectations_for(ALLOW) == (exp.OLD_LEADER_STOPPED_FIRST,)
-    assert exp.expectations_for(ESCALATE) == (exp.OLD_LEADER_STOPPED_FIRST, exp.POST_ESCALATED)
+    assert exp.expectations_for(ALLOW) == (exp.OLD_LEADER_STOPPED_FIRST, steady)
+    assert exp.expectations_for(ESCALATE) == (
+        exp.OLD_LEADER_STOPPED_FIRST,
+        exp.POST_ESCALATED,
+        steady,
+    )
     assert exp.expectations_for(STORM) == (
         exp.LEADER_KEPT,
         exp.OLD_LEADER_STOPPED_FIRST,
         exp.STORM_DEAD_LETTERED,
+        steady,
     )
 
 
@@ -123,6 +135,7 @@ def test_a_takeover_bound_without_a_required_change_is_still_checked() -> None:
     assert exp.expectations_for(allowed_but_bounded) == (
         exp.TAKEOVER_BOUNDED,
         exp.OLD_LEADER_STOPPED_FIRST,
+        exp.STEADY_AGAIN,
     )
 
 
@@ -315,3 +328,18 @@ def test_executions_during_quorum_loss_after_one_ttl_break_it() -> None:
 def test_no_execution_during_quorum_loss_holds() -> None:
     executions = (ExecutionEvent("d1", "c1", 5, T0 + 25_000),)
     assert check(QUORUM, evidence(*KEPT, executions=executions)) == []
+
+
+# --- the steady state after the heal --------------------------------------------------------
+
+
+def test_no_steady_state_after_the_heal_breaks_it_with_the_reasons() -> None:
+    observations = {exp.STEADY_REASONS: ["no standby answers", "bus: no uplink"]}
+    got = check(KEEP, evidence(*KEPT, steady_at_ms=None), observations=observations)
+    assert [v.invariant for v in got] == [exp.STEADY_AGAIN]
+    assert "no standby answers; bus: no uplink" in got[0].detail
+
+
+def test_every_scenario_is_checked_for_the_steady_state_after_the_heal() -> None:
+    for sc in SCENARIOS:
+        assert exp.expectations_for(sc)[-1] == exp.STEADY_AGAIN
