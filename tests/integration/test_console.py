@@ -99,7 +99,7 @@ class LivePost:
 def _stand_in_post(registry: DeviceRegistry, dispatcher: Dispatcher) -> Any:
     """What PostAdminService reads of a post, without its Ray cluster."""
     lamps = actor_name(AC.STREET_LAMP, "talant")
-    feed = SimpleNamespace(down=[lamps], restarts={lamps: 2})
+    feed = SimpleNamespace(down=[lamps], restarts={lamps: 2}, worker_pids={})
     edge = SimpleNamespace(
         decoded_by_class={"street_lamp": 40, "bollard": 7},
         dead_letters_by_reason={"bad_lpp": 1},
