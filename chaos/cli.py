@@ -31,7 +31,7 @@ PROG = "citypost drill"
 EXIT_OK = 0
 EXIT_BROKEN = 1  # an invariant or an expectation broke in some round
 EXIT_USAGE = 2  # unknown scenario or bad arguments (argparse)
-EXIT_REFUSED = 4  # the steady state did not hold before a fault: nothing injected
+EXIT_REFUSED = 4  # nothing injected: no steady state, or the system cannot run the scenario
 EXIT_INFRASTRUCTURE = 5  # the system could not be started, or a fault or heal failed
 EXIT_INTERRUPTED = 130
 
@@ -40,7 +40,8 @@ EXIT_CODES_HELP = """exit status:
   run:   0 every round held every invariant;
          1 an invariant or the scenario's expectation broke (see the reports);
          2 unknown scenario or bad arguments;
-         4 refused: the steady state did not hold before a fault (nothing injected);
+         4 refused, nothing injected: the steady state did not hold before a
+           fault, or the system cannot run this scenario (no link to control);
          5 the system could not be started, or a fault or its heal failed;
          130 interrupted (the fault was healed and the system stopped first)
 """
@@ -93,7 +94,7 @@ def _run_rounds(
 ) -> int:
     from chaos.drill_system import drill_config, own_system
     from chaos.faults import Drilled
-    from chaos.runner import DrillRunner, SteadyStateRefused
+    from chaos.runner import DrillRefused, DrillRunner
     from chaos.target import AttachedTarget, DrillTarget, find_manifest
     from cluster.config import load_config
     from cluster.errors import CitypostError
@@ -125,7 +126,7 @@ def _run_rounds(
                 verdict = "PASS" if result.ok else "FAIL: " + ", ".join(result.report.broken())
                 _say(f"round {round_}/{rounds}: {verdict}  ({result.files.markdown})")
                 broken += not result.ok
-    except SteadyStateRefused as refused:
+    except DrillRefused as refused:
         _complain(f"refused, nothing injected: {refused.message}")
         return EXIT_REFUSED
     except CitypostError as error:

@@ -379,5 +379,16 @@ _FAULTS: dict[FaultKind, type[Fault]] = {
 }
 
 
+def unsupported(scenario: Scenario, target: DrillTarget) -> str:
+    """Why this target cannot run the scenario at all ("" when it can)."""
+    if scenario.kind in (FaultKind.ETCD_PARTITION, FaultKind.ETCD_LATENCY) and not target.links:
+        return (
+            f"{scenario.name} needs each post's etcd traffic through a link the drill "
+            "controls, and this system has none; run it on the drill's own system "
+            "(without --against)"
+        )
+    return ""
+
+
 def fault_for(scenario: Scenario, drilled: Drilled, targets: Targets) -> Fault:
     return _FAULTS[scenario.kind](drilled, scenario, targets)

@@ -59,7 +59,11 @@ BASELINE_MS = 2500
 _ROLES = {admin_pb2.POST_ROLE_LEADER: Role.LEADER, admin_pb2.POST_ROLE_STANDBY: Role.STANDBY}
 
 
-class SteadyStateRefused(CitypostError):
+class DrillRefused(CitypostError):
+    """The round was refused before anything was injected."""
+
+
+class SteadyStateRefused(DrillRefused):
     """The steady state did not hold before the fault: the drill injected nothing."""
 
     def __init__(self, reasons: Sequence[str]) -> None:
@@ -229,6 +233,9 @@ class DrillRunner:
 
     def run_round(self, scenario: Scenario, round_: int) -> RoundResult:
         s = self.settings
+        unsupported = fault_lib.unsupported(scenario, self.target)
+        if unsupported:
+            raise DrillRefused(unsupported)
         steady_before, reasons = self.wait_steady(s.steady_timeout_s)
         if steady_before is None:
             raise SteadyStateRefused(reasons)

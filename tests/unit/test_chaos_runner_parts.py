@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
+from types import FrameType, SimpleNamespace
 from typing import cast
 
 import pytest
@@ -262,3 +262,15 @@ def test_drill_run_interrupted_by_sigterm_exits_130(
     args = argparse.Namespace(scenario=SCENARIOS[0], rounds=1, against=None, out=tmp_path, seed=0)
     assert cli._cmd_run(args) == cli.EXIT_INTERRUPTED == 130
     assert signal.getsignal(signal.SIGTERM) is sigterm_marker
+
+
+def test_link_scenarios_are_unsupported_on_a_target_without_links() -> None:
+    without = cast(DrillTarget, SimpleNamespace(links={}))
+    with_links = cast(DrillTarget, SimpleNamespace(links={"primary": object()}))
+    for sc in SCENARIOS:
+        needs_link = sc.kind in (FaultKind.ETCD_PARTITION, FaultKind.ETCD_LATENCY)
+        reason = faults.unsupported(sc, without)
+        assert bool(reason) is needs_link, sc.name
+        if needs_link:
+            assert sc.name in reason and "without --against" in reason
+        assert faults.unsupported(sc, with_links) == ""
