@@ -120,7 +120,9 @@ def _run_rounds(
                     f"scale {config.city.scale:g}) ..."
                 )
                 target = stack.enter_context(own_system(config, out_dir / "system")).target()
-            runner = stack.enter_context(DrillRunner(Drilled(target, seed=seed), out_dir))
+            runner = stack.enter_context(
+                DrillRunner(Drilled(target, seed=seed), out_dir, progress=_say)
+            )
             for round_ in range(1, rounds + 1):
                 result = runner.run_round(scenario, round_)
                 verdict = "PASS" if result.ok else "FAIL: " + ", ".join(result.report.broken())

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -119,8 +119,11 @@ class DrillRunner:
         drilled: fault_lib.Drilled,
         out_dir: Path,
         settings: DrillSettings | None = None,
+        *,
+        progress: Callable[[str], None] | None = None,
     ) -> None:
         self.drilled = drilled
+        self._progress = progress or (lambda line: log.info("%s", line))
         self.target = drilled.target
         self.out_dir = out_dir
         self.settings = settings or DrillSettings()
@@ -240,6 +243,10 @@ class DrillRunner:
         if steady_before is None:
             raise SteadyStateRefused(reasons)
         targets = self.targets()
+        self._progress(
+            f"round {round_}: steady state holds ({targets.leader} leads, "
+            f"{targets.standby} stands by)"
+        )
         observed_from = now_ms()
         ttl_ms = round(s.command_ttl_ttl * self.lease_ttl_s * 1000)
         sender = Sender(
@@ -253,14 +260,19 @@ class DrillRunner:
         fault = fault_lib.fault_for(scenario, self.drilled, targets)
         try:
             time.sleep(s.lead_in_s)
-            log.info("round %d: %s (leader %s)", round_, fault.describe(), targets.leader)
+            self._progress(f"round {round_}: injecting: {fault.describe()}")
             fault_start = now_ms()
             try:
                 fault.inject()
                 time.sleep(scenario.hold_s(self.lease_ttl_s))
             finally:
+                self._progress(f"round {round_}: healing: {scenario.heal}")
                 fault.heal()
             fault_end = now_ms()
+            self._progress(
+                f"round {round_}: healed {(fault_end - fault_start) / 1000:.1f} s after the "
+                "fault started; waiting for the steady state"
+            )
             steady_after, after_reasons = self.wait_steady(s.steady_timeout_s)
             time.sleep(s.settle_s)
         finally:
