@@ -7,6 +7,7 @@ supervisor, not by the drill."""
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from chaos.faults import Drilled
 from chaos.runner import DrillRunner
 from chaos.target import AttachedTarget, find_manifest
 from cluster.config import SimConfig
-from cluster.errors import FailedPreconditionError
+from cluster.errors import FailedPreconditionError, InfrastructureError
 from cluster.system import MANIFEST_NAME, CitySystem
 
 pytestmark = pytest.mark.integration
@@ -26,11 +27,18 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CitySystem]:
-    root = tmp_path_factory.mktemp("attached")
-    config = drill_config().model_copy(update={"sim": SimConfig(speed=60.0), "run_dir": root})
-    system = CitySystem(config, root / "demo-1", supervise=True)
+    for attempt in (1, 2):
+        root = tmp_path_factory.mktemp("attached")
+        config = drill_config().model_copy(update={"sim": SimConfig(speed=60.0), "run_dir": root})
+        system = CitySystem(config, root / "demo-1", supervise=True)
+        try:
+            system.start()  # stops what it started if it fails
+            break
+        except InfrastructureError as exc:
+            if attempt == 2:
+                raise
+            warnings.warn(f"starting the running system failed, retrying: {exc}", stacklevel=1)
     try:
-        system.start()
         yield system
     finally:
         system.stop()

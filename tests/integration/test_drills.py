@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -34,21 +35,20 @@ class Drills:
 @pytest.fixture(scope="module")
 def drills(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Drills]:
     config = drill_config().model_copy(update={"sim": SimConfig(speed=60.0)})
-    for attempt in (1, 2):
-        run_dir = tmp_path_factory.mktemp("drills")
-        try:
-            with (
-                own_system(config, run_dir / "system") as drill,
-                DrillRunner(drill.drilled(), run_dir / "reports") as runner,
-            ):
-                yield Drills(drill, runner, run_dir / "reports")
-                return
-        except InfrastructureError as exc:
-            # A Ray head can fail to start on a loaded machine (raylet's fixed 15 s wait
-            # for its dashboard agent); the start is retried once, loudly.
-            if attempt == 2 or "start" not in str(exc).lower():
-                raise
-            warnings.warn(f"starting the drill system failed, retrying: {exc}", stacklevel=1)
+    with ExitStack() as stack:
+        for attempt in (1, 2):
+            run_dir = tmp_path_factory.mktemp("drills")
+            try:
+                drill = stack.enter_context(own_system(config, run_dir / "system"))
+                break
+            except InfrastructureError as exc:
+                # A Ray head can fail to start on a loaded machine (raylet's fixed 15 s
+                # wait for its dashboard agent); the start is retried once, loudly.
+                if attempt == 2:
+                    raise
+                warnings.warn(f"starting the drill system failed, retrying: {exc}", stacklevel=1)
+        runner = stack.enter_context(DrillRunner(drill.drilled(), run_dir / "reports"))
+        yield Drills(drill, runner, run_dir / "reports")
 
 
 @pytest.mark.timeout(400)
