@@ -193,7 +193,7 @@ def add_drill_parser(commands: argparse._SubParsersAction) -> None:
     drill = commands.add_parser(
         "drill",
         help="chaos drills: break part of the city on purpose and check it stays controlled",
-        description="Chaos drills for the SRE team: the scenarios, and (soon) running them.",
+        description="Chaos drills for the SRE team: the scenarios, and running them.",
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -4,8 +4,8 @@
   etcd, not through any post) and dates each change on the drill's clock.
 - `CounterSampler` reads every post's uplink counters once a second
   (PostAdmin.GetStatus), for the telemetry gaps and the steady state.
-- `read_ledger` and `read_present_keys` read the control state straight from
-  etcd after the drill; the executions come from the network server's log.
+- `read_ledger` reads the command ledger straight from etcd (the steady
+  state's unfinished commands, and after the drill what is present); the executions come from the network server's log.
 
 Both threads run their own loop or channel and stop on `stop()`; a failing
 read is recorded as silence, never raised into the drill.
@@ -19,13 +19,12 @@ import threading
 import time
 from collections.abc import Sequence
 
-import aetcd
 import grpc
 
 from chaos.evidence import CommandStatus, LeaderTerm, LedgerEntry
 from chaos.trails import CounterSample, TermBook
 from cluster.etcd_local import etcd_client
-from failover.control_state import LEDGER, list_all
+from failover.control_state import LEDGER, ledger_key, list_all
 from failover.election import watch_leader
 from failover.etcd_control_state import EtcdControlState
 from protos.citypost.v1 import admin_pb2, admin_pb2_grpc, command_pb2, control_state_pb2
@@ -169,11 +168,24 @@ def ledger_entry(record: control_state_pb2.CommandRecord) -> LedgerEntry:
     )
 
 
-async def read_ledger(client: aetcd.Client, city: str) -> list[LedgerEntry]:
-    """Every command ledger entry, read straight from etcd."""
-    state = EtcdControlState(client, city)
-    entries = await list_all(state, LEDGER, control_state_pb2.CommandRecord)
-    return [ledger_entry(e.value) for e in entries]
+def read_ledger(endpoints: Sequence[str], city: str) -> list[LedgerEntry]:
+    """Every command ledger entry, read straight from etcd (its own client and loop)."""
+
+    async def read() -> list[LedgerEntry]:
+        client = etcd_client(endpoints, timeout=5.0)
+        try:
+            state = EtcdControlState(client, city)
+            entries = await list_all(state, LEDGER, control_state_pb2.CommandRecord)
+            return [ledger_entry(e.value) for e in entries]
+        finally:
+            await client.close()
+
+    return asyncio.run(read())
+
+
+def present_keys(entries: Sequence[LedgerEntry]) -> frozenset[str]:
+    """The control-state keys of these ledger entries (what "present afterwards" checks)."""
+    return frozenset(ledger_key(e.command_id) for e in entries)
 
 
 def live_during(entries: Sequence[LedgerEntry], from_ms: int) -> list[LedgerEntry]:
@@ -183,13 +195,3 @@ def live_during(entries: Sequence[LedgerEntry], from_ms: int) -> list[LedgerEntr
         for e in entries
         if e.issued_at_ms >= from_ms or e.finished_at_ms is None or e.finished_at_ms >= from_ms
     ]
-
-
-async def read_present_keys(client: aetcd.Client, city: str, keys: Sequence[str]) -> frozenset[str]:
-    """Which of `keys` (relative to the city's root) the control state holds."""
-    state = EtcdControlState(client, city)
-    present = set()
-    for key in keys:
-        if await state.get(key, control_state_pb2.CommandRecord) is not None:
-            present.add(key)
-    return frozenset(present)

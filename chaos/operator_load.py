@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import grpc
 
 from console.client import CallFailedError, PostClient, PostUnreachableError, RetryPolicy
+from failover.control_state import ledger_key
 from protos.citypost.v1 import assets_pb2, command_pb2, operator_pb2
 
 OPERATOR = "op-drill"
@@ -35,7 +36,7 @@ class Acked:
     @property
     def ledger_key(self) -> str:
         """Where the control state keeps it (relative to the city's root)."""
-        return f"ledger/{self.command_id}"
+        return ledger_key(self.command_id)
 
 
 def lamp_command(group: str, pct: float) -> command_pb2.Command:

@@ -17,13 +17,11 @@ round takes the slice of evidence it watched.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
 
 from bridges.registry import class_name
 from chaos import faults as fault_lib
@@ -32,8 +30,8 @@ from chaos.collect import (
     LeaderTrail,
     live_during,
     now_ms,
+    present_keys,
     read_ledger,
-    read_present_keys,
 )
 from chaos.evidence import AcknowledgedWrite, Evidence, FaultWindow, executions_from_log
 from chaos.expectations import STEADY_REASONS, check_expectations, expectations_for
@@ -44,12 +42,10 @@ from chaos.scenarios import LeaderChange, Scenario
 from chaos.steady_state import PostView, Role, Snapshot, check_steady_state
 from chaos.trails import recent_uplinks, telemetry_from_samples
 from cluster.errors import CitypostError, FailedPreconditionError
-from cluster.etcd_local import etcd_client
 from failover import cli as failover_cli
 from protos.citypost.v1 import admin_pb2, assets_pb2
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 # Classes whose devices report often enough to judge "telemetry flowing" in a few
 # seconds (bus every 15 s, signals and company cars every 30 s of simulated time).
@@ -105,10 +101,6 @@ def scenario_bounds(scenario: Scenario, lease_ttl_s: float) -> Bounds:
     extra_ttl = scenario.hold_ttl + (scenario.limits.takeover_ttl or 0.0)
     extra_ms = round(extra_ttl * lease_ttl_s * 1000)
     return Bounds(bounds.command_slack_ms + extra_ms, bounds.telemetry_gap_ms)
-
-
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
 
 
 class DrillRunner:
@@ -188,7 +180,7 @@ class DrillRunner:
                 self.sampler.samples(at - window_ms), leader_name, window_ms, at
             )
         current = self.trail.current()
-        ledger = _run(self._ledger())
+        ledger = read_ledger(self.target.endpoints, self.city)
         return Snapshot(
             at_ms=at,
             posts=tuple(posts),
@@ -199,13 +191,6 @@ class DrillRunner:
             leader_key_post=None if current is None else current.post,
             max_lag_revisions=self.settings.max_lag_revisions,
         )
-
-    async def _ledger(self) -> list[Any]:
-        client = etcd_client(self.target.endpoints, timeout=5.0)
-        try:
-            return await read_ledger(client, self.city)
-        finally:
-            await client.close()
 
     def wait_steady(self, timeout_s: float) -> tuple[int | None, list[str]]:
         """When the steady state held (None: not within `timeout_s`) and the last reasons."""
@@ -337,17 +322,7 @@ class DrillRunner:
             if t.from_ms <= observed_to and (t.to_ms is None or t.to_ms >= observed_from)
         )
         acked = [AcknowledgedWrite(a.ledger_key, a.at_ms) for a in sender.acked]
-
-        async def read() -> tuple[list[Any], frozenset[str]]:
-            client = etcd_client(self.target.endpoints, timeout=5.0)
-            try:
-                ledger = await read_ledger(client, self.city)
-                present = await read_present_keys(client, self.city, [w.key for w in acked])
-                return ledger, present
-            finally:
-                await client.close()
-
-        ledger, present = _run(read())
+        ledger = read_ledger(self.target.endpoints, self.city)
         return Evidence(
             fault=window,
             observed_from_ms=observed_from,
@@ -355,7 +330,7 @@ class DrillRunner:
             executions=executions,
             leaders=terms,
             acknowledged_writes=tuple(acked),
-            present_keys=present,
+            present_keys=present_keys(ledger),
             ledger=tuple(live_during(ledger, observed_from)),
             telemetry=telemetry_from_samples(
                 self.sampler.samples(observed_from - BASELINE_MS), observed_from

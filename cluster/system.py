@@ -292,7 +292,7 @@ class CitySystem:
                     log.warning("supervisor: post %s died; restarting it", name)
                     self.restart_post(name)
                     self._count(f"post-{name}")
-                    changed = False  # restart_post wrote the manifest
+                    changed = True
             if changed:
                 self.write_manifest()
 

@@ -223,16 +223,20 @@ class EtcdControlState(StoreBase):
         await self._client.connect()
         return self._client.kvstub
 
+    def _retrying(self) -> AsyncRetrying:
+        """Another member, with exponential backoff, while none answers (`retry_for_s`)."""
+        return AsyncRetrying(
+            stop=stop_after_delay(self._retry_for_s),
+            wait=wait_exponential(multiplier=0.05, max=1.0),
+            retry=retry_if_exception(is_transient),
+            reraise=True,
+        )
+
     async def _call(self, what: str, attempt_call: Callable[[Any], Awaitable[T]]) -> T:
         """One unary call on the KV stub, retried while no member answers."""
         kv = await self._kv()
         try:
-            async for attempt in AsyncRetrying(
-                stop=stop_after_delay(self._retry_for_s),
-                wait=wait_exponential(multiplier=0.05, max=1.0),
-                retry=retry_if_exception(is_transient),
-                reraise=True,
-            ):
+            async for attempt in self._retrying():
                 with attempt:
                     return await attempt_call(kv)
         except grpc.aio.AioRpcError as exc:
@@ -410,12 +414,7 @@ class EtcdControlState(StoreBase):
             return call, response
 
         try:
-            async for retry in AsyncRetrying(
-                stop=stop_after_delay(self._retry_for_s),
-                wait=wait_exponential(multiplier=0.05, max=1.0),
-                retry=retry_if_exception(is_transient),
-                reraise=True,
-            ):
+            async for retry in self._retrying():
                 with retry:
                     return await attempt()
         except grpc.aio.AioRpcError as exc:

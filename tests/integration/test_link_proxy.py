@@ -136,8 +136,13 @@ async def test_latency_slows_each_round_trip_and_the_heal_removes_it(proxy: Link
         assert await timed_get(client, key) >= 0.4
         assert proxy.stats().chunks_delayed >= 2
         proxy.heal()
-        fastest = min([await timed_get(client, key) for _ in range(5)])
-    assert fastest < 0.4
+        delayed = proxy.stats().chunks_delayed
+        for _ in range(5):
+            await client.get(key)
+        # After the heal no chunk is delayed any more (counted, not timed: a loaded machine
+        # may be slow for its own reasons).
+        assert proxy.stats().chunks_delayed == delayed
+        assert proxy.state is LinkState.OPEN
 
 
 async def test_loss_delays_chunks_but_loses_no_byte(proxy: LinkProxy) -> None:
