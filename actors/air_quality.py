@@ -30,7 +30,7 @@ from typing import Any
 from actors.decisions import ClearAlarm, Decision, IssueCommand, RaiseAlarm, ReportMetric
 from actors.policy import Policy, Snapshot
 from bridges.registry import Device
-from cluster.errors import InvalidArgumentError
+from citypost.errors import InvalidArgumentError
 from protos.citypost.v1 import operations_pb2, telemetry_pb2
 
 ALARM = "air_quality_poor"

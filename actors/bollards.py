@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from actors.decisions import ClearAlarm, Decision, IssueCommand, RaiseAlarm, RequestTask
 from actors.policy import Policy, Snapshot
 from bridges.registry import Device
-from cluster.errors import ConfigError, InvalidArgumentError, NotFoundError
+from citypost.errors import ConfigError, InvalidArgumentError, NotFoundError
 from protos.citypost.v1 import assets_pb2, command_pb2, operations_pb2, telemetry_pb2
 
 ASSET_CLASS = assets_pb2.AssetClass.BOLLARD

@@ -14,7 +14,7 @@ from datetime import datetime
 from actors.decisions import Decision, IssueCommand, ReportMetric
 from actors.policy import Policy, Snapshot
 from bridges.registry import Device
-from cluster.errors import InvalidArgumentError
+from citypost.errors import InvalidArgumentError
 from protos.citypost.v1 import assets_pb2, telemetry_pb2
 
 

@@ -21,7 +21,7 @@ from actors.decisions import Decision, IssueCommand, ReportMetric
 from actors.geo import haversine_m
 from actors.policy import Policy, Snapshot
 from bridges.registry import Device
-from cluster.errors import InvalidArgumentError, NotFoundError
+from citypost.errors import InvalidArgumentError, NotFoundError
 from protos.citypost.v1 import operations_pb2, telemetry_pb2
 
 DepartmentId: TypeAlias = operations_pb2.Department.ValueType

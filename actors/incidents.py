@@ -25,7 +25,7 @@ from typing import TypeAlias
 
 from actors.decisions import OpenIncident, RequestTask
 from actors.geo import haversine_m
-from cluster.errors import InvalidArgumentError
+from citypost.errors import InvalidArgumentError
 from fleet.dijon import BOUNDS, COMMUNES
 from protos.citypost.v1 import operations_pb2
 

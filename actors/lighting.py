@@ -34,7 +34,7 @@ from actors.decisions import (
 )
 from actors.policy import Policy, Snapshot
 from bridges.registry import Device
-from cluster.errors import ConfigError, InvalidArgumentError
+from citypost.errors import ConfigError, InvalidArgumentError
 from protos.citypost.v1 import assets_pb2, command_pb2, operations_pb2, telemetry_pb2
 
 ASSET_CLASS = assets_pb2.AssetClass.STREET_LAMP

@@ -16,7 +16,7 @@ from actors.decisions import Decision, IssueCommand, ReportMetric
 from actors.geo import haversine_m
 from actors.policy import Policy, Snapshot
 from bridges.registry import Device
-from cluster.errors import InvalidArgumentError
+from citypost.errors import InvalidArgumentError
 from protos.citypost.v1 import telemetry_pb2
 
 METRIC = "parking.free_spaces"

@@ -29,7 +29,7 @@ from typing import Any
 import ray
 import ray.exceptions
 
-from cluster.errors import (
+from citypost.errors import (
     ActorCallError,
     ActorUnavailableError,
     CitypostError,

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
-from cluster.errors import InvalidArgumentError
+from citypost.errors import InvalidArgumentError
 
 # The sun's upper limb on the horizon: 34' of refraction plus 16' of radius.
 SUNRISE_SUNSET_DEG = -0.833

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from cluster.errors import ConfigError, InvalidArgumentError
+from citypost.errors import ConfigError, InvalidArgumentError
 
 
 class Verdict(StrEnum):

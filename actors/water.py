@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 from actors.decisions import ClearAlarm, Decision, IssueCommand, Notify, RaiseAlarm
 from actors.policy import Policy, Snapshot
 from bridges.registry import Device
-from cluster.errors import InvalidArgumentError
+from citypost.errors import InvalidArgumentError
 from protos.citypost.v1 import operations_pb2, telemetry_pb2
 
 PARIS = ZoneInfo("Europe/Paris")

@@ -48,13 +48,13 @@ from bridges.downlinks import downlinks
 from bridges.edge import ACK_FILTER
 from bridges.mqtt_session import tcp_no_delay
 from bridges.registry import Device, DeviceRegistry
-from cluster.config import load_config
+from citypost.clock import SimClock
+from citypost.config import load_config
 from cluster.mosquitto_local import LocalMosquitto
-from cluster.post import Post
-from cluster.sim_clock import SimClock
 from failover.control_state import ledger_key
 from fleet.network_server import NetworkServer
 from fleet.population import build_city
+from post.post import Post
 from protos.citypost.v1 import assets_pb2, command_pb2, control_state_pb2
 
 TARGET_IDLE_P99_MS = 50.0

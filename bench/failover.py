@@ -53,10 +53,10 @@ from bench.failover_support import (
     figures,
     within,
 )
-from cluster.config import Config, load_config
-from cluster.errors import CitypostError
+from citypost.config import Config, load_config
+from citypost.errors import CitypostError
 from cluster.system import CitySystem
-from failover.cli import AdminCalls, Handover, PostView, plan_switchover, took_over
+from console.failover_cli import AdminCalls, Handover, PostView, plan_switchover, took_over
 from protos.citypost.v1 import assets_pb2
 
 TARGET_CRASH_P50_MS = 1500.0

@@ -1,7 +1,7 @@
 """Shared set-up for the benchmarks that run a real post in-process.
 
 A post here is what `citypost post` runs, minus its gRPC services: its own
-Ray head on loopback, one actor per (asset class, group), and `cluster.post.Post`
+Ray head on loopback, one actor per (asset class, group), and `post.post.Post`
 (edge, actor feed, dispatcher and their loops) on the caller's asyncio loop,
 as `tests/integration/test_post.py` assembles it. Everything started here is
 stopped by `PostRig.close()`, by PID, also after a failure.
@@ -26,11 +26,11 @@ from bridges import chirpstack
 from bridges.downlink_gate import DownlinkGate
 from bridges.edge import Edge
 from bridges.registry import DeviceRegistry
-from cluster.config import Config, load_config
-from cluster.observability import Observability, setup_observability
-from cluster.post import Post
+from citypost.clock import SimClock
+from citypost.config import Config, load_config
+from citypost.observability import Observability, setup_observability
 from cluster.ray_local import LocalRay
-from cluster.sim_clock import SimClock
+from post.post import Post
 from protos.citypost.v1 import telemetry_pb2
 
 READY_TIMEOUT_S = 300.0  # 59 actor workers starting on 2 cores take a while

@@ -31,9 +31,9 @@ from paho.mqtt.properties import Properties
 
 from bridges.edge import UPLINK_FILTER, Edge
 from bridges.router import UplinkRouter
-from cluster.config import Config, load_config
+from citypost.config import Config, load_config
+from citypost.observability import setup_observability
 from cluster.mosquitto_local import LocalMosquitto
-from cluster.observability import setup_observability
 from fleet.population import City, build_city
 from fleet.uplinks import UplinkFactory
 from protos.citypost.v1 import telemetry_pb2

@@ -36,9 +36,9 @@ from bench.harness import (
     parse_overrides,
 )
 from bench.ingest import Uplink, city_uplinks, publish_all, raw_drain_rate
-from cluster.config import Config
+from citypost.clock import SimClock
+from citypost.config import Config
 from cluster.mosquitto_local import LocalMosquitto
-from cluster.sim_clock import SimClock
 from fleet.population import City, build_city
 
 TARGET_RATIO = 0.5

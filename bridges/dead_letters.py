@@ -12,7 +12,7 @@ from collections import Counter
 
 from google.protobuf import json_format
 
-from cluster.errors import DeadLetterReason, DecodeError
+from citypost.errors import DeadLetterReason, DecodeError
 from protos.citypost.v1 import dead_letter_pb2
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from bridges.lpp import LppType, LppValue
 from bridges.lpp import decode as lpp_decode
 from bridges.lpp import encode as lpp_encode
-from cluster.errors import DeadLetterReason, DecodeError, InvalidArgumentError
+from citypost.errors import DeadLetterReason, DecodeError, InvalidArgumentError
 from protos.citypost.v1 import command_pb2
 
 COMMAND_F_PORT = 100

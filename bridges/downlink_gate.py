@@ -40,8 +40,8 @@ from bridges.gate_book import (
     store_mark,
 )
 from bridges.mqtt_session import MqttSession
-from cluster.config import Config
-from cluster.errors import (
+from citypost.config import Config
+from citypost.errors import (
     ConfigError,
     DeadLetterReason,
     DecodeError,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from bridges import chirpstack
 from bridges.downlink_frame import COMMAND_F_PORT, encode_command
 from bridges.registry import Device, DeviceRegistry
-from cluster.errors import InvalidArgumentError, NotFoundError
+from citypost.errors import InvalidArgumentError, NotFoundError
 from protos.citypost.v1 import command_pb2
 
 

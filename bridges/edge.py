@@ -30,9 +30,9 @@ from bridges.dead_letters import DeadLetterCounter, make_dead_letter, to_json
 from bridges.mqtt_session import MqttSession
 from bridges.registry import DeviceRegistry, class_name
 from bridges.router import UplinkRouter
-from cluster.config import Config
-from cluster.errors import ConfigError, DeadLetterReason, DecodeError
-from cluster.observability import Observability
+from citypost.config import Config
+from citypost.errors import ConfigError, DeadLetterReason, DecodeError
+from citypost.observability import Observability
 from protos.citypost.v1 import telemetry_pb2
 
 log = logging.getLogger(__name__)

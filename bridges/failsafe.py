@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass
 
 from bridges.registry import DeviceRegistry
-from cluster.errors import ConfigError
+from citypost.errors import ConfigError
 from protos.citypost.v1 import assets_pb2, command_pb2, telemetry_pb2
 
 AC = assets_pb2.AssetClass

@@ -12,7 +12,7 @@ from bridges import chirpstack
 from bridges.layouts import LAYOUTS, Layout, decode_reading
 from bridges.lpp import decode as lpp_decode
 from bridges.registry import AssetClass, class_name
-from cluster.errors import DeadLetterReason, DecodeError, LppError
+from citypost.errors import DeadLetterReason, DecodeError, LppError
 
 
 def parse_hex(text: str) -> bytes:

@@ -25,7 +25,7 @@ from pathlib import Path
 import orjson
 
 from bridges.downlink_frame import decode_header
-from cluster.errors import (
+from citypost.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
 )

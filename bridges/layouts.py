@@ -53,7 +53,7 @@ from typing import Any, Literal
 from bridges.lpp import LppType, LppValue, size_of, value_decoder
 from bridges.lpp import decode as lpp_decode
 from bridges.lpp import encode as lpp_encode
-from cluster.errors import DeadLetterReason, DecodeError
+from citypost.errors import DeadLetterReason, DecodeError
 from protos.citypost.v1 import assets_pb2, telemetry_pb2
 
 AssetClass = assets_pb2.AssetClass

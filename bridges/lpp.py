@@ -17,8 +17,9 @@ import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
-from cluster.errors import LppError
+from citypost.errors import LppError
 
 HEADER_SIZE = 2  # channel byte + type byte
 
@@ -38,8 +39,9 @@ class LppType(IntEnum):
     GPS = 136
 
 
-@dataclass(frozen=True, slots=True)
-class LppValue:
+# A named tuple, not a frozen dataclass: built in one step, where a frozen dataclass's
+# __init__ stores each field through object.__setattr__ (half the cost of decoding a record).
+class LppValue(NamedTuple):
     channel: int
     type: LppType
     value: tuple[float, ...]  # 1 element for scalars, 3 for accelerometer/gyrometer/GPS
@@ -161,13 +163,6 @@ _DECODE_TABLE: tuple[tuple[int, LppType, _Decoder] | None, ...] = tuple(
 )
 _KNOWN_IDS = ", ".join(str(int(t)) for t in LppType)
 
-# A frozen dataclass's __init__ goes through object.__setattr__ per field, about half the cost
-# of decoding a record; decode fills the slots through their descriptors instead (same object).
-_new_value = object.__new__
-_set_channel = vars(LppValue)["channel"].__set__
-_set_type = vars(LppValue)["type"].__set__
-_set_value = vars(LppValue)["value"].__set__
-
 
 def value_decoder(type: LppType) -> Callable[[bytes, int], tuple[float, ...]]:
     """The decoder of one value of `type` at an offset: for callers that know the layout."""
@@ -216,11 +211,7 @@ def decode(payload: bytes) -> list[LppValue]:
                 f"{offset + HEADER_SIZE} (channel {payload[offset]}): needs {size} bytes, "
                 f"{n - offset - HEADER_SIZE} left (payload length {n})"
             )
-        item = _new_value(LppValue)
-        _set_channel(item, payload[offset])
-        _set_type(item, type_)
-        _set_value(item, decode_value(payload, offset + HEADER_SIZE))
-        append(item)
+        append(LppValue(payload[offset], type_, decode_value(payload, offset + HEADER_SIZE)))
         offset = end
     return out
 

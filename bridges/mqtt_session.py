@@ -18,7 +18,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from cluster.errors import InfrastructureError
+from citypost.errors import InfrastructureError
 
 SESSION_EXPIRY_S = 3600
 

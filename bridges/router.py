@@ -12,8 +12,8 @@ from typing import Any
 from bridges import chirpstack
 from bridges.layouts import LAYOUTS, decode_reading
 from bridges.registry import DeviceRegistry
-from cluster.config import EdgeConfig
-from cluster.errors import DeadLetterReason, DecodeError
+from citypost.config import EdgeConfig
+from citypost.errors import DeadLetterReason, DecodeError
 from protos.citypost.v1 import assets_pb2, telemetry_pb2
 
 _UPLINK_KIND = "event/up"

@@ -23,9 +23,9 @@ import grpc
 
 from chaos.evidence import CommandStatus, LeaderTerm, LedgerEntry
 from chaos.trails import CounterSample, TermBook
-from cluster.etcd_local import etcd_client
 from failover.control_state import LEDGER, ledger_key, list_all
 from failover.election import watch_leader
+from failover.etcd_client import etcd_client
 from failover.etcd_control_state import EtcdControlState
 from protos.citypost.v1 import admin_pb2, admin_pb2_grpc, command_pb2, control_state_pb2
 

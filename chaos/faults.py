@@ -24,8 +24,8 @@ from chaos.expectations import DEAD_LETTERED, ESCALATED
 from chaos.polling import wait_until
 from chaos.scenarios import FaultKind, Scenario, Target
 from chaos.target import DrillTarget
-from cluster.errors import FailedPreconditionError, InfrastructureError
-from failover.cli import AdminCalls, Handover, plan_switchover, took_over
+from citypost.errors import FailedPreconditionError, InfrastructureError
+from console.failover_cli import AdminCalls, Handover, plan_switchover, took_over
 from protos.citypost.v1 import admin_pb2, admin_pb2_grpc
 
 

@@ -44,7 +44,7 @@ from enum import StrEnum
 from types import TracebackType
 from typing import cast
 
-from cluster.errors import (
+from citypost.errors import (
     CitypostError,
     FailedPreconditionError,
     InfrastructureError,

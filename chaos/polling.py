@@ -9,7 +9,7 @@ from typing import TypeVar
 import grpc
 import psutil
 
-from cluster.errors import FailedPreconditionError, InfrastructureError
+from citypost.errors import FailedPreconditionError, InfrastructureError
 
 POLL_S = 0.2
 T = TypeVar("T")

@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 
 from chaos import invariants as inv
 from chaos.evidence import Evidence
-from cluster.errors import InfrastructureError
+from citypost.errors import InfrastructureError
 
 JSON_NAME = "report.json"
 MARKDOWN_NAME = "report.md"

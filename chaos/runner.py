@@ -41,8 +41,8 @@ from chaos.report import ReportFiles, write_report
 from chaos.scenarios import LeaderChange, Scenario
 from chaos.steady_state import PostView, Role, Snapshot, check_steady_state
 from chaos.trails import recent_uplinks, telemetry_from_samples
-from cluster.errors import CitypostError, FailedPreconditionError
-from failover import cli as failover_cli
+from citypost.errors import CitypostError, FailedPreconditionError
+from console import failover_cli
 from protos.citypost.v1 import admin_pb2, assets_pb2
 
 log = logging.getLogger(__name__)

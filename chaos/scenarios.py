@@ -19,7 +19,7 @@ from enum import StrEnum
 from typing import Any
 
 from chaos.invariants import Bounds
-from cluster.errors import InvalidArgumentError
+from citypost.errors import InvalidArgumentError
 
 NAME_PATTERN = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 

@@ -40,8 +40,8 @@ from bridges.lpp import LppType, LppValue
 from bridges.lpp import encode as lpp_encode
 from bridges.registry import Device
 from chaos.scenarios import Storm
-from cluster.config import CityConfig, EdgeConfig, MqttConfig
-from cluster.errors import (
+from citypost.config import CityConfig, EdgeConfig, MqttConfig
+from citypost.errors import (
     ConfigError,
     DeadLetterReason,
     FailedPreconditionError,

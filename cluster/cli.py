@@ -9,11 +9,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from chaos.cli import add_drill_parser
-from cluster.config import Config, load_config, parse_override
-from cluster.errors import CitypostError, DecodeError
+from citypost.config import Config, load_config, parse_override
+from citypost.errors import CitypostError, DecodeError
+from cluster.drill_cli import add_drill_parser
 from console.cli import add_console_parser
-from failover.cli import add_failover_parser
+from console.failover_cli import add_failover_parser
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:

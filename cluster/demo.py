@@ -24,8 +24,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from cluster.config import Config
-from cluster.sim_clock import SimClock
+from citypost.clock import SimClock
+from citypost.config import Config
 from cluster.system import CitySystem
 from protos.citypost.v1 import admin_pb2, admin_pb2_grpc
 

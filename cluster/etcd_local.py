@@ -7,7 +7,6 @@ keeps its data in run_dir/etcd-<i>.data.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import platform
@@ -16,16 +15,17 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 import aetcd
 
-from cluster.errors import ConfigError, InfrastructureError, InvalidArgumentError
+from citypost.errors import ConfigError, InfrastructureError, InvalidArgumentError
 from cluster.ports import free_ports
 from cluster.processes import ManagedProcess, find_binary
+from failover.etcd_client import etcd_client
 
 LOOPBACK = "127.0.0.1"
 MAX_MEMBERS = 7
@@ -84,55 +84,6 @@ def raft_leader_of(client_urls: Mapping[int, str], timeout: float = 2.0) -> int 
         if "\netcd_server_is_leader 1" in text:
             return index
     return None
-
-
-def grpc_target(endpoints: Sequence[str]) -> str:
-    """One gRPC target naming every member: "ipv4:h1:p1,h2:p2,..." (or "ipv6:...").
-
-    gRPC balances over a list of IP addresses only; one endpoint may be a host name.
-    """
-    if not endpoints:
-        raise InvalidArgumentError("endpoints: at least one host:port is needed")
-    if len(endpoints) == 1:
-        return endpoints[0]
-    families = set()
-    for endpoint in endpoints:
-        host, sep, port = endpoint.rpartition(":")
-        if not sep or not port.isdigit():
-            raise InvalidArgumentError(f"endpoints: {endpoint!r} is not host:port")
-        try:
-            families.add(ipaddress.ip_address(host.strip("[]")).version)
-        except ValueError:
-            raise InvalidArgumentError(
-                f"endpoints: {endpoint!r}: list members by IP address, gRPC cannot "
-                "balance over several host names"
-            ) from None
-    if len(families) != 1:
-        raise InvalidArgumentError("endpoints: mixing IPv4 and IPv6 members is not supported")
-    return f"ipv{families.pop()}:" + ",".join(endpoints)
-
-
-def etcd_client(endpoints: Sequence[str], *, timeout: float | None = 5.0) -> aetcd.Client:
-    """An aetcd client whose channel knows every member.
-
-    aetcd only takes one host and port and builds the target "host:port", so
-    the host carries the gRPC multi-address target and the port its last port.
-    gRPC then round-robins over the members that are up and drops a dead one;
-    a call in flight when its member dies can still fail with UNAVAILABLE, so
-    callers retry (tenacity).
-    """
-    target = grpc_target(endpoints)
-    host, sep, port = target.rpartition(":")
-    if not sep or not port.isdigit():
-        raise InvalidArgumentError(f"endpoints: {target!r} is not host:port")
-    options = {
-        "grpc.lb_policy_name": "round_robin",
-        # Reconnect to a restarted member quickly instead of backing off for seconds.
-        "grpc.initial_reconnect_backoff_ms": 100,
-        "grpc.max_reconnect_backoff_ms": 1000,
-    }
-    # aetcd hints timeout as int but hands it straight to gRPC, which takes float seconds.
-    return aetcd.Client(host=host, port=int(port), timeout=timeout, options=options)
 
 
 def _etcd_env() -> dict[str, str]:

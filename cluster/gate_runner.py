@@ -17,9 +17,9 @@ import aetcd
 from bridges.downlink_gate import DownlinkGate, GateStats
 from bridges.downlinks import downlinks
 from bridges.failsafe import FailsafeWatch, failsafe_commands
-from cluster.config import Config
-from cluster.etcd_local import etcd_client
+from citypost.config import Config
 from failover.election import leader_key, watch_leader
+from failover.etcd_client import etcd_client
 from fleet.population import build_city
 
 CHECK_INTERVAL_S = 0.5

@@ -20,7 +20,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from cluster.errors import ConfigError, InfrastructureError
+from citypost.errors import ConfigError, InfrastructureError
 from cluster.ports import free_port
 from cluster.processes import ManagedProcess, find_binary
 

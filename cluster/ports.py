@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 import threading
 
-from cluster.errors import InfrastructureError, InvalidArgumentError
+from citypost.errors import InfrastructureError, InvalidArgumentError
 
 _LOOPBACK = "127.0.0.1"
 # Attempts before giving up: the kernel rarely hands back a port we already gave out.

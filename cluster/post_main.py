@@ -20,31 +20,25 @@ from pathlib import Path
 
 from actors import ray_api
 from actors.ray_pool import RayActorPool
-from cluster.admin_api import PostAdminService
-from cluster.citizen_api import CitizenService, citizen_service, default_report_limiter
-from cluster.config import Config
-from cluster.errors import ConfigError
-from cluster.grpc_server import Service, start_server
-from cluster.observability import setup_observability
-from cluster.operator_api import operator_service
+from api.admin import admin_service
+from api.citizen import CitizenService, citizen_service, default_report_limiter
+from api.operator import operator_service
+from api.server import start_server
+from citypost.clock import SimClock
+from citypost.config import Config
+from citypost.errors import ConfigError
+from citypost.observability import setup_observability
 from cluster.ports import free_port
-from cluster.post import Post, wall_ms
 from cluster.post_process import ray_temp_file
 from cluster.ray_local import LocalRay
-from cluster.sim_clock import SimClock
 from failover.control_state import ControlState
 from failover.election import Election
 from failover.etcd_control_state import EtcdControlState
 from failover.roles import Leadership, SoleLeadership
 from fleet.population import build_city
-from protos.citypost.v1 import admin_pb2, admin_pb2_grpc
+from post.post import Post, wall_ms
 
 log = logging.getLogger(__name__)
-
-
-def admin_service(post: Post) -> Service:
-    name = admin_pb2.DESCRIPTOR.services_by_name["PostAdmin"].full_name
-    return Service(name, admin_pb2_grpc.add_PostAdminServicer_to_server, PostAdminService(post))
 
 
 async def run_post(config: Config, *, ready_file: Path | None = None) -> int:

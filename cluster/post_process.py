@@ -12,7 +12,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from cluster.config import Config
+from citypost.config import Config
 from cluster.ports import free_port
 from cluster.processes import ManagedProcess
 

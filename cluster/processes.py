@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 
-from cluster.errors import InfrastructureError
+from citypost.errors import InfrastructureError
 
 LOG_TAIL_LINES = 30
 # Only the end of a long log is read for an error message.

@@ -31,7 +31,7 @@ from types import TracebackType
 
 import psutil
 
-from cluster.errors import ConfigError, InfrastructureError
+from citypost.errors import ConfigError, InfrastructureError
 from cluster.ports import free_ports
 from cluster.processes import ManagedProcess, find_binary
 

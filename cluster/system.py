@@ -35,14 +35,15 @@ from pathlib import Path
 
 import aetcd
 
-from cluster.config import Config
-from cluster.etcd_local import LocalEtcd, etcd_client
+from citypost.clock import SimClock
+from citypost.config import Config
+from cluster.etcd_local import LocalEtcd
 from cluster.gate_runner import GateRunner
 from cluster.mosquitto_local import LocalMosquitto
 from cluster.ports import free_ports
 from cluster.post_process import PostProcess
-from cluster.sim_clock import SimClock
 from failover.election import leader_key
+from failover.etcd_client import etcd_client
 from failover.leadership import LeaderValue
 from fleet.network_server import NetworkServer
 from fleet.population import City, build_city

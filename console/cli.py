@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import Message
 
-from cluster.errors import CitypostError, ConfigError
+from citypost.errors import CitypostError, ConfigError
 from console import render
 from console.names import (
     ALARM_STATE,

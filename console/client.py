@@ -29,8 +29,7 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tenacity import Retrying, retry_if_exception_type
 
-from cluster.errors import CitypostError, ConfigError
-from cluster.grpc_server import OPERATOR_METADATA
+from citypost.errors import CitypostError, ConfigError
 from failover.follow_client import (
     IDEMPOTENCY_FIELD,
     LEADER_ROLE,
@@ -50,6 +49,7 @@ from failover.follow_client import (
     new_idempotency_key,
 )
 from protos.citypost.v1 import admin_pb2, admin_pb2_grpc, operator_pb2, operator_pb2_grpc
+from protos.metadata import OPERATOR_METADATA
 
 __all__ = [
     "CallFailedError",

@@ -27,7 +27,7 @@ from urllib.parse import quote, unquote
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 from google.protobuf.message import Message
 
-from cluster.errors import CitypostError, FailedPreconditionError, InvalidArgumentError
+from citypost.errors import CitypostError, FailedPreconditionError, InvalidArgumentError
 from protos.citypost.v1 import control_state_pb2, operations_pb2
 
 M = TypeVar("M", bound=Message)

@@ -45,16 +45,16 @@ from tenacity import (
     wait_exponential,
 )
 
-from cluster.config import FailoverConfig
-from cluster.errors import (
+from citypost.config import FailoverConfig
+from citypost.errors import (
     ConfigError,
     FailedPreconditionError,
     InfrastructureError,
     InvalidArgumentError,
     NotLeaderError,
 )
-from cluster.etcd_local import etcd_client
 from failover.control_state import LEADER_KEY, city_root
+from failover.etcd_client import etcd_client
 from failover.leadership import (
     Action,
     Decision,

@@ -46,8 +46,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from cluster.errors import CitypostError, InfrastructureError, InvalidArgumentError
-from cluster.etcd_local import etcd_client
+from citypost.errors import CitypostError, InfrastructureError, InvalidArgumentError
 from failover.control_state import (
     LEADER_KEY,
     NAMESPACES,
@@ -64,6 +63,7 @@ from failover.control_state import (
     encode_items,
     namespace_of,
 )
+from failover.etcd_client import etcd_client
 
 log = logging.getLogger(__name__)
 

@@ -53,9 +53,9 @@ from tenacity import (
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
-from cluster.errors import ConfigError, InfrastructureError
-from cluster.grpc_server import LEADER_METADATA, OPERATOR_METADATA
+from citypost.errors import ConfigError, InfrastructureError
 from protos.citypost.v1 import admin_pb2, admin_pb2_grpc
+from protos.metadata import LEADER_METADATA, OPERATOR_METADATA
 
 IDEMPOTENCY_FIELD = "idempotency_key"
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})

@@ -22,7 +22,7 @@ import json
 from dataclasses import dataclass
 from enum import StrEnum
 
-from cluster.errors import InvalidArgumentError
+from citypost.errors import InvalidArgumentError
 
 
 class Action(StrEnum):

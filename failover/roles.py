@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from cluster.errors import FailedPreconditionError
+from citypost.errors import FailedPreconditionError
 from failover.election import ElectionStatus, Role, RoleChange
 from failover.leadership import Action, LeaderValue
 

@@ -41,15 +41,15 @@ from bridges.chirpstack import (
 from bridges.downlink_frame import COMMAND_F_PORT, DeviceCommand, decode_command
 from bridges.mqtt_session import MqttSession
 from bridges.registry import class_name
-from cluster.config import MqttConfig, SimConfig
-from cluster.errors import (
+from citypost.clock import SimClock
+from citypost.config import MqttConfig, SimConfig
+from citypost.errors import (
     CitypostError,
     ConfigError,
     DeadLetterReason,
     DecodeError,
     InfrastructureError,
 )
-from cluster.sim_clock import SimClock
 from fleet.device_state import CommandGate, Outcome
 from fleet.pacing import TokenBucket, UplinkSchedule
 from fleet.population import City, SimDevice

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 from bridges.registry import Device, DeviceRegistry, application_id
-from cluster.config import CityConfig
+from citypost.config import CityConfig
 from fleet import dijon
 from fleet.behaviours import (
     AirQualityStation,

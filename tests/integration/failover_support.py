@@ -136,7 +136,7 @@ class RolePoller:
 
     system: CitySystem
     interval_s: float = 0.2
-    # GetFailoverStatus waits up to 2 s for etcd (admin_api.STATE_TIMEOUT_S) before answering.
+    # GetFailoverStatus waits up to 2 s for etcd (api.admin.STATE_TIMEOUT_S) before answering.
     call_timeout_s: float = 3.0
     samples: list[RoleSample] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)

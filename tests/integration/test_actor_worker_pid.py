@@ -18,7 +18,7 @@ import grpc
 import psutil
 import pytest
 
-from cluster.config import load_config
+from citypost.config import load_config
 from cluster.mosquitto_local import LocalMosquitto
 from cluster.post_process import PostProcess
 from protos.citypost.v1 import admin_pb2, admin_pb2_grpc

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 import grpc
 import pytest
 
+from api.citizen import CitizenService, citizen_service, default_report_limiter
+from api.server import start_server
 from bridges.registry import Device, DeviceRegistry, application_id
 from bridges.sinks import MemorySink
-from cluster.citizen_api import CitizenService, citizen_service, default_report_limiter
-from cluster.dispatcher import Dispatcher
-from cluster.grpc_server import start_server
 from cluster.ports import free_port
 from failover.control_state import INCIDENTS, TASKS, InMemoryControlState, incident_key
+from post.dispatcher import Dispatcher
 from protos.citypost.v1 import (
     assets_pb2,
     citizen_pb2,

@@ -15,10 +15,10 @@ from bridges.chirpstack import Ack
 from bridges.downlinks import downlinks
 from bridges.edge import Edge
 from bridges.sinks import MemorySink
-from cluster.config import load_config
+from citypost.clock import SimClock
+from citypost.config import load_config
+from citypost.observability import setup_observability
 from cluster.mosquitto_local import LocalMosquitto
-from cluster.observability import setup_observability
-from cluster.sim_clock import SimClock
 from fleet.network_server import NetworkServer
 from fleet.population import build_city
 from protos.citypost.v1 import assets_pb2, command_pb2

@@ -20,17 +20,17 @@ import pytest
 
 from actors.catalog import actor_name
 from actors.decisions import RaiseAlarm
+from api.admin import PostAdminService
+from api.operator import operator_service
+from api.server import Service, start_server
 from bridges.registry import Device, DeviceRegistry, application_id
 from bridges.sinks import MemorySink
-from cluster.admin_api import PostAdminService
-from cluster.dispatcher import Dispatcher
-from cluster.errors import InfrastructureError
-from cluster.grpc_server import Service, start_server
-from cluster.operator_api import operator_service
+from citypost.errors import InfrastructureError
 from cluster.ports import free_port
 from console.cli import run
 from console.client import PostClient, RetryPolicy
 from failover.control_state import LEDGER, InMemoryControlState
+from post.dispatcher import Dispatcher
 from protos.citypost.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -44,7 +44,7 @@ from protos.citypost.v1 import (
 )
 
 if TYPE_CHECKING:
-    from cluster.post import Post
+    from post.post import Post
 
 pytestmark = pytest.mark.integration
 

@@ -18,8 +18,8 @@ from bridges.downlink_frame import COMMAND_F_PORT, encode_command
 from bridges.downlink_gate import DownlinkGate, gate_topic
 from bridges.gate_book import GateStateError, load_mark
 from bridges.mqtt_session import MqttSession
-from cluster.config import Config, load_config
-from cluster.errors import InfrastructureError, InvalidArgumentError
+from citypost.config import Config, load_config
+from citypost.errors import InfrastructureError, InvalidArgumentError
 from cluster.mosquitto_local import LocalMosquitto
 from protos.citypost.v1 import command_pb2
 

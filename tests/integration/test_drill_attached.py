@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from chaos import scenarios
-from chaos.drill_system import drill_config
 from chaos.faults import Drilled
 from chaos.runner import DrillRunner
-from chaos.target import AttachedTarget, find_manifest
-from cluster.config import SimConfig
-from cluster.errors import FailedPreconditionError, InfrastructureError
+from citypost.config import SimConfig
+from citypost.errors import FailedPreconditionError, InfrastructureError
+from cluster.drill_system import drill_config
+from cluster.drill_targets import AttachedTarget, find_manifest
 from cluster.system import MANIFEST_NAME, CitySystem
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from chaos.cli import EXIT_INTERRUPTED
+from cluster.drill_cli import EXIT_INTERRUPTED
 
 pytestmark = pytest.mark.integration
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from chaos import scenarios
-from chaos.drill_system import DrillSystem, drill_config, own_system
 from chaos.runner import DrillRunner, DrillSettings, SteadyStateRefused
-from cluster.config import SimConfig
-from cluster.errors import InfrastructureError
+from citypost.config import SimConfig
+from citypost.errors import InfrastructureError
+from cluster.drill_system import DrillSystem, drill_config, own_system
 
 pytestmark = pytest.mark.integration
 

@@ -18,9 +18,9 @@ from bridges.layouts import encode_reading, layout_of
 from bridges.mqtt_session import MqttSession
 from bridges.registry import Device, DeviceRegistry, application_id
 from bridges.sinks import MemorySink
-from cluster.config import Config, load_config
+from citypost.config import Config, load_config
+from citypost.observability import setup_observability
 from cluster.mosquitto_local import LocalMosquitto
-from cluster.observability import setup_observability
 from protos.citypost.v1 import assets_pb2
 from protos.citypost.v1.telemetry_pb2 import Telemetry
 

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 from aetcd import rpc
 
-from cluster.config import FailoverConfig
-from cluster.errors import ConfigError
-from cluster.etcd_local import LocalEtcd, etcd_client
+from citypost.config import FailoverConfig
+from citypost.errors import ConfigError
+from cluster.etcd_local import LocalEtcd
 from failover.election import Election, Role, RoleChange, leader_key
+from failover.etcd_client import etcd_client
 from failover.leadership import Action, LeaderValue
 
 pytestmark = pytest.mark.integration

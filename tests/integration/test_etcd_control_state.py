@@ -17,7 +17,7 @@ from pathlib import Path
 import aetcd
 import pytest
 
-from cluster.errors import FailedPreconditionError, InfrastructureError, InvalidArgumentError
+from citypost.errors import FailedPreconditionError, InfrastructureError, InvalidArgumentError
 from cluster.etcd_local import LocalEtcd
 from cluster.ports import free_ports
 from failover import control_state as cs

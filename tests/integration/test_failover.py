@@ -28,14 +28,14 @@ import psutil
 import pytest
 
 from chaos.operator_load import Sender, lamp_command
-from cluster.config import CityConfig, Config, FailoverConfig, PostConfig, SimConfig
-from cluster.errors import InfrastructureError
+from citypost.config import CityConfig, Config, FailoverConfig, PostConfig, SimConfig
+from citypost.errors import InfrastructureError
 from cluster.etcd_local import LocalEtcd
-from cluster.grpc_server import OPERATOR_METADATA
 from cluster.system import CitySystem, LeaderNow
-from failover import cli
+from console import failover_cli
 from fleet.network_server import NetworkServer
 from protos.citypost.v1 import admin_pb2, assets_pb2, operator_pb2, operator_pb2_grpc
+from protos.metadata import OPERATOR_METADATA
 from tests.integration.failover_support import (
     GROUPS,
     OPERATOR,
@@ -214,12 +214,12 @@ async def switchover(city: City, to: str) -> float:
     deadline = time.monotonic() + TAKEOVER_BOUND_S
     while True:
         started = time.monotonic()
-        code = await asyncio.to_thread(cli.run, argv)
+        code = await asyncio.to_thread(failover_cli.run, argv)
         took = time.monotonic() - started
-        if code != cli.EXIT_REFUSED or time.monotonic() >= deadline:
+        if code != failover_cli.EXIT_REFUSED or time.monotonic() >= deadline:
             break
         await asyncio.sleep(0.2)
-    assert code == cli.EXIT_OK, f"switchover to {to} ended with {code}"
+    assert code == failover_cli.EXIT_OK, f"switchover to {to} ended with {code}"
     return took
 
 

@@ -20,16 +20,17 @@ from typing import Any
 import grpc
 import pytest
 
-from cluster.admin_api import PostAdminService
-from cluster.config import FailoverConfig
+from api.admin import PostAdminService
+from api.server import Service, start_server
+from citypost.config import FailoverConfig
 from cluster.etcd_local import LocalEtcd
-from cluster.grpc_server import LEADER_METADATA, Service, start_server
 from cluster.ports import free_port
-from failover import cli
+from console import failover_cli
 from failover.control_state import InMemoryControlState, config_key
 from failover.election import Election
 from failover.roles import Leadership, SoleLeadership
 from protos.citypost.v1 import admin_pb2, admin_pb2_grpc, operations_pb2
+from protos.metadata import LEADER_METADATA
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +67,7 @@ def resign_request(hold_off_ms: int = 0) -> admin_pb2.ResignRequest:
 
 async def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     capsys.readouterr()
-    code = await asyncio.to_thread(cli.run, list(argv))
+    code = await asyncio.to_thread(failover_cli.run, list(argv))
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -134,21 +135,21 @@ async def test_a_post_alone_leads_at_epoch_1_and_refuses_to_resign(
         code, out, _ = await run_cli(
             capsys, "status", "--post", address, "--post", nobody, "--json", "--timeout", "2"
         )
-        assert code == cli.EXIT_REFUSED
+        assert code == failover_cli.EXIT_REFUSED
         listed = json.loads(out)
         assert listed[0]["status"]["post"] == "primary"
         assert listed[0]["status"]["role"] == "POST_ROLE_LEADER"
         assert listed[1]["address"] == nobody and "no answer" in listed[1]["error"]
 
         code, out, _ = await run_cli(capsys, "status", "--post", nobody, "--timeout", "2")
-        assert code == cli.EXIT_UNREACHABLE
+        assert code == failover_cli.EXIT_UNREACHABLE
         assert "unreachable" in out and "Traceback" not in out
 
         code, out, _ = await run_cli(capsys, "switchover", "--to", "primary", "--post", address)
-        assert code == cli.EXIT_OK and "leads already" in out
+        assert code == failover_cli.EXIT_OK and "leads already" in out
 
         code, _, err = await run_cli(capsys, "switchover", "--to", "backup", "--post", address)
-        assert code == cli.EXIT_REFUSED and "no post named 'backup'" in err
+        assert code == failover_cli.EXIT_REFUSED and "no post named 'backup'" in err
     finally:
         await server.stop(grace=None)
 
@@ -182,7 +183,7 @@ async def test_switchover_hands_leadership_to_the_standby(
         posts = ["--post", addresses["primary"], "--post", addresses["backup"]]
 
         code, out, _ = await run_cli(capsys, "status", *posts, "--json")
-        assert code == cli.EXIT_OK
+        assert code == failover_cli.EXIT_OK
         seen = {item["status"]["post"]: item["status"] for item in json.loads(out)}
         assert seen[leader]["role"] == "POST_ROLE_LEADER"
         assert seen[standby]["role"] == "POST_ROLE_STANDBY"
@@ -202,18 +203,18 @@ async def test_switchover_hands_leadership_to_the_standby(
             assert trailing.get(LEADER_METADATA) == addresses[leader]
 
         code, out, err = await run_cli(capsys, "switchover", "--to", standby, *posts)
-        assert code == cli.EXIT_OK, err
+        assert code == failover_cli.EXIT_OK, err
         assert f"{standby} leads" in out and "handover took" in out
         assert elections[standby].may_command()
         assert not elections[leader].may_command()
         assert elections[standby].command_epoch() > first_epoch
 
         code, out, _ = await run_cli(capsys, "status", *posts)
-        assert code == cli.EXIT_OK
+        assert code == failover_cli.EXIT_OK
         assert f"{standby} leads, epoch {elections[standby].command_epoch()}" in out
 
         code, out, _ = await run_cli(capsys, "switchover", "--to", standby, *posts)
-        assert code == cli.EXIT_OK and "leads already" in out
+        assert code == failover_cli.EXIT_OK and "leads already" in out
     finally:
         for server in servers:
             await server.stop(grace=None)

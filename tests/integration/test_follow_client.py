@@ -1,6 +1,6 @@
 """The leader-following client against two real gRPC posts on 127.0.0.1.
 
-Each post is `cluster.grpc_server.start_server` (so the real interceptor puts
+Each post is `api.server.start_server` (so the real interceptor puts
 the leader's address in the trailing metadata) serving a minimal
 OperatorService (ListAlarms, a read; AcknowledgeAlarm, a write) and PostAdmin
 (GetStatus: its role). Which post leads is a flag of the test: a standby
@@ -19,8 +19,8 @@ from typing import Any
 import grpc
 import pytest
 
-from cluster.errors import FailedPreconditionError, NotFoundError, NotLeaderError
-from cluster.grpc_server import Service, start_server
+from api.server import Service, start_server
+from citypost.errors import FailedPreconditionError, NotFoundError, NotLeaderError
 from cluster.ports import free_port
 from console.cli import POSTS_ENV, run
 from failover.follow_client import LeaderFollowingChannel, PostUnreachableError, RetryPolicy

@@ -13,7 +13,7 @@ import pytest
 
 from bridges import chirpstack
 from bridges.downlink_frame import decode_command
-from cluster.config import load_config
+from citypost.config import load_config
 from cluster.etcd_local import LocalEtcd
 from cluster.gate_runner import GateRunner
 from cluster.mosquitto_local import LocalMosquitto

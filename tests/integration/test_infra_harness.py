@@ -19,10 +19,11 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
-from cluster.errors import ConfigError, InfrastructureError, InvalidArgumentError
-from cluster.etcd_local import LocalEtcd, etcd_client, grpc_target
+from citypost.errors import ConfigError, InfrastructureError, InvalidArgumentError
+from cluster.etcd_local import LocalEtcd
 from cluster.mosquitto_local import LocalMosquitto, mqtt_connects
 from cluster.processes import ManagedProcess, find_binary
+from failover.etcd_client import etcd_client, grpc_target
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,8 @@ import aetcd
 import pytest
 
 from chaos.link_proxy import LinkProxy, LinkState
-from cluster.etcd_local import LocalEtcd, etcd_client
+from cluster.etcd_local import LocalEtcd
+from failover.etcd_client import etcd_client
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(40)]
 

@@ -23,9 +23,9 @@ from bridges.chirpstack import (
 )
 from bridges.downlink_frame import COMMAND_F_PORT, encode_command
 from bridges.layouts import decode_reading, layout_of
-from cluster.config import CityConfig, MqttConfig, SimConfig
+from citypost.clock import SimClock
+from citypost.config import CityConfig, MqttConfig, SimConfig
 from cluster.mosquitto_local import LocalMosquitto
-from cluster.sim_clock import SimClock
 from fleet.behaviours import StreetLamp
 from fleet.network_server import NetworkServer, executions_topic
 from fleet.population import City, build_city

@@ -10,14 +10,14 @@ import grpc
 import pytest
 
 from actors.decisions import RaiseAlarm
+from api.operator import operator_service
+from api.server import start_server
 from bridges import chirpstack
 from bridges.registry import Device, DeviceRegistry, application_id
 from bridges.sinks import MemorySink
-from cluster.dispatcher import Dispatcher
-from cluster.grpc_server import OPERATOR_METADATA, start_server
-from cluster.operator_api import WATCH_REVISION_METADATA, operator_service
 from cluster.ports import free_port
 from failover.control_state import Change, InMemoryControlState
+from post.dispatcher import Dispatcher
 from protos.citypost.v1 import (
     assets_pb2,
     command_pb2,
@@ -27,6 +27,7 @@ from protos.citypost.v1 import (
     operator_pb2_grpc,
     telemetry_pb2,
 )
+from protos.metadata import OPERATOR_METADATA, WATCH_REVISION_METADATA
 
 pytestmark = pytest.mark.integration
 

@@ -21,20 +21,20 @@ import pytest
 from actors import ray_api
 from actors.catalog import ALSO_FEEDS, actor_name
 from actors.ray_pool import RayActorPool
+from api.admin import admin_service
+from api.server import start_server
 from bridges.downlink_gate import DownlinkGate
 from bridges.registry import DeviceRegistry
-from cluster.config import Config, load_config
-from cluster.grpc_server import start_server
+from citypost.clock import SimClock
+from citypost.config import Config, load_config
+from citypost.observability import setup_observability
 from cluster.mosquitto_local import LocalMosquitto
-from cluster.observability import setup_observability
 from cluster.ports import free_port
-from cluster.post import Post
-from cluster.post_main import admin_service
 from cluster.ray_local import LocalRay
-from cluster.sim_clock import SimClock
 from failover.control_state import ledger_key
 from fleet.network_server import NetworkServer
 from fleet.population import City, build_city
+from post.post import Post
 from protos.citypost.v1 import admin_pb2, admin_pb2_grpc, assets_pb2, command_pb2, control_state_pb2
 
 pytestmark = pytest.mark.integration

@@ -23,7 +23,7 @@ import pytest
 
 from actors import ray_api
 from actors.ray_api import ActorCallError, ActorState, ActorUnavailableError
-from cluster.errors import (
+from citypost.errors import (
     CitypostError,
     FailedPreconditionError,
     InvalidArgumentError,

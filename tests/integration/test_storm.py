@@ -17,11 +17,11 @@ from bridges.edge import UPLINK_FILTER, Edge
 from bridges.sinks import MemorySink
 from chaos.scenarios import Storm
 from chaos.storm import StormPublisher
-from cluster.config import load_config
-from cluster.errors import FailedPreconditionError
+from citypost.clock import SimClock
+from citypost.config import load_config
+from citypost.errors import FailedPreconditionError
+from citypost.observability import setup_observability
 from cluster.mosquitto_local import LocalMosquitto
-from cluster.observability import setup_observability
-from cluster.sim_clock import SimClock
 from fleet.network_server import NetworkServer
 from fleet.population import build_city
 

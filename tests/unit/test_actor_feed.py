@@ -10,8 +10,8 @@ import pytest
 
 from actors.asset_actor import AssetActor
 from actors.pool import ActorKey, Call
-from cluster.actor_feed import ActorFeed
-from cluster.errors import ActorUnavailableError, ResourceExhaustedError
+from citypost.errors import ActorUnavailableError, ResourceExhaustedError
+from post.actor_feed import ActorFeed
 from protos.citypost.v1 import assets_pb2, telemetry_pb2
 from tests.unit.test_asset_actor import CountingPolicy
 

@@ -11,7 +11,7 @@ import pytest
 from actors.asset_actor import AssetActor, Health
 from actors.catalog import actor_name
 from actors.pool import ActorKey
-from cluster.actor_feed import ActorFeed
+from post.actor_feed import ActorFeed
 from tests.unit.test_actor_feed import LAMPS, SIGNALS, InProcessPool, _items
 from tests.unit.test_asset_actor import CountingPolicy
 

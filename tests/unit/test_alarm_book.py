@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from cluster import alarm_book as book
-from cluster import audit
-from cluster.alarm_book import ACTIVE_ACK, ACTIVE_UNACK, CLEARED_ACK, CLEARED_UNACK, AlarmIndex
-from cluster.errors import FailedPreconditionError, InvalidArgumentError
+from citypost.errors import FailedPreconditionError, InvalidArgumentError
+from post import alarm_book as book
+from post import audit
+from post.alarm_book import ACTIVE_ACK, ACTIVE_UNACK, CLEARED_ACK, CLEARED_UNACK, AlarmIndex
 from protos.citypost.v1 import assets_pb2, operations_pb2
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(10)]

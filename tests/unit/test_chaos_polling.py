@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from chaos.polling import wait_until
-from cluster.errors import FailedPreconditionError, InfrastructureError, InvalidArgumentError
+from citypost.errors import FailedPreconditionError, InfrastructureError, InvalidArgumentError
 
 pytestmark = pytest.mark.timeout(10)
 

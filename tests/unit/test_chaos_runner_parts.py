@@ -15,13 +15,14 @@ from typing import cast
 
 import pytest
 
-from chaos import cli, faults
+from chaos import faults
 from chaos.collect import ledger_entry, live_during
 from chaos.evidence import CommandStatus, LedgerEntry
 from chaos.invariants import Bounds
 from chaos.runner import scenario_bounds
 from chaos.scenarios import SCENARIOS, FaultKind, LeaderChange, Limits, Scenario, Target
 from chaos.target import DrillTarget
+from cluster import drill_cli
 from protos.citypost.v1 import command_pb2, control_state_pb2
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
@@ -219,7 +220,7 @@ def sigterm_marker() -> Iterator[object]:
 @pytest.mark.timeout(10)
 def test_sigterm_inside_the_block_is_a_keyboard_interrupt(sigterm_marker: object) -> None:
     reached_after_kill = False
-    with pytest.raises(KeyboardInterrupt), cli._terminate_as_interrupt():
+    with pytest.raises(KeyboardInterrupt), drill_cli._terminate_as_interrupt():
         assert signal.getsignal(signal.SIGTERM) is not sigterm_marker
         os.kill(os.getpid(), signal.SIGTERM)
         _wait_for_signal()
@@ -230,7 +231,7 @@ def test_sigterm_inside_the_block_is_a_keyboard_interrupt(sigterm_marker: object
 
 @pytest.mark.timeout(10)
 def test_the_previous_handler_is_back_after_a_normal_exit(sigterm_marker: object) -> None:
-    with cli._terminate_as_interrupt():
+    with drill_cli._terminate_as_interrupt():
         pass
     assert signal.getsignal(signal.SIGTERM) is sigterm_marker
 
@@ -240,7 +241,7 @@ def test_outside_the_main_thread_the_handler_is_left_alone(sigterm_marker: objec
     seen: list[object] = []
 
     def body() -> None:
-        with cli._terminate_as_interrupt():
+        with drill_cli._terminate_as_interrupt():
             seen.append(signal.getsignal(signal.SIGTERM))
 
     thread = threading.Thread(target=body)
@@ -256,11 +257,11 @@ def test_drill_run_interrupted_by_sigterm_exits_130(
     def rounds_killed_by_a_scheduler(*args: object) -> int:
         os.kill(os.getpid(), signal.SIGTERM)
         _wait_for_signal()
-        return cli.EXIT_OK
+        return drill_cli.EXIT_OK
 
-    monkeypatch.setattr(cli, "_run_rounds", rounds_killed_by_a_scheduler)
+    monkeypatch.setattr(drill_cli, "_run_rounds", rounds_killed_by_a_scheduler)
     args = argparse.Namespace(scenario=SCENARIOS[0], rounds=1, against=None, out=tmp_path, seed=0)
-    assert cli._cmd_run(args) == cli.EXIT_INTERRUPTED == 130
+    assert drill_cli._cmd_run(args) == drill_cli.EXIT_INTERRUPTED == 130
     assert signal.getsignal(signal.SIGTERM) is sigterm_marker
 
 

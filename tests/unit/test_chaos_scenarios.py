@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from chaos import cli, scenarios
+from chaos import scenarios
 from chaos.invariants import Bounds
 from chaos.scenarios import SCENARIOS, FaultKind, LeaderChange, Limits, Target
-from cluster.errors import InvalidArgumentError
+from citypost.errors import InvalidArgumentError
+from cluster import drill_cli
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 
@@ -103,7 +104,7 @@ def test_ci_suite_names_known_cheap_scenarios() -> None:
 
 
 def test_list_json_names_every_scenario(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.run(["list", "--json"]) == cli.EXIT_OK
+    assert drill_cli.run(["list", "--json"]) == drill_cli.EXIT_OK
     items = json.loads(capsys.readouterr().out)
     assert [item["name"] for item in items] == [s.name for s in SCENARIOS]
     by_name = {item["name"]: item for item in items}
@@ -114,9 +115,9 @@ def test_list_json_names_every_scenario(capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_list_table_has_one_row_per_scenario(capsys: pytest.CaptureFixture[str]) -> None:
-    table = cli.list_table(SCENARIOS)
+    table = drill_cli.list_table(SCENARIOS)
     assert [row[0] for row in table.rows] == [s.name for s in SCENARIOS]
-    assert cli.run(["list"]) == cli.EXIT_OK
+    assert drill_cli.run(["list"]) == drill_cli.EXIT_OK
     out = capsys.readouterr().out
     for s in SCENARIOS:
         assert s.name in out
@@ -126,8 +127,8 @@ def test_run_with_an_unknown_scenario_exits_2_naming_the_known_ones(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     with pytest.raises(SystemExit) as exited:
-        cli.run(["run", "leader-explodes"])
-    assert exited.value.code == cli.EXIT_USAGE
+        drill_cli.run(["run", "leader-explodes"])
+    assert exited.value.code == drill_cli.EXIT_USAGE
     err = capsys.readouterr().err
     assert "leader-explodes" in err
     assert "leader-crash" in err and "malformed-storm" in err
@@ -147,8 +148,8 @@ def test_bad_run_arguments_exit_2(
     argv: tuple[str, ...], capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as exited:
-        cli.run(list(argv))
-    assert exited.value.code == cli.EXIT_USAGE
+        drill_cli.run(list(argv))
+    assert exited.value.code == drill_cli.EXIT_USAGE
     assert "error:" in capsys.readouterr().err
 
 
@@ -158,7 +159,7 @@ def test_run_with_an_invalid_config_exits_2_and_starts_nothing(
     config = tmp_path / "city.toml"
     config.write_text("[city]\nscale = 7\n")  # scale must be <= 1
     argv = ["run", "switchover", "--against", str(config), "--out", str(tmp_path / "out")]
-    assert cli.run(argv) == cli.EXIT_USAGE
+    assert drill_cli.run(argv) == drill_cli.EXIT_USAGE
     captured = capsys.readouterr()
     assert "scale" in captured.err
     assert "starting" not in captured.out and "round" not in captured.out
@@ -171,7 +172,7 @@ def test_run_against_a_config_with_no_running_system_exits_2(
     config = tmp_path / "city.toml"
     config.write_text(f'run_dir = "{tmp_path / "run"}"\n')
     argv = ["run", "leader-crash", "--against", str(config), "--out", str(tmp_path / "out")]
-    assert cli.run(argv) == cli.EXIT_USAGE
+    assert drill_cli.run(argv) == drill_cli.EXIT_USAGE
     err = capsys.readouterr().err
     assert "no running system" in err and "citypost demo" in err
     assert not (tmp_path / "out").exists()
@@ -179,8 +180,8 @@ def test_run_against_a_config_with_no_running_system_exits_2(
 
 def test_run_help_names_every_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
-        cli.run(["run", "--help"])
+        drill_cli.run(["run", "--help"])
     out = capsys.readouterr().out
     assert "exit status" in out
-    for code in (cli.EXIT_BROKEN, cli.EXIT_REFUSED, cli.EXIT_INFRASTRUCTURE):
+    for code in (drill_cli.EXIT_BROKEN, drill_cli.EXIT_REFUSED, drill_cli.EXIT_INFRASTRUCTURE):
         assert f"{code} " in out

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import dataclasses
 import json
 import pickle
 import struct
@@ -22,7 +21,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bridges import chirpstack as cs
-from cluster.errors import DeadLetterReason, DecodeError, InvalidArgumentError
+from citypost.errors import DeadLetterReason, DecodeError, InvalidArgumentError
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(120)]
 
@@ -413,7 +412,7 @@ def test_built_uplink_is_an_uplink_event_and_round_trips(
     assert cs.parse_uplink(raw) == cs.Uplink(
         event.deduplication_id,
         time_ms,
-        dataclasses.replace(device, dev_eui=device.dev_eui.lower()),
+        device._replace(dev_eui=device.dev_eui.lower()),
         f_port,
         f_cnt,
         dr,
@@ -495,7 +494,7 @@ def test_built_txack_is_a_txack_event_and_round_trips(
     assert txack == cs.TxAck(
         downlink_id,
         time_ms,
-        dataclasses.replace(device, dev_eui=device.dev_eui.lower()),
+        device._replace(dev_eui=device.dev_eui.lower()),
         queue_item_id,
         f_cnt_down,
         gateway_id.lower(),
@@ -657,7 +656,7 @@ def test_uplink_events_from_chirpstack_api_parse(
     event.object.update(obj)
     with_time(event, stamp)
     uplink = cs.parse_uplink(to_json(event, explicit_defaults))
-    assert dataclasses.replace(uplink, snr=None) == cs.Uplink(
+    assert uplink._replace(snr=None) == cs.Uplink(
         dedup,
         expected_ms(stamp),
         our_device(info),
@@ -1178,7 +1177,7 @@ def test_builders_refuse_bad_arguments(call: Any, names: str) -> None:
 # --- the parsed values are ordinary frozen dataclasses ------------------------------------
 
 
-def test_parsed_values_are_true_frozen_instances() -> None:
+def test_parsed_values_are_immutable_and_pickle() -> None:
     uplink = cs.parse_uplink(FULL_UPLINK)
     topic = cs.parse_topic(cs.uplink_topic(APP, EUI))
     assert (
@@ -1187,11 +1186,11 @@ def test_parsed_values_are_true_frozen_instances() -> None:
         and type(topic) is cs.Topic
     )
     for value, name in ((uplink, "f_port"), (uplink.device, "dev_eui"), (topic, "kind")):
-        with pytest.raises(dataclasses.FrozenInstanceError):
+        with pytest.raises(AttributeError):
             setattr(value, name, 1)
-    rebuilt = cs.Uplink(**{f.name: getattr(uplink, f.name) for f in dataclasses.fields(cs.Uplink)})
-    assert rebuilt == uplink and hash(rebuilt) == hash(uplink)
-    assert dataclasses.replace(uplink, f_port=9).f_port == 9
+    rebuilt = cs.Uplink(**uplink._asdict())
+    assert rebuilt == uplink
+    assert uplink._replace(f_port=9).f_port == 9 and uplink.f_port != 9
     # Events travel between processes (Ray): they pickle.
     assert pickle.loads(pickle.dumps(uplink)) == uplink
     assert pickle.loads(pickle.dumps(topic)) == topic

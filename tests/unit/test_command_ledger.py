@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cluster import command_ledger as ledger
-from cluster.command_ledger import ACKED, EXPIRED, FAILED, QUEUED, SENT, Action
-from cluster.errors import FailedPreconditionError, InvalidArgumentError
+from citypost.errors import FailedPreconditionError, InvalidArgumentError
+from post import command_ledger as ledger
+from post.command_ledger import ACKED, EXPIRED, FAILED, QUEUED, SENT, Action
 from protos.citypost.v1 import assets_pb2, command_pb2
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]

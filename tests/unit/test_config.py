@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster.config import Config, load_config, parse_override
-from cluster.errors import ConfigError
+from citypost.config import Config, load_config, parse_override
+from citypost.errors import ConfigError
 
 pytestmark = pytest.mark.unit
 

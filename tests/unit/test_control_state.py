@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from cluster.errors import FailedPreconditionError, InvalidArgumentError
+from citypost.errors import FailedPreconditionError, InvalidArgumentError
 from failover import control_state as cs
 from failover.control_state import (
     Change,

@@ -11,8 +11,7 @@ from actors.decisions import ClearAlarm, IssueCommand, OpenIncident, RaiseAlarm,
 from bridges import chirpstack
 from bridges.downlink_frame import decode_command
 from bridges.registry import Device, DeviceRegistry, application_id
-from cluster.dispatcher import Dispatcher
-from cluster.errors import (
+from citypost.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
@@ -24,6 +23,7 @@ from failover.control_state import (
     idempotency_index_key,
     ledger_key,
 )
+from post.dispatcher import Dispatcher
 from protos.citypost.v1 import assets_pb2, command_pb2, control_state_pb2, operations_pb2
 
 pytestmark = pytest.mark.unit

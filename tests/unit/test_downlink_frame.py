@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bridges.downlink_frame import HEADER_SIZE, decode_command, encode_command
-from cluster.errors import DecodeError, InvalidArgumentError
+from citypost.errors import DecodeError, InvalidArgumentError
 from protos.citypost.v1 import command_pb2, telemetry_pb2
 
 pytestmark = pytest.mark.unit

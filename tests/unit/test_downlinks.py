@@ -6,7 +6,7 @@ from bridges import chirpstack
 from bridges.downlink_frame import COMMAND_F_PORT, decode_command
 from bridges.downlinks import downlinks
 from bridges.registry import Device, DeviceRegistry, application_id
-from cluster.errors import InvalidArgumentError, NotFoundError
+from citypost.errors import InvalidArgumentError, NotFoundError
 from protos.citypost.v1 import assets_pb2, command_pb2
 
 pytestmark = pytest.mark.unit

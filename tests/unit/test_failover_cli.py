@@ -8,7 +8,7 @@ import json
 import grpc
 import pytest
 
-from failover import cli
+from console import failover_cli
 from protos.citypost.v1 import admin_pb2
 
 pytestmark = pytest.mark.unit
@@ -21,7 +21,7 @@ STANDBY = admin_pb2.POST_ROLE_STANDBY
 
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="citypost")
-    cli.add_failover_parser(parser.add_subparsers(dest="command", required=True))
+    failover_cli.add_failover_parser(parser.add_subparsers(dest="command", required=True))
     return parser.parse_args(["failover", *argv])
 
 
@@ -52,10 +52,10 @@ def status(
     return message
 
 
-def two_posts(**backup: object) -> list[cli.PostView]:
+def two_posts(**backup: object) -> list[failover_cli.PostView]:
     return [
-        cli.PostView(PRIMARY, status("primary", LEADER)),
-        cli.PostView(BACKUP, status("backup", STANDBY, **backup)),  # type: ignore[arg-type]
+        failover_cli.PostView(PRIMARY, status("primary", LEADER)),
+        failover_cli.PostView(BACKUP, status("backup", STANDBY, **backup)),  # type: ignore[arg-type]
     ]
 
 
@@ -65,22 +65,22 @@ def two_posts(**backup: object) -> list[cli.PostView]:
 def test_status_takes_every_post_and_json() -> None:
     args = parse("status", "--post", PRIMARY, "--post", BACKUP, "--json")
     assert args.posts == [PRIMARY, BACKUP]
-    assert args.json and args.timeout == cli.DEFAULT_TIMEOUT_S
+    assert args.json and args.timeout == failover_cli.DEFAULT_TIMEOUT_S
 
 
 def test_without_post_the_demos_two_posts_are_asked() -> None:
     args = parse("status")
     assert args.posts is None
-    assert cli.posts_to_ask(args) == ["127.0.0.1:50051", "127.0.0.1:50052"]
+    assert failover_cli.posts_to_ask(args) == ["127.0.0.1:50051", "127.0.0.1:50052"]
     given = parse("status", "--post", BACKUP, "--post", BACKUP)
-    assert cli.posts_to_ask(given) == [BACKUP]  # no defaults added, repeats dropped
+    assert failover_cli.posts_to_ask(given) == [BACKUP]  # no defaults added, repeats dropped
 
 
 def test_switchover_defaults() -> None:
     args = parse("switchover", "--to", "backup", "--post", PRIMARY)
     assert (args.to, args.posts) == ("backup", [PRIMARY])
-    assert args.hold_off == cli.DEFAULT_HOLD_OFF_S
-    assert args.timeout == cli.DEFAULT_TIMEOUT_S
+    assert args.hold_off == failover_cli.DEFAULT_HOLD_OFF_S
+    assert args.timeout == failover_cli.DEFAULT_TIMEOUT_S
 
 
 @pytest.mark.parametrize(
@@ -115,11 +115,11 @@ def test_help_documents_the_exit_statuses(capsys: pytest.CaptureFixture[str]) ->
 
 def test_rows_show_role_epoch_leader_lease_and_lag() -> None:
     views = [
-        cli.PostView(PRIMARY, status("primary", LEADER, lease_ms=1234, lag=0)),
-        cli.PostView(BACKUP, status("backup", STANDBY, lease_ms=None, lag=3)),
-        cli.PostView("127.0.0.1:50053", error="no answer: cannot connect"),
+        failover_cli.PostView(PRIMARY, status("primary", LEADER, lease_ms=1234, lag=0)),
+        failover_cli.PostView(BACKUP, status("backup", STANDBY, lease_ms=None, lag=3)),
+        failover_cli.PostView("127.0.0.1:50053", error="no answer: cannot connect"),
     ]
-    table = cli.status_table(views)
+    table = failover_cli.status_table(views)
     assert table.rows[0] == (
         "primary",
         PRIMARY,
@@ -148,7 +148,7 @@ def test_rows_show_role_epoch_leader_lease_and_lag() -> None:
 def test_unknowns_are_shown_as_such() -> None:
     alone = status("backup", STANDBY, action="campaign", epoch=0, leader="", lease_ms=None)
     alone.store_error = "the control state did not answer within 2 s"
-    row = cli.status_row(cli.PostView(BACKUP, alone))
+    row = failover_cli.status_row(failover_cli.PostView(BACKUP, alone))
     assert row[2:] == (
         "standby (campaign)",
         "-",
@@ -163,34 +163,39 @@ def test_unknowns_are_shown_as_such() -> None:
     ("views", "words"),
     [
         ([], "no post answered"),
-        ([cli.PostView(PRIMARY, error="x")], "no post answered"),
+        ([failover_cli.PostView(PRIMARY, error="x")], "no post answered"),
         (
             [
-                cli.PostView(PRIMARY, status("primary", LEADER, epoch=7)),
-                cli.PostView(BACKUP, status("backup", LEADER, epoch=9, leader="backup")),
+                failover_cli.PostView(PRIMARY, status("primary", LEADER, epoch=7)),
+                failover_cli.PostView(BACKUP, status("backup", LEADER, epoch=9, leader="backup")),
             ],
             "more than one post says it leads: backup (epoch 9), primary (epoch 7)",
         ),
         (
             [
-                cli.PostView(PRIMARY, status("primary", STANDBY, epoch=7)),
-                cli.PostView(BACKUP, status("backup", LEADER, epoch=9, leader="backup")),
+                failover_cli.PostView(PRIMARY, status("primary", STANDBY, epoch=7)),
+                failover_cli.PostView(BACKUP, status("backup", LEADER, epoch=9, leader="backup")),
             ],
             "do not see the same leader yet: backup at epoch 9, primary at epoch 7",
         ),
         (
-            [cli.PostView(BACKUP, status("backup", STANDBY, epoch=0, leader=""))],
+            [failover_cli.PostView(BACKUP, status("backup", STANDBY, epoch=0, leader=""))],
             "nobody leads now",
         ),
     ],
 )
-def test_the_footer_says_whether_the_posts_agree(views: list[cli.PostView], words: str) -> None:
-    assert words in cli.agreement(views)
+def test_the_footer_says_whether_the_posts_agree(
+    views: list[failover_cli.PostView], words: str
+) -> None:
+    assert words in failover_cli.agreement(views)
 
 
 def test_json_has_one_object_per_post() -> None:
-    views = [cli.PostView(PRIMARY, status("primary", LEADER)), cli.PostView(BACKUP, error="down")]
-    listed = json.loads(cli.status_json(views))
+    views = [
+        failover_cli.PostView(PRIMARY, status("primary", LEADER)),
+        failover_cli.PostView(BACKUP, error="down"),
+    ]
+    listed = json.loads(failover_cli.status_json(views))
     assert listed[0]["address"] == PRIMARY
     assert listed[0]["status"]["role"] == "POST_ROLE_LEADER"
     assert listed[0]["status"]["leaseRemainingMs"] == "1500"  # int64 as a string in JSON
@@ -226,21 +231,21 @@ class _Failed(grpc.RpcError):
     ],
 )
 def test_a_failed_call_is_one_line(code: grpc.StatusCode, details: str, line: str) -> None:
-    assert line in cli.describe(_Failed(code, details))
+    assert line in failover_cli.describe(_Failed(code, details))
 
 
 # --- the switchover decision ---------------------------------------------------------------
 
 
 def test_handover_from_the_leader_to_a_ready_standby() -> None:
-    plan = cli.plan_switchover(two_posts(), "backup")
-    assert isinstance(plan, cli.Handover)
+    plan = failover_cli.plan_switchover(two_posts(), "backup")
+    assert isinstance(plan, failover_cli.Handover)
     assert (plan.leader.address, plan.target.address, plan.from_epoch) == (PRIMARY, BACKUP, 7)
 
 
 def test_nothing_to_do_when_the_target_leads() -> None:
-    plan = cli.plan_switchover(two_posts(), "primary")
-    assert isinstance(plan, cli.AlreadyLeads) and plan.target.address == PRIMARY
+    plan = failover_cli.plan_switchover(two_posts(), "primary")
+    assert isinstance(plan, failover_cli.AlreadyLeads) and plan.target.address == PRIMARY
 
 
 @pytest.mark.parametrize(
@@ -248,12 +253,15 @@ def test_nothing_to_do_when_the_target_leads() -> None:
     [
         (two_posts(), "tertiary", "no post named 'tertiary' answered"),
         (
-            [cli.PostView(PRIMARY, status("primary", LEADER)), cli.PostView(BACKUP, error="down")],
+            [
+                failover_cli.PostView(PRIMARY, status("primary", LEADER)),
+                failover_cli.PostView(BACKUP, error="down"),
+            ],
             "backup",
             f"no answer from {BACKUP}",
         ),
         (
-            [cli.PostView(BACKUP, status("backup", STANDBY))],
+            [failover_cli.PostView(BACKUP, status("backup", STANDBY))],
             "backup",
             f"backup sees primary at {PRIMARY}: add it with --post",
         ),
@@ -262,27 +270,31 @@ def test_nothing_to_do_when_the_target_leads() -> None:
         (two_posts(lease_ms=None), "backup", "holds no lease"),
     ],
 )
-def test_refusals_say_why(views: list[cli.PostView], target: str, words: str) -> None:
-    plan = cli.plan_switchover(views, target)
-    assert isinstance(plan, cli.Refuse)
+def test_refusals_say_why(views: list[failover_cli.PostView], target: str, words: str) -> None:
+    plan = failover_cli.plan_switchover(views, target)
+    assert isinstance(plan, failover_cli.Refuse)
     assert words in plan.reason
 
 
 def test_of_two_posts_claiming_to_lead_the_newer_epoch_is_asked() -> None:
     views = [
-        cli.PostView(PRIMARY, status("primary", LEADER, epoch=7)),
-        cli.PostView("127.0.0.1:50053", status("tertiary", LEADER, epoch=9, leader="tertiary")),
-        cli.PostView(BACKUP, status("backup", STANDBY, epoch=9, leader="tertiary")),
+        failover_cli.PostView(PRIMARY, status("primary", LEADER, epoch=7)),
+        failover_cli.PostView(
+            "127.0.0.1:50053", status("tertiary", LEADER, epoch=9, leader="tertiary")
+        ),
+        failover_cli.PostView(BACKUP, status("backup", STANDBY, epoch=9, leader="tertiary")),
     ]
-    plan = cli.plan_switchover(views, "backup")
-    assert isinstance(plan, cli.Handover) and plan.leader.name == "tertiary"
+    plan = failover_cli.plan_switchover(views, "backup")
+    assert isinstance(plan, failover_cli.Handover) and plan.leader.name == "tertiary"
 
 
 def test_the_handover_is_done_only_under_a_newer_epoch() -> None:
-    assert cli.took_over(status("backup", LEADER, epoch=9, leader="backup"), "backup", 7)
-    assert not cli.took_over(status("backup", LEADER, epoch=7, leader="backup"), "backup", 7)
-    assert not cli.took_over(status("backup", STANDBY, epoch=9), "backup", 7)
-    assert not cli.took_over(status("primary", LEADER, epoch=9), "backup", 7)
+    assert failover_cli.took_over(status("backup", LEADER, epoch=9, leader="backup"), "backup", 7)
+    assert not failover_cli.took_over(
+        status("backup", LEADER, epoch=7, leader="backup"), "backup", 7
+    )
+    assert not failover_cli.took_over(status("backup", STANDBY, epoch=9), "backup", 7)
+    assert not failover_cli.took_over(status("primary", LEADER, epoch=9), "backup", 7)
 
 
 def test_a_standbys_lag_is_measured_against_what_the_leader_applied() -> None:
@@ -292,9 +304,11 @@ def test_a_standbys_lag_is_measured_against_what_the_leader_applied() -> None:
     standby = admin_pb2.FailoverStatus(
         post="backup", role=STANDBY, epoch=9, applied_revision=115, lag_revisions=7
     )
-    rows = cli.status_table([cli.PostView(PRIMARY, leader), cli.PostView(BACKUP, standby)]).rows
+    rows = failover_cli.status_table(
+        [failover_cli.PostView(PRIMARY, leader), failover_cli.PostView(BACKUP, standby)]
+    ).rows
     lag = {row[0]: row[6] for row in rows}
     # Not the store's count, which includes leader-key writes nobody applies.
     assert lag == {"primary": "2 rev", "backup": "5 rev"}
-    alone = cli.status_table([cli.PostView(BACKUP, standby)]).rows
+    alone = failover_cli.status_table([failover_cli.PostView(BACKUP, standby)]).rows
     assert alone[0][6] == "7 rev"  # without the leader's answer: the store's figure

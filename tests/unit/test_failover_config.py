@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from cluster.config import FailoverConfig
+from citypost.config import FailoverConfig
 
 pytestmark = pytest.mark.unit
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from bridges.failsafe import FailsafeWatch, failsafe_commands
-from cluster.config import load_config
-from cluster.errors import ConfigError
+from citypost.config import load_config
+from citypost.errors import ConfigError
 from fleet.population import build_city
 from protos.citypost.v1 import assets_pb2, telemetry_pb2
 

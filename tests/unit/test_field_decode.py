@@ -2,8 +2,8 @@ import pytest
 
 from bridges import chirpstack
 from bridges.field_decode import decode_event, decode_lpp
+from citypost.errors import DeadLetterReason, DecodeError
 from cluster.cli import main
-from cluster.errors import DeadLetterReason, DecodeError
 
 pytestmark = pytest.mark.unit
 

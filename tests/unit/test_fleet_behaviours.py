@@ -8,7 +8,7 @@ import pytest
 from bridges.downlink_frame import DeviceCommand
 from bridges.layouts import decode_reading, encode_reading, layout_of
 from bridges.lpp import LppType
-from cluster.config import CityConfig
+from citypost.config import CityConfig
 from fleet import dijon
 from fleet import environment as env
 from fleet.behaviours import (

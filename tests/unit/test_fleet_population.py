@@ -4,7 +4,7 @@ import re
 import pytest
 
 from bridges.registry import application_id, class_name
-from cluster.config import CityConfig
+from citypost.config import CityConfig
 from fleet import dijon
 from fleet.behaviours import Bus
 from fleet.geo import Route, distance_m

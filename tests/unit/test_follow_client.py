@@ -9,8 +9,7 @@ from typing import Any
 import grpc
 import pytest
 
-from cluster.errors import ConfigError
-from cluster.grpc_server import LEADER_METADATA
+from citypost.errors import ConfigError
 from console.cli import DEFAULT_POST, POSTS_ENV, posts_to_ask
 from failover.follow_client import (
     Kind,
@@ -26,6 +25,7 @@ from failover.follow_client import (
     with_key,
 )
 from protos.citypost.v1 import admin_pb2, operator_pb2
+from protos.metadata import LEADER_METADATA
 
 S = grpc.StatusCode
 A, B, C = "10.0.0.1:50051", "10.0.0.2:50051", "10.0.0.3:50051"

@@ -19,7 +19,7 @@ from bridges.gate_book import (
     read_frame_header,
     store_mark,
 )
-from cluster.errors import DeadLetterReason, DecodeError, InvalidArgumentError
+from citypost.errors import DeadLetterReason, DecodeError, InvalidArgumentError
 from protos.citypost.v1 import command_pb2
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(10)]

@@ -4,7 +4,7 @@ from hypothesis import strategies as st
 
 from bridges.layouts import LAYOUTS, decode_reading, encode_reading, layout_of
 from bridges.lpp import LppType, LppValue, encode
-from cluster.errors import DeadLetterReason, DecodeError
+from citypost.errors import DeadLetterReason, DecodeError
 from protos.citypost.v1 import assets_pb2, telemetry_pb2
 
 pytestmark = pytest.mark.unit

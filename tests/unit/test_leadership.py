@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.errors import InvalidArgumentError
+from citypost.errors import InvalidArgumentError
 from failover.leadership import (
     Action,
     EtcdView,

@@ -16,7 +16,7 @@ from chaos.link_proxy import (
     parse_endpoint,
     retransmission_delay_ms,
 )
-from cluster.errors import FailedPreconditionError, InfrastructureError, InvalidArgumentError
+from citypost.errors import FailedPreconditionError, InfrastructureError, InvalidArgumentError
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 

@@ -11,7 +11,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bridges.lpp import LppType, LppValue, decode, encode, size_of
-from cluster.errors import DeadLetterReason, LppError
+from citypost.errors import DeadLetterReason, LppError
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 

@@ -1,8 +1,8 @@
 import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from cluster.config import ObservabilityConfig
-from cluster.observability import setup_observability
+from citypost.config import ObservabilityConfig
+from citypost.observability import setup_observability
 
 pytestmark = pytest.mark.unit
 

@@ -15,7 +15,7 @@ from actors.air_quality import (
 )
 from actors.decisions import ClearAlarm, Decision, RaiseAlarm, ReportMetric
 from bridges.registry import Device
-from cluster.errors import InvalidArgumentError
+from citypost.errors import InvalidArgumentError
 from protos.citypost.v1 import assets_pb2, operations_pb2, telemetry_pb2
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(10)]

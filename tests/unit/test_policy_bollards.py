@@ -16,7 +16,7 @@ from actors.bollards import (
 )
 from actors.decisions import ClearAlarm, Decision, IssueCommand, RaiseAlarm, RequestTask
 from bridges.registry import Device
-from cluster.errors import ConfigError, InvalidArgumentError, NotFoundError
+from citypost.errors import ConfigError, InvalidArgumentError, NotFoundError
 from protos.citypost.v1 import assets_pb2, operations_pb2, telemetry_pb2
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]

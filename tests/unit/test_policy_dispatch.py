@@ -8,7 +8,7 @@ import pytest
 from actors.dispatch import DispatchPolicy, department_of_group, make_policy
 from actors.geo import haversine_m
 from bridges.registry import Device
-from cluster.errors import InvalidArgumentError, NotFoundError
+from citypost.errors import InvalidArgumentError, NotFoundError
 from protos.citypost.v1 import assets_pb2, operations_pb2, telemetry_pb2
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(10)]

@@ -4,7 +4,7 @@ import pytest
 
 from actors.decisions import OpenIncident
 from actors.incidents import DEFAULT_PRIORITY, parse_kind, tasks_for, validate_citizen_report
-from cluster.errors import InvalidArgumentError
+from citypost.errors import InvalidArgumentError
 from protos.citypost.v1 import operations_pb2 as ops
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(10)]

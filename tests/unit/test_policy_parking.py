@@ -8,7 +8,7 @@ import pytest
 from actors.decisions import ReportMetric
 from actors.parking import ParkingPolicy, make_policy
 from bridges.registry import Device
-from cluster.errors import InvalidArgumentError
+from citypost.errors import InvalidArgumentError
 from protos.citypost.v1 import assets_pb2, telemetry_pb2
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(10)]

@@ -22,7 +22,7 @@ from actors.traffic import (
     make_policy,
 )
 from bridges.registry import Device
-from cluster.errors import ConfigError, InvalidArgumentError
+from citypost.errors import ConfigError, InvalidArgumentError
 from protos.citypost.v1 import assets_pb2, operations_pb2, telemetry_pb2
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]

@@ -11,11 +11,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from cluster.config import load_config
-from cluster.observability import setup_observability
-from cluster.post import Post
-from cluster.sim_clock import SimClock
+from citypost.clock import SimClock
+from citypost.config import load_config
+from citypost.observability import setup_observability
 from fleet.population import build_city
+from post.post import Post
 from tests.unit.test_actor_feed import InProcessPool
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]

@@ -1,8 +1,8 @@
 import pytest
 
-from cluster.errors import InvalidArgumentError
-from cluster.pagination import decode_token, encode_token, page_size
-from cluster.rate_limit import KeyedRateLimiter
+from api.pagination import decode_token, encode_token, page_size
+from api.rate_limit import KeyedRateLimiter
+from citypost.errors import InvalidArgumentError
 
 pytestmark = pytest.mark.unit
 

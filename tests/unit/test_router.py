@@ -7,8 +7,8 @@ from bridges import chirpstack
 from bridges.layouts import encode_reading, layout_of
 from bridges.registry import Device, DeviceRegistry, application_id
 from bridges.router import UplinkRouter
-from cluster.config import EdgeConfig
-from cluster.errors import DeadLetterReason, DecodeError
+from citypost.config import EdgeConfig
+from citypost.errors import DeadLetterReason, DecodeError
 from protos.citypost.v1 import assets_pb2
 
 pytestmark = pytest.mark.unit

@@ -19,8 +19,8 @@ from chaos.storm import (
     StormMessage,
     StormPublisher,
 )
-from cluster.config import CityConfig, EdgeConfig, MqttConfig
-from cluster.errors import (
+from citypost.config import CityConfig, EdgeConfig, MqttConfig
+from citypost.errors import (
     ConfigError,
     DeadLetterReason,
     DecodeError,

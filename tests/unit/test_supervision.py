@@ -20,7 +20,7 @@ from actors.supervision import (
     decide,
     restarts_within,
 )
-from cluster.errors import ConfigError, InvalidArgumentError
+from citypost.errors import ConfigError, InvalidArgumentError
 
 pytestmark = pytest.mark.unit
 

@@ -6,10 +6,10 @@ from collections.abc import Callable
 
 import pytest
 
-from cluster import audit
-from cluster import task_board as board
-from cluster.errors import FailedPreconditionError, InvalidArgumentError
-from cluster.task_board import ASSIGNED, CANCELLED, DONE, IN_PROGRESS, OPEN, TaskIndex
+from citypost.errors import FailedPreconditionError, InvalidArgumentError
+from post import audit
+from post import task_board as board
+from post.task_board import ASSIGNED, CANCELLED, DONE, IN_PROGRESS, OPEN, TaskIndex
 from protos.citypost.v1 import operations_pb2
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(10)]

@@ -13,7 +13,7 @@ import uuid
 from datetime import datetime
 from enum import StrEnum
 
-from cluster.errors import InvalidArgumentError
+from citypost.errors import InvalidArgumentError
 from protos.citypost.v1 import assets_pb2, control_state_pb2
 
 Outcome = control_state_pb2.AuditOutcome

@@ -20,8 +20,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from cluster import audit
-from cluster.errors import FailedPreconditionError, InvalidArgumentError
+from citypost.errors import FailedPreconditionError, InvalidArgumentError
+from post import audit
 from protos.citypost.v1 import control_state_pb2, operations_pb2
 
 Task = operations_pb2.Task

@@ -10,10 +10,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from cluster.errors import FailedPreconditionError, InvalidArgumentError
-from cluster.grpc_server import OPERATOR_METADATA, Service, caller, start_server
+from api.server import Service, caller, start_server
+from citypost.errors import FailedPreconditionError, InvalidArgumentError
 from cluster.ports import free_port
 from protos.citypost.v1 import admin_pb2, admin_pb2_grpc
+from protos.metadata import OPERATOR_METADATA
 
 pytestmark = pytest.mark.integration
 

@@ -38,8 +38,7 @@ from actors.incidents import tasks_for
 from bridges import chirpstack
 from bridges.downlinks import downlinks, targets
 from bridges.registry import DeviceRegistry
-from cluster import alarm_book, audit, command_ledger, task_board
-from cluster.errors import (
+from citypost.errors import (
     CitypostError,
     FailedPreconditionError,
     InvalidArgumentError,
@@ -65,6 +64,7 @@ from failover.control_state import (
     override_key,
     task_key,
 )
+from post import alarm_book, audit, command_ledger, task_board
 from protos.citypost.v1 import assets_pb2, command_pb2, control_state_pb2, operations_pb2
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from chaos import scenarios
 from chaos.scenarios import Scenario
-from cluster.errors import InvalidArgumentError
+from citypost.errors import InvalidArgumentError
 from console.render import TableData, rich_table
 
 PROG = "citypost drill"
@@ -92,12 +92,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _run_rounds(
     scenario: Scenario, rounds: int, against: Path | None, out_dir: Path, seed: int
 ) -> int:
-    from chaos.drill_system import drill_config, own_system
     from chaos.faults import Drilled
     from chaos.runner import DrillRefused, DrillRunner
-    from chaos.target import AttachedTarget, DrillTarget, find_manifest
-    from cluster.config import load_config
-    from cluster.errors import CitypostError
+    from chaos.target import DrillTarget
+    from citypost.config import load_config
+    from citypost.errors import CitypostError
+    from cluster.drill_system import drill_config, own_system
+    from cluster.drill_targets import AttachedTarget, find_manifest
 
     _say(f"drill {scenario.name}: {scenario.breaks}")
     _say(f"must hold: {scenario.must_hold}")

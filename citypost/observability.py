@@ -22,7 +22,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
-from cluster.config import ObservabilityConfig
+from citypost.config import ObservabilityConfig
 
 
 @dataclass

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from chaos.faults import Drilled
 from chaos.link_proxy import LinkProxy
-from chaos.target import OwnTarget
-from cluster.config import CityConfig, Config
+from citypost.config import CityConfig, Config
+from cluster.drill_targets import OwnTarget
 from cluster.system import CitySystem
 
 # The small city of the default drill: 0.5% of Dijon (about 200 devices, 2 posts).

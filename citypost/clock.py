@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from cluster.errors import ConfigError
+from citypost.errors import ConfigError
 
 
 class SimClock:

@@ -15,7 +15,7 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from cluster.errors import ConfigError
+from citypost.errors import ConfigError
 
 
 class _Section(BaseModel):

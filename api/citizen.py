@@ -35,18 +35,18 @@ from typing import Any
 from actors.decisions import OpenIncident
 from actors.geo import haversine_m
 from actors.incidents import nearest_commune, validate_citizen_report
+from api.rate_limit import KeyedRateLimiter
+from api.server import Service
 from bridges.registry import Device, DeviceRegistry
-from cluster.dispatcher import Dispatcher
-from cluster.errors import (
+from citypost.errors import (
     InfrastructureError,
     InvalidArgumentError,
     NotFoundError,
     ResourceExhaustedError,
 )
-from cluster.grpc_server import Service
-from cluster.rate_limit import KeyedRateLimiter
 from failover.control_state import INCIDENTS, ControlState, FencedError
 from fleet.dijon import BOUNDS, COMMUNES
+from post.dispatcher import Dispatcher
 from protos.citypost.v1 import (
     assets_pb2,
     citizen_pb2,

@@ -36,14 +36,14 @@ from bridges.downlink_gate import gate_topic
 from bridges.edge import Edge
 from bridges.registry import DeviceRegistry
 from bridges.sinks import FanOutSink, MemorySink
-from cluster.actor_feed import ActorFeed
-from cluster.config import Config
-from cluster.dispatcher import Dispatcher
-from cluster.observability import Observability
-from cluster.sim_clock import SimClock
+from citypost.clock import SimClock
+from citypost.config import Config
+from citypost.observability import Observability
 from failover.control_state import ControlState, InMemoryControlState, RevisionCompactedError
 from failover.election import Role
 from failover.roles import SOLE_EPOCH, Leadership, SoleLeadership
+from post.actor_feed import ActorFeed
+from post.dispatcher import Dispatcher
 
 log = logging.getLogger(__name__)
 

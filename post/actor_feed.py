@@ -37,7 +37,7 @@ from actors.catalog import ALSO_FEEDS, actor_name
 from actors.decisions import Decision
 from actors.policy import Snapshot
 from actors.pool import ActorKey, ActorPool, Call
-from cluster.errors import ResourceExhaustedError
+from citypost.errors import ResourceExhaustedError
 from protos.citypost.v1 import telemetry_pb2
 
 log = logging.getLogger(__name__)

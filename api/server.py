@@ -21,13 +21,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from cluster.errors import CitypostError, NotLeaderError
+from citypost.errors import CitypostError, NotLeaderError
+from protos.metadata import LEADER_METADATA, OPERATOR_METADATA
 
 log = logging.getLogger(__name__)
 
-OPERATOR_METADATA = "x-citypost-operator"
-# On a write refused by a standby: where the leader's gRPC server listens.
-LEADER_METADATA = "x-citypost-leader"
 ANONYMOUS = "anonymous"
 _INTERNAL = "internal error in the post (it is logged); retry, and report it if it persists"
 caller: contextvars.ContextVar[str] = contextvars.ContextVar("citypost_caller", default=ANONYMOUS)

@@ -42,7 +42,7 @@ DEFAULT_TIMEOUT_S = 10.0
 # leader takes the key back soon if the standby cannot. The election keeps the
 # hold-off even after the standby took over, so a switchover back within it waits.
 DEFAULT_HOLD_OFF_S = 2.0
-MAX_HOLD_OFF_S = 60.0  # the post refuses more (admin_api.MAX_HOLD_OFF_MS)
+MAX_HOLD_OFF_S = 60.0  # the post refuses more (api.admin.MAX_HOLD_OFF_MS)
 CALL_TIMEOUT_S = 2.0
 POLL_INTERVAL_S = 0.005
 RESIGN_ATTEMPTS = 3

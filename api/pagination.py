@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 
-from cluster.errors import InvalidArgumentError
+from citypost.errors import InvalidArgumentError
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000

@@ -4,8 +4,8 @@ Reads come from the control state (alarms, ledger, tasks, incidents,
 overrides), the device registry and the latest telemetry; every write goes
 through the dispatcher, the post's one writer, and is answered only after the
 control state committed it. Each RPC checks its request first and raises
-`cluster.errors` kinds whose messages name the field; the shared interceptor
-(`cluster.grpc_server`) turns them into statuses.
+`citypost.errors` kinds whose messages name the field; the shared interceptor
+(`api.server`) turns them into statuses.
 
 Choices worth knowing:
 - Idempotency keys are required on writes (1..128 characters). A retry with
@@ -41,16 +41,15 @@ from google.protobuf.message import Message
 
 from actors.decisions import OpenIncident, RequestTask
 from actors.incidents import DEFAULT_PRIORITY, ROUTING, nearest_commune
+from api import pagination
+from api.server import Service, caller
 from bridges.registry import Device, DeviceRegistry, class_name
-from cluster import pagination
-from cluster.dispatcher import Dispatcher
-from cluster.errors import (
+from citypost.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
     UnimplementedError,
 )
-from cluster.grpc_server import OPERATOR_METADATA, Service, caller
 from failover.control_state import (
     ALARMS,
     INCIDENTS,
@@ -64,6 +63,7 @@ from failover.control_state import (
     ledger_key,
 )
 from fleet.dijon import BOUNDS
+from post.dispatcher import Dispatcher
 from protos.citypost.v1 import (
     assets_pb2,
     command_pb2,
@@ -73,13 +73,12 @@ from protos.citypost.v1 import (
     operator_pb2_grpc,
     telemetry_pb2,
 )
+from protos.metadata import OPERATOR_METADATA, WATCH_REVISION_METADATA
 
 M = TypeVar("M", bound=Message)
 AssetClass: TypeAlias = assets_pb2.AssetClass.ValueType
 
 SERVICE_NAME = operator_pb2.DESCRIPTOR.services_by_name["OperatorService"].full_name
-# Initial metadata of WatchEvents: the revision after which changes are streamed.
-WATCH_REVISION_METADATA = "x-citypost-watch-revision"
 
 MAX_KEY_CHARS = 128
 MAX_ID_CHARS = 128
@@ -572,7 +571,7 @@ def operator_service(
     *,
     wall_ms: Callable[[], int],
 ) -> Service:
-    """The service, ready for `cluster.grpc_server.start_server`."""
+    """The service, ready for `api.server.start_server`."""
     servicer = OperatorService(dispatcher, state, registry, latest, wall_ms=wall_ms)
     return Service(SERVICE_NAME, operator_pb2_grpc.add_OperatorServiceServicer_to_server, servicer)
 

@@ -3,8 +3,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from cluster.errors import ConfigError
-from cluster.sim_clock import SimClock
+from citypost.clock import SimClock
+from citypost.errors import ConfigError
 from fleet.pacing import TokenBucket, UplinkSchedule
 
 pytestmark = pytest.mark.unit

@@ -22,12 +22,13 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from actors.catalog import actor_name
-from cluster.errors import CitypostError, InvalidArgumentError
+from api.server import Service
+from citypost.errors import CitypostError, InvalidArgumentError
 from failover.election import ElectionStatus, Role
 from protos.citypost.v1 import admin_pb2, admin_pb2_grpc
 
 if TYPE_CHECKING:
-    from cluster.post import Post
+    from post.post import Post
 
 # A status must answer while etcd does not: the store revision is then left out.
 STATE_TIMEOUT_S = 2.0
@@ -35,6 +36,8 @@ STATE_TIMEOUT_S = 2.0
 MAX_HOLD_OFF_MS = 60_000
 MAX_KEY_CHARS = 128
 REMEMBERED_RESIGNS = 256
+
+SERVICE_NAME = admin_pb2.DESCRIPTOR.services_by_name["PostAdmin"].full_name
 
 _ROLES = {Role.LEADER: admin_pb2.POST_ROLE_LEADER, Role.STANDBY: admin_pb2.POST_ROLE_STANDBY}
 
@@ -180,3 +183,10 @@ class PostAdminService(admin_pb2_grpc.PostAdminServicer):
             while len(self._resigns) > REMEMBERED_RESIGNS:
                 self._resigns.popitem(last=False)
             return answer
+
+
+def admin_service(post: Post) -> Service:
+    """The servicer as the post's gRPC server registers it."""
+    return Service(
+        SERVICE_NAME, admin_pb2_grpc.add_PostAdminServicer_to_server, PostAdminService(post)
+    )

@@ -11,7 +11,7 @@ Acknowledging twice, or clearing a cleared alarm, is refused
 (FailedPreconditionError); `clear_alarm` is the lenient form for policies,
 which may report "cause gone" when nothing is active.
 
-Every change returns the new alarm and an audit draft (`cluster.audit`);
+Every change returns the new alarm and an audit draft (`post.audit`);
 a raise that changes nothing returns the alarm as it was and no draft.
 `now` is wall-clock milliseconds.
 """
@@ -23,8 +23,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from cluster import audit
-from cluster.errors import FailedPreconditionError, InvalidArgumentError
+from citypost.errors import FailedPreconditionError, InvalidArgumentError
+from post import audit
 from protos.citypost.v1 import assets_pb2, control_state_pb2, operations_pb2
 
 Alarm = operations_pb2.Alarm

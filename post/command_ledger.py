@@ -35,7 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from cluster.errors import FailedPreconditionError, InvalidArgumentError
+from citypost.errors import FailedPreconditionError, InvalidArgumentError
 from protos.citypost.v1 import command_pb2, control_state_pb2
 
 CommandRecord = control_state_pb2.CommandRecord
