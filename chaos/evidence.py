@@ -26,11 +26,17 @@ class CommandStatus(StrEnum):
     ACKED = "ACKED"
     EXPIRED = "EXPIRED"
     FAILED = "FAILED"
+    PARTIAL = "PARTIAL"  # a group command some devices had not confirmed at its deadline
     UNSPECIFIED = "COMMAND_STATUS_UNSPECIFIED"
 
     @property
     def finished(self) -> bool:
-        return self in (CommandStatus.ACKED, CommandStatus.EXPIRED, CommandStatus.FAILED)
+        return self in (
+            CommandStatus.ACKED,
+            CommandStatus.EXPIRED,
+            CommandStatus.FAILED,
+            CommandStatus.PARTIAL,
+        )
 
 
 @dataclass(frozen=True)

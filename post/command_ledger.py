@@ -46,7 +46,8 @@ SENT = command_pb2.SENT
 ACKED = command_pb2.ACKED
 EXPIRED = command_pb2.EXPIRED
 FAILED = command_pb2.FAILED
-TERMINAL: frozenset[Status.ValueType] = frozenset({ACKED, EXPIRED, FAILED})
+PARTIAL = command_pb2.PARTIAL
+TERMINAL: frozenset[Status.ValueType] = frozenset({ACKED, EXPIRED, FAILED, PARTIAL})
 
 DEFAULT_BACKOFF_INITIAL_MS = 1_000
 DEFAULT_BACKOFF_MAX_MS = 30_000

@@ -26,15 +26,17 @@ from protos.citypost.v1 import assets_pb2 as protos_dot_citypost_dot_v1_dot_asse
 from protos.citypost.v1 import telemetry_pb2 as protos_dot_citypost_dot_v1_dot_telemetry__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n protos/citypost/v1/command.proto\x12\x0b\x63itypost.v1\x1a\x1fprotos/citypost/v1/assets.proto\x1a\"protos/citypost/v1/telemetry.proto\"4\n\x06Target\x12\x11\n\x07\x64\x65v_eui\x18\x01 \x01(\tH\x00\x12\x0f\n\x05group\x18\x02 \x01(\tH\x00\x42\x06\n\x04kind\"\'\n\rSetBrightness\x12\x16\n\x0e\x62rightness_pct\x18\x01 \x01(\x01\"D\n\x12SetBollardPosition\x12.\n\x08position\x18\x01 \x01(\x0e\x32\x1c.citypost.v1.BollardPosition\")\n\x0eSignalPriority\x12\x17\n\x0f\x65xtend_green_ms\x18\x01 \x01(\r\"8\n\rSetSignalMode\x12\'\n\x05phase\x18\x01 \x01(\x0e\x32\x18.citypost.v1.SignalPhase\"\xa8\x03\n\x07\x43ommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\x12#\n\x06target\x18\x03 \x01(\x0b\x32\x13.citypost.v1.Target\x12,\n\x0b\x61sset_class\x18\x04 \x01(\x0e\x32\x17.citypost.v1.AssetClass\x12\x0e\n\x06ttl_ms\x18\x05 \x01(\x03\x12\x14\n\x0cissued_at_ms\x18\x06 \x01(\x03\x12\x11\n\tissued_by\x18\x07 \x01(\t\x12\x34\n\x0eset_brightness\x18\n \x01(\x0b\x32\x1a.citypost.v1.SetBrightnessH\x00\x12?\n\x14set_bollard_position\x18\x0b \x01(\x0b\x32\x1f.citypost.v1.SetBollardPositionH\x00\x12\x36\n\x0fsignal_priority\x18\x0c \x01(\x0b\x32\x1b.citypost.v1.SignalPriorityH\x00\x12\x35\n\x0fset_signal_mode\x18\r \x01(\x0b\x32\x1a.citypost.v1.SetSignalModeH\x00\x42\x08\n\x06\x61\x63tion\"\x94\x01\n\x13\x43ommandStatusUpdate\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12*\n\x06status\x18\x02 \x01(\x0e\x32\x1a.citypost.v1.CommandStatus\x12\r\n\x05\x65poch\x18\x03 \x01(\x03\x12\r\n\x05\x61t_ms\x18\x04 \x01(\x03\x12\x0f\n\x07\x64\x65v_eui\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t*i\n\rCommandStatus\x12\x1e\n\x1a\x43OMMAND_STATUS_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x08\n\x04SENT\x10\x02\x12\t\n\x05\x41\x43KED\x10\x03\x12\x0b\n\x07\x45XPIRED\x10\x04\x12\n\n\x06\x46\x41ILED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n protos/citypost/v1/command.proto\x12\x0b\x63itypost.v1\x1a\x1fprotos/citypost/v1/assets.proto\x1a\"protos/citypost/v1/telemetry.proto\"4\n\x06Target\x12\x11\n\x07\x64\x65v_eui\x18\x01 \x01(\tH\x00\x12\x0f\n\x05group\x18\x02 \x01(\tH\x00\x42\x06\n\x04kind\"\'\n\rSetBrightness\x12\x16\n\x0e\x62rightness_pct\x18\x01 \x01(\x01\"D\n\x12SetBollardPosition\x12.\n\x08position\x18\x01 \x01(\x0e\x32\x1c.citypost.v1.BollardPosition\")\n\x0eSignalPriority\x12\x17\n\x0f\x65xtend_green_ms\x18\x01 \x01(\r\"8\n\rSetSignalMode\x12\'\n\x05phase\x18\x01 \x01(\x0e\x32\x18.citypost.v1.SignalPhase\"}\n\x0bLampProfile\x12\x12\n\nprofile_id\x18\x01 \x01(\r\x12\x1e\n\x16on_below_elevation_deg\x18\x02 \x01(\x01\x12\x11\n\tnight_pct\x18\x03 \x01(\x01\x12\x11\n\tboost_pct\x18\x04 \x01(\x01\x12\x14\n\x0c\x62oost_hold_s\x18\x05 \x01(\r\"\x8e\x04\n\x07\x43ommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\x12#\n\x06target\x18\x03 \x01(\x0b\x32\x13.citypost.v1.Target\x12,\n\x0b\x61sset_class\x18\x04 \x01(\x0e\x32\x17.citypost.v1.AssetClass\x12\x0e\n\x06ttl_ms\x18\x05 \x01(\x03\x12\x14\n\x0cissued_at_ms\x18\x06 \x01(\x03\x12\x11\n\tissued_by\x18\x07 \x01(\t\x12.\n\x08priority\x18\x08 \x01(\x0e\x32\x1c.citypost.v1.CommandPriority\x12\x34\n\x0eset_brightness\x18\n \x01(\x0b\x32\x1a.citypost.v1.SetBrightnessH\x00\x12?\n\x14set_bollard_position\x18\x0b \x01(\x0b\x32\x1f.citypost.v1.SetBollardPositionH\x00\x12\x36\n\x0fsignal_priority\x18\x0c \x01(\x0b\x32\x1b.citypost.v1.SignalPriorityH\x00\x12\x35\n\x0fset_signal_mode\x18\r \x01(\x0b\x32\x1a.citypost.v1.SetSignalModeH\x00\x12\x34\n\x10set_lamp_profile\x18\x0e \x01(\x0b\x32\x18.citypost.v1.LampProfileH\x00\x42\x08\n\x06\x61\x63tion\"\x94\x01\n\x13\x43ommandStatusUpdate\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12*\n\x06status\x18\x02 \x01(\x0e\x32\x1a.citypost.v1.CommandStatus\x12\r\n\x05\x65poch\x18\x03 \x01(\x03\x12\r\n\x05\x61t_ms\x18\x04 \x01(\x03\x12\x0f\n\x07\x64\x65v_eui\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t*v\n\rCommandStatus\x12\x1e\n\x1a\x43OMMAND_STATUS_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x08\n\x04SENT\x10\x02\x12\t\n\x05\x41\x43KED\x10\x03\x12\x0b\n\x07\x45XPIRED\x10\x04\x12\n\n\x06\x46\x41ILED\x10\x05\x12\x0b\n\x07PARTIAL\x10\x06*t\n\x0f\x43ommandPriority\x12 \n\x1c\x43OMMAND_PRIORITY_UNSPECIFIED\x10\x00\x12\x13\n\x0fPRIORITY_SAFETY\x10\x01\x12\x15\n\x11PRIORITY_OPERATOR\x10\x02\x12\x13\n\x0fPRIORITY_POLICY\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.citypost.v1.command_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_COMMANDSTATUS']._serialized_start=962
-  _globals['_COMMANDSTATUS']._serialized_end=1067
+  _globals['_COMMANDSTATUS']._serialized_start=1191
+  _globals['_COMMANDSTATUS']._serialized_end=1309
+  _globals['_COMMANDPRIORITY']._serialized_start=1311
+  _globals['_COMMANDPRIORITY']._serialized_end=1427
   _globals['_TARGET']._serialized_start=118
   _globals['_TARGET']._serialized_end=170
   _globals['_SETBRIGHTNESS']._serialized_start=172
@@ -45,8 +47,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SIGNALPRIORITY']._serialized_end=324
   _globals['_SETSIGNALMODE']._serialized_start=326
   _globals['_SETSIGNALMODE']._serialized_end=382
-  _globals['_COMMAND']._serialized_start=385
-  _globals['_COMMAND']._serialized_end=809
-  _globals['_COMMANDSTATUSUPDATE']._serialized_start=812
-  _globals['_COMMANDSTATUSUPDATE']._serialized_end=960
+  _globals['_LAMPPROFILE']._serialized_start=384
+  _globals['_LAMPPROFILE']._serialized_end=509
+  _globals['_COMMAND']._serialized_start=512
+  _globals['_COMMAND']._serialized_end=1038
+  _globals['_COMMANDSTATUSUPDATE']._serialized_start=1041
+  _globals['_COMMANDSTATUSUPDATE']._serialized_end=1189
 # @@protoc_insertion_point(module_scope)

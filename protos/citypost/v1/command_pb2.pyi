@@ -31,9 +31,14 @@ class _CommandStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Command
     ACKED: _CommandStatus.ValueType  # 3
     EXPIRED: _CommandStatus.ValueType  # 4
     FAILED: _CommandStatus.ValueType  # 5
+    PARTIAL: _CommandStatus.ValueType  # 6
 
 class CommandStatus(_CommandStatus, metaclass=_CommandStatusEnumTypeWrapper):
-    """Lifecycle: QUEUED -> SENT -> ACKED, or EXPIRED / FAILED."""
+    """Lifecycle: QUEUED -> SENT -> ACKED, or EXPIRED / FAILED / PARTIAL.
+    A group command goes out as one multicast (unconfirmed): it is ACKED once every device
+    of the group reported the commanded state, PARTIAL at its deadline when some did not
+    (CommandRecord.stragglers names them).
+    """
 
 COMMAND_STATUS_UNSPECIFIED: CommandStatus.ValueType  # 0
 QUEUED: CommandStatus.ValueType  # 1
@@ -41,7 +46,32 @@ SENT: CommandStatus.ValueType  # 2
 ACKED: CommandStatus.ValueType  # 3
 EXPIRED: CommandStatus.ValueType  # 4
 FAILED: CommandStatus.ValueType  # 5
+PARTIAL: CommandStatus.ValueType  # 6
 Global___CommandStatus: _TypeAlias = CommandStatus  # noqa: Y015
+
+class _CommandPriority:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CommandPriorityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CommandPriority.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    COMMAND_PRIORITY_UNSPECIFIED: _CommandPriority.ValueType  # 0
+    """read as PRIORITY_POLICY"""
+    PRIORITY_SAFETY: _CommandPriority.ValueType  # 1
+    PRIORITY_OPERATOR: _CommandPriority.ValueType  # 2
+    PRIORITY_POLICY: _CommandPriority.ValueType  # 3
+
+class CommandPriority(_CommandPriority, metaclass=_CommandPriorityEnumTypeWrapper):
+    """Who goes on air first when a gateway's duty cycle is short: safety (bollards for
+    emergency access, fail-safe states), then operators, then policies.
+    """
+
+COMMAND_PRIORITY_UNSPECIFIED: CommandPriority.ValueType  # 0
+"""read as PRIORITY_POLICY"""
+PRIORITY_SAFETY: CommandPriority.ValueType  # 1
+PRIORITY_OPERATOR: CommandPriority.ValueType  # 2
+PRIORITY_POLICY: CommandPriority.ValueType  # 3
+Global___CommandPriority: _TypeAlias = CommandPriority  # noqa: Y015
 
 @_typing.final
 class Target(_message.Message):
@@ -150,6 +180,49 @@ class SetSignalMode(_message.Message):
 Global___SetSignalMode: _TypeAlias = SetSignalMode  # noqa: Y015
 
 @_typing.final
+class LampProfile(_message.Message):
+    """The dimming profile a street-lamp controller runs by itself (TALQ-style): lit while
+    the sun is below `on_below_elevation_deg` at the lamp, at `night_pct`, raised to
+    `boost_pct` when its own presence sensor sees someone and held `boost_hold_s` after.
+    It replaces a fixed level set by SetBrightness. The lamp reports `profile_id` in its
+    uplinks: that is how the post confirms a profile that went out by multicast.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROFILE_ID_FIELD_NUMBER: _builtins.int
+    ON_BELOW_ELEVATION_DEG_FIELD_NUMBER: _builtins.int
+    NIGHT_PCT_FIELD_NUMBER: _builtins.int
+    BOOST_PCT_FIELD_NUMBER: _builtins.int
+    BOOST_HOLD_S_FIELD_NUMBER: _builtins.int
+    profile_id: _builtins.int
+    """1..65535; 0 is "no profile: a fixed level" """
+    on_below_elevation_deg: _builtins.float
+    """-10..10"""
+    night_pct: _builtins.float
+    """0..100"""
+    boost_pct: _builtins.float
+    """night_pct..100"""
+    boost_hold_s: _builtins.int
+    """0..3600"""
+    def __init__(
+        self,
+        *,
+        profile_id: _builtins.int = ...,
+        on_below_elevation_deg: _builtins.float = ...,
+        night_pct: _builtins.float = ...,
+        boost_pct: _builtins.float = ...,
+        boost_hold_s: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["boost_hold_s", b"boost_hold_s", "boost_pct", b"boost_pct", "night_pct", b"night_pct", "on_below_elevation_deg", b"on_below_elevation_deg", "profile_id", b"profile_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LampProfile: _TypeAlias = LampProfile  # noqa: Y015
+
+@_typing.final
 class Command(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -160,10 +233,12 @@ class Command(_message.Message):
     TTL_MS_FIELD_NUMBER: _builtins.int
     ISSUED_AT_MS_FIELD_NUMBER: _builtins.int
     ISSUED_BY_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     SET_BRIGHTNESS_FIELD_NUMBER: _builtins.int
     SET_BOLLARD_POSITION_FIELD_NUMBER: _builtins.int
     SIGNAL_PRIORITY_FIELD_NUMBER: _builtins.int
     SET_SIGNAL_MODE_FIELD_NUMBER: _builtins.int
+    SET_LAMP_PROFILE_FIELD_NUMBER: _builtins.int
     command_id: _builtins.str
     """UUID; the same across re-sends and leaders"""
     epoch: _builtins.int
@@ -173,6 +248,7 @@ class Command(_message.Message):
     issued_at_ms: _builtins.int
     issued_by: _builtins.str
     """operator or policy that decided it"""
+    priority: Global___CommandPriority.ValueType
     @_builtins.property
     def target(self) -> Global___Target: ...
     @_builtins.property
@@ -183,6 +259,8 @@ class Command(_message.Message):
     def signal_priority(self) -> Global___SignalPriority: ...
     @_builtins.property
     def set_signal_mode(self) -> Global___SetSignalMode: ...
+    @_builtins.property
+    def set_lamp_profile(self) -> Global___LampProfile: ...
     def __init__(
         self,
         *,
@@ -193,16 +271,18 @@ class Command(_message.Message):
         ttl_ms: _builtins.int = ...,
         issued_at_ms: _builtins.int = ...,
         issued_by: _builtins.str = ...,
+        priority: Global___CommandPriority.ValueType = ...,
         set_brightness: Global___SetBrightness | None = ...,
         set_bollard_position: Global___SetBollardPosition | None = ...,
         signal_priority: Global___SignalPriority | None = ...,
         set_signal_mode: Global___SetSignalMode | None = ...,
+        set_lamp_profile: Global___LampProfile | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "set_bollard_position", b"set_bollard_position", "set_brightness", b"set_brightness", "set_signal_mode", b"set_signal_mode", "signal_priority", b"signal_priority", "target", b"target"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "set_bollard_position", b"set_bollard_position", "set_brightness", b"set_brightness", "set_lamp_profile", b"set_lamp_profile", "set_signal_mode", b"set_signal_mode", "signal_priority", b"signal_priority", "target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "asset_class", b"asset_class", "command_id", b"command_id", "epoch", b"epoch", "issued_at_ms", b"issued_at_ms", "issued_by", b"issued_by", "set_bollard_position", b"set_bollard_position", "set_brightness", b"set_brightness", "set_signal_mode", b"set_signal_mode", "signal_priority", b"signal_priority", "target", b"target", "ttl_ms", b"ttl_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "asset_class", b"asset_class", "command_id", b"command_id", "epoch", b"epoch", "issued_at_ms", b"issued_at_ms", "issued_by", b"issued_by", "priority", b"priority", "set_bollard_position", b"set_bollard_position", "set_brightness", b"set_brightness", "set_lamp_profile", b"set_lamp_profile", "set_signal_mode", b"set_signal_mode", "signal_priority", b"signal_priority", "target", b"target", "ttl_ms", b"ttl_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["set_brightness", "set_bollard_position", "signal_priority", "set_signal_mode"]  # noqa: Y015
+    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["set_brightness", "set_bollard_position", "signal_priority", "set_signal_mode", "set_lamp_profile"]  # noqa: Y015
     _WhichOneofArgType_action: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_action) -> _WhichOneofReturnType_action | None: ...
 

@@ -3,8 +3,10 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from protos.citypost.v1 import assets_pb2 as _assets_pb2
 from protos.citypost.v1 import command_pb2 as _command_pb2
@@ -73,6 +75,10 @@ class CommandRecord(_message.Message):
     BACKOFF_INITIAL_MS_FIELD_NUMBER: _builtins.int
     BACKOFF_MAX_MS_FIELD_NUMBER: _builtins.int
     FINISHED_AT_MS_FIELD_NUMBER: _builtins.int
+    MULTICAST_FIELD_NUMBER: _builtins.int
+    STRAGGLER_COUNT_FIELD_NUMBER: _builtins.int
+    STRAGGLERS_FIELD_NUMBER: _builtins.int
+    WAITING_FIELD_NUMBER: _builtins.int
     status: _command_pb2.CommandStatus.ValueType
     attempts: _builtins.int
     """sends so far"""
@@ -98,10 +104,20 @@ class CommandRecord(_message.Message):
     """wait after the first send; doubles per attempt"""
     backoff_max_ms: _builtins.int
     finished_at_ms: _builtins.int
-    """when it reached ACKED, EXPIRED or FAILED"""
+    """when it reached ACKED, EXPIRED, FAILED or PARTIAL"""
+    multicast: _builtins.bool
+    """sent as one multicast; confirmed by reported state"""
+    straggler_count: _builtins.int
+    """devices that had not confirmed at the deadline"""
+    waiting: _builtins.str
+    """why it is not on air yet (the gate's or the network server's word)"""
     @_builtins.property
     def command(self) -> _command_pb2.Command:
         """command.epoch is the epoch of the last send"""
+
+    @_builtins.property
+    def stragglers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """their devEuis, the first MAX_LISTED_STRAGGLERS"""
 
     def __init__(
         self,
@@ -124,10 +140,14 @@ class CommandRecord(_message.Message):
         backoff_initial_ms: _builtins.int = ...,
         backoff_max_ms: _builtins.int = ...,
         finished_at_ms: _builtins.int = ...,
+        multicast: _builtins.bool = ...,
+        straggler_count: _builtins.int = ...,
+        stragglers: _abc.Iterable[_builtins.str] | None = ...,
+        waiting: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acked_at_ms", b"acked_at_ms", "acked_count", b"acked_count", "attempts", b"attempts", "backoff_initial_ms", b"backoff_initial_ms", "backoff_max_ms", b"backoff_max_ms", "command", b"command", "created_at_ms", b"created_at_ms", "deadline_ms", b"deadline_ms", "detail", b"detail", "expected_acks", b"expected_acks", "finished_at_ms", b"finished_at_ms", "idempotency_key", b"idempotency_key", "issued_by", b"issued_by", "last_sent_at_ms", b"last_sent_at_ms", "max_attempts", b"max_attempts", "nacked_count", b"nacked_count", "next_retry_at_ms", b"next_retry_at_ms", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acked_at_ms", b"acked_at_ms", "acked_count", b"acked_count", "attempts", b"attempts", "backoff_initial_ms", b"backoff_initial_ms", "backoff_max_ms", b"backoff_max_ms", "command", b"command", "created_at_ms", b"created_at_ms", "deadline_ms", b"deadline_ms", "detail", b"detail", "expected_acks", b"expected_acks", "finished_at_ms", b"finished_at_ms", "idempotency_key", b"idempotency_key", "issued_by", b"issued_by", "last_sent_at_ms", b"last_sent_at_ms", "max_attempts", b"max_attempts", "multicast", b"multicast", "nacked_count", b"nacked_count", "next_retry_at_ms", b"next_retry_at_ms", "status", b"status", "straggler_count", b"straggler_count", "stragglers", b"stragglers", "waiting", b"waiting"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,39 +25,39 @@ _sym_db = _symbol_database.Default()
 from protos.citypost.v1 import assets_pb2 as protos_dot_citypost_dot_v1_dot_assets__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"protos/citypost/v1/telemetry.proto\x12\x0b\x63itypost.v1\x1a\x1fprotos/citypost/v1/assets.proto\"r\n\x0bLampReading\x12\x16\n\x0e\x62rightness_pct\x18\x01 \x01(\x01\x12\x16\n\x0epresence_count\x18\x02 \x01(\r\x12\x0f\n\x07power_w\x18\x03 \x01(\x01\x12\r\n\x05\x66\x61ult\x18\x04 \x01(\x08\x12\x13\n\x0b\x61mbient_lux\x18\x05 \x01(\x01\"\x81\x01\n\x14TrafficSignalReading\x12\'\n\x05phase\x18\x01 \x01(\x0e\x32\x18.citypost.v1.SignalPhase\x12\x1b\n\x13\x62us_priority_active\x18\x02 \x01(\x08\x12\x14\n\x0cqueue_length\x18\x03 \x01(\r\x12\r\n\x05\x66\x61ult\x18\x04 \x01(\x08\"h\n\x0e\x42ollardReading\x12.\n\x08position\x18\x01 \x01(\x0e\x32\x1c.citypost.v1.BollardPosition\x12\x17\n\x0fvehicle_present\x18\x02 \x01(\x08\x12\r\n\x05\x66\x61ult\x18\x03 \x01(\x08\"[\n\x11WaterMeterReading\x12\x19\n\x11litres_since_last\x18\x01 \x01(\x01\x12\x16\n\x0eleak_suspected\x18\x02 \x01(\x08\x12\x13\n\x0b\x62\x61ttery_pct\x18\x03 \x01(\x01\"7\n\x0eParkingReading\x12\x10\n\x08occupied\x18\x01 \x01(\x08\x12\x13\n\x0b\x62\x61ttery_pct\x18\x02 \x01(\x01\"\x89\x01\n\x11\x41irQualityReading\x12\x10\n\x08no2_ugm3\x18\x01 \x01(\x01\x12\x0f\n\x07o3_ugm3\x18\x02 \x01(\x01\x12\x11\n\tpm10_ugm3\x18\x03 \x01(\x01\x12\x11\n\tpm25_ugm3\x18\x04 \x01(\x01\x12\x15\n\rtemperature_c\x18\x05 \x01(\x01\x12\x14\n\x0chumidity_pct\x18\x06 \x01(\x01\"u\n\rCameraReading\x12\x0e\n\x06online\x18\x01 \x01(\x08\x12\x14\n\x0cpeople_count\x18\x02 \x01(\r\x12\x15\n\rvehicle_count\x18\x03 \x01(\r\x12\'\n\x05\x65vent\x18\x04 \x01(\x0e\x32\x18.citypost.v1.CameraEvent\"w\n\x12RoadWeatherReading\x12\x1a\n\x12road_temperature_c\x18\x01 \x01(\x01\x12\x19\n\x11\x61ir_temperature_c\x18\x02 \x01(\x01\x12\x14\n\x0chumidity_pct\x18\x03 \x01(\x01\x12\x14\n\x0cice_detected\x18\x04 \x01(\x08\"\x90\x01\n\x0eVehicleReading\x12\x10\n\x08latitude\x18\x01 \x01(\x01\x12\x11\n\tlongitude\x18\x02 \x01(\x01\x12\x12\n\naltitude_m\x18\x03 \x01(\x01\x12\x11\n\tspeed_kmh\x18\x04 \x01(\x01\x12\x13\n\x0bheading_deg\x18\x05 \x01(\x01\x12\x0c\n\x04line\x18\x06 \x01(\r\x12\x0f\n\x07\x64\x65lay_s\x18\x07 \x01(\x01\"\x8a\x05\n\tTelemetry\x12\x0f\n\x07\x64\x65v_eui\x18\x01 \x01(\t\x12,\n\x0b\x61sset_class\x18\x02 \x01(\x0e\x32\x17.citypost.v1.AssetClass\x12\r\n\x05group\x18\x03 \x01(\t\x12\x16\n\x0eobserved_at_ms\x18\x04 \x01(\x03\x12\x16\n\x0ereceived_at_ms\x18\x05 \x01(\x03\x12\r\n\x05\x66_cnt\x18\x06 \x01(\r\x12\x0c\n\x04rssi\x18\x07 \x01(\x05\x12\x0b\n\x03snr\x18\x08 \x01(\x02\x12(\n\x04lamp\x18\n \x01(\x0b\x32\x18.citypost.v1.LampReadingH\x00\x12;\n\x0etraffic_signal\x18\x0b \x01(\x0b\x32!.citypost.v1.TrafficSignalReadingH\x00\x12.\n\x07\x62ollard\x18\x0c \x01(\x0b\x32\x1b.citypost.v1.BollardReadingH\x00\x12\x35\n\x0bwater_meter\x18\r \x01(\x0b\x32\x1e.citypost.v1.WaterMeterReadingH\x00\x12.\n\x07parking\x18\x0e \x01(\x0b\x32\x1b.citypost.v1.ParkingReadingH\x00\x12\x35\n\x0b\x61ir_quality\x18\x0f \x01(\x0b\x32\x1e.citypost.v1.AirQualityReadingH\x00\x12,\n\x06\x63\x61mera\x18\x10 \x01(\x0b\x32\x1a.citypost.v1.CameraReadingH\x00\x12\x37\n\x0croad_weather\x18\x11 \x01(\x0b\x32\x1f.citypost.v1.RoadWeatherReadingH\x00\x12.\n\x07vehicle\x18\x12 \x01(\x0b\x32\x1b.citypost.v1.VehicleReadingH\x00\x42\t\n\x07reading\"7\n\x0eTelemetryBatch\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.citypost.v1.Telemetry*^\n\x0bSignalPhase\x12\x1c\n\x18SIGNAL_PHASE_UNSPECIFIED\x10\x00\x12\x07\n\x03RED\x10\x01\x12\t\n\x05GREEN\x10\x02\x12\t\n\x05\x41MBER\x10\x03\x12\x12\n\x0e\x46LASHING_AMBER\x10\x04*X\n\x0f\x42ollardPosition\x12 \n\x1c\x42OLLARD_POSITION_UNSPECIFIED\x10\x00\x12\x0b\n\x07LOWERED\x10\x01\x12\n\n\x06RAISED\x10\x02\x12\n\n\x06MOVING\x10\x03*q\n\x0b\x43\x61meraEvent\x12\x1c\n\x18\x43\x41MERA_EVENT_UNSPECIFIED\x10\x00\x12\x0c\n\x08NO_EVENT\x10\x01\x12\x0c\n\x08\x41\x43\x43IDENT\x10\x02\x12\x08\n\x04\x46IRE\x10\x03\x12\t\n\x05\x43ROWD\x10\x04\x12\x13\n\x0fSTOPPED_VEHICLE\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"protos/citypost/v1/telemetry.proto\x12\x0b\x63itypost.v1\x1a\x1fprotos/citypost/v1/assets.proto\"\x86\x01\n\x0bLampReading\x12\x16\n\x0e\x62rightness_pct\x18\x01 \x01(\x01\x12\x16\n\x0epresence_count\x18\x02 \x01(\r\x12\x0f\n\x07power_w\x18\x03 \x01(\x01\x12\r\n\x05\x66\x61ult\x18\x04 \x01(\x08\x12\x13\n\x0b\x61mbient_lux\x18\x05 \x01(\x01\x12\x12\n\nprofile_id\x18\x06 \x01(\r\"\x81\x01\n\x14TrafficSignalReading\x12\'\n\x05phase\x18\x01 \x01(\x0e\x32\x18.citypost.v1.SignalPhase\x12\x1b\n\x13\x62us_priority_active\x18\x02 \x01(\x08\x12\x14\n\x0cqueue_length\x18\x03 \x01(\r\x12\r\n\x05\x66\x61ult\x18\x04 \x01(\x08\"h\n\x0e\x42ollardReading\x12.\n\x08position\x18\x01 \x01(\x0e\x32\x1c.citypost.v1.BollardPosition\x12\x17\n\x0fvehicle_present\x18\x02 \x01(\x08\x12\r\n\x05\x66\x61ult\x18\x03 \x01(\x08\"[\n\x11WaterMeterReading\x12\x19\n\x11litres_since_last\x18\x01 \x01(\x01\x12\x16\n\x0eleak_suspected\x18\x02 \x01(\x08\x12\x13\n\x0b\x62\x61ttery_pct\x18\x03 \x01(\x01\"7\n\x0eParkingReading\x12\x10\n\x08occupied\x18\x01 \x01(\x08\x12\x13\n\x0b\x62\x61ttery_pct\x18\x02 \x01(\x01\"\x89\x01\n\x11\x41irQualityReading\x12\x10\n\x08no2_ugm3\x18\x01 \x01(\x01\x12\x0f\n\x07o3_ugm3\x18\x02 \x01(\x01\x12\x11\n\tpm10_ugm3\x18\x03 \x01(\x01\x12\x11\n\tpm25_ugm3\x18\x04 \x01(\x01\x12\x15\n\rtemperature_c\x18\x05 \x01(\x01\x12\x14\n\x0chumidity_pct\x18\x06 \x01(\x01\"u\n\rCameraReading\x12\x0e\n\x06online\x18\x01 \x01(\x08\x12\x14\n\x0cpeople_count\x18\x02 \x01(\r\x12\x15\n\rvehicle_count\x18\x03 \x01(\r\x12\'\n\x05\x65vent\x18\x04 \x01(\x0e\x32\x18.citypost.v1.CameraEvent\"w\n\x12RoadWeatherReading\x12\x1a\n\x12road_temperature_c\x18\x01 \x01(\x01\x12\x19\n\x11\x61ir_temperature_c\x18\x02 \x01(\x01\x12\x14\n\x0chumidity_pct\x18\x03 \x01(\x01\x12\x14\n\x0cice_detected\x18\x04 \x01(\x08\"\x90\x01\n\x0eVehicleReading\x12\x10\n\x08latitude\x18\x01 \x01(\x01\x12\x11\n\tlongitude\x18\x02 \x01(\x01\x12\x12\n\naltitude_m\x18\x03 \x01(\x01\x12\x11\n\tspeed_kmh\x18\x04 \x01(\x01\x12\x13\n\x0bheading_deg\x18\x05 \x01(\x01\x12\x0c\n\x04line\x18\x06 \x01(\r\x12\x0f\n\x07\x64\x65lay_s\x18\x07 \x01(\x01\"\x8a\x05\n\tTelemetry\x12\x0f\n\x07\x64\x65v_eui\x18\x01 \x01(\t\x12,\n\x0b\x61sset_class\x18\x02 \x01(\x0e\x32\x17.citypost.v1.AssetClass\x12\r\n\x05group\x18\x03 \x01(\t\x12\x16\n\x0eobserved_at_ms\x18\x04 \x01(\x03\x12\x16\n\x0ereceived_at_ms\x18\x05 \x01(\x03\x12\r\n\x05\x66_cnt\x18\x06 \x01(\r\x12\x0c\n\x04rssi\x18\x07 \x01(\x05\x12\x0b\n\x03snr\x18\x08 \x01(\x02\x12(\n\x04lamp\x18\n \x01(\x0b\x32\x18.citypost.v1.LampReadingH\x00\x12;\n\x0etraffic_signal\x18\x0b \x01(\x0b\x32!.citypost.v1.TrafficSignalReadingH\x00\x12.\n\x07\x62ollard\x18\x0c \x01(\x0b\x32\x1b.citypost.v1.BollardReadingH\x00\x12\x35\n\x0bwater_meter\x18\r \x01(\x0b\x32\x1e.citypost.v1.WaterMeterReadingH\x00\x12.\n\x07parking\x18\x0e \x01(\x0b\x32\x1b.citypost.v1.ParkingReadingH\x00\x12\x35\n\x0b\x61ir_quality\x18\x0f \x01(\x0b\x32\x1e.citypost.v1.AirQualityReadingH\x00\x12,\n\x06\x63\x61mera\x18\x10 \x01(\x0b\x32\x1a.citypost.v1.CameraReadingH\x00\x12\x37\n\x0croad_weather\x18\x11 \x01(\x0b\x32\x1f.citypost.v1.RoadWeatherReadingH\x00\x12.\n\x07vehicle\x18\x12 \x01(\x0b\x32\x1b.citypost.v1.VehicleReadingH\x00\x42\t\n\x07reading\"7\n\x0eTelemetryBatch\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.citypost.v1.Telemetry*^\n\x0bSignalPhase\x12\x1c\n\x18SIGNAL_PHASE_UNSPECIFIED\x10\x00\x12\x07\n\x03RED\x10\x01\x12\t\n\x05GREEN\x10\x02\x12\t\n\x05\x41MBER\x10\x03\x12\x12\n\x0e\x46LASHING_AMBER\x10\x04*X\n\x0f\x42ollardPosition\x12 \n\x1c\x42OLLARD_POSITION_UNSPECIFIED\x10\x00\x12\x0b\n\x07LOWERED\x10\x01\x12\n\n\x06RAISED\x10\x02\x12\n\n\x06MOVING\x10\x03*q\n\x0b\x43\x61meraEvent\x12\x1c\n\x18\x43\x41MERA_EVENT_UNSPECIFIED\x10\x00\x12\x0c\n\x08NO_EVENT\x10\x01\x12\x0c\n\x08\x41\x43\x43IDENT\x10\x02\x12\x08\n\x04\x46IRE\x10\x03\x12\t\n\x05\x43ROWD\x10\x04\x12\x13\n\x0fSTOPPED_VEHICLE\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.citypost.v1.telemetry_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SIGNALPHASE']._serialized_start=1825
-  _globals['_SIGNALPHASE']._serialized_end=1919
-  _globals['_BOLLARDPOSITION']._serialized_start=1921
-  _globals['_BOLLARDPOSITION']._serialized_end=2009
-  _globals['_CAMERAEVENT']._serialized_start=2011
-  _globals['_CAMERAEVENT']._serialized_end=2124
-  _globals['_LAMPREADING']._serialized_start=84
-  _globals['_LAMPREADING']._serialized_end=198
-  _globals['_TRAFFICSIGNALREADING']._serialized_start=201
-  _globals['_TRAFFICSIGNALREADING']._serialized_end=330
-  _globals['_BOLLARDREADING']._serialized_start=332
-  _globals['_BOLLARDREADING']._serialized_end=436
-  _globals['_WATERMETERREADING']._serialized_start=438
-  _globals['_WATERMETERREADING']._serialized_end=529
-  _globals['_PARKINGREADING']._serialized_start=531
-  _globals['_PARKINGREADING']._serialized_end=586
-  _globals['_AIRQUALITYREADING']._serialized_start=589
-  _globals['_AIRQUALITYREADING']._serialized_end=726
-  _globals['_CAMERAREADING']._serialized_start=728
-  _globals['_CAMERAREADING']._serialized_end=845
-  _globals['_ROADWEATHERREADING']._serialized_start=847
-  _globals['_ROADWEATHERREADING']._serialized_end=966
-  _globals['_VEHICLEREADING']._serialized_start=969
-  _globals['_VEHICLEREADING']._serialized_end=1113
-  _globals['_TELEMETRY']._serialized_start=1116
-  _globals['_TELEMETRY']._serialized_end=1766
-  _globals['_TELEMETRYBATCH']._serialized_start=1768
-  _globals['_TELEMETRYBATCH']._serialized_end=1823
+  _globals['_SIGNALPHASE']._serialized_start=1846
+  _globals['_SIGNALPHASE']._serialized_end=1940
+  _globals['_BOLLARDPOSITION']._serialized_start=1942
+  _globals['_BOLLARDPOSITION']._serialized_end=2030
+  _globals['_CAMERAEVENT']._serialized_start=2032
+  _globals['_CAMERAEVENT']._serialized_end=2145
+  _globals['_LAMPREADING']._serialized_start=85
+  _globals['_LAMPREADING']._serialized_end=219
+  _globals['_TRAFFICSIGNALREADING']._serialized_start=222
+  _globals['_TRAFFICSIGNALREADING']._serialized_end=351
+  _globals['_BOLLARDREADING']._serialized_start=353
+  _globals['_BOLLARDREADING']._serialized_end=457
+  _globals['_WATERMETERREADING']._serialized_start=459
+  _globals['_WATERMETERREADING']._serialized_end=550
+  _globals['_PARKINGREADING']._serialized_start=552
+  _globals['_PARKINGREADING']._serialized_end=607
+  _globals['_AIRQUALITYREADING']._serialized_start=610
+  _globals['_AIRQUALITYREADING']._serialized_end=747
+  _globals['_CAMERAREADING']._serialized_start=749
+  _globals['_CAMERAREADING']._serialized_end=866
+  _globals['_ROADWEATHERREADING']._serialized_start=868
+  _globals['_ROADWEATHERREADING']._serialized_end=987
+  _globals['_VEHICLEREADING']._serialized_start=990
+  _globals['_VEHICLEREADING']._serialized_end=1134
+  _globals['_TELEMETRY']._serialized_start=1137
+  _globals['_TELEMETRY']._serialized_end=1787
+  _globals['_TELEMETRYBATCH']._serialized_start=1789
+  _globals['_TELEMETRYBATCH']._serialized_end=1844
 # @@protoc_insertion_point(module_scope)

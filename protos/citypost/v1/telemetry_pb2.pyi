@@ -98,6 +98,7 @@ class LampReading(_message.Message):
     POWER_W_FIELD_NUMBER: _builtins.int
     FAULT_FIELD_NUMBER: _builtins.int
     AMBIENT_LUX_FIELD_NUMBER: _builtins.int
+    PROFILE_ID_FIELD_NUMBER: _builtins.int
     brightness_pct: _builtins.float
     """commanded output level, 0..100"""
     presence_count: _builtins.int
@@ -105,6 +106,8 @@ class LampReading(_message.Message):
     power_w: _builtins.float
     fault: _builtins.bool
     ambient_lux: _builtins.float
+    profile_id: _builtins.int
+    """the dimming profile it runs (LampProfile.profile_id); 0: a fixed level"""
     def __init__(
         self,
         *,
@@ -113,10 +116,11 @@ class LampReading(_message.Message):
         power_w: _builtins.float = ...,
         fault: _builtins.bool = ...,
         ambient_lux: _builtins.float = ...,
+        profile_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ambient_lux", b"ambient_lux", "brightness_pct", b"brightness_pct", "fault", b"fault", "power_w", b"power_w", "presence_count", b"presence_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ambient_lux", b"ambient_lux", "brightness_pct", b"brightness_pct", "fault", b"fault", "power_w", b"power_w", "presence_count", b"presence_count", "profile_id", b"profile_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
