@@ -37,6 +37,25 @@ KIND_UP: Final = "event/up"
 KIND_ACK: Final = "event/ack"
 KIND_TXACK: Final = "event/txack"
 KIND_DOWN: Final = "command/down"
+KIND_LOG: Final = "event/log"
+# LogEvent.level and .code as ChirpStack names them (integration.proto: LogLevel, LogCode).
+LOG_LEVELS: Final = frozenset({"INFO", "WARNING", "ERROR"})
+LOG_CODES: Final = frozenset(
+    {
+        "UNKNOWN",
+        "DOWNLINK_PAYLOAD_SIZE",
+        "UPLINK_CODEC",
+        "DOWNLINK_CODEC",
+        "OTAA",
+        "UPLINK_F_CNT_RESET",
+        "UPLINK_MIC",
+        "UPLINK_F_CNT_RETRANSMISSION",
+        "DOWNLINK_GATEWAY",
+        "RELAY_NEW_END_DEVICE",
+        "F_CNT_DOWN",
+        "EXPIRED",
+    }
+)
 
 UINT32_MAX: Final = 0xFFFF_FFFF
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
@@ -102,6 +121,17 @@ class TxAck(NamedTuple):
     gateway_id: str
 
 
+class LogEvent(NamedTuple):
+    """`event/log`: what the network server could not do for a device, in its own words."""
+
+    time_ms: int | None
+    device: DeviceInfo
+    level: str  # INFO, WARNING, ERROR
+    code: str  # a LogCode name: DOWNLINK_GATEWAY, EXPIRED, DOWNLINK_PAYLOAD_SIZE, ...
+    description: str  # e.g. the gateway's TxAckStatus name, DUTY_CYCLE_OVERFLOW
+    context: Mapping[str, str]  # e.g. {"queue_item_id": ...}
+
+
 class Downlink(NamedTuple):
     dev_eui: str
     f_port: int
@@ -158,6 +188,10 @@ def ack_topic(application_id: str, dev_eui: str) -> str:
 
 def txack_topic(application_id: str, dev_eui: str) -> str:
     return _topic(application_id, dev_eui, KIND_TXACK)
+
+
+def log_topic(application_id: str, dev_eui: str) -> str:
+    return _topic(application_id, dev_eui, KIND_LOG)
 
 
 def downlink_topic(application_id: str, dev_eui: str) -> str:
@@ -251,6 +285,31 @@ def parse_txack(raw: bytes | str) -> TxAck:
         _str(get("queueItemId"), "queueItemId"),
         _int_value(get("fCntDown"), 0, UINT32_MAX, "fCntDown"),
         _str(get("gatewayId"), "gatewayId"),
+    )
+
+
+def parse_log(raw: bytes | str) -> LogEvent:
+    """An `event/log` payload -> LogEvent; an unknown level or code is a BAD_ENVELOPE."""
+    obj = _load(raw)
+    get = obj.get
+    level = _str(get("level"), "level") or "INFO"  # INFO is proto3's zero: left out
+    if level not in LOG_LEVELS:
+        raise _bad(f"level must be one of {sorted(LOG_LEVELS)}", level)
+    code = _str(get("code"), "code") or "UNKNOWN"
+    if code not in LOG_CODES:
+        raise _bad(f"code must be one of {sorted(LOG_CODES)}", code)
+    context = get("context")
+    if context is None:
+        context = _NO_TAGS
+    elif type(context) is not dict or any(type(v) is not str for v in context.values()):
+        raise _bad("context must be an object of strings", context)
+    return LogEvent(
+        _time_ms(get("time")),
+        _device_info(get("deviceInfo")),
+        level,
+        code,
+        _str(get("description"), "description"),
+        context,
     )
 
 
@@ -609,8 +668,12 @@ def build_txack(
     time_ms: int,
     gateway_id: str,
     downlink_id: int,
+    frequency_hz: int = _RX2_FREQUENCY,
+    dr: int = 0,
+    immediately: bool = False,
 ) -> bytes:
-    """The `event/txack` JSON: the gateway took the downlink (sent in RX2, EU868)."""
+    """The `event/txack` JSON: the gateway took the downlink. By default as sent in
+    RX2 (869.525 MHz, DR0) two seconds after an uplink; `immediately` for class C."""
     dev_eui = _check_eui(device.dev_eui, "device.dev_eui")
     item = _check_uuid(queue_item_id, "queue_item_id")
     _check_int(f_cnt_down, 0, UINT32_MAX, "f_cnt_down")
@@ -625,18 +688,52 @@ def build_txack(
         event["fCntDown"] = f_cnt_down
     if gateway_id:
         event["gatewayId"] = _check_eui(gateway_id, "gateway_id")
+    _check_int(dr, 0, 6, "dr")  # the LoRa data rates of EU868
     lora = {
-        "bandwidth": 125_000,
-        "spreadingFactor": 12,
+        "bandwidth": 250_000 if dr == 6 else 125_000,
+        "spreadingFactor": 7 if dr == 6 else 12 - dr,
         "codeRate": "CR_4_5",
         "polarizationInversion": True,
     }
+    timing: dict[str, Any] = (
+        {"immediately": {}} if immediately else {"delay": {"delay": _RX2_DELAY}}
+    )
     event["txInfo"] = {
-        "frequency": _RX2_FREQUENCY,
+        "frequency": frequency_hz,
         "power": _DOWNLINK_POWER,
         "modulation": {"lora": lora},
-        "timing": {"delay": {"delay": _RX2_DELAY}},
+        "timing": timing,
     }
+    return orjson.dumps(event)
+
+
+def build_log(
+    device: DeviceInfo,
+    *,
+    level: str,
+    code: str,
+    description: str,
+    context: Mapping[str, str] | None = None,
+    time_ms: int,
+) -> bytes:
+    """The `event/log` JSON ChirpStack publishes when it cannot do what was asked."""
+    dev_eui = _check_eui(device.dev_eui, "device.dev_eui")
+    if level not in LOG_LEVELS:
+        raise InvalidArgumentError(f"level must be one of {sorted(LOG_LEVELS)}, got {level!r}")
+    if code not in LOG_CODES:
+        raise InvalidArgumentError(f"code must be one of {sorted(LOG_CODES)}, got {code!r}")
+    event: dict[str, Any] = {
+        "time": _format_time(time_ms),
+        "deviceInfo": _device_json(device, dev_eui),
+    }
+    if level != "INFO":
+        event["level"] = level
+    if code != "UNKNOWN":
+        event["code"] = code
+    if description:
+        event["description"] = description
+    if context:
+        event["context"] = dict(context)
     return orjson.dumps(event)
 
 

@@ -7,6 +7,12 @@ has seen (bridges.gate_book), so a deposed leader's commands stop here even if
 it does not know it is deposed. It also learns a new leader's epoch from etcd
 (`raise_epoch`, fed by the leader watch) before that leader's first command.
 
+A group command that goes by multicast arrives as one
+`citypost/<city>/gate/multicast/<applicationId>/<group>` message whose payload
+is the command frame: fenced the same way, it is handed to the gate's
+`MulticastSink` (the network server's multicast API, cluster/gate_runner.py),
+which enqueues it on that group's multicast group.
+
 Each incoming message is acknowledged to the broker only once its outcome is
 safe: a forward or a dead letter after the broker's PUBACK of what the gate
 published, a stale command at once. A gate that dies therefore loses nothing
@@ -22,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
@@ -30,6 +36,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from bridges import chirpstack
 from bridges.dead_letters import DeadLetterCounter, make_dead_letter, to_json
 from bridges.downlink_frame import COMMAND_F_PORT
+from bridges.downlinks import MULTICAST_ROOT, parse_multicast_topic
 from bridges.gate_book import (
     DropReason,
     FrameHeader,
@@ -42,6 +49,7 @@ from bridges.gate_book import (
 from bridges.mqtt_session import MqttSession
 from citypost.config import Config
 from citypost.errors import (
+    CitypostError,
     ConfigError,
     DeadLetterReason,
     DecodeError,
@@ -59,13 +67,20 @@ def gate_prefix(city: str) -> str:
     return f"citypost/{city}/gate/"
 
 
-def gate_subscription(city: str) -> str:
-    """What the gate subscribes to: every downlink the posts hand it."""
-    return gate_prefix(city) + _DOWNLINK_FILTER
+_MULTICAST_FILTER = f"{MULTICAST_ROOT}/+/+"
+
+
+def gate_subscriptions(city: str) -> list[str]:
+    """What the gate subscribes to: every downlink and multicast the posts hand it."""
+    return [gate_prefix(city) + _DOWNLINK_FILTER, gate_prefix(city) + _MULTICAST_FILTER]
 
 
 def gate_topic(city: str, downlink_topic: str) -> str:
-    """Where a post publishes the downlink meant for `downlink_topic` (a `command/down` topic)."""
+    """Where a post publishes what is meant for `downlink_topic`: a `command/down` topic,
+    or a multicast topic (bridges.downlinks.multicast_topic)."""
+    if downlink_topic.startswith(MULTICAST_ROOT + "/"):
+        parse_multicast_topic(downlink_topic)
+        return gate_prefix(city) + downlink_topic
     try:
         kind = chirpstack.parse_topic(downlink_topic).kind
     except DecodeError as exc:
@@ -73,6 +88,14 @@ def gate_topic(city: str, downlink_topic: str) -> str:
     if kind != chirpstack.KIND_DOWN:
         raise InvalidArgumentError(f"downlink_topic must end in command/down, got {kind!r}")
     return gate_prefix(city) + downlink_topic
+
+
+class MulticastSink(Protocol):
+    """Enqueues a fenced multicast frame on the network server, synchronously (in the
+    gate's MQTT thread, under the fence: group commands are a few a day per group, a
+    local API call a few milliseconds); a CitypostError says why it could not."""
+
+    def enqueue(self, application_id: str, group: str, frame: bytes) -> None: ...
 
 
 def default_state_path(config: Config) -> Path:
@@ -83,6 +106,7 @@ def default_state_path(config: Config) -> Path:
 @dataclass(frozen=True)
 class GateStats:
     forwarded: int
+    multicast_forwarded: int  # multicast frames the network server took
     dropped_by_reason: dict[str, int]
     dead_letters_by_reason: dict[str, int]
     highest_epoch: int
@@ -116,6 +140,7 @@ class DownlinkGate:
         config: Config,
         state_path: Path | None = None,
         now_ms: Callable[[], int] = _wall_ms,
+        multicast: MulticastSink | None = None,
     ) -> None:
         """Loads the persisted mark: GateStateError if the file is corrupt (never reset to 0)."""
         if config.mqtt.port is None:
@@ -134,12 +159,14 @@ class DownlinkGate:
         self._fence_lock = threading.Lock()
         self._pending_lock = threading.Lock()
         self._pending: dict[int, _Pending] = {}
+        self._multicast = multicast
+        self._multicast_forwarded = 0
         self.session = MqttSession(
             client_id=f"citypost-{city}-gate",
             host=config.mqtt.host,
             port=config.mqtt.port,
             keepalive_s=config.mqtt.keepalive_s,
-            subscriptions=[(gate_subscription(city), 1)],
+            subscriptions=[(topic, 1) for topic in gate_subscriptions(city)],
             on_message=self._on_message,
             manual_ack=True,
             receive_maximum=1000,
@@ -182,6 +209,12 @@ class DownlinkGate:
         if not topic.startswith(self._prefix):
             raise DecodeError(DeadLetterReason.BAD_TOPIC, f"not a gate topic: {topic!r}")
         target = topic[len(self._prefix) :]
+        if target.startswith(MULTICAST_ROOT + "/"):
+            try:
+                parse_multicast_topic(target)
+            except InvalidArgumentError as exc:
+                raise DecodeError(DeadLetterReason.BAD_TOPIC, exc.message) from exc
+            return target, read_frame_header(payload)
         parsed = chirpstack.parse_topic(target)
         if parsed.kind != chirpstack.KIND_DOWN:
             raise DecodeError(DeadLetterReason.BAD_TOPIC, f"not a command/down topic: {topic!r}")
@@ -241,8 +274,33 @@ class DownlinkGate:
                     self._ack(generation, message.mid, message.qos)
                     return
                 self._book.mark_persisted(header.epoch)
+            if target.startswith(MULTICAST_ROOT + "/"):
+                self._enqueue_multicast(target, payload, generation, message)
+                return
             self._publish(target, payload, _Pending(generation, message.mid, message.qos, True))
             self._book.count_forwarded()
+
+    def _enqueue_multicast(
+        self, target: str, frame: bytes, generation: int, message: mqtt.MQTTMessage
+    ) -> None:
+        application_id, group = parse_multicast_topic(target)
+        if self._multicast is None:
+            error = DecodeError(
+                DeadLetterReason.UNKNOWN_DEVICE,
+                "this gate has no multicast path (no network-server API configured)",
+            )
+            self._reject(error, target, frame, generation, message)
+            return
+        try:
+            self._multicast.enqueue(application_id, group, frame)
+        except CitypostError as exc:
+            log.error("gate: multicast to %s/%s refused: %s", application_id, group, exc)
+            error = DecodeError(DeadLetterReason.UNKNOWN_DEVICE, f"multicast refused: {exc}")
+            self._reject(error, target, frame, generation, message)
+            return
+        with self._pending_lock:
+            self._multicast_forwarded += 1
+        self._ack(generation, message.mid, message.qos)
 
     def _reject(
         self,
@@ -323,8 +381,10 @@ class DownlinkGate:
     def stats(self) -> GateStats:
         with self._pending_lock:
             pending = len(self._pending)
+            multicast_forwarded = self._multicast_forwarded
         return GateStats(
             forwarded=self._book.forwarded,
+            multicast_forwarded=multicast_forwarded,
             dropped_by_reason=self._book.dropped(),
             dead_letters_by_reason=self.dead_letters.snapshot(),
             highest_epoch=self._book.highest_epoch,

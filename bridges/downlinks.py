@@ -1,10 +1,13 @@
 """Commands to downlinks: which devices a command reaches and what each receives.
 
-Pure: a command and the registry in, MQTT (topic, payload) pairs out, each a
-ChirpStack v4 `command/down` whose `id` is the command_id (it comes back as
-`queueItemId` in the device's ack) and whose frame carries the epoch.
-A group command stays one ledger entry; until the network server's multicast
-API is used, it goes out as one downlink per device of the group.
+Pure: a command and the registry in, MQTT (topic, payload) pairs out: either
+ChirpStack v4 `command/down` messages, one per device, whose `id` is the
+command_id (it comes back as `queueItemId` in the device's ack) and whose frame
+carries the epoch; or, for a group command that goes by multicast, one
+`multicast/<applicationId>/<group>` message whose payload is the command frame
+itself: the downlink gate enqueues it on the network server's multicast group
+of that (class, group) (ChirpStack has no MQTT path for multicast, only its
+gRPC API).
 """
 
 from __future__ import annotations
@@ -43,6 +46,35 @@ def targets(command: command_pb2.Command, registry: DeviceRegistry) -> list[Devi
             raise NotFoundError(f"no device in group {command.target.group!r} of that asset class")
         return members
     raise InvalidArgumentError("command.target must name a dev_eui or a group")
+
+
+MULTICAST_ROOT = "multicast"
+
+
+def multicast_topic(application_id: str, group: str) -> str:
+    return f"{MULTICAST_ROOT}/{application_id}/{group}"
+
+
+def parse_multicast_topic(topic: str) -> tuple[str, str]:
+    """(application_id, group) of a multicast topic; InvalidArgumentError otherwise."""
+    parts = topic.split("/")
+    if len(parts) != 3 or parts[0] != MULTICAST_ROOT or not parts[1] or not parts[2]:
+        raise InvalidArgumentError(
+            f"a multicast topic is {MULTICAST_ROOT}/<applicationId>/<group>, got {topic!r}"
+        )
+    return parts[1], parts[2]
+
+
+def multicast(command: command_pb2.Command, registry: DeviceRegistry) -> Downlink:
+    """A group command as one multicast: its topic and the frame."""
+    if command.target.WhichOneof("kind") != "group":
+        raise InvalidArgumentError("only a command to a group goes by multicast")
+    members = targets(command, registry)
+    return Downlink(
+        "",
+        multicast_topic(members[0].application_id, command.target.group),
+        encode_command(command),
+    )
 
 
 def downlinks(command: command_pb2.Command, registry: DeviceRegistry) -> list[Downlink]:

@@ -10,6 +10,7 @@ into an uplink. The edge decodes with it; the simulated devices encode with it.
 | | | 3 | analog input | power_w | W |
 | | | 4 | digital input | fault | 0/1 |
 | | | 5 | illuminance | ambient_lux | lux |
+| | | 6 | illuminance | profile_id | LampProfile id it runs, 0 = a fixed level (unsigned 16-bit) |
 | traffic_signal | 11 | 1 | digital input | phase | SignalPhase number |
 | | | 2 | digital input | bus_priority_active | 0/1 |
 | | | 3 | presence | queue_length | vehicles |
@@ -154,6 +155,7 @@ LAYOUTS: Mapping[assets_pb2.AssetClass.ValueType, Layout] = {
                 Field(3, _A_IN, ("power_w",)),
                 Field(4, _D_IN, ("fault",), "bool"),
                 Field(5, LppType.ILLUMINANCE, ("ambient_lux",)),
+                Field(6, LppType.ILLUMINANCE, ("profile_id",), "int"),
             ),
         ),
         Layout(

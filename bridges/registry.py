@@ -7,8 +7,10 @@ its model (fleet.population). Lookups are by devEui, on the hot path.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final
 
 from protos.citypost.v1 import assets_pb2
 
@@ -24,6 +26,36 @@ def class_name(asset_class: assets_pb2.AssetClass.ValueType) -> str:
 def application_id(city: str, asset_class: assets_pb2.AssetClass.ValueType) -> str:
     """One network-server application per (city, class), with a stable UUID as ChirpStack uses."""
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"citypost:{city}:{class_name(asset_class)}"))
+
+
+class RadioClass(StrEnum):
+    """When a device can receive a downlink (LoRaWAN device classes), or IP."""
+
+    A = "A"  # battery: only in RX1/RX2 right after one of its own uplinks
+    C = "C"  # mains-powered: listens all the time (RX2 parameters); takes multicast
+    IP = "IP"  # fibre or mobile modem: any time, no airtime
+
+
+# By asset class, as the city's equipment is: lamp controllers and bollards are on the
+# mains (class C, so a group can be reached by one multicast); meters and sensors run on
+# batteries (class A); buses, cars, cameras and signals are on the fibre or a modem.
+RADIO_CLASS: Final[Mapping[assets_pb2.AssetClass.ValueType, RadioClass]] = {
+    AssetClass.STREET_LAMP: RadioClass.C,
+    AssetClass.BOLLARD: RadioClass.C,
+    AssetClass.WATER_METER: RadioClass.A,
+    AssetClass.PARKING_SPOT: RadioClass.A,
+    AssetClass.AIR_QUALITY: RadioClass.A,
+    AssetClass.ROAD_WEATHER: RadioClass.A,
+    AssetClass.TRAFFIC_SIGNAL: RadioClass.IP,
+    AssetClass.CAMERA: RadioClass.IP,
+    AssetClass.BUS: RadioClass.IP,
+    AssetClass.COMPANY_CAR: RadioClass.IP,
+}
+
+
+def radio_class(asset_class: assets_pb2.AssetClass.ValueType) -> RadioClass:
+    """KeyError-free: an unknown class is treated as class A, the most restrictive."""
+    return RADIO_CLASS.get(asset_class, RadioClass.A)
 
 
 @dataclass(frozen=True, slots=True)

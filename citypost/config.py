@@ -46,6 +46,22 @@ class SimConfig(_Section):
         return self.start if self.start is not None else datetime.now(UTC)
 
 
+class RadioConfig(_Section):
+    """The LoRaWAN radio the network server and the downlink gate plan for (EU868)."""
+
+    # Class C downlinks and RX2 go at this data rate on 869.525 MHz. DR3 (SF9) as The
+    # Things Network's EU868 plan: ChirpStack's default DR0 (SF12) takes ~7 times the
+    # airtime per frame, and lamp controllers sit within SF9 range of a gateway here.
+    rx2_dr: int = Field(3, ge=0, le=6)
+    # ETSI EN 300 220 duty cycle: over a one-hour observation window, on the city's clock.
+    duty_cycle_window_s: float = Field(3600.0, gt=0)
+    # The network server's gRPC API (HOST:PORT) the downlink gate enqueues multicasts on:
+    # a real ChirpStack's, or the simulated one's (the demo fills it in). None: the gate
+    # has no multicast path and refuses group commands that need one.
+    network_server_api: str | None = None
+    network_server_api_token: str | None = None
+
+
 class EtcdConfig(_Section):
     mode: Literal["local", "external"] = "local"
     members: int = Field(3, ge=1, le=7)
@@ -183,6 +199,7 @@ class ObservabilityConfig(_Section):
 class Config(_Section):
     city: CityConfig = CityConfig()
     sim: SimConfig = SimConfig()
+    radio: RadioConfig = RadioConfig()
     etcd: EtcdConfig = EtcdConfig()
     mqtt: MqttConfig = MqttConfig()
     edge: EdgeConfig = EdgeConfig()

@@ -1,8 +1,11 @@
 """The downlink gate as the demo and the drills run it: next to the network
 server, learning each new leader's epoch from etcd the moment it is elected
-(not only from the new leader's first command), and putting the devices in
-their declared fail-safe states when no leader could be confirmed for
-`failover.failsafe_after_s` (see bridges/failsafe.py).
+(not only from the new leader's first command), putting the devices in their
+declared fail-safe states when no leader could be confirmed for
+`failover.failsafe_after_s` (see bridges/failsafe.py), and enqueueing group
+commands on the network server's multicast groups: one per (class C asset
+class, group) of the registry, created or brought in step at start
+(`radio.network_server_api`).
 """
 
 from __future__ import annotations
@@ -11,27 +14,48 @@ import asyncio
 import logging
 import threading
 import time
+from typing import Any
 
 import aetcd
 
+from bridges.airtime import RX2_FREQUENCY_HZ
+from bridges.downlink_frame import COMMAND_F_PORT
 from bridges.downlink_gate import DownlinkGate, GateStats
 from bridges.downlinks import downlinks
 from bridges.failsafe import FailsafeWatch, failsafe_commands
+from bridges.multicast_client import GroupSpec, MulticastClient, multicast_group_name
+from bridges.registry import DeviceRegistry, RadioClass, class_name, radio_class
 from citypost.config import Config
+from citypost.errors import InfrastructureError, NotFoundError
 from failover.election import leader_key, watch_leader
 from failover.etcd_client import etcd_client
 from fleet.population import build_city
 
 CHECK_INTERVAL_S = 0.5
+MULTICAST_TIMEOUT_S = 5.0  # one enqueue, the gate's MQTT thread waiting
+SYNC_TIMEOUT_S = 120.0  # bringing every group in step at start (thousands of members)
 
 log = logging.getLogger(__name__)
 
 
+def multicast_groups(registry: DeviceRegistry, dr: int) -> dict[str, GroupSpec]:
+    """The network server's multicast groups the city needs: one per group of every
+    class C asset class, on RX2's frequency at the class C data rate."""
+    wanted: dict[str, GroupSpec] = {}
+    for (asset_class, group), members in sorted(registry.groups().items()):
+        if radio_class(asset_class) is not RadioClass.C:
+            continue
+        name = multicast_group_name(class_name(asset_class), group)
+        euis = frozenset(d.dev_eui for d in members)
+        wanted[name] = GroupSpec(members[0].application_id, euis, dr, RX2_FREQUENCY_HZ)
+    return wanted
+
+
 class GateRunner:
     def __init__(self, config: Config) -> None:
-        self.gate = DownlinkGate(config=config)
         self._city = config.city.name
         self._endpoints = list(config.etcd.endpoints)
+        self._radio = config.radio
         # The registry comes from the city model, as the posts' does.
         self._registry = build_city(config.city).registry
         self.failsafe = FailsafeWatch(config.failover.failsafe_after_s)
@@ -39,19 +63,26 @@ class GateRunner:
         self._task: asyncio.Task[None] | None = None
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
+        self._multicast: MulticastClient | None = None
+        # (application id, group) -> the network server's multicast group id
+        self._group_ids: dict[tuple[str, str], str] = {}
+        multicast = self if config.radio.network_server_api else None
+        self.gate = DownlinkGate(config=config, multicast=multicast)
 
     def start(self) -> GateRunner:
+        self._thread = threading.Thread(target=self._run, name="gate-runner", daemon=True)
+        self._thread.start()
+        self._started.wait(10.0)
+        if self._radio.network_server_api:
+            # Before the gate takes commands: a group command must find its group.
+            self._call(self._sync_groups(), SYNC_TIMEOUT_S)
         self.gate.start()
-        if self._endpoints:
-            self._thread = threading.Thread(target=self._run, name="gate-leader", daemon=True)
-            self._thread.start()
-            self._started.wait(10.0)
         return self
 
     def _run(self) -> None:
         self._loop = asyncio.new_event_loop()
         try:
-            self._task = self._loop.create_task(self._follow())
+            self._task = self._loop.create_task(self._main())
             self._started.set()
             self._loop.run_until_complete(self._task)
         except asyncio.CancelledError:
@@ -60,6 +91,49 @@ class GateRunner:
             # The leader watch is an async generator: finalize it on its own loop.
             self._loop.run_until_complete(self._loop.shutdown_asyncgens())
             self._loop.close()
+
+    async def _main(self) -> None:
+        if self._radio.network_server_api:
+            self._multicast = MulticastClient(
+                self._radio.network_server_api, api_token=self._radio.network_server_api_token
+            )
+        try:
+            if self._endpoints:
+                await self._follow()
+            else:
+                await asyncio.Event().wait()  # serve the multicast calls until cancelled
+        finally:
+            if self._multicast is not None:
+                await self._multicast.close()
+
+    def _call(self, coroutine: Any, timeout_s: float) -> Any:
+        if self._loop is None:
+            raise InfrastructureError("the gate runner's loop is not running")
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout_s)
+
+    async def _sync_groups(self) -> None:
+        assert self._multicast is not None
+        wanted = multicast_groups(self._registry, self._radio.rx2_dr)
+        ids = await self._multicast.sync_groups(wanted)
+        self._group_ids = {
+            (spec.application_id, name.rsplit("/", 1)[1]): ids[name]
+            for name, spec in wanted.items()
+        }
+        log.info("gate: %d multicast group(s) in step with the registry", len(ids))
+
+    def enqueue(self, application_id: str, group: str, frame: bytes) -> None:
+        """The gate's MulticastSink: one frame on the group's multicast group."""
+        group_id = self._group_ids.get((application_id, group))
+        if group_id is None or self._multicast is None:
+            raise NotFoundError(f"no multicast group for {group!r} of application {application_id}")
+        try:
+            self._call(
+                self._multicast.enqueue(group_id, COMMAND_F_PORT, frame), MULTICAST_TIMEOUT_S
+            )
+        except TimeoutError as exc:
+            raise InfrastructureError(
+                f"the network server did not take the multicast within {MULTICAST_TIMEOUT_S} s"
+            ) from exc
 
     async def _follow(self) -> None:
         client = etcd_client(self._endpoints)

@@ -117,6 +117,23 @@ class CitySystem:
         try:
             self._start_infrastructure()
             self.city = build_city(self.config.city)
+            clock = SimClock(self.config.sim.start_or_now(), self.config.sim.speed)
+            self.network_server = NetworkServer(
+                self.city,
+                self.config.mqtt,
+                clock,
+                self.config.sim,
+                self.config.city.name,
+                radio=self.config.radio,
+            )
+            self._stack.callback(self.network_server.stop)
+            if self.config.radio.network_server_api is None:
+                # The simulated network server's API: the gate's multicast path.
+                port = self.network_server.serve_api()
+                radio = self.config.radio.model_copy(
+                    update={"network_server_api": f"127.0.0.1:{port}"}
+                )
+                self.config = self.config.model_copy(update={"radio": radio})
             self.gate = GateRunner(self.config).start()
             self._stack.callback(self.gate.stop)
             # One after the other: two Ray heads starting at once on a small machine
@@ -127,12 +144,7 @@ class CitySystem:
                 self.posts[config.post.name] = PostProcess(config, self.run_dir).launch()
                 self._stack.callback(self._stop_post, config.post.name)
                 self.posts[config.post.name].wait_ready()
-            clock = SimClock(self.config.sim.start_or_now(), self.config.sim.speed)
-            self.network_server = NetworkServer(
-                self.city, self.config.mqtt, clock, self.config.sim, self.config.city.name
-            )
             self.network_server.start(uplinks=self._uplinks)
-            self._stack.callback(self.network_server.stop)
             self.write_manifest()
             if self._supervise:
                 self._supervisor = threading.Thread(

@@ -97,6 +97,12 @@ def action_summary(command: command_pb2.Command) -> str:
         phase = command.set_signal_mode.phase
         # UNSPECIFIED hands the signal back to its own cycle.
         return "signal normal" if phase == 0 else f"signal {SIGNAL_PHASE.label(phase)}"
+    if action == "set_lamp_profile":
+        p = command.set_lamp_profile
+        return (
+            f"profile {p.profile_id}: {p.night_pct:g}% below {p.on_below_elevation_deg:g}°, "
+            f"{p.boost_pct:g}% on presence for {p.boost_hold_s} s"
+        )
     return "-"
 
 
@@ -425,8 +431,24 @@ def command_detail(record: control_state_pb2.CommandRecord) -> Pairs:
         ("deadline", when(record.deadline_ms)),
         ("sends", f"{record.attempts} of at most {record.max_attempts}"),
         ("last sent", when(record.last_sent_at_ms)),
-        ("acks", f"{record.acked_count} of {record.expected_acks}, {record.nacked_count} negative"),
     ]
+    if record.multicast:
+        pairs.append(("sent as", "one multicast; confirmed by the state the devices report"))
+        pairs.append(("confirmed", f"{record.acked_count} of {record.expected_acks}"))
+    else:
+        acks = f"{record.acked_count} of {record.expected_acks}, {record.nacked_count} negative"
+        pairs.append(("acks", acks))
+    if record.straggler_count:
+        listed = ", ".join(record.stragglers)
+        more = record.straggler_count - len(record.stragglers)
+        pairs.append(
+            (
+                "stragglers",
+                f"{record.straggler_count}: {listed}" + (f" and {more} more" if more else ""),
+            )
+        )
+    if record.waiting:
+        pairs.append(("waiting", record.waiting))
     if record.finished_at_ms:
         pairs.append(("finished", when(record.finished_at_ms)))
     if record.detail:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import ClassVar
 
-from bridges.downlink_frame import DeviceCommand
+from bridges.downlink_frame import DeviceCommand, LampProfile, profile_problem
 from fleet import environment as env
 from fleet.geo import LatLon, Route, bearing_deg, move_towards, offset
 from protos.citypost.v1 import telemetry_pb2
@@ -83,48 +83,79 @@ class Behaviour:
 
 # --- street lamps ----------------------------------------------------------------------------
 
-LAMP_ON_BELOW_ELEVATION_DEG = -2.0  # photocell threshold, ~30 lux
-NIGHT_DIM_START_H, NIGHT_DIM_END_H = 23.0, 5.5
-NIGHT_DIM_PCT = 40.0  # the fallback schedule's deep-night level
+# What a controller runs out of the box, until the post sends a profile: lit below -2° of
+# sun elevation (where a photocell switches, ~30 lux), at 60 % (a street nobody manages
+# must still be lit well enough), full for passers-by and for 5 minutes after the last.
+# Id 1 is reserved for it: the policy's profiles are numbered from 2.
+FACTORY_PROFILE = LampProfile(
+    profile_id=1, on_below_elevation_deg=-2.0, night_pct=60.0, boost_pct=100.0, boost_hold_s=300
+)
+LAMP_STANDBY_W = 0.5  # the driver's draw while lit, on top of the LEDs' share
 LAMP_FAULT_P = 1e-6  # per uplink: ~3 % of lamps a year at one uplink per 15 min
 
 
 class StreetLamp(Behaviour):
-    """An LED lamp: own dimming schedule until the post commands a level, which it keeps."""
+    """An LED lamp with a TALQ-style controller: it runs its dimming profile by itself.
 
-    __slots__ = ("commanded_pct", "density", "fault", "rated_w")
+    In profile mode it is lit while the sun is below the profile's elevation, at
+    `night_pct`; its own presence sensor raises it to `boost_pct` until `boost_hold_s`
+    after the last passer-by. `set_brightness` puts it at a fixed level instead (an
+    operator's override, or the fail-safe 100 %), which it keeps, day and night, and
+    reports with profile_id 0; `set_lamp_profile` puts it back in profile mode with the
+    new profile. It starts in profile mode with FACTORY_PROFILE.
+
+    Presence is drawn per uplink as a Poisson count over the time since the previous one;
+    the last pedestrian's time within that span is drawn too (the largest of n uniform
+    instants), which is what the hold runs from. Each uplink reports the level the lamp
+    is at now and the power it draws now: a failed driver draws nothing.
+    """
+
+    __slots__ = ("commanded_pct", "density", "fault", "last_presence_ts", "profile", "rated_w")
     interval_s: ClassVar[float] = 900.0
 
     def __init__(self, rated_w: float, density: float) -> None:
         super().__init__()
         self.rated_w = rated_w  # full-power draw
         self.density = density  # pedestrians relative to an average street
-        self.commanded_pct: float | None = None
+        self.profile = FACTORY_PROFILE
+        self.commanded_pct: float | None = None  # a fixed level; None: the profile runs
+        self.last_presence_ts: float | None = None  # when its sensor last saw someone
         self.fault = False
 
-    def fallback_pct(self, ts: float, presence: bool) -> float:
-        """The lamp's own schedule: off by day, full at dusk and dawn, dimmed in deep night."""
-        if env.sun_elevation_deg(ts) >= LAMP_ON_BELOW_ELEVATION_DEG:
+    @property
+    def profile_id(self) -> int:
+        """The profile it runs, as it reports it: 0 while it holds a fixed level."""
+        return 0 if self.commanded_pct is not None else self.profile.profile_id
+
+    def level_pct(self, ts: float) -> float:
+        """The output level at ts: the fixed level, else what the profile says."""
+        if self.commanded_pct is not None:
+            return self.commanded_pct
+        profile = self.profile
+        if env.sun_elevation_deg(ts) >= profile.on_below_elevation_deg:
             return 0.0
-        hour = env.local_time(ts).hour
-        deep_night = hour >= NIGHT_DIM_START_H or hour < NIGHT_DIM_END_H
-        # Presence detection brings a dimmed lamp back to full for passers-by.
-        return NIGHT_DIM_PCT if deep_night and not presence else 100.0
+        seen = self.last_presence_ts
+        if seen is not None and 0.0 <= ts - seen < profile.boost_hold_s:
+            return profile.boost_pct
+        return profile.night_pct
+
+    def _detect(self, ts: float, elapsed: float, rng: random.Random) -> int:
+        """Pedestrians since the previous reading; remembers when the last one passed."""
+        lt = env.local_time(ts)
+        count = env.poisson(rng, 60.0 * self.density * env.pedestrian_level(lt) * elapsed / 3600)
+        if count > 0:
+            last = ts - elapsed * (1.0 - rng.random() ** (1.0 / count))
+            if self.last_presence_ts is None or last > self.last_presence_ts:
+                self.last_presence_ts = last
+        return min(255, count)
 
     def reading(self, now: datetime, rng: random.Random) -> Reading:
         ts = env.timestamp(now)
-        elapsed = self._elapsed(ts)
-        lt = env.local_time(ts)
-        mean = 60.0 * self.density * env.pedestrian_level(lt) * elapsed / 3600
-        presence = min(255, env.poisson(rng, mean))
+        presence = self._detect(ts, self._elapsed(ts), rng)
         if not self.fault and rng.random() < LAMP_FAULT_P:
             self.fault = True  # a failed driver stays failed until a crew replaces it
-        level = (
-            self.commanded_pct
-            if self.commanded_pct is not None
-            else self.fallback_pct(ts, presence > 0)
-        )
-        power = 0.0 if self.fault else self.rated_w * level / 100 + 0.5 * (level > 0)
+        level = self.level_pct(ts)
+        power = 0.0 if self.fault else self.rated_w * level / 100 + LAMP_STANDBY_W * (level > 0)
         lux = env.ambient_lux(ts) * rng.uniform(0.9, 1.1)
         return {
             "brightness_pct": _r(level, 0.01),
@@ -132,15 +163,29 @@ class StreetLamp(Behaviour):
             "power_w": _r(power, 0.01),
             "fault": self.fault,
             "ambient_lux": float(round(_clamp(lux, 0.0, 65535.0))),
+            "profile_id": self.profile_id,
         }
 
     def accepts(self, cmd: DeviceCommand) -> bool:
-        return cmd.action == "set_brightness" and 0.0 <= cmd.value <= 100.0
+        if cmd.action == "set_brightness":
+            return 0.0 <= cmd.value <= 100.0
+        if cmd.action == "set_lamp_profile":
+            profile = cmd.profile
+            return (
+                profile is not None
+                and cmd.value == profile.profile_id
+                and profile_problem(profile) is None
+            )
+        return False
 
     def apply(self, cmd: DeviceCommand, now: datetime) -> bool:
         if not self.accepts(cmd):
             return False
-        self.commanded_pct = float(cmd.value)
+        if cmd.action == "set_lamp_profile" and cmd.profile is not None:
+            self.profile = cmd.profile
+            self.commanded_pct = None
+        else:
+            self.commanded_pct = float(cmd.value)
         return True
 
 

@@ -1,19 +1,25 @@
 """The simulated LoRaWAN network server, and the city's IP devices, on the MQTT broker.
 
 Publishes every device's uplinks at its interval on the simulated clock as
-ChirpStack v4 `event/up` JSON (QoS 1), capped by a token bucket, and executes
-`command/down` downlinks at most once per command_id, fenced by epoch, answering
-with `event/txack` then `event/ack`. Every execution is kept in a bounded
-in-memory log and published on `citypost/<city>/fleet/executions`: the chaos
-drills' independent evidence of what the devices really did.
+ChirpStack v4 `event/up` JSON (QoS 1), capped by a token bucket. Downlinks
+(`command/down`) go into each device's queue and on air as the radio allows
+(fleet/downlink_scheduler.py: class A after the device's uplink, class C at
+once, every gateway within its duty cycle, payloads within the data rate's
+limit); a frame on air is answered with `event/txack` (and `event/ack` when it
+was confirmed), a frame that waits or is refused with ChirpStack's `event/log`
+(DOWNLINK_GATEWAY / DUTY_CYCLE_OVERFLOW, DOWNLINK_PAYLOAD_SIZE). Devices
+execute a command at most once per command_id, fenced by epoch. Every execution
+is kept in a bounded in-memory log and published on
+`citypost/<city>/fleet/executions`: the chaos drills' independent evidence of
+what the devices really did.
 
 IP devices (buses, cars, cameras, signals) publish the same envelope under their
-own application, without radio metadata. Simulated devices acknowledge every
-downlink, confirmed or not, because the post's command lifecycle waits for it.
+own application, without radio metadata, and take downlinks at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import random
@@ -29,20 +35,23 @@ import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
+from bridges.airtime import DEFAULT_CHANNELS_HZ, AirtimeBook, Usage
 from bridges.chirpstack import (
     KIND_DOWN,
     ack_topic,
     build_ack,
+    build_log,
     build_txack,
+    log_topic,
     parse_downlink,
     parse_topic,
     txack_topic,
 )
-from bridges.downlink_frame import COMMAND_F_PORT, DeviceCommand, decode_command
+from bridges.downlink_frame import COMMAND_F_PORT, DeviceCommand, decode_command, decode_header
 from bridges.mqtt_session import MqttSession
-from bridges.registry import class_name
+from bridges.registry import RadioClass, class_name, radio_class
 from citypost.clock import SimClock
-from citypost.config import MqttConfig, SimConfig
+from citypost.config import MqttConfig, RadioConfig, SimConfig
 from citypost.errors import (
     CitypostError,
     ConfigError,
@@ -51,9 +60,20 @@ from citypost.errors import (
     InfrastructureError,
 )
 from fleet.device_state import CommandGate, Outcome
+from fleet.downlink_scheduler import (
+    Deferred,
+    DeviceLink,
+    DownlinkScheduler,
+    Dropped,
+    Event,
+    Frame,
+    MulticastSent,
+    Sent,
+)
+from fleet.multicast_service import MulticastGroupView, MulticastService, QueueItemView, serve
 from fleet.pacing import TokenBucket, UplinkSchedule
 from fleet.population import City, SimDevice
-from fleet.uplinks import FCNT_MODULO, DeviceWire, UplinkFactory
+from fleet.uplinks import FCNT_MODULO, UplinkFactory
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +85,7 @@ MAX_OUTSTANDING = 5_000
 BATCH = 256  # uplinks built per lock hold
 MIN_WAIT_S = 0.01  # shortest pause of the scheduler
 CONFIRM_DELAY_S = (5.0, 60.0)  # a device reports its new state soon after a command
+DOWNLINK_POLL_S = 0.05  # real seconds between looks at frames waiting for airtime
 
 
 def executions_topic(city: str) -> str:
@@ -114,6 +135,12 @@ class FleetStats:
     uplink_errors: int
     outstanding: int  # publishes awaiting PUBACK
     behind_s: float  # simulated seconds the earliest due uplink is late
+    downlinks_sent: int = 0  # frames on air (or to an IP device)
+    downlinks_queued: int = 0  # in the devices' queues now
+    downlinks_deferred: int = 0  # frames that had to wait for a gateway's duty cycle
+    downlinks_dropped: dict[str, int] = field(default_factory=dict)  # by log code
+    multicast_sent: int = 0  # transmissions (one per gateway and multicast frame)
+    airtime: tuple[Usage, ...] = ()  # per gateway and sub-band, over the last hour
 
     @property
     def uplinks(self) -> int:
@@ -141,6 +168,7 @@ class NetworkServer:
         sim: SimConfig,
         city_name: str,
         *,
+        radio: RadioConfig | None = None,
         seed: int | None = None,
         client_id: str | None = None,
     ) -> None:
@@ -160,6 +188,12 @@ class NetworkServer:
         self._counters = _Counters()
         self._downlink_ids = 0
         self._schedule = UplinkSchedule()
+        radio = radio or RadioConfig()
+        self._radio = DownlinkScheduler(
+            {d.device.dev_eui: _link(d) for d in self._devices},
+            rx2_dr=radio.rx2_dr,
+            book=AirtimeBook(window_s=radio.duty_cycle_window_s),
+        )
         burst = max(1.0, sim.max_uplinks_per_s / 20)  # 50 ms worth
         self._bucket = TokenBucket(sim.max_uplinks_per_s, burst)
         self._lock = threading.Lock()  # behaviours, gates, schedule, counters
@@ -168,6 +202,14 @@ class NetworkServer:
         self._puback = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._radio_thread: threading.Thread | None = None
+        # ChirpStack's gRPC API (multicast groups), served by serve_api.
+        self.multicast = MulticastService(
+            known_device=self._index.__contains__, on_enqueue=self._on_multicast
+        )
+        self._api_loop: asyncio.AbstractEventLoop | None = None
+        self._api_thread: threading.Thread | None = None
+        self.api_port: int | None = None
         self._session = MqttSession(
             client_id=client_id or f"citypost-fleet-{city_name}-{uuid.uuid4().hex[:8]}",
             host=mqtt_config.host,
@@ -183,6 +225,10 @@ class NetworkServer:
     def start(self, *, uplinks: bool = True, timeout: float = 10.0) -> None:
         """Connect and subscribe; with uplinks, start the scheduler (staggered first uplinks)."""
         self._session.start(timeout)
+        self._radio_thread = threading.Thread(
+            target=self._run_downlinks, name="fleet-downlinks", daemon=True
+        )
+        self._radio_thread.start()
         if not uplinks:
             return
         factor = self.sim.interval_factor
@@ -196,11 +242,49 @@ class NetworkServer:
         self._thread = threading.Thread(target=self._run, name="fleet-uplinks", daemon=True)
         self._thread.start()
 
+    def serve_api(self, host: str = "127.0.0.1", port: int = 0, timeout: float = 10.0) -> int:
+        """Serve ChirpStack's gRPC API (api.MulticastGroupService) from a thread of its own;
+        returns the port. Stopped by `stop`."""
+        started = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._api_loop = loop
+            try:
+                server, bound = loop.run_until_complete(serve(self.multicast, host, port))
+            except BaseException as exc:  # reported to the caller below
+                failure.append(exc)
+                started.set()
+                loop.close()
+                return
+            self.api_port = bound
+            started.set()
+            try:
+                loop.run_forever()
+            finally:
+                loop.run_until_complete(server.stop(None))
+                loop.close()
+
+        self._api_thread = threading.Thread(target=run, name="fleet-api", daemon=True)
+        self._api_thread.start()
+        if not started.wait(timeout) or failure or self.api_port is None:
+            raise InfrastructureError(
+                f"the network server's API did not start on {host}:{port}: "
+                f"{failure[0] if failure else 'timed out'}"
+            )
+        return self.api_port
+
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+        if self._api_loop is not None and self._api_thread is not None:
+            self._api_loop.call_soon_threadsafe(self._api_loop.stop)
+            self._api_thread.join(timeout=10)
+            self._api_loop = self._api_thread = None
+        for thread in (self._thread, self._radio_thread):
+            if thread is not None:
+                thread.join(timeout=10)
+        self._thread = self._radio_thread = None
         # A stopped simulator is never resumed under the same identity: let the
         # broker drop its session instead of queueing downlinks for it.
         self._session.stop(end_session=True)
@@ -283,6 +367,7 @@ class NetworkServer:
             self._stop.wait(max(wait, MIN_WAIT_S))
             return
         built: list[tuple[str, bytes]] = []
+        events: list[Event] = []
         factor = self.sim.interval_factor
         with self._lock:
             for _ in range(granted):
@@ -293,12 +378,17 @@ class NetworkServer:
                 uplink = self._uplink(i, now)
                 if uplink is not None:
                     built.append(uplink)
+                    eui = self._devices[i].device.dev_eui
+                    if self._radio.queued(eui):  # a class A device's receive windows
+                        channel = DEFAULT_CHANNELS_HZ[self._factory.wire(i).f_cnt % 3]
+                        events.extend(self._radio.on_uplink(eui, channel, now))
                 behaviour = self._devices[i].behaviour
                 delay = behaviour.next_delay_s(datetime.fromtimestamp(now, UTC)) * factor
                 self._schedule.push(i, UplinkSchedule.next_after(due, now, delay))
         self._bucket.refund(granted - len(built))
         for topic, payload in built:
             self._publish(topic, payload)
+        self._handle(events)
 
     # --- downlinks ---------------------------------------------------------------------------
 
@@ -311,6 +401,8 @@ class NetworkServer:
                 self._counters.bad += 1
 
     def _downlink(self, topic_text: str, raw: bytes) -> None:
+        """A `command/down` from the integration: into the device's queue (and on air if
+        the radio allows now)."""
         try:
             topic = parse_topic(topic_text)
         except DecodeError:
@@ -324,7 +416,6 @@ class NetworkServer:
             with self._lock:
                 self._counters.unknown += 1
             return
-        sim_device = self._devices[i]
         try:
             down = parse_downlink(raw)
         except DecodeError as exc:
@@ -334,22 +425,87 @@ class NetworkServer:
                 self._counters.bad += 1
             return
         queue_id = down.id
+        if queue_id is None:
+            try:
+                queue_id = decode_header(down.data)[1]
+            except DecodeError:
+                queue_id = str(uuid.uuid4())
+        frame = Frame(
+            queue_id, topic.dev_eui, down.f_port, down.data, down.confirmed, self.clock.now_ts()
+        )
+        if down.dev_eui != topic.dev_eui:
+            # ChirpStack answers the topic's device; the frame is refused as malformed.
+            with self._lock:
+                self._counters.bad += 1
+            self._answer(i, frame, None, acknowledged=False)
+            return
+        with self._lock:
+            events = self._radio.enqueue(frame, self.clock.now_ts())
+        self._handle(events)
+
+    def _on_multicast(self, group: MulticastGroupView, item: QueueItemView) -> None:
+        """A frame enqueued on a multicast group (the API's thread): on air as the gateways
+        serving its members allow."""
+        with self._lock:
+            self.multicast.pop_queue(group.id)  # the radio's queue holds it from now on
+            events = self._radio.enqueue_multicast(
+                group.id,
+                item.f_cnt,
+                item.f_port,
+                item.data,
+                group.dev_euis,
+                self.clock.now_ts(),
+                dr=group.dr,
+                frequency_hz=group.frequency,
+            )
+        self._handle(events)
+
+    def _run_downlinks(self) -> None:
+        """Frames and multicasts that waited for a gateway's duty cycle go when it allows."""
+        while not self._stop.wait(DOWNLINK_POLL_S):
+            try:
+                with self._lock:
+                    events = self._radio.poll(self.clock.now_ts())
+                self._handle(events)
+            except Exception:  # the loop never dies; it logs and carries on
+                log.exception("fleet downlink step failed")
+
+    def _handle(self, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, Sent):
+                self._on_air(event)
+            elif isinstance(event, MulticastSent):
+                for dev_eui in event.receivers:
+                    i = self._index[dev_eui]
+                    self._execute(i, event.f_port, event.data)
+            elif isinstance(event, Deferred):
+                self._log(event.frame, "WARNING", "DOWNLINK_GATEWAY", event.reason)
+            elif isinstance(event, Dropped):
+                self._log(event.frame, "ERROR", event.code, event.description)
+
+    def _on_air(self, sent: Sent) -> None:
+        """The device received the frame: it runs it, the gateway and the device answer."""
+        i = self._index[sent.frame.dev_eui]
+        outcome = self._execute(i, sent.frame.f_port, sent.frame.data)
+        acknowledged = outcome is not None and outcome.acknowledged
+        self._answer(i, sent.frame, sent, acknowledged=acknowledged)
+
+    def _execute(self, i: int, f_port: int, data: bytes) -> Outcome | None:
+        """What the device does with a frame it received: None if it cannot use it."""
+        sim_device = self._devices[i]
+        eui = sim_device.device.dev_eui
         cmd: DeviceCommand | None = None
         try:
-            if down.dev_eui != topic.dev_eui or down.f_port != COMMAND_F_PORT:
+            if f_port != COMMAND_F_PORT:
                 raise DecodeError(
-                    DeadLetterReason.BAD_ENVELOPE,
-                    f"devEui {down.dev_eui} / fPort {down.f_port} do not match this command topic",
+                    DeadLetterReason.WRONG_FPORT, f"commands go on fPort {COMMAND_F_PORT}"
                 )
-            cmd = decode_command(down.data)
+            cmd = decode_command(data)
         except DecodeError as exc:
-            log.info("undecodable command for %s: %s", topic.dev_eui, exc)
-        if queue_id is None:
-            queue_id = cmd.command_id if cmd is not None else str(uuid.uuid4())
+            log.info("undecodable command for %s: %s", eui, exc)
         sim_now = self.clock.now()
         execution: Execution | None = None
         with self._lock:
-            slot = self._factory.wire(i)
             if cmd is None:
                 self._counters.bad += 1
                 outcome: Outcome | None = None
@@ -357,9 +513,9 @@ class NetworkServer:
                 self._counters.rejected += 1
                 outcome = None
             else:
-                gate = self._gates.get(topic.dev_eui)
+                gate = self._gates.get(eui)
                 if gate is None:
-                    gate = self._gates[topic.dev_eui] = CommandGate()
+                    gate = self._gates[eui] = CommandGate()
                 outcome = gate.admit(cmd)
                 if outcome is Outcome.EXECUTE:
                     sim_device.behaviour.apply(cmd, sim_now)
@@ -371,14 +527,23 @@ class NetworkServer:
                     self._counters.duplicate += 1
                 else:
                     self._counters.stale += 1
-            slot.f_cnt_down = (slot.f_cnt_down + 1) % FCNT_MODULO
-            f_cnt_down = slot.f_cnt_down
-            self._downlink_ids = self._downlink_ids % (FCNT_MODULO - 1) + 1
-            downlink_id = self._downlink_ids
         if execution is not None:
             self._publish(self.executions_topic, execution.to_json())
-        acknowledged = outcome is not None and outcome.acknowledged
-        self._answer(sim_device, slot, queue_id, acknowledged, f_cnt_down, downlink_id)
+        return outcome
+
+    def _log(self, frame: Frame, level: str, code: str, description: str) -> None:
+        device = self._devices[self._index[frame.dev_eui]].device
+        with self._lock:
+            info = self._factory.wire(self._index[frame.dev_eui]).info
+        payload = build_log(
+            info,
+            level=level,
+            code=code,
+            description=description,
+            context={"queue_item_id": frame.queue_id},
+            time_ms=self.clock.now_ms(),
+        )
+        self._publish(log_topic(device.application_id, device.dev_eui), payload)
 
     def _record(self, sim_device: SimDevice, cmd: DeviceCommand, sim_now: datetime) -> Execution:
         device = sim_device.device
@@ -396,29 +561,34 @@ class NetworkServer:
         self._executions.append(execution)
         return execution
 
-    def _answer(
-        self,
-        sim_device: SimDevice,
-        slot: DeviceWire,
-        queue_id: str,
-        acknowledged: bool,
-        f_cnt_down: int,
-        downlink_id: int,
-    ) -> None:
+    def _answer(self, i: int, frame: Frame, sent: Sent | None, *, acknowledged: bool) -> None:
+        """`event/txack` for a frame that went on air, then `event/ack` if it was confirmed
+        (or refused outright: a negative ack)."""
+        sim_device = self._devices[i]
         device = sim_device.device
         now_ms = self.clock.now_ms()
-        gateway = sim_device.radio.gateway_id if sim_device.radio is not None else ""
-        txack = build_txack(
-            slot.info,
-            queue_id,
-            f_cnt_down,
-            time_ms=now_ms,
-            gateway_id=gateway,
-            downlink_id=downlink_id,
-        )
-        self._publish(txack_topic(device.application_id, device.dev_eui), txack)
-        ack = build_ack(slot.info, queue_id, acknowledged, f_cnt_down, time_ms=now_ms)
-        self._publish(ack_topic(device.application_id, device.dev_eui), ack)
+        with self._lock:
+            slot = self._factory.wire(i)
+            slot.f_cnt_down = (slot.f_cnt_down + 1) % FCNT_MODULO
+            f_cnt_down = slot.f_cnt_down
+            self._downlink_ids = self._downlink_ids % (FCNT_MODULO - 1) + 1
+            downlink_id = self._downlink_ids
+        if sent is not None:
+            txack = build_txack(
+                slot.info,
+                frame.queue_id,
+                f_cnt_down,
+                time_ms=now_ms,
+                gateway_id=sent.gateway_id,
+                downlink_id=downlink_id,
+                frequency_hz=sent.frequency_hz or DEFAULT_CHANNELS_HZ[0],
+                dr=sent.dr,
+                immediately=sent.immediately,
+            )
+            self._publish(txack_topic(device.application_id, device.dev_eui), txack)
+        if frame.confirmed or sent is None:
+            ack = build_ack(slot.info, frame.queue_id, acknowledged, f_cnt_down, time_ms=now_ms)
+            self._publish(ack_topic(device.application_id, device.dev_eui), ack)
 
     # --- observation -------------------------------------------------------------------------
 
@@ -447,4 +617,18 @@ class NetworkServer:
                 uplink_errors=c.uplink_errors,
                 outstanding=self._outstanding(),
                 behind_s=max(0.0, now - due) if due is not None else 0.0,
+                downlinks_sent=self._radio.stats.sent,
+                downlinks_queued=self._radio.queued(),
+                downlinks_deferred=self._radio.stats.deferred,
+                downlinks_dropped=dict(self._radio.stats.dropped),
+                multicast_sent=self._radio.stats.sent_multicast,
+                airtime=tuple(self._radio.book.usage(now)),
             )
+
+
+def _link(sim_device: SimDevice) -> DeviceLink:
+    cls = radio_class(sim_device.device.asset_class)
+    radio = sim_device.radio
+    if radio is None or cls is RadioClass.IP:
+        return DeviceLink(RadioClass.IP, (), 0)
+    return DeviceLink(cls, radio.gateways or (radio.gateway_id,), radio.dr)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from bridges.registry import Device, DeviceRegistry, application_id
+from bridges.registry import RADIO_CLASS, Device, DeviceRegistry, RadioClass, application_id
 from citypost.config import CityConfig
 from fleet import dijon
 from fleet.behaviours import (
@@ -44,9 +44,7 @@ Transport = assets_pb2.Transport
 ClassId: TypeAlias = assets_pb2.AssetClass.ValueType
 
 # On the city's fibre or on a mobile modem: everything else is on LoRaWAN.
-IP_CLASSES = frozenset(
-    {AssetClass.BUS, AssetClass.COMPANY_CAR, AssetClass.CAMERA, AssetClass.TRAFFIC_SIGNAL}
-)
+IP_CLASSES = frozenset(c for c, radio in RADIO_CLASS.items() if radio is RadioClass.IP)
 AT_RISK_SHARE = 0.03  # households that sometimes draw no water for many hours
 SIGNALS_ON_LINES = 0.6  # share of signals at junctions on bus/tram corridors
 
@@ -59,6 +57,9 @@ class RadioLink:
     rssi: int
     snr: float
     dr: int
+    # Every gateway that hears the device, best first (gateway_id is the first): the
+    # network server sends a downlink through the best one whose duty cycle allows it.
+    gateways: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,15 +122,31 @@ def nearest_commune(point: LatLon) -> Commune:
     return min(COMMUNES, key=lambda c: distance_m(point, (c.latitude, c.longitude)))
 
 
-def radio_link(point: LatLon, extra_loss_db: float, rng: random.Random) -> RadioLink:
-    """Path loss to the nearest gateway -> RSSI, SNR and the data rate ADR would settle on."""
-    gateway_id, site = min(dijon.GATEWAYS, key=lambda g: distance_m(point, g[1]))
+# Below this a gateway does not count as hearing the device (SF12's sensitivity is about
+# -137 dBm; the margin covers fading).
+HEARD_ABOVE_DBM = -125.0
+
+
+def _path_rssi(point: LatLon, site: LatLon, extra_loss_db: float) -> float:
     km = max(distance_m(point, site) / 1000, 0.05)
-    rssi = -62 - 32 * math.log10(km / 0.1) - extra_loss_db + rng.gauss(0, 3)
+    return -62 - 32 * math.log10(km / 0.1) - extra_loss_db
+
+
+def radio_link(point: LatLon, extra_loss_db: float, rng: random.Random) -> RadioLink:
+    """Path loss to the nearest gateway -> RSSI, SNR and the data rate ADR would settle on;
+    and every gateway that hears the device, best first."""
+    gateway_id, site = min(dijon.GATEWAYS, key=lambda g: distance_m(point, g[1]))
+    rssi = _path_rssi(point, site, extra_loss_db) + rng.gauss(0, 3)
     rssi = max(-130.0, min(-40.0, rssi))
     snr = max(-18.0, min(12.0, 10 + (rssi + 100) * 0.5))
     dr = 5 if rssi > -100 else 4 if rssi > -108 else 3 if rssi > -114 else 2 if rssi > -120 else 0
-    return RadioLink(gateway_id, round(rssi), round(snr, 1), dr)
+    others = sorted(
+        (-_path_rssi(point, other, extra_loss_db), gw)
+        for gw, other in dijon.GATEWAYS
+        if gw != gateway_id and _path_rssi(point, other, extra_loss_db) > HEARD_ABOVE_DBM
+    )
+    heard = (gateway_id, *(gw for _, gw in others))
+    return RadioLink(gateway_id, round(rssi), round(snr, 1), dr, heard)
 
 
 # Grouped by commune: lamps are numerous enough to fill commune groups, and a dusk or

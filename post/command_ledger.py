@@ -1,6 +1,7 @@
 """The command lifecycle as pure functions over a `CommandRecord`.
 
-    QUEUED -> SENT -> ACKED, or EXPIRED (TTL passed) / FAILED (attempts exhausted).
+    QUEUED -> SENT -> ACKED, or EXPIRED (TTL passed) / FAILED (attempts exhausted)
+    / PARTIAL (a multicast some devices had not confirmed by its deadline).
 
 A driver loops: `decide(record, now)` says RESEND / EXPIRE / FAIL / WAIT / DONE;
 the driver writes the record the matching function returns (fenced) and
@@ -25,6 +26,12 @@ under the current epoch, or to FAILED if no attempt is left. An ack that
 arrives after a terminal state is a normal race, not a caller's bug: it is
 returned with `ignored=True` and the record unchanged (audit it as late).
 
+Multicast: a group command sent as one multicast is not acknowledged by anyone;
+its devices confirm it by reporting the commanded state (post/confirmation.py).
+It is sent once (a new leader sends it again under its epoch, same command_id),
+counts confirmations with `on_confirmed`, and at its deadline `settle` makes
+it PARTIAL naming the stragglers (EXPIRED if nobody confirmed).
+
 Idempotency: finding an existing record by `idempotency_key` (and answering
 with it instead of calling `new_record`) is the caller's job, through the
 control state's `idempotency/<key>` index.
@@ -32,6 +39,7 @@ control state's `idempotency/<key>` index.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -48,6 +56,7 @@ EXPIRED = command_pb2.EXPIRED
 FAILED = command_pb2.FAILED
 PARTIAL = command_pb2.PARTIAL
 TERMINAL: frozenset[Status.ValueType] = frozenset({ACKED, EXPIRED, FAILED, PARTIAL})
+MAX_LISTED_STRAGGLERS = 100  # the record names this many; straggler_count counts them all
 
 DEFAULT_BACKOFF_INITIAL_MS = 1_000
 DEFAULT_BACKOFF_MAX_MS = 30_000
@@ -98,6 +107,7 @@ def new_record(
     expected_acks: int = 1,
     backoff_initial_ms: int = DEFAULT_BACKOFF_INITIAL_MS,
     backoff_max_ms: int = DEFAULT_BACKOFF_MAX_MS,
+    multicast: bool = False,
 ) -> CommandRecord:
     """A QUEUED entry whose first send is due at once and whose deadline is now + ttl_ms."""
     if not command.command_id:
@@ -133,7 +143,10 @@ def new_record(
         expected_acks=expected_acks,
         backoff_initial_ms=backoff_initial_ms,
         backoff_max_ms=backoff_max_ms,
+        multicast=multicast,
     )
+    if multicast and target != "group":
+        raise InvalidArgumentError("only a command to a group goes by multicast")
     record.command.CopyFrom(command)
     record.command.ttl_ms = ttl_ms
     record.command.issued_by = record.issued_by
@@ -173,6 +186,8 @@ def on_sent(record: CommandRecord, now: int, *, epoch: int | None = None) -> Com
     sent.status = SENT
     sent.last_sent_at_ms = now
     sent.next_retry_at_ms = min(now + backoff_ms(sent, sent.attempts), sent.deadline_ms)
+    if sent.multicast:
+        sent.next_retry_at_ms = sent.deadline_ms  # no ack to wait for: confirmed by state
     if epoch is not None:
         sent.command.epoch = epoch
     return sent
@@ -202,6 +217,55 @@ def on_ack(record: CommandRecord, acknowledged: bool, now: int, *, detail: str =
         # Nothing is pending any more; next_retry_at_ms keeps the back-off spacing of sends.
         acked.status = QUEUED
     return AckResult(acked, ignored=False)
+
+
+def on_confirmed(record: CommandRecord, confirmed: int, now: int) -> CommandRecord:
+    """`confirmed` devices of a multicast have reported its state (a count that only grows);
+    ACKED once all have. A terminal record is returned unchanged."""
+    if not record.multicast:
+        raise InvalidArgumentError("on_confirmed is for multicast commands; use on_ack")
+    if confirmed < 0:
+        raise InvalidArgumentError(f"confirmed must be >= 0, got {confirmed}")
+    if is_terminal(record) or confirmed <= record.acked_count:
+        return record
+    updated = _copy(record)
+    updated.acked_count = min(confirmed, updated.expected_acks)
+    if updated.acked_count >= updated.expected_acks:
+        updated.status = ACKED
+        updated.acked_at_ms = now
+        updated.finished_at_ms = now
+        updated.straggler_count = 0
+        del updated.stragglers[:]
+    return updated
+
+
+def settle(record: CommandRecord, now: int, stragglers: Sequence[str]) -> CommandRecord:
+    """A multicast at its deadline: PARTIAL naming who did not confirm, EXPIRED if nobody did."""
+    if not record.multicast:
+        raise InvalidArgumentError("settle is for multicast commands; use expire")
+    if is_terminal(record):
+        raise _refuse(record, "settle")
+    if now < record.deadline_ms:
+        raise FailedPreconditionError(
+            f"command {record.command.command_id}: cannot settle before its deadline "
+            f"{record.deadline_ms} (now {now})"
+        )
+    settled = _copy(record)
+    settled.finished_at_ms = now
+    settled.straggler_count = len(stragglers)
+    settled.stragglers.extend(sorted(stragglers)[:MAX_LISTED_STRAGGLERS])
+    confirmed = record.expected_acks - len(stragglers)
+    if confirmed <= 0:
+        settled.status = EXPIRED
+        settled.detail = f"no device of {record.expected_acks} reported the commanded state"
+    else:
+        settled.status = PARTIAL
+        settled.acked_count = confirmed
+        settled.detail = (
+            f"{confirmed} of {record.expected_acks} devices reported the commanded state; "
+            f"{len(stragglers)} did not by the deadline"
+        )
+    return settled
 
 
 def decide(record: CommandRecord, now: int) -> Action:

@@ -36,7 +36,7 @@ from actors.decisions import (
 )
 from actors.incidents import tasks_for
 from bridges import chirpstack
-from bridges.downlinks import downlinks, targets
+from bridges.downlinks import downlinks, multicast, targets
 from bridges.registry import DeviceRegistry
 from citypost.errors import (
     CitypostError,
@@ -65,6 +65,7 @@ from failover.control_state import (
     task_key,
 )
 from post import alarm_book, audit, command_ledger, task_board
+from post.confirmation import Confirmations, goes_by_multicast
 from protos.citypost.v1 import assets_pb2, command_pb2, control_state_pb2, operations_pb2
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ class Dispatcher:
         wall_ms: Callable[[], int],
         command_ttl_ms: int = 60_000,
         max_attempts: int = 3,
+        confirmations: Confirmations | None = None,
     ) -> None:
         self._state = state
         self._registry = registry
@@ -112,6 +114,8 @@ class Dispatcher:
         ] = {}  # command_id -> devEuis that acked (group commands)
         self._overrides: dict[tuple[int, str], control_state_pb2.Override] = {}
         self._incident_origins: set[str] = set()
+        # Who reported the state of each open multicast: fed by the edge's telemetry.
+        self.confirmations = confirmations or Confirmations(registry)
         self.stats = DispatcherStats()
 
     # --- start ---------------------------------------------------------------------------
@@ -126,6 +130,9 @@ class Dispatcher:
         self._pending = {
             r.command.command_id: r for r in records if not command_ledger.is_terminal(r)
         }
+        for record in self._pending.values():
+            if record.multicast:
+                self.confirmations.watch(record)
         overrides = await _all(self._state, "state/overrides/", control_state_pb2.Override)
         now = self._wall_ms()
         self._overrides = {(o.asset_class, o.group): o for o in overrides if o.ends_at_ms > now}
@@ -266,7 +273,10 @@ class Dispatcher:
             issued.issued_at_ms = now
             issued.issued_by = issued_by
             issued.ttl_ms = ttl_ms or self._ttl_ms
+            if not issued.priority:
+                issued.priority = _priority(issued, from_policy)
             expected = len(targets(issued, self._registry))
+            by_multicast = goes_by_multicast(issued)
             record = command_ledger.new_record(
                 issued,
                 issued.ttl_ms,
@@ -275,7 +285,10 @@ class Dispatcher:
                 idempotency_key,
                 issued_by,
                 expected_acks=expected,
+                multicast=by_multicast,
             )
+            if by_multicast:
+                self.confirmations.watch(record)
             note = audit.for_command(record, audit.Action.COMMAND_ISSUE, now, detail=reason)
             key = ledger_key(issued.command_id)
             index = self._index(idempotency_key, key, issued_by, now)
@@ -293,7 +306,12 @@ class Dispatcher:
     ) -> control_state_pb2.CommandRecord:
         now = self._wall_ms()
         sent = command_ledger.on_sent(record, now, epoch=self._epoch())
-        for downlink in downlinks(sent.command, self._registry):
+        frames = (
+            [multicast(sent.command, self._registry)]
+            if sent.multicast
+            else downlinks(sent.command, self._registry)
+        )
+        for downlink in frames:
             self._publish(downlink.topic, downlink.payload)
             self.stats.downlinks_sent += 1
         note = audit.for_command(sent, audit.Action.COMMAND_SEND, now)
@@ -330,17 +348,24 @@ class Dispatcher:
         if command_ledger.is_terminal(record):
             self._pending.pop(command_id, None)
             self._acked_by.pop(command_id, None)
+            self.confirmations.forget(command_id)
         else:
             self._pending[command_id] = record
+            if record.multicast:
+                self.confirmations.watch(record)
 
     async def run_ledger(self) -> None:
         """Resend, expire or fail what is due; call it periodically."""
         async with self._lock:
             now = self._wall_ms()
             for record in list(self._pending.values()):
+                if record.multicast and record.status == command_ledger.SENT:
+                    record = await self._count_confirmations(record, now)
                 action = command_ledger.decide(record, now)
                 if action is command_ledger.Action.RESEND:
                     await self._send(record)
+                elif action is command_ledger.Action.EXPIRE and record.multicast:
+                    await self._settle_multicast(record, now)
                 elif action is command_ledger.Action.EXPIRE:
                     expired = command_ledger.expire(record, now)
                     note = audit.for_command(expired, audit.Action.COMMAND_EXPIRE, now)
@@ -351,6 +376,34 @@ class Dispatcher:
                     note = audit.for_command(failed, audit.Action.COMMAND_FAIL, now)
                     await self._write([(ledger_key(record.command.command_id), failed)], [note])
                     self._settle(failed)
+
+    async def _count_confirmations(
+        self, record: control_state_pb2.CommandRecord, now: int
+    ) -> control_state_pb2.CommandRecord:
+        """Write a multicast's confirmed count when it grew (once per ledger tick, not per
+        uplink: etcd takes hundreds of writes a second, a dusk brings thousands of reports)."""
+        command_id = record.command.command_id
+        updated = command_ledger.on_confirmed(record, self.confirmations.count(command_id), now)
+        if updated is record:
+            return record
+        notes = []
+        if command_ledger.is_terminal(updated):
+            detail = f"all {updated.expected_acks} devices reported the commanded state"
+            notes.append(audit.for_command(updated, audit.Action.COMMAND_ACK, now, detail=detail))
+        await self._write([(ledger_key(command_id), updated)], notes)
+        self._settle(updated)
+        return updated
+
+    async def _settle_multicast(self, record: control_state_pb2.CommandRecord, now: int) -> None:
+        command_id = record.command.command_id
+        confirmed = self.confirmations.confirmed(command_id)
+        stragglers = [
+            d.dev_eui for d in targets(record.command, self._registry) if d.dev_eui not in confirmed
+        ]
+        settled = command_ledger.settle(record, now, stragglers)
+        note = audit.for_command(settled, audit.Action.COMMAND_EXPIRE, now, detail=settled.detail)
+        await self._write([(ledger_key(command_id), settled)], [note])
+        self._settle(settled)
 
     def pending_commands(self) -> int:
         return len(self._pending)
@@ -824,6 +877,15 @@ def _incident_of(
         detail=decision.detail,
     )
     return incident, note
+
+
+def _priority(
+    command: command_pb2.Command, from_policy: bool
+) -> command_pb2.CommandPriority.ValueType:
+    """Bollards (emergency access) first, then operators, then policies."""
+    if command.WhichOneof("action") == "set_bollard_position":
+        return command_pb2.PRIORITY_SAFETY
+    return command_pb2.PRIORITY_POLICY if from_policy else command_pb2.PRIORITY_OPERATOR
 
 
 def _class_group(actor: str) -> tuple[assets_pb2.AssetClass.ValueType, str]:

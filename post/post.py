@@ -112,7 +112,7 @@ class Post:
         self.edge = Edge(
             config=config,
             registry=registry,
-            sink=FanOutSink(self.latest, self.feed),
+            sink=FanOutSink(self.latest, self.feed, self.dispatcher.confirmations),
             observability=observability,
             acks=_Acks(self),
         )

@@ -1202,3 +1202,93 @@ def test_ip_device_uplink_has_no_radio_fields() -> None:
     assert not {"dr", "txInfo", "rxInfo", "regionConfigId"} & set(event)
     json_format.Parse(orjson.dumps(event), integration_pb2.UplinkEvent())
     assert cs.parse_uplink(orjson.dumps(event)).f_cnt == 4
+
+
+# --- event/log and the txack's radio parameters ----------------------------------------------
+
+
+@settings(deadline=None, max_examples=100)
+@given(
+    device=devices,
+    time_ms=st.integers(MIN_MS, MAX_MS),
+    level=st.sampled_from(sorted(cs.LOG_LEVELS)),
+    code=st.sampled_from(sorted(cs.LOG_CODES)),
+    description=st.just("") | texts,
+    context=st.dictionaries(texts, texts, max_size=3),
+)
+def test_built_log_is_a_chirpstack_log_event_and_round_trips(
+    device: cs.DeviceInfo,
+    time_ms: int,
+    level: str,
+    code: str,
+    description: str,
+    context: dict[str, str],
+) -> None:
+    raw = cs.build_log(
+        device, level=level, code=code, description=description, context=context, time_ms=time_ms
+    )
+    event = pb_parse(raw, integration_pb2.LogEvent())  # the independent reference
+    assert_device(event.device_info, device)
+    assert integration_pb2.LogLevel.Name(event.level) == level
+    assert integration_pb2.LogCode.Name(event.code) == code
+    assert (event.description, dict(event.context)) == (description, context)
+    parsed = cs.parse_log(raw)
+    assert parsed == cs.LogEvent(
+        time_ms, device._replace(dev_eui=device.dev_eui.lower()), level, code, description, context
+    )
+
+
+def test_log_events_from_chirpstack_api_parse() -> None:
+    event = integration_pb2.LogEvent(
+        level=integration_pb2.LogLevel.ERROR,
+        code=integration_pb2.LogCode.DOWNLINK_GATEWAY,
+        description="DUTY_CYCLE_OVERFLOW",
+        context={"queue_item_id": "2a1f2fd0-7a3b-4c1e-9d54-8f0e4b6c1a22"},
+    )
+    event.device_info.dev_eui = EUI
+    parsed = cs.parse_log(json_format.MessageToJson(event))
+    assert (parsed.level, parsed.code, parsed.description) == (
+        "ERROR",
+        "DOWNLINK_GATEWAY",
+        "DUTY_CYCLE_OVERFLOW",
+    )
+    assert parsed.context == {"queue_item_id": "2a1f2fd0-7a3b-4c1e-9d54-8f0e4b6c1a22"}
+    # proto3 leaves INFO and UNKNOWN (the zeros) out of the JSON.
+    quiet = integration_pb2.LogEvent()
+    quiet.device_info.dev_eui = EUI
+    assert cs.parse_log(json_format.MessageToJson(quiet))[2:4] == ("INFO", "UNKNOWN")
+
+
+@pytest.mark.parametrize(
+    ("raw", "what"),
+    [
+        (b'{"deviceInfo": {"devEui": "0101010101010101"}, "level": "LOUD"}', "level"),
+        (b'{"deviceInfo": {"devEui": "0101010101010101"}, "code": "NOPE"}', "code"),
+        (b'{"deviceInfo": {"devEui": "0101010101010101"}, "context": {"a": 1}}', "context"),
+    ],
+)
+def test_a_malformed_log_event_is_a_bad_envelope(raw: bytes, what: str) -> None:
+    with pytest.raises(DecodeError) as caught:
+        cs.parse_log(raw)
+    assert caught.value.reason is DeadLetterReason.BAD_ENVELOPE and what in caught.value.message
+
+
+@pytest.mark.parametrize(("dr", "sf", "bw"), [(0, 12, 125_000), (3, 9, 125_000), (6, 7, 250_000)])
+def test_a_txack_tells_the_frequency_and_data_rate_it_went_on_air_with(
+    dr: int, sf: int, bw: int
+) -> None:
+    raw = cs.build_txack(
+        cs.DeviceInfo(dev_eui=EUI),
+        "2a1f2fd0-7a3b-4c1e-9d54-8f0e4b6c1a22",
+        1,
+        time_ms=1_700_000_000_000,
+        gateway_id="0016c001f1000001",
+        downlink_id=7,
+        frequency_hz=868_100_000,
+        dr=dr,
+        immediately=True,
+    )
+    event = pb_parse(raw, integration_pb2.TxAckEvent())
+    lora = event.tx_info.modulation.lora
+    assert (event.tx_info.frequency, lora.spreading_factor, lora.bandwidth) == (868_100_000, sf, bw)
+    assert event.tx_info.timing.WhichOneof("parameters") == "immediately"

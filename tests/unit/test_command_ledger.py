@@ -323,3 +323,68 @@ def test_a_new_leader_resends_unacknowledged_commands_at_once() -> None:
 def test_promotion_grants_no_extra_attempt() -> None:
     sent = ledger.on_sent(record(max_attempts=1, backoff_initial_ms=10_000), T0)
     assert ledger.on_promotion(sent, T0 + 500) == sent
+
+
+# --- multicast: confirmed by reported state ---------------------------------------------------
+
+
+def _multicast_record(expected: int = 4) -> ledger.CommandRecord:
+    command = command_pb2.Command(
+        command_id="m1",
+        asset_class=1,
+        target=command_pb2.Target(group="talant"),
+        set_lamp_profile=command_pb2.LampProfile(profile_id=3),
+    )
+    record = ledger.new_record(command, 10_000, 3, 0, expected_acks=expected, multicast=True)
+    return ledger.on_sent(record, 0)
+
+
+def test_a_multicast_waits_for_its_deadline_instead_of_resending() -> None:
+    sent = _multicast_record()
+    assert sent.next_retry_at_ms == sent.deadline_ms == 10_000
+    assert ledger.decide(sent, 9_999) is ledger.Action.WAIT
+    assert ledger.decide(sent, 10_000) is ledger.Action.EXPIRE
+
+
+def test_confirmations_grow_the_count_until_acked() -> None:
+    sent = _multicast_record()
+    two = ledger.on_confirmed(sent, 2, 100)
+    assert (two.status, two.acked_count) == (ledger.SENT, 2)
+    assert ledger.on_confirmed(two, 1, 200) is two  # a count never goes back
+    done = ledger.on_confirmed(two, 4, 300)
+    assert (done.status, done.acked_at_ms, done.finished_at_ms) == (ledger.ACKED, 300, 300)
+    assert ledger.on_confirmed(done, 4, 400) is done
+
+
+def test_settle_makes_it_partial_with_its_stragglers_or_expired_without_any_confirmation() -> None:
+    sent = ledger.on_confirmed(_multicast_record(), 2, 100)
+    with pytest.raises(FailedPreconditionError):
+        ledger.settle(sent, 9_000, ["b", "a"])
+    partial = ledger.settle(sent, 10_000, ["b", "a"])
+    assert (partial.status, partial.acked_count, partial.straggler_count) == (ledger.PARTIAL, 2, 2)
+    assert list(partial.stragglers) == ["a", "b"] and ledger.is_terminal(partial)
+    nobody = ledger.settle(_multicast_record(), 10_000, ["a", "b", "c", "d"])
+    assert nobody.status == ledger.EXPIRED and nobody.straggler_count == 4
+
+
+def test_the_stragglers_listed_are_bounded_but_all_counted() -> None:
+    many = ledger.MAX_LISTED_STRAGGLERS + 50
+    record = ledger.on_confirmed(_multicast_record(expected=many + 1), 1, 5)
+    settled = ledger.settle(record, 10_000, [f"{i:016x}" for i in range(many)])
+    assert settled.straggler_count == many
+    assert len(settled.stragglers) == ledger.MAX_LISTED_STRAGGLERS
+
+
+def test_multicast_functions_refuse_unicast_records_and_unicast_targets() -> None:
+    command = command_pb2.Command(
+        command_id="u1",
+        target=command_pb2.Target(dev_eui="00000000000000c1"),
+        set_brightness=command_pb2.SetBrightness(brightness_pct=1),
+    )
+    unicast = ledger.new_record(command, 10_000, 3, 0)
+    with pytest.raises(InvalidArgumentError):
+        ledger.on_confirmed(unicast, 1, 0)
+    with pytest.raises(InvalidArgumentError):
+        ledger.settle(unicast, 10_000, [])
+    with pytest.raises(InvalidArgumentError):
+        ledger.new_record(command, 10_000, 3, 0, multicast=True)

@@ -407,3 +407,27 @@ def test_rich_table_keeps_ids_whole_on_a_narrow_terminal() -> None:
     console.print(render.rich_table(render.commands_table([_record()])))
     text = buffer.getvalue()
     assert UUID in text and "1 command" in text
+
+
+def test_a_multicast_tells_who_confirmed_and_names_the_stragglers() -> None:
+    record = control_state_pb2.CommandRecord(
+        status=command_pb2.PARTIAL,
+        multicast=True,
+        expected_acks=120,
+        acked_count=117,
+        straggler_count=3,
+        stragglers=["00000000000000c1", "00000000000000c2"],
+        detail="117 of 120 devices reported the commanded state; 3 did not by the deadline",
+    )
+    record.command.set_lamp_profile.profile_id = 4
+    record.command.set_lamp_profile.night_pct = 40
+    record.command.set_lamp_profile.boost_pct = 100
+    record.command.set_lamp_profile.boost_hold_s = 120
+    record.command.set_lamp_profile.on_below_elevation_deg = -2
+    detail = dict(render.command_detail(record))
+    assert detail["status"] == "partial"
+    assert detail["confirmed"] == "117 of 120" and "acks" not in detail
+    assert detail["stragglers"] == "3: 00000000000000c1, 00000000000000c2 and 1 more"
+    assert render.action_summary(record.command) == (
+        "profile 4: 40% below -2°, 100% on presence for 120 s"
+    )

@@ -1,4 +1,8 @@
-"""The dispatcher over the in-memory control state: ledger before downlink, acks, TTL, overrides, alarms."""
+"""The dispatcher over the in-memory control state: ledger before downlink, acks, TTL, overrides, alarms.
+
+Per-device commands are tried on a group of traffic signals (IP: one downlink each, acknowledged);
+multicast group commands (lamps, confirmed by reported state) at the end of the file.
+"""
 
 from __future__ import annotations
 
@@ -24,27 +28,33 @@ from failover.control_state import (
     ledger_key,
 )
 from post.dispatcher import Dispatcher
-from protos.citypost.v1 import assets_pb2, command_pb2, control_state_pb2, operations_pb2
+from protos.citypost.v1 import (
+    assets_pb2,
+    command_pb2,
+    control_state_pb2,
+    operations_pb2,
+    telemetry_pb2,
+)
 
 pytestmark = pytest.mark.unit
 
 AC = assets_pb2.AssetClass
-APP = application_id("dijon", AC.STREET_LAMP)
-LAMPS = [
+APP = application_id("dijon", AC.TRAFFIC_SIGNAL)
+SIGNALS = [
     Device(
         dev_eui=f"{i:016x}",
-        name=f"lamp-{i}",
-        asset_class=AC.STREET_LAMP,
+        name=f"signal-{i}",
+        asset_class=AC.TRAFFIC_SIGNAL,
         group="talant",
         commune="Talant",
         latitude=47.33,
         longitude=5.0,
-        transport=assets_pb2.LORAWAN,
+        transport=assets_pb2.IP,
         application_id=APP,
     )
     for i in range(1, 4)
 ]
-ACTOR = "policy:street_lamp/talant"
+ACTOR = "policy:traffic_signal/talant"
 
 
 class Clock:
@@ -62,7 +72,7 @@ class Harness:
         self.sent: list[tuple[str, bytes]] = []
         self.dispatcher = Dispatcher(
             state=self.state,
-            registry=DeviceRegistry(LAMPS),
+            registry=DeviceRegistry(SIGNALS),
             publish=lambda topic, payload: self.sent.append((topic, payload)),
             epoch=lambda: 5,
             wall_ms=self.clock,
@@ -82,9 +92,9 @@ class Harness:
 
 def _group_command() -> command_pb2.Command:
     return command_pb2.Command(
-        asset_class=AC.STREET_LAMP,
+        asset_class=AC.TRAFFIC_SIGNAL,
         target=command_pb2.Target(group="talant"),
-        set_brightness=command_pb2.SetBrightness(brightness_pct=30),
+        set_signal_mode=command_pb2.SetSignalMode(phase=telemetry_pb2.FLASHING_AMBER),
     )
 
 
@@ -97,9 +107,9 @@ async def test_group_command_is_one_ledger_entry_sent_to_each_device_then_acked(
     record = await h.record(command_id)
     assert record.status == command_pb2.SENT and record.expected_acks == 3
     assert record.command.epoch == 5 and record.issued_by == ACTOR
-    await h.dispatcher.on_acks([h.ack(command_id, LAMPS[0].dev_eui)] * 2)  # the same ack twice
+    await h.dispatcher.on_acks([h.ack(command_id, SIGNALS[0].dev_eui)] * 2)  # the same ack twice
     assert (await h.record(command_id)).acked_count == 1
-    await h.dispatcher.on_acks([h.ack(command_id, d.dev_eui) for d in LAMPS[1:]])
+    await h.dispatcher.on_acks([h.ack(command_id, d.dev_eui) for d in SIGNALS[1:]])
     assert (await h.record(command_id)).status == command_pb2.ACKED
     assert h.dispatcher.pending_commands() == 0
 
@@ -122,7 +132,7 @@ async def test_policy_commands_wait_while_an_override_holds_the_group() -> None:
     h = Harness()
     held = await h.dispatcher.set_override(
         control_state_pb2.Override(
-            asset_class=AC.STREET_LAMP,
+            asset_class=AC.TRAFFIC_SIGNAL,
             group="talant",
             action=_group_command(),
             ends_at_ms=h.clock.now + 60_000,
@@ -144,7 +154,7 @@ async def test_policy_commands_wait_while_an_override_holds_the_group() -> None:
 
 async def test_alarm_raised_once_task_requested_once_and_everything_audited() -> None:
     h = Harness()
-    raise_it = RaiseAlarm(LAMPS[0].dev_eui, "lamp_fault", operations_pb2.MINOR, "no light")
+    raise_it = RaiseAlarm(SIGNALS[0].dev_eui, "lamp_fault", operations_pb2.MINOR, "no light")
     task = RequestTask(
         operations_pb2.ROADS,
         "repair_lamp",
@@ -152,15 +162,15 @@ async def test_alarm_raised_once_task_requested_once_and_everything_audited() ->
         47.33,
         5.0,
         "repair",
-        f"{LAMPS[0].dev_eui}/lamp_fault",
+        f"{SIGNALS[0].dev_eui}/lamp_fault",
     )
     await h.dispatcher.apply(ACTOR, [raise_it, task, raise_it, task])
     alarms = (await h.state.list("state/alarms/", operations_pb2.Alarm)).entries
     tasks = (await h.state.list("state/tasks/", operations_pb2.Task)).entries
     assert len(alarms) == 1 and alarms[0].value.state == operations_pb2.ACTIVE_UNACK
-    assert alarms[0].value.asset_class == AC.STREET_LAMP and alarms[0].value.group == "talant"
+    assert alarms[0].value.asset_class == AC.TRAFFIC_SIGNAL and alarms[0].value.group == "talant"
     assert len(tasks) == 1
-    await h.dispatcher.apply(ACTOR, [ClearAlarm(LAMPS[0].dev_eui, "lamp_fault")])
+    await h.dispatcher.apply(ACTOR, [ClearAlarm(SIGNALS[0].dev_eui, "lamp_fault")])
     alarm = (await h.state.list("state/alarms/", operations_pb2.Alarm)).entries[0].value
     assert alarm.state == operations_pb2.CLEARED_UNACK
     audit = (await h.state.list("audit/", control_state_pb2.AuditEntry)).entries
@@ -172,11 +182,11 @@ async def test_a_refused_decision_does_not_stop_the_others() -> None:
     h = Harness()
     stranger = command_pb2.Command(
         command_id=str(uuid.uuid4()),
-        asset_class=AC.STREET_LAMP,
+        asset_class=AC.TRAFFIC_SIGNAL,
         target=command_pb2.Target(dev_eui="00000000000000ff"),
-        set_brightness=command_pb2.SetBrightness(brightness_pct=30),
+        set_signal_mode=command_pb2.SetSignalMode(phase=telemetry_pb2.FLASHING_AMBER),
     )
-    raise_it = RaiseAlarm(LAMPS[0].dev_eui, "lamp_fault", operations_pb2.MINOR, "no light")
+    raise_it = RaiseAlarm(SIGNALS[0].dev_eui, "lamp_fault", operations_pb2.MINOR, "no light")
     await h.dispatcher.apply(ACTOR, [IssueCommand(stranger, reason="x"), raise_it])
     assert len((await h.state.list("state/alarms/", operations_pb2.Alarm)).entries) == 1
 
@@ -219,7 +229,7 @@ async def test_an_override_ended_early_is_handed_back_and_a_group_holds_one_over
     h = Harness()
     held = await h.dispatcher.set_override(
         control_state_pb2.Override(
-            asset_class=AC.STREET_LAMP,
+            asset_class=AC.TRAFFIC_SIGNAL,
             group="talant",
             action=_group_command(),
             ends_at_ms=h.clock.now + 600_000,
@@ -234,7 +244,7 @@ async def test_an_override_ended_early_is_handed_back_and_a_group_holds_one_over
         held.override_id, ended_by="op-claire", idempotency_key="e1"
     )
     assert ended.ends_at_ms == h.clock.now
-    assert h.dispatcher.override_for(AC.STREET_LAMP, "talant") is None
+    assert h.dispatcher.override_for(AC.TRAFFIC_SIGNAL, "talant") is None
     assert [o.override_id for o in h.dispatcher.expired_overrides()] == [held.override_id]
     again = await h.dispatcher.end_override(
         held.override_id, ended_by="op-claire", idempotency_key="e1"
@@ -252,9 +262,9 @@ async def test_an_override_ended_early_is_handed_back_and_a_group_holds_one_over
 
 async def test_operators_acknowledge_and_clear_alarms_with_audit() -> None:
     h = Harness()
-    raise_it = RaiseAlarm(LAMPS[0].dev_eui, "lamp_fault", operations_pb2.MINOR, "no light")
+    raise_it = RaiseAlarm(SIGNALS[0].dev_eui, "lamp_fault", operations_pb2.MINOR, "no light")
     await h.dispatcher.apply(ACTOR, [raise_it])
-    assert h.dispatcher.active_alarm_counts() == {LAMPS[0].dev_eui: 1}
+    assert h.dispatcher.active_alarm_counts() == {SIGNALS[0].dev_eui: 1}
     [alarm] = [e.value for e in (await h.state.list("state/alarms/", operations_pb2.Alarm)).entries]
     acked = await h.dispatcher.acknowledge_alarm(
         alarm.alarm_id, operator="op-claire", comment="seen"
@@ -269,7 +279,7 @@ async def test_operators_acknowledge_and_clear_alarms_with_audit() -> None:
         await h.dispatcher.clear_alarm("x", operator="op-claire")
     # The policy raising the fault again opens a new alarm: the cleared one is history.
     await h.dispatcher.apply(ACTOR, [raise_it])
-    assert h.dispatcher.active_alarm_counts() == {LAMPS[0].dev_eui: 1}
+    assert h.dispatcher.active_alarm_counts() == {SIGNALS[0].dev_eui: 1}
     audit = [e.value for e in (await h.state.list("audit/", control_state_pb2.AuditEntry)).entries]
     ack = next(e for e in audit if e.action == "alarm.ack")
     assert ack.actor == "op-claire" and ack.detail.endswith(": seen")
@@ -344,7 +354,7 @@ async def test_a_standby_follows_the_leaders_writes_and_once_promoted_replays_un
     sent: list[tuple[str, bytes]] = []
     standby = Dispatcher(
         state=leader.state,
-        registry=DeviceRegistry(LAMPS),
+        registry=DeviceRegistry(SIGNALS),
         publish=lambda topic, payload: sent.append((topic, payload)),
         epoch=standby_epoch,
         wall_ms=leader.clock,
@@ -363,7 +373,7 @@ async def test_a_standby_follows_the_leaders_writes_and_once_promoted_replays_un
     follower = asyncio.create_task(follow())
     record = await leader.dispatcher.issue_command(_group_command(), issued_by="op-ana")
     command_id = record.command.command_id
-    alarm = RaiseAlarm(LAMPS[0].dev_eui, "lamp_fault", operations_pb2.MAJOR, "dark")
+    alarm = RaiseAlarm(SIGNALS[0].dev_eui, "lamp_fault", operations_pb2.MAJOR, "dark")
     await leader.dispatcher.apply(ACTOR, [alarm])
     revision = await leader.state.revision()
     while followed < revision:
@@ -382,7 +392,7 @@ async def test_a_standby_follows_the_leaders_writes_and_once_promoted_replays_un
         await asyncio.sleep(0)
     assert await standby.replay_pending() == 1
     frames = [chirpstack.parse_downlink(payload).data for _, payload in sent]
-    assert len(frames) == len(LAMPS)
+    assert len(frames) == len(SIGNALS)
     for frame in frames:
         replayed = decode_command(frame)
         assert (replayed.command_id, replayed.epoch) == (command_id, 6)
@@ -391,5 +401,171 @@ async def test_a_standby_follows_the_leaders_writes_and_once_promoted_replays_un
     before = await leader.state.revision()
     await standby.apply(ACTOR, [alarm])
     assert await leader.state.revision() == before
+    follower.cancel()
+    await asyncio.gather(follower, return_exceptions=True)
+
+
+# --- group commands by multicast, confirmed by reported state ---------------------------------
+
+LAMP_APP = application_id("dijon", AC.STREET_LAMP)
+LAMPS = [
+    Device(
+        dev_eui=f"{0xC0 + i:016x}",
+        name=f"lamp-{i}",
+        asset_class=AC.STREET_LAMP,
+        group="talant",
+        commune="Talant",
+        latitude=47.33,
+        longitude=5.0,
+        transport=assets_pb2.LORAWAN,
+        application_id=LAMP_APP,
+    )
+    for i in range(1, 5)
+]
+LAMP_ACTOR = "policy:street_lamp/talant"
+
+
+def lamp_harness() -> Harness:
+    h = Harness()
+    h.dispatcher = Dispatcher(
+        state=h.state,
+        registry=DeviceRegistry(SIGNALS + LAMPS),
+        publish=lambda topic, payload: h.sent.append((topic, payload)),
+        epoch=lambda: 5,
+        wall_ms=h.clock,
+        command_ttl_ms=30_000,
+        max_attempts=2,
+    )
+    return h
+
+
+def profile_command(profile_id: int = 7) -> command_pb2.Command:
+    return command_pb2.Command(
+        asset_class=AC.STREET_LAMP,
+        target=command_pb2.Target(group="talant"),
+        set_lamp_profile=command_pb2.LampProfile(
+            profile_id=profile_id,
+            on_below_elevation_deg=-2.0,
+            night_pct=40.0,
+            boost_pct=100.0,
+            boost_hold_s=120,
+        ),
+    )
+
+
+def lamp_report(dev_eui: str, profile_id: int) -> telemetry_pb2.Telemetry:
+    return telemetry_pb2.Telemetry(
+        dev_eui=dev_eui,
+        lamp=telemetry_pb2.LampReading(brightness_pct=40.0, profile_id=profile_id),
+    )
+
+
+async def test_a_lamp_group_command_is_one_multicast_of_the_frame() -> None:
+    h = lamp_harness()
+    record = await h.dispatcher.issue_command(profile_command(), issued_by=LAMP_ACTOR)
+    assert record.multicast and record.expected_acks == len(LAMPS)
+    assert record.command.priority == command_pb2.PRIORITY_OPERATOR
+    ((topic, frame),) = h.sent
+    assert topic == f"multicast/{LAMP_APP}/talant"
+    sent = decode_command(frame)
+    assert (sent.command_id, sent.epoch, sent.action) == (
+        record.command.command_id,
+        5,
+        "set_lamp_profile",
+    )
+
+
+async def test_a_multicast_is_acked_once_every_lamp_reports_the_new_profile() -> None:
+    h = lamp_harness()
+    record = await h.dispatcher.issue_command(profile_command(), issued_by=LAMP_ACTOR)
+    command_id = record.command.command_id
+    confirmations = h.dispatcher.confirmations
+    confirmations.submit([lamp_report(d.dev_eui, 3) for d in LAMPS])  # the old profile
+    confirmations.submit([lamp_report(d.dev_eui, 7) for d in LAMPS[:3]])
+    await h.dispatcher.run_ledger()
+    progress = await h.record(command_id)
+    assert (progress.status, progress.acked_count) == (command_pb2.SENT, 3)
+    assert len(h.sent) == 1  # a multicast is not resent: nothing acknowledges it
+    confirmations.submit([lamp_report(LAMPS[3].dev_eui, 7)])
+    await h.dispatcher.run_ledger()
+    done = await h.record(command_id)
+    assert (done.status, done.acked_count, done.straggler_count) == (command_pb2.ACKED, 4, 0)
+    assert h.dispatcher.pending_commands() == 0 and confirmations.watching() == 0
+
+
+async def test_at_its_deadline_a_multicast_is_partial_and_names_the_stragglers() -> None:
+    h = lamp_harness()
+    record = await h.dispatcher.issue_command(profile_command(), issued_by=LAMP_ACTOR)
+    h.dispatcher.confirmations.submit([lamp_report(d.dev_eui, 7) for d in LAMPS[:3]])
+    h.clock.now += 30_000
+    await h.dispatcher.run_ledger()
+    settled = await h.record(record.command.command_id)
+    assert settled.status == command_pb2.PARTIAL
+    assert (settled.acked_count, settled.straggler_count) == (3, 1)
+    assert list(settled.stragglers) == [LAMPS[3].dev_eui]
+    assert "3 of 4" in settled.detail
+
+
+async def test_a_multicast_nobody_confirmed_expires() -> None:
+    h = lamp_harness()
+    record = await h.dispatcher.issue_command(profile_command(), issued_by=LAMP_ACTOR)
+    h.clock.now += 30_000
+    await h.dispatcher.run_ledger()
+    settled = await h.record(record.command.command_id)
+    assert settled.status == command_pb2.EXPIRED and settled.straggler_count == len(LAMPS)
+
+
+async def test_a_promoted_standby_resends_the_multicast_and_keeps_counting() -> None:
+    leader = lamp_harness()
+    epoch = {"standby": 0}
+
+    def standby_epoch() -> int:
+        if not epoch["standby"]:
+            raise NotLeaderError("standing by", leader_name="primary", leader_address="a:1")
+        return epoch["standby"]
+
+    sent: list[tuple[str, bytes]] = []
+    standby = Dispatcher(
+        state=leader.state,
+        registry=DeviceRegistry(SIGNALS + LAMPS),
+        publish=lambda topic, payload: sent.append((topic, payload)),
+        epoch=standby_epoch,
+        wall_ms=leader.clock,
+        command_ttl_ms=30_000,
+        max_attempts=3,
+    )
+    await standby.load()
+    followed = 0
+
+    async def follow() -> None:
+        nonlocal followed
+        async for change in leader.state.watch(1):
+            standby.apply_change(change)
+            followed = change.revision
+
+    follower = asyncio.create_task(follow())
+    record = await leader.dispatcher.issue_command(profile_command(), issued_by=LAMP_ACTOR)
+    command_id = record.command.command_id
+    revision = await leader.state.revision()
+    while followed < revision:
+        await asyncio.sleep(0)
+    # Both posts hear the same uplinks: the standby counts too.
+    reports = [lamp_report(d.dev_eui, 7) for d in LAMPS[:2]]
+    leader.dispatcher.confirmations.submit(reports)
+    standby.confirmations.submit(reports)
+    assert standby.confirmations.count(command_id) == 2
+
+    leader.state.set_epoch(6)
+    epoch["standby"] = 6
+    marker = await standby.mark_takeover("backup")
+    while followed < marker:
+        await asyncio.sleep(0)
+    assert await standby.replay_pending() == 1
+    ((topic, frame),) = sent
+    assert topic == f"multicast/{LAMP_APP}/talant"
+    assert (decode_command(frame).command_id, decode_command(frame).epoch) == (command_id, 6)
+    standby.confirmations.submit([lamp_report(d.dev_eui, 7) for d in LAMPS[2:]])
+    await standby.run_ledger()
+    assert (await leader.record(command_id)).status == command_pb2.ACKED
     follower.cancel()
     await asyncio.gather(follower, return_exceptions=True)

@@ -22,6 +22,14 @@ def test_payload_with_a_class_decodes_into_its_reading() -> None:
     assert result["reading"] == {"brightness_pct": 30.0, "presence_count": 3}
 
 
+def test_a_lamp_payload_shows_the_profile_it_runs() -> None:
+    # ch 1 brightness 30 %, ch 6 profile id 0xC278 = 49784 (illuminance: unsigned 16-bit).
+    result = decode_lpp("01 03 0B B8 06 65 C2 78", f_port=10)
+    assert result["asset_classes"] == ["street_lamp"]
+    assert result["reading"] == {"brightness_pct": 30.0, "profile_id": 49784}
+    assert result["lpp"][1] == {"channel": 6, "type": "illuminance", "value": [49784.0]}
+
+
 def test_event_decodes_by_its_fport() -> None:
     info = chirpstack.DeviceInfo(application_id="app", dev_eui="0011223344556677")
     raw = chirpstack.build_uplink(info, bytes.fromhex("016601"), 14, 3, time_ms=0)

@@ -5,14 +5,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bridges.downlink_frame import DeviceCommand
+from bridges.downlink_frame import DeviceCommand, LampProfile
 from bridges.layouts import decode_reading, encode_reading, layout_of
 from bridges.lpp import LppType
 from citypost.config import CityConfig
 from fleet import dijon
 from fleet import environment as env
 from fleet.behaviours import (
-    NIGHT_DIM_PCT,
+    FACTORY_PROFILE,
     Bollard,
     Bus,
     Camera,
@@ -78,12 +78,13 @@ def test_every_reading_round_trips_through_its_layout() -> None:
                         assert back[name] == reading[name], (name, reading)
 
 
-def test_lamp_fallback_schedule_dark_by_day_lit_at_night() -> None:
+def test_lamp_factory_profile_dark_by_day_lit_at_night() -> None:
     lamp = StreetLamp(rated_w=60.0, density=1.0)
     rng = random.Random(2)
     by_hour: dict[int, list[float]] = {}
     for when in _day(_local(WINTER, 0), 900):
         r = lamp.reading(when, rng)
+        assert r["profile_id"] == FACTORY_PROFILE.profile_id == 1
         by_hour.setdefault(env.local_time(when.timestamp()).hour.__int__(), []).append(
             float(r["brightness_pct"])
         )
@@ -92,13 +93,102 @@ def test_lamp_fallback_schedule_dark_by_day_lit_at_night() -> None:
         )
     for hour in (10, 12, 14):
         assert by_hour[hour] == [0.0] * 4  # January sun is up from ~08:10 to ~17:10
-    for hour in (18, 20, 22):
-        assert min(by_hour[hour]) == 100.0
-    for hour in (1, 2, 3, 4):
-        assert all(
-            v in (NIGHT_DIM_PCT, 100.0) for v in by_hour[hour]
-        )  # dimmed, or lit for passers-by
-    assert NIGHT_DIM_PCT in by_hour[3]
+    night, boost = FACTORY_PROFILE.night_pct, FACTORY_PROFILE.boost_pct
+    for hour in (18, 20, 22, 1, 2, 3, 4):
+        assert set(by_hour[hour]) <= {night, boost}  # its night level, or boosted for passers-by
+    assert boost in by_hour[19]  # a busy evening
+    assert night in by_hour[3]  # an empty street before dawn
+
+
+def _profile_cmd(profile: LampProfile, value: int | None = None) -> DeviceCommand:
+    pid = profile.profile_id if value is None else value
+    return DeviceCommand(1, str(uuid.uuid4()), "set_lamp_profile", pid, profile)
+
+
+def test_lamp_runs_its_profile_through_an_evening_by_itself() -> None:
+    lamp = StreetLamp(rated_w=60.0, density=0.0)  # nobody passes unless the test says so
+    rng = random.Random(7)
+    # Dusk: it lights by itself, at its night level, once the sun is 2 degrees down.
+    lit_at = None
+    for when in [_local(WINTER, 16) + timedelta(minutes=m) for m in range(180)]:
+        r = lamp.reading(when, rng)
+        if r["brightness_pct"] > 0:
+            lit_at = when
+            assert r["brightness_pct"] == FACTORY_PROFILE.night_pct
+            assert r["power_w"] == pytest.approx(60 * 0.6 + 0.5)
+            break
+        assert r["power_w"] == 0.0
+    assert lit_at is not None
+    assert env.sun_elevation_deg(lit_at.timestamp()) < -2.0
+    assert env.sun_elevation_deg((lit_at - timedelta(minutes=1)).timestamp()) >= -2.0
+
+    # Its own sensor sees passers-by between 19:59 and 20:00: full until 5 minutes after.
+    lamp.reading(_local(WINTER, 19) + timedelta(minutes=59), rng)
+    lamp.density = 500.0
+    seen = lamp.reading(_local(WINTER, 20), rng)
+    assert int(seen["presence_count"]) > 0
+    assert seen["brightness_pct"] == 100.0 and seen["power_w"] == pytest.approx(60.5)
+    lamp.density = 0.0
+    held = lamp.reading(_local(WINTER, 20) + timedelta(minutes=3, seconds=59), rng)
+    assert held["presence_count"] == 0 and held["brightness_pct"] == 100.0
+    after = lamp.reading(_local(WINTER, 20) + timedelta(minutes=5, seconds=1), rng)
+    assert after["brightness_pct"] == FACTORY_PROFILE.night_pct
+
+    # An operator's fixed level: kept day and night, presence or not, reported as profile 0.
+    assert lamp.apply(_cmd("set_brightness", 30), _local(WINTER, 20.2))
+    lamp.density = 500.0
+    for hour in (20.5, 23.0, 36.0):  # 36: noon the next day
+        r = lamp.reading(_local(WINTER, hour), rng)
+        assert (r["brightness_pct"], r["profile_id"]) == (30.0, 0)
+        assert r["power_w"] == pytest.approx(60 * 0.3 + 0.5)
+    lamp.density = 0.0
+
+    # A new profile: profile mode again, with the new levels, hold and id.
+    deep = LampProfile(
+        4242, on_below_elevation_deg=-0.83, night_pct=20.0, boost_pct=80.0, boost_hold_s=60
+    )
+    next_night = WINTER + timedelta(days=1)
+    assert lamp.apply(_profile_cmd(deep), _local(next_night, 21))
+    r = lamp.reading(_local(next_night, 21), rng)
+    assert (r["brightness_pct"], r["profile_id"]) == (20.0, 4242)
+    lamp.density = 500.0
+    r = lamp.reading(_local(next_night, 21) + timedelta(minutes=1), rng)
+    assert (r["brightness_pct"], r["profile_id"]) == (80.0, 4242)
+    lamp.density = 0.0
+    r = lamp.reading(_local(next_night, 21) + timedelta(minutes=2, seconds=1), rng)
+    assert r["brightness_pct"] == 20.0  # a 60 s hold
+    assert lamp.reading(_local(next_night, 36), rng)["brightness_pct"] == 0.0  # day: off
+
+
+def test_a_lamp_with_a_higher_threshold_lights_earlier() -> None:
+    early = StreetLamp(rated_w=60.0, density=0.0)
+    profile = LampProfile(
+        9, on_below_elevation_deg=8.0, night_pct=50.0, boost_pct=50.0, boost_hold_s=0
+    )
+    assert early.apply(_profile_cmd(profile), WINTER)
+    factory = StreetLamp(rated_w=60.0, density=0.0)
+    rng = random.Random(8)
+    times = [_local(WINTER, 14) + timedelta(minutes=m) for m in range(240)]
+    first_early = next(t for t in times if early.reading(t, rng)["brightness_pct"] > 0)
+    first_factory = next(t for t in times if factory.reading(t, rng)["brightness_pct"] > 0)
+    assert first_factory - first_early > timedelta(minutes=45)
+
+
+def test_lamp_accepts_only_profiles_in_range() -> None:
+    lamp = StreetLamp(rated_w=60.0, density=1.0)
+    good = LampProfile(2, -0.83, 30.0, 100.0, 300)
+    assert lamp.accepts(_profile_cmd(good))
+    assert not lamp.accepts(_profile_cmd(good, value=3))  # the value is the profile id
+    assert not lamp.accepts(DeviceCommand(1, str(uuid.uuid4()), "set_lamp_profile", 2))
+    for bad in (
+        LampProfile(0, -0.83, 30.0, 100.0, 300),
+        LampProfile(2, -11.0, 30.0, 100.0, 300),
+        LampProfile(2, -0.83, 30.0, 20.0, 300),
+        LampProfile(2, -0.83, 30.0, 100.0, 4000),
+    ):
+        assert not lamp.accepts(_profile_cmd(bad))
+        assert not lamp.apply(_profile_cmd(bad), WINTER)
+    assert lamp.profile == FACTORY_PROFILE
 
 
 def test_lamp_ambient_light_follows_the_sun() -> None:
@@ -109,7 +199,7 @@ def test_lamp_ambient_light_follows_the_sun() -> None:
     assert float(noon) > 10_000 and float(night) < 5
 
 
-def test_lamp_keeps_the_commanded_brightness() -> None:
+def test_lamp_keeps_the_commanded_brightness_and_reports_no_profile() -> None:
     lamp = StreetLamp(rated_w=90.0, density=1.0)
     rng = random.Random(4)
     assert lamp.accepts(_cmd("set_brightness", 30))
@@ -119,7 +209,7 @@ def test_lamp_keeps_the_commanded_brightness() -> None:
     assert lamp.apply(_cmd("set_brightness", 30), WINTER)
     for when in _day(_local(WINTER, 0), 3600):
         r = lamp.reading(when, rng)
-        assert r["brightness_pct"] == 30.0
+        assert r["brightness_pct"] == 30.0 and r["profile_id"] == 0
         assert r["power_w"] == pytest.approx(90 * 0.3 + 0.5)
 
 

@@ -32,8 +32,28 @@ def test_lamp_reading_round_trips() -> None:
         "power_w": 21.5,
         "fault": True,
         "ambient_lux": 3.0,
+        "profile_id": 49784,
     }
     assert decode_reading(layout, encode_reading(layout, reading)) == reading
+
+
+def test_a_full_lamp_uplink_fits_the_smallest_lora_payload() -> None:
+    layout = layout_of(AC.STREET_LAMP)
+    largest = {
+        "brightness_pct": 100.0,
+        "presence_count": 255,
+        "power_w": 327.67,
+        "fault": True,
+        "ambient_lux": 65535.0,
+        "profile_id": 65535,
+    }
+    payload = encode_reading(layout, largest)
+    assert len(payload) == 22 <= 51  # EU868 DR0-2
+    assert payload[-4:].hex() == "0665ffff"  # ch 6 illuminance: the profile id, unsigned 16-bit
+    decoded = decode_reading(layout, payload)
+    assert decoded["profile_id"] == 65535 and isinstance(decoded["profile_id"], int)
+    # The edge builds the protobuf reading from the decoded fields.
+    assert telemetry_pb2.LampReading(**decoded).profile_id == 65535  # type: ignore[arg-type]
 
 
 def test_scaled_fields_pack_large_values() -> None:
@@ -56,15 +76,25 @@ def test_bus_gps_decodes_into_three_fields() -> None:
     brightness=st.floats(0, 100),
     presence=st.integers(0, 255),
     lux=st.integers(0, 65535),
+    profile_id=st.integers(0, 65535),
 )
-def test_lamp_round_trip_within_resolution(brightness: float, presence: int, lux: int) -> None:
+def test_lamp_round_trip_within_resolution(
+    brightness: float, presence: int, lux: int, profile_id: int
+) -> None:
     layout = layout_of(AC.STREET_LAMP)
     decoded = decode_reading(
         layout,
         encode_reading(
-            layout, {"brightness_pct": brightness, "presence_count": presence, "ambient_lux": lux}
+            layout,
+            {
+                "brightness_pct": brightness,
+                "presence_count": presence,
+                "ambient_lux": lux,
+                "profile_id": profile_id,
+            },
         ),
     )
+    assert decoded["profile_id"] == profile_id
     assert decoded["brightness_pct"] == pytest.approx(brightness, abs=0.005 + 1e-9)
     assert decoded["presence_count"] == presence
     assert decoded["ambient_lux"] == lux

@@ -1,8 +1,10 @@
-"""Street lighting policy: sun-driven base level, presence holds, faults, energy, snapshots."""
+"""Street lighting policy: the group's dimming profile by time of night, faults, energy,
+snapshots. The lamps act on presence themselves: the policy never commands one lamp."""
 
 import json
+import uuid
 from collections.abc import Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 import pytest
@@ -18,13 +20,16 @@ from actors.decisions import (
 )
 from actors.lighting import (
     BASELINE_METRIC,
+    DEEP_NIGHT,
     ENERGY_METRIC,
+    EVENING,
     LightingPolicy,
     make_policy,
 )
+from bridges.downlink_frame import decode_command, encode_command
 from bridges.registry import Device
 from citypost.errors import ConfigError, InvalidArgumentError
-from protos.citypost.v1 import assets_pb2, operations_pb2, telemetry_pb2
+from protos.citypost.v1 import assets_pb2, command_pb2, operations_pb2, telemetry_pb2
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 
@@ -49,6 +54,7 @@ def _lamp(eui: str, lat: float = 47.3220, lon: float = 5.0415) -> Device:
 
 
 DEVICES = [_lamp(LAMP_A), _lamp(LAMP_B, 47.3230), _lamp(LAMP_C, 47.3240)]
+DEVICES_EUI = (LAMP_A, LAMP_B, LAMP_C)
 
 
 def _reading(
@@ -59,6 +65,7 @@ def _reading(
     fault: bool = False,
     pct: float = 0.0,
     power: float = 0.0,
+    profile_id: int = 0,
 ) -> telemetry_pb2.Telemetry:
     return telemetry_pb2.Telemetry(
         dev_eui=eui,
@@ -66,7 +73,11 @@ def _reading(
         group=GROUP,
         observed_at_ms=int(at.timestamp() * 1000),
         lamp=telemetry_pb2.LampReading(
-            brightness_pct=pct, presence_count=presence, power_w=power, fault=fault
+            brightness_pct=pct,
+            presence_count=presence,
+            power_w=power,
+            fault=fault,
+            profile_id=profile_id,
         ),
     )
 
@@ -75,8 +86,13 @@ def _commands(decisions: Sequence[Decision]) -> list[IssueCommand]:
     return [d for d in decisions if isinstance(d, IssueCommand)]
 
 
-def _level(command: IssueCommand) -> float:
-    return command.command.set_brightness.brightness_pct
+def _profile(command: IssueCommand) -> command_pb2.LampProfile:
+    assert command.command.WhichOneof("action") == "set_lamp_profile"
+    return command.command.set_lamp_profile
+
+
+def _night_pct(command: IssueCommand) -> float:
+    return _profile(command).night_pct
 
 
 def _target(command: IssueCommand) -> tuple[str, str]:
@@ -96,10 +112,10 @@ def _sunset(day: date) -> datetime:
 
 
 def _night_policy(**kwargs: Any) -> tuple[LightingPolicy, datetime]:
-    """A policy that has put its group at the base level, and the time it did."""
+    """A policy that has sent its group the evening profile, and the time it did."""
     policy = LightingPolicy(GROUP, DEVICES, **kwargs)
     night = _sunset(WINTER_DAY) + timedelta(hours=2)
-    assert [_level(c) for c in _commands(policy.on_tick(night))] == [30.0]
+    assert [_night_pct(c) for c in _commands(policy.on_tick(night))] == [60.0]
     return policy, night
 
 
@@ -144,124 +160,142 @@ def test_polar_night_has_no_sunrise_and_naive_time_is_refused() -> None:
         solar.elevation_deg(datetime(2024, 1, 1, 12, tzinfo=UTC), 95.0, 5.0)
 
 
-# --- base level by the sun -------------------------------------------------------------------
+# --- the group's profile ---------------------------------------------------------------------
 
 
-def test_lamps_are_off_at_noon_and_at_the_base_level_after_sunset() -> None:
+def test_the_first_tick_sends_the_group_its_profile_once() -> None:
     policy = make_policy(GROUP, DEVICES)
-    noon = policy.on_tick(_utc(WINTER_DAY, 11, 30))
-    assert [(_target(c), _level(c)) for c in _commands(noon)] == [(("group", GROUP), 0.0)]
+    noon = _commands(policy.on_tick(_utc(WINTER_DAY, 11, 30)))
+    assert [_target(c) for c in noon] == [("group", GROUP)]
+    assert noon[0].command.asset_class == assets_pb2.AssetClass.STREET_LAMP
+    assert not noon[0].command.command_id and not noon[0].command.epoch
+    assert _profile(noon[0]) == command_pb2.LampProfile(
+        profile_id=_profile(noon[0]).profile_id,
+        on_below_elevation_deg=-0.83,  # sunset, at the wire's resolution
+        night_pct=60.0,
+        boost_pct=100.0,
+        boost_hold_s=300,
+    )
+    # Dusk needs no command: the lamps switch on by the sun themselves.
     sunset = _sunset(WINTER_DAY)
-    assert _commands(policy.on_tick(sunset - timedelta(minutes=5))) == []
-    evening = _commands(policy.on_tick(sunset + timedelta(minutes=5)))
-    assert [(_target(c), _level(c)) for c in evening] == [(("group", GROUP), 30.0)]
-    assert evening[0].command.asset_class == assets_pb2.AssetClass.STREET_LAMP
-    assert not evening[0].command.command_id and not evening[0].command.epoch
+    for minute in range(-60, 120):
+        assert _commands(policy.on_tick(sunset + timedelta(minutes=minute))) == []
 
 
-def _switch_on_minute(day: date) -> datetime:
-    """Tick every minute through the afternoon and evening; when the base level goes out."""
+def _day_of_ticks(
+    policy: LightingPolicy, start: datetime, hours: int
+) -> tuple[list[tuple[datetime, IssueCommand]], list[Decision]]:
+    """Tick every minute and feed every lamp's uplink every 15 minutes, with presence on
+    every one, lamp C failed from the 10th to the 15th hour; the commands with their
+    times, and every decision."""
+    commands: list[tuple[datetime, IssueCommand]] = []
+    everything: list[Decision] = []
+    for minute in range(hours * 60):
+        now = start + timedelta(minutes=minute)
+        decisions = policy.on_tick(now)
+        if minute % 15 == 0:
+            lit = solar.elevation_deg(now, 47.32, 5.04) < solar.SUNRISE_SUNSET_DEG
+            broken = 600 <= minute < 900
+            batch = [
+                _reading(
+                    eui,
+                    now,
+                    presence=3,
+                    pct=100.0 if lit else 0.0,
+                    power=0.0 if not lit or (eui == LAMP_C and broken) else 60.5,
+                    fault=eui == LAMP_C and broken,
+                    profile_id=1,
+                )
+                for eui in DEVICES_EUI
+            ]
+            decisions += policy.on_telemetry(batch, now)
+        everything += decisions
+        commands += [(now, c) for c in _commands(decisions)]
+    return commands, everything
+
+
+@pytest.mark.parametrize(("day", "utc_offset_h"), [(WINTER_DAY, 1), (SUMMER_DAY, 2)])
+def test_two_days_take_a_handful_of_group_profile_commands(day: date, utc_offset_h: int) -> None:
     policy = LightingPolicy(GROUP, DEVICES)
-    policy.on_tick(_utc(day, 12))
-    for minute in range(12 * 60 + 1, 23 * 60):
-        now = _utc(day, 0) + timedelta(minutes=minute)
-        if any(_level(c) > 0 for c in _commands(policy.on_tick(now))):
-            return now
-    raise AssertionError("the lamps never came on")
+    commands, everything = _day_of_ticks(policy, _utc(day, 10), 48)
+    assert all(_target(c) == ("group", GROUP) for _, c in commands)  # never one lamp
+    assert all(c.command.WhichOneof("action") == "set_lamp_profile" for _, c in commands)
+    # The first tick, then deep night at 23:00 and the evening profile back at 05:30 (local).
+    local = [(t + timedelta(hours=utc_offset_h)).time() for t, _ in commands]
+    assert local == [time(10 + utc_offset_h), time(23), time(5, 30), time(23), time(5, 30)]
+    levels = [_night_pct(c) for _, c in commands]
+    assert levels == [60.0, 30.0, 60.0, 30.0, 60.0]
+    ids = [_profile(c).profile_id for _, c in commands]
+    assert ids[0] == ids[2] == ids[4] != ids[1] == ids[3]  # a profile keeps its id
+    assert all(2 <= i <= 65535 for i in ids)  # 0 is a fixed level, 1 the factory profile
+    # Faults still raise their alarm (and task) and clear it.
+    raised = [d for d in everything if isinstance(d, RaiseAlarm)]
+    cleared = [d for d in everything if isinstance(d, ClearAlarm)]
+    assert [(a.originator, a.type) for a in raised] == [(LAMP_C, "lamp_fault")]
+    assert [(a.originator, a.type) for a in cleared] == [(LAMP_C, "lamp_fault")]
+    assert [t.kind for t in everything if isinstance(t, RequestTask)] == ["repair_lamp"]
+    # Energy still goes out, from the reported power.
+    metrics = [d for d in everything if isinstance(d, ReportMetric)]
+    assert {m.name for m in metrics} == {ENERGY_METRIC, BASELINE_METRIC}
+    assert policy.energy_wh > 0 and policy.baseline_wh >= policy.energy_wh
 
 
-def test_the_lamps_come_on_at_sunset_which_is_earlier_in_winter() -> None:
-    winter_on, summer_on = _switch_on_minute(WINTER_DAY), _switch_on_minute(SUMMER_DAY)
-    assert abs(winter_on - _sunset(WINTER_DAY)) <= timedelta(minutes=1)
-    assert abs(summer_on - _sunset(SUMMER_DAY)) <= timedelta(minutes=1)
-    winter_local = winter_on + timedelta(hours=1)  # CET
-    summer_local = summer_on + timedelta(hours=2)  # CEST
-    assert winter_local.hour < 17 < 21 <= summer_local.hour
+def test_the_deep_night_follows_local_time_across_daylight_saving() -> None:
+    policy = LightingPolicy(GROUP, DEVICES)
+    assert policy.period_at(_utc(WINTER_DAY, 21, 59)) == EVENING  # 22:59 CET
+    assert policy.period_at(_utc(WINTER_DAY, 22, 0)) == DEEP_NIGHT  # 23:00 CET
+    assert policy.period_at(_utc(SUMMER_DAY, 21, 0)) == DEEP_NIGHT  # 23:00 CEST
+    assert policy.period_at(_utc(SUMMER_DAY, 3, 29)) == DEEP_NIGHT  # 05:29 CEST
+    assert policy.period_at(_utc(SUMMER_DAY, 3, 30)) == EVENING
+    assert policy.profile_at(_utc(SUMMER_DAY, 1)) == policy.deep_night
+    assert policy.profile_at(_utc(SUMMER_DAY, 12)) == policy.evening
 
 
-def test_lamps_go_off_at_dawn_with_one_group_command() -> None:
+def test_profile_ids_come_from_the_content() -> None:
+    one, two = LightingPolicy(GROUP, DEVICES), LightingPolicy("other", DEVICES[:1])
+    # Both posts, any group: the same profile has the same id, with no state shared.
+    assert (one.evening, one.deep_night) == (two.evening, two.deep_night)
+    assert one.evening.profile_id != one.deep_night.profile_id
+    brighter = LightingPolicy(GROUP, DEVICES, deep_night_pct=35.0)
+    assert brighter.evening == one.evening
+    assert brighter.deep_night.profile_id != one.deep_night.profile_id
+    # One profile all night: the schedule's switches change nothing, so nothing goes out.
+    flat = LightingPolicy(GROUP, DEVICES, evening_pct=40.0, deep_night_pct=40.0)
+    assert flat.evening == flat.deep_night
+    commands, _ = _day_of_ticks(flat, _utc(WINTER_DAY, 10), 24)
+    assert len(commands) == 1
+
+
+def test_the_profile_goes_on_air_in_one_small_frame() -> None:
+    policy = LightingPolicy(GROUP, DEVICES)
+    [issue] = policy.desired_commands(_utc(WINTER_DAY, 23))
+    command = command_pb2.Command()
+    command.CopyFrom(issue.command)
+    command.command_id, command.epoch = str(uuid.uuid4()), 5
+    frame = encode_command(command)
+    assert len(frame) <= 51
+    device = decode_command(frame)
+    assert device.value == policy.deep_night.profile_id
+    assert device.profile is not None and device.profile.night_pct == 30.0
+
+
+def test_desired_commands_give_the_current_profile_as_one_group_command() -> None:
     policy, _ = _night_policy()
-    sunrise = solar.sun_times(WINTER_DAY + timedelta(days=1)).sunrise
-    assert sunrise is not None
-    assert _commands(policy.on_tick(sunrise - timedelta(minutes=2))) == []
-    dawn = _commands(policy.on_tick(sunrise + timedelta(minutes=2)))
-    assert [(_target(c), _level(c)) for c in dawn] == [(("group", GROUP), 0.0)]
+    late = _utc(WINTER_DAY, 23, 30)  # 00:30 CET: deep night
+    desired = policy.desired_commands(late)
+    assert [(_target(c), _night_pct(c)) for c in desired] == [(("group", GROUP), 30.0)]
+    assert "deep night" in desired[0].reason
+    # That is what the group now runs: the next tick adds nothing.
+    assert _commands(policy.on_tick(late + timedelta(minutes=1))) == []
+    # Asked again (the post took over, an override ended): the same command again.
+    assert policy.desired_commands(late + timedelta(minutes=2)) == desired
 
 
-def test_no_command_is_repeated_when_nothing_changes() -> None:
+def test_presence_commands_nothing() -> None:
     policy, night = _night_policy()
-    for minute in range(1, 120):
-        assert _commands(policy.on_tick(night + timedelta(minutes=minute))) == []
-    quiet = [_reading(eui, night, pct=30.0, power=18.0) for eui in (LAMP_A, LAMP_B)]
-    assert policy.on_telemetry(quiet, night + timedelta(minutes=121)) == []
-
-
-# --- presence --------------------------------------------------------------------------------
-
-
-def test_presence_raises_one_lamp_which_drops_back_after_the_hold() -> None:
-    policy, night = _night_policy()
-    t0 = night + timedelta(minutes=10)
-    raised = _commands(policy.on_telemetry([_reading(LAMP_A, t0, presence=2)], t0))
-    assert [(_target(c), _level(c)) for c in raised] == [(("dev_eui", LAMP_A), 100.0)]
-    # Still held at 4 minutes; more presence while raised extends the hold, sends nothing.
-    assert _commands(policy.on_tick(t0 + timedelta(minutes=4))) == []
-    t1 = t0 + timedelta(minutes=4, seconds=30)
-    assert _commands(policy.on_telemetry([_reading(LAMP_A, t1, presence=1)], t1)) == []
-    assert _commands(policy.on_tick(t0 + timedelta(minutes=6))) == []
-    dropped = _commands(policy.on_tick(t1 + timedelta(minutes=5)))
-    assert [(_target(c), _level(c)) for c in dropped] == [(("dev_eui", LAMP_A), 30.0)]
-    assert _commands(policy.on_tick(t1 + timedelta(minutes=6))) == []
-
-
-def test_the_hold_time_is_a_tunable() -> None:
-    policy, night = _night_policy(hold_s=60.0)
-    policy.on_telemetry([_reading(LAMP_B, night, presence=1)], night)
-    dropped = _commands(policy.on_tick(night + timedelta(seconds=61)))
-    assert [(_target(c), _level(c)) for c in dropped] == [(("dev_eui", LAMP_B), 30.0)]
-
-
-def test_stale_presence_raises_nothing() -> None:
-    policy, night = _night_policy()
-    old = night - timedelta(minutes=6)  # counted before the hold would have ended
-    assert policy.on_telemetry([_reading(LAMP_A, old, presence=4)], night) == []
-    recent = night - timedelta(minutes=4)
-    raised = _commands(policy.on_telemetry([_reading(LAMP_A, recent, presence=4)], night))
-    assert [_target(c) for c in raised] == [("dev_eui", LAMP_A)]
-    # The hold runs from when the pedestrians were seen, not from when the uplink arrived.
-    assert _commands(policy.on_tick(night + timedelta(seconds=59))) == []
-    assert len(_commands(policy.on_tick(night + timedelta(seconds=61)))) == 1
-
-
-def test_raises_are_bounded_per_minute() -> None:
-    policy, night = _night_policy(raises_per_min=2)
-    batch = [_reading(eui, night, presence=1) for eui in (LAMP_A, LAMP_B, LAMP_C)]
-    raised = _commands(policy.on_telemetry(batch, night))
-    assert [_target(c)[1] for c in raised] == [LAMP_A, LAMP_B]
-    assert policy.raises_skipped == 1
-    later = night + timedelta(minutes=1)
-    raised = _commands(policy.on_telemetry([_reading(LAMP_C, later, presence=1)], later))
-    assert [_target(c)[1] for c in raised] == [LAMP_C]
-
-
-def test_presence_by_day_commands_nothing() -> None:
-    policy = LightingPolicy(GROUP, DEVICES)
-    noon = _utc(WINTER_DAY, 11)
-    policy.on_tick(noon)
-    assert policy.on_telemetry([_reading(LAMP_A, noon, presence=5)], noon) == []
-    assert _commands(policy.on_tick(noon + timedelta(minutes=10))) == []
-
-
-def test_desired_commands_give_the_base_level_then_the_held_lamps() -> None:
-    policy, night = _night_policy()
-    policy.on_telemetry([_reading(LAMP_C, night, presence=1)], night)
-    desired = policy.desired_commands(night + timedelta(minutes=1))
-    assert [(_target(c), _level(c)) for c in desired] == [
-        (("group", GROUP), 30.0),
-        (("dev_eui", LAMP_C), 100.0),
-    ]
-    # They are what the group now holds: the next tick adds nothing.
-    assert _commands(policy.on_tick(night + timedelta(minutes=2))) == []
+    busy = [_reading(eui, night, presence=40, pct=60.0, power=36.5) for eui in DEVICES_EUI]
+    assert policy.on_telemetry(busy, night) == []
+    assert _commands(policy.on_tick(night + timedelta(minutes=10))) == []
 
 
 # --- faults ----------------------------------------------------------------------------------
@@ -288,10 +322,10 @@ def test_a_fault_raises_one_alarm_and_one_task_and_clears_when_fixed() -> None:
     assert policy.on_telemetry([_reading(LAMP_B, again, pct=30, power=18)], again) == []
 
 
-def test_a_faulty_lamp_is_not_raised_on_presence() -> None:
+def test_a_faulty_lamp_takes_no_command() -> None:
     policy, night = _night_policy()
     decisions = policy.on_telemetry([_reading(LAMP_A, night, presence=3, fault=True)], night)
-    assert _commands(decisions) == []
+    assert _commands(decisions) == [] and len(decisions) == 2  # the alarm and the task
 
 
 # --- energy ----------------------------------------------------------------------------------
@@ -333,13 +367,15 @@ def test_unlit_hours_cost_nothing_in_either_total_and_long_gaps_are_skipped() ->
 
 def _scenario_tail(policy: LightingPolicy, night: datetime) -> list[Decision]:
     out: list[Decision] = []
-    for minute in range(0, 20):
+    for minute in range(0, 8 * 60, 5):  # through 23:00 and past midnight
         now = night + timedelta(minutes=minute)
         out += policy.on_tick(now)
-        if minute == 3:
+        if minute == 15:
             out += policy.on_telemetry([_reading(LAMP_B, now, presence=1)], now)
-        if minute == 4:
+        if minute == 20:
             out += policy.on_telemetry([_reading(LAMP_A, now, pct=30, power=18)], now)
+        if minute == 25:
+            out += policy.on_telemetry([_reading(LAMP_C, now, pct=30, power=18)], now)
     out += policy.on_tick(night + timedelta(days=1))
     return out
 
@@ -362,15 +398,46 @@ def test_snapshot_then_restore_gives_the_same_decisions() -> None:
     assert original_tail == restored_tail
     assert any(isinstance(d, IssueCommand) for d in original_tail)
     assert any(isinstance(d, ReportMetric) for d in original_tail)
+    assert any(isinstance(d, ClearAlarm) for d in original_tail)
+    # The restored policy knows what the group was sent: its first tick repeats nothing.
+    again = LightingPolicy(GROUP, DEVICES, metric_interval_s=60.0)
+    again.restore(snapshot)
+    assert _commands(again.on_tick(later)) == []
 
 
 def test_bad_input_is_refused_with_citypost_errors() -> None:
     policy = LightingPolicy(GROUP, DEVICES)
-    with pytest.raises(InvalidArgumentError):
-        policy.restore({"version": 1})
+    with pytest.raises(InvalidArgumentError, match="malformed"):
+        policy.restore({"version": 2})
+    # A snapshot of the per-lamp presence policy (version 1) is not read as this one.
+    old = {
+        "version": 1,
+        "group_level": 30.0,
+        "lamp_level": {},
+        "holds": {},
+        "faults": [],
+        "last": {},
+        "rated": {},
+        "energy_wh": 0.0,
+        "baseline_wh": 0.0,
+        "reported": None,
+        "reported_at": None,
+        "raise_minute": 0,
+        "raises_in_minute": 0,
+    }
+    with pytest.raises(InvalidArgumentError, match="version 1 is unknown"):
+        policy.restore(old)
     with pytest.raises(InvalidArgumentError):
         policy.on_tick(datetime(2024, 1, 1, 12))
-    with pytest.raises(ConfigError):
-        LightingPolicy(GROUP, DEVICES, base_pct=120.0)
-    with pytest.raises(ConfigError):
-        LightingPolicy(GROUP, DEVICES, hold_s=0.0)
+    for bad in (
+        {"evening_pct": 120.0},
+        {"deep_night_pct": -1.0},
+        {"boost_pct": 50.0},  # below the evening level
+        {"boost_hold_s": 4000},
+        {"switch_elevation_deg": -12.0},
+        {"deep_night_start": time(1), "deep_night_end": time(1)},
+        {"timezone": "Europe/Atlantis"},
+        {"rated_w": 0.0},
+    ):
+        with pytest.raises(ConfigError):
+            LightingPolicy(GROUP, DEVICES, **bad)
