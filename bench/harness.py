@@ -118,7 +118,7 @@ class _Discard:
     def submit(self, batch: Sequence[telemetry_pb2.Telemetry]) -> None:
         self.received += len(batch)
 
-    def submit_acks(self, acks: Sequence[chirpstack.Ack]) -> None:
+    def submit_acks(self, acks: Sequence[chirpstack.Ack | chirpstack.LogEvent]) -> None:
         pass
 
 

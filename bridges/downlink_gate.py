@@ -22,18 +22,24 @@ absorb (they execute a command_id at most once).
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from bridges import chirpstack
+from bridges.airtime import AirtimeBook
+from bridges.airtime_planner import AirtimePlanner, Forward, Priority, Refuse, Request, Route
 from bridges.dead_letters import DeadLetterCounter, make_dead_letter, to_json
 from bridges.downlink_frame import COMMAND_F_PORT
 from bridges.downlinks import MULTICAST_ROOT, parse_multicast_topic
@@ -47,6 +53,7 @@ from bridges.gate_book import (
     store_mark,
 )
 from bridges.mqtt_session import MqttSession
+from citypost.clock import SimClock
 from citypost.config import Config
 from citypost.errors import (
     CitypostError,
@@ -60,6 +67,36 @@ from citypost.errors import (
 log = logging.getLogger(__name__)
 
 GATE_NAME = "downlink-gate"  # the `edge` field of the gate's dead letters
+PLAN_INTERVAL_S = 0.1  # real seconds between looks at held downlinks
+# The plan's airtime book is written this often when it changed, and at stop: a gate that
+# crashes forgets at most these seconds of airtime (the network server still enforces it).
+BOOK_SAVE_INTERVAL_S = 5.0
+# MQTT v5 user properties a post sets on what it hands the gate.
+PRIORITY_PROPERTY = "citypost-priority"
+DEADLINE_PROPERTY = "citypost-deadline-ms"
+
+
+def plan_properties(priority: int, deadline_ms: int) -> Properties:
+    """The user properties that tell the gate's airtime plan who goes first, and until when."""
+    props = Properties(PacketTypes.PUBLISH)
+    props.UserProperty = [(PRIORITY_PROPERTY, str(priority)), (DEADLINE_PROPERTY, str(deadline_ms))]
+    return props
+
+
+def read_plan_properties(message: mqtt.MQTTMessage) -> tuple[Priority, int]:
+    """(priority, deadline in wall ms or 0) of a message; policy and none when absent or bad."""
+    found = dict(getattr(message.properties, "UserProperty", None) or ())
+    try:
+        priority = Priority(int(found.get(PRIORITY_PROPERTY, Priority.POLICY)))
+    except ValueError:
+        priority = Priority.POLICY
+    try:
+        deadline_ms = max(0, int(found.get(DEADLINE_PROPERTY, 0)))
+    except ValueError:
+        deadline_ms = 0
+    return priority, deadline_ms
+
+
 _DOWNLINK_FILTER = "application/+/device/+/command/down"
 
 
@@ -113,6 +150,8 @@ class GateStats:
     persisted_epoch: int
     pending_acks: int  # published by the gate, broker's PUBACK not yet in
     connected: bool
+    held: int = 0  # downlinks waiting for a gateway's duty cycle
+    refused_for_airtime: int = 0  # refused at once: no airtime before their deadline
 
     @property
     def dropped(self) -> int:
@@ -129,6 +168,19 @@ class _Pending:
     forward: bool  # False: a dead letter
 
 
+@dataclass(frozen=True, slots=True)
+class _Planned:
+    """A fenced downlink the airtime plan is deciding on (its message not yet acknowledged)."""
+
+    target: str
+    payload: bytes
+    header: FrameHeader
+    generation: int
+    mid: int
+    qos: int
+    dev_eui: str
+
+
 def _wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -141,6 +193,10 @@ class DownlinkGate:
         state_path: Path | None = None,
         now_ms: Callable[[], int] = _wall_ms,
         multicast: MulticastSink | None = None,
+        planner: AirtimePlanner | None = None,
+        routes: Mapping[str, Route] | None = None,
+        multicast_routes: Mapping[tuple[str, str], Route] | None = None,
+        clock: SimClock | None = None,
     ) -> None:
         """Loads the persisted mark: GateStateError if the file is corrupt (never reset to 0)."""
         if config.mqtt.port is None:
@@ -158,9 +214,26 @@ class DownlinkGate:
         # once raise_epoch(E) returns, no command older than E goes out.
         self._fence_lock = threading.Lock()
         self._pending_lock = threading.Lock()
-        self._pending: dict[int, _Pending] = {}
+        self._pending: dict[int, _Pending | None] = {}
         self._multicast = multicast
         self._multicast_forwarded = 0
+        # The airtime plan (None: forward at once, the network server's duty cycle decides).
+        if planner is not None and (routes is None or clock is None):
+            raise ConfigError("an airtime plan needs the devices' routes and the city's clock")
+        self._planner = planner
+        self._routes: Mapping[str, Route] = routes or {}
+        # (application id, group) -> every gateway serving a member: where a multicast goes.
+        self._multicast_routes: Mapping[tuple[str, str], Route] = multicast_routes or {}
+        self._clock = clock
+        self._planned: dict[int, _Planned] = {}
+        self._plan_keys = 0
+        self._early: dict[int, ReasonCode] = {}  # PUBACKs that beat the mid's recording
+        self._plan_stop = threading.Event()
+        self._plan_thread: threading.Thread | None = None
+        self.airtime_path = self.state_path.with_name(f"{self.state_path.stem}-airtime.json")
+        self._book_dirty = False
+        if planner is not None:
+            self._load_book(planner)
         self.session = MqttSession(
             client_id=f"citypost-{city}-gate",
             host=config.mqtt.host,
@@ -277,8 +350,145 @@ class DownlinkGate:
             if target.startswith(MULTICAST_ROOT + "/"):
                 self._enqueue_multicast(target, payload, generation, message)
                 return
+            if self._planner is not None:
+                self._plan(target, payload, header, generation, message)
+                return
             self._publish(target, payload, _Pending(generation, message.mid, message.qos, True))
             self._book.count_forwarded()
+
+    # --- the airtime plan (under the fence lock) ------------------------------------------
+
+    def _plan(
+        self,
+        target: str,
+        payload: bytes,
+        header: FrameHeader,
+        generation: int,
+        message: mqtt.MQTTMessage,
+    ) -> None:
+        assert self._planner is not None and self._clock is not None
+        dev_eui = chirpstack.parse_topic(target).dev_eui
+        route = self._routes.get(dev_eui)
+        if route is None:
+            error = DecodeError(DeadLetterReason.UNKNOWN_DEVICE, f"no radio route to {dev_eui}")
+            self._reject(error, target, payload, generation, message)
+            return
+        priority, deadline_ms = read_plan_properties(message)
+        now = self._clock.now_ts()
+        deadline = None
+        if deadline_ms:
+            # The deadline is on the wall clock; the radio's budgets on the city's.
+            deadline = now + self._clock.speed * (deadline_ms - self._now_ms()) / 1000
+        self._plan_keys += 1
+        key = self._plan_keys
+        frame_bytes = len(chirpstack.parse_downlink(payload).data)
+        request = Request(
+            key,
+            f"command {header.command_id} to {dev_eui}",
+            route,
+            frame_bytes,
+            priority,
+            deadline,
+            now,
+        )
+        self._planned[key] = _Planned(
+            target, payload, header, generation, message.mid, message.qos, dev_eui
+        )
+        decisions = self._planner.offer(request, now)
+        if not decisions:
+            self._log(dev_eui, target, header, "WARNING", "waiting for a gateway's duty cycle")
+        self._carry_out(decisions)
+
+    def _carry_out(self, decisions: Sequence[Forward | Refuse]) -> None:
+        for decision in decisions:
+            planned = self._planned.pop(decision.request.key)
+            if isinstance(decision, Refuse):
+                self._log(planned.dev_eui, planned.target, planned.header, "ERROR", decision.reason)
+                self._ack(planned.generation, planned.mid, planned.qos)
+                continue
+            if self._book.decide(planned.header.epoch) is Verdict.DROP_STALE:
+                # A new leader was elected while it waited: the fence holds at forward time too.
+                self._ack(planned.generation, planned.mid, planned.qos)
+                continue
+            pending = _Pending(planned.generation, planned.mid, planned.qos, True)
+            self._publish(planned.target, planned.payload, pending)
+            self._book.count_forwarded()
+            self._book_dirty = True
+
+    def _count_multicast(self, application_id: str, group: str, frame: bytes) -> None:
+        """A multicast goes at once (the network server sends each gateway's part when it
+        can); the plan counts its airtime on every gateway serving the group."""
+        route = self._multicast_routes.get((application_id, group))
+        if self._planner is None or self._clock is None or route is None:
+            return
+        now = self._clock.now_ts()
+        self._plan_keys += 1
+        label = f"multicast to {group}"
+        request = Request(
+            self._plan_keys, label, route, len(frame), Priority.POLICY, None, now, True
+        )
+        self._planner.offer(request, now)
+
+    def _log(self, dev_eui: str, target: str, header: FrameHeader, level: str, why: str) -> None:
+        """Tell the posts, as ChirpStack tells of a gateway's refusal (event/log)."""
+        topic = chirpstack.parse_topic(target)
+        payload = chirpstack.build_log(
+            chirpstack.DeviceInfo(application_id=topic.application_id, dev_eui=dev_eui),
+            level=level,
+            code="DOWNLINK_GATEWAY",
+            description=f"DUTY_CYCLE_OVERFLOW: {why}",
+            context={"queue_item_id": header.command_id},
+            time_ms=self._now_ms(),
+        )
+        self._publish(chirpstack.log_topic(topic.application_id, dev_eui), payload, None)
+
+    def _plan_loop(self) -> None:
+        saved = time.monotonic()
+        while not self._plan_stop.wait(PLAN_INTERVAL_S):
+            try:
+                with self._fence_lock:
+                    assert self._planner is not None and self._clock is not None
+                    decisions = self._planner.due(self._clock.now_ts())
+                    self._carry_out(decisions)
+                if time.monotonic() - saved >= BOOK_SAVE_INTERVAL_S:
+                    self._save_book()
+                    saved = time.monotonic()
+            except Exception:  # the loop never dies; it logs and carries on
+                log.exception("gate: airtime plan step failed")
+
+    def _load_book(self, planner: AirtimePlanner) -> None:
+        """The airtime the gate counted before a restart: the duty cycle does not reset."""
+        try:
+            data = json.loads(self.airtime_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.error(
+                "gate: cannot read %s (%s); counting airtime from zero", self.airtime_path, exc
+            )
+            return
+        try:
+            planner.book = AirtimeBook.from_json(data, window_s=planner.book.window_s)
+        except CitypostError as exc:
+            log.error(
+                "gate: %s is not an airtime book (%s); counting from zero", self.airtime_path, exc
+            )
+
+    def _save_book(self) -> None:
+        if self._planner is None:
+            return
+        with self._fence_lock:
+            if not self._book_dirty:
+                return
+            data = json.dumps(self._planner.book.to_json())
+            self._book_dirty = False
+        tmp = self.airtime_path.with_name(f".{self.airtime_path.name}.tmp")
+        try:
+            self.airtime_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(data, encoding="utf-8")
+            os.replace(tmp, self.airtime_path)
+        except OSError as exc:
+            log.error("gate: cannot write %s: %s", self.airtime_path, exc)
 
     def _enqueue_multicast(
         self, target: str, frame: bytes, generation: int, message: mqtt.MQTTMessage
@@ -293,6 +503,7 @@ class DownlinkGate:
             return
         try:
             self._multicast.enqueue(application_id, group, frame)
+            self._count_multicast(application_id, group, frame)
         except CitypostError as exc:
             log.error("gate: multicast to %s/%s refused: %s", application_id, group, exc)
             error = DecodeError(DeadLetterReason.UNKNOWN_DEVICE, f"multicast refused: {exc}")
@@ -323,21 +534,30 @@ class DownlinkGate:
         pending = _Pending(generation, message.mid, message.qos, False)
         self._publish(self._dead_letter_topic, to_json(letter), pending)
 
-    def _publish(self, topic: str, payload: bytes, pending: _Pending) -> None:
-        # Only the MQTT thread publishes, and it handles PUBACKs only after this
-        # callback returns, so the mid is recorded before its PUBACK can arrive.
+    def _publish(self, topic: str, payload: bytes, pending: _Pending | None) -> None:
+        # The plan's thread publishes too: a PUBACK may be handled before the mid is
+        # recorded here, so one that finds no record waits in `_early` for it.
         info = self.session.client.publish(topic, payload, qos=1)
-        if pending.qos > 0:
-            with self._pending_lock:
+        with self._pending_lock:
+            early = self._early.pop(info.mid, None)
+            if early is None:
                 self._pending[info.mid] = pending
+                return
+        self._published(pending, early)
 
     def _on_published(
         self, _c: mqtt.Client, _u: Any, mid: int, reason: ReasonCode, _p: Any
     ) -> None:
         with self._pending_lock:
-            pending = self._pending.pop(mid, None)
+            if mid not in self._pending:
+                self._early[mid] = reason
+                return
+            pending = self._pending.pop(mid)
+        self._published(pending, reason)
+
+    def _published(self, pending: _Pending | None, reason: ReasonCode) -> None:
         if pending is None:
-            return
+            return  # the gate's own message (a log, a fail-safe command): nothing to ack
         if reason.is_failure:
             what = "forward" if pending.forward else "dead letter"
             log.error("gate: the broker refused a %s: %s", what, reason)
@@ -357,7 +577,7 @@ class DownlinkGate:
         """The gate's own commands (fail-safe), straight to the network server, QoS 1."""
         with self._fence_lock:
             for topic, payload in topics_and_payloads:
-                self.session.client.publish(topic, payload, qos=1)
+                self._publish(topic, payload, None)
 
     def raise_epoch(self, epoch: int) -> None:
         """Fence every epoch below `epoch` now (a new leader was elected).
@@ -391,14 +611,27 @@ class DownlinkGate:
             persisted_epoch=self._book.persisted_epoch,
             pending_acks=pending,
             connected=self.session.connected,
+            held=self._planner.held() if self._planner is not None else 0,
+            refused_for_airtime=self._planner.refused if self._planner is not None else 0,
         )
 
     # --- lifecycle -----------------------------------------------------------------------
 
     def start(self, timeout: float = 10.0) -> None:
         self.session.start(timeout)
+        if self._planner is not None:
+            self._plan_stop.clear()
+            self._plan_thread = threading.Thread(
+                target=self._plan_loop, name="gate-plan", daemon=True
+            )
+            self._plan_thread.start()
 
     def stop(self, *, end_session: bool = False) -> None:
         """Disconnect. The broker keeps queueing downlinks for the gate's session until it
         comes back (and re-delivers those not yet acknowledged), unless end_session."""
+        self._plan_stop.set()
+        if self._plan_thread is not None:
+            self._plan_thread.join(timeout=10)
+            self._plan_thread = None
+        self._save_book()
         self.session.stop(end_session=end_session)

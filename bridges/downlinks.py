@@ -23,9 +23,13 @@ from protos.citypost.v1 import command_pb2
 
 @dataclass(frozen=True)
 class Downlink:
-    dev_eui: str
+    dev_eui: str  # "" for a multicast
     topic: str
     payload: bytes
+    # For the gate's airtime plan (it travels as MQTT v5 user properties, beside the
+    # ChirpStack payload): who goes first, and when it is no use any more.
+    priority: int = command_pb2.PRIORITY_POLICY
+    deadline_ms: int = 0  # wall clock; 0: none
 
 
 def targets(command: command_pb2.Command, registry: DeviceRegistry) -> list[Device]:
@@ -74,7 +78,13 @@ def multicast(command: command_pb2.Command, registry: DeviceRegistry) -> Downlin
         "",
         multicast_topic(members[0].application_id, command.target.group),
         encode_command(command),
+        command.priority or command_pb2.PRIORITY_POLICY,
+        _deadline_ms(command),
     )
+
+
+def _deadline_ms(command: command_pb2.Command) -> int:
+    return command.issued_at_ms + command.ttl_ms if command.issued_at_ms and command.ttl_ms else 0
 
 
 def downlinks(command: command_pb2.Command, registry: DeviceRegistry) -> list[Downlink]:
@@ -86,6 +96,8 @@ def downlinks(command: command_pb2.Command, registry: DeviceRegistry) -> list[Do
             chirpstack.build_downlink(
                 device.dev_eui, COMMAND_F_PORT, frame, confirmed=True, id=command.command_id
             ),
+            command.priority or command_pb2.PRIORITY_POLICY,
+            _deadline_ms(command),
         )
         for device in targets(command, registry)
     ]

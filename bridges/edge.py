@@ -40,13 +40,17 @@ _T = TypeVar("_T")
 
 UPLINK_FILTER = "application/+/device/+/event/up"
 ACK_FILTER = "application/+/device/+/event/ack"
+LOG_FILTER = "application/+/device/+/event/log"
 _ACK_SUFFIX = "/event/ack"
+_LOG_SUFFIX = "/event/log"
 
 
 class AckSink(Protocol):
-    """Where devices' acknowledgements of commands go (the post's command ledger)."""
+    """Where what is said of commands goes (the post's command ledger): devices'
+    acknowledgements, and the network server's (or the gate's) logs about a frame
+    that waits or was refused."""
 
-    def submit_acks(self, acks: Sequence[chirpstack.Ack]) -> None: ...
+    def submit_acks(self, acks: Sequence[chirpstack.Ack | chirpstack.LogEvent]) -> None: ...
 
 
 class TelemetrySink(Protocol):
@@ -74,7 +78,7 @@ class EdgeStats:
 
 # One queued message: connection generation, packet id, qos, and what it became:
 # telemetry, a device's ack of a command, or a dead letter ready to publish.
-_Item = tuple[int, int, int, telemetry_pb2.Telemetry | chirpstack.Ack | bytes]
+_Item = tuple[int, int, int, telemetry_pb2.Telemetry | chirpstack.Ack | chirpstack.LogEvent | bytes]
 
 
 def _wall_ms() -> int:
@@ -126,7 +130,7 @@ class Edge:
             port=config.mqtt.port,
             keepalive_s=config.mqtt.keepalive_s,
             subscriptions=[(UPLINK_FILTER, edge.qos)]
-            + ([(ACK_FILTER, 1)] if acks is not None else []),
+            + ([(ACK_FILTER, 1), (LOG_FILTER, 1)] if acks is not None else []),
             on_message=self._on_message,
             manual_ack=True,
             # The broker may have this many unacknowledged uplinks out to us: a few
@@ -139,7 +143,7 @@ class Edge:
 
     def _on_message(self, message: mqtt.MQTTMessage) -> None:
         payload = bytes(message.payload)
-        value: telemetry_pb2.Telemetry | chirpstack.Ack | bytes
+        value: telemetry_pb2.Telemetry | chirpstack.Ack | chirpstack.LogEvent | bytes
         try:
             topic = message.topic
         except UnicodeDecodeError:
@@ -150,6 +154,8 @@ class Edge:
             try:
                 if topic.endswith(_ACK_SUFFIX):
                     value = self._parse_ack(topic, payload)
+                elif topic.endswith(_LOG_SUFFIX):
+                    value = self._parse_log(topic, payload)
                 else:
                     value = self._router.route(topic, payload)
             except DecodeError as error:
@@ -164,7 +170,9 @@ class Edge:
         with self._cond:
             self._items.append(item)
             # A device's ack ends a command's round trip: it does not wait for the batch.
-            full = len(self._items) >= self._edge.batch_max or isinstance(value, chirpstack.Ack)
+            full = len(self._items) >= self._edge.batch_max or isinstance(
+                value, chirpstack.Ack | chirpstack.LogEvent
+            )
         if full:
             self._take_and_flush()
 
@@ -176,6 +184,15 @@ class Edge:
                 DeadLetterReason.BAD_ENVELOPE, "the ack's topic and event name different devices"
             )
         return ack
+
+    @staticmethod
+    def _parse_log(topic: str, payload: bytes) -> chirpstack.LogEvent:
+        event = chirpstack.parse_log(payload)
+        if chirpstack.parse_topic(topic).dev_eui != event.device.dev_eui:
+            raise DecodeError(
+                DeadLetterReason.BAD_ENVELOPE, "the log's topic and event name different devices"
+            )
+        return event
 
     def _dead_letter(self, error: DecodeError, topic: str, payload: bytes) -> bytes:
         self.dead_letters.add(error.reason)
@@ -220,7 +237,7 @@ class Edge:
 
     def _flush(self, items: list[_Item]) -> None:
         batch: list[telemetry_pb2.Telemetry] = []
-        acks: list[chirpstack.Ack] = []
+        acks: list[chirpstack.Ack | chirpstack.LogEvent] = []
         dead: list[bytes] = []
         for _, _, _, value in items:
             if isinstance(value, telemetry_pb2.Telemetry):

@@ -19,17 +19,19 @@ from typing import Any
 import aetcd
 
 from bridges.airtime import RX2_FREQUENCY_HZ
+from bridges.airtime_planner import AirtimePlanner, Route
 from bridges.downlink_frame import COMMAND_F_PORT
 from bridges.downlink_gate import DownlinkGate, GateStats
 from bridges.downlinks import downlinks
 from bridges.failsafe import FailsafeWatch, failsafe_commands
 from bridges.multicast_client import GroupSpec, MulticastClient, multicast_group_name
 from bridges.registry import DeviceRegistry, RadioClass, class_name, radio_class
+from citypost.clock import SimClock
 from citypost.config import Config
 from citypost.errors import InfrastructureError, NotFoundError
 from failover.election import leader_key, watch_leader
 from failover.etcd_client import etcd_client
-from fleet.population import build_city
+from fleet.population import City, build_city
 
 CHECK_INTERVAL_S = 0.5
 MULTICAST_TIMEOUT_S = 5.0  # one enqueue, the gate's MQTT thread waiting
@@ -51,13 +53,36 @@ def multicast_groups(registry: DeviceRegistry, dr: int) -> dict[str, GroupSpec]:
     return wanted
 
 
+def plan_routes(city: City) -> tuple[dict[str, Route], dict[tuple[str, str], Route]]:
+    """Each device's route (its class and gateways, best first), and each class C group's
+    (every gateway that is some member's best): what the airtime plan reasons on."""
+    unicast: dict[str, Route] = {}
+    serving: dict[tuple[str, str], set[str]] = {}
+    for sim_device in city.devices:
+        device = sim_device.device
+        cls = radio_class(device.asset_class)
+        radio = sim_device.radio
+        if radio is None or cls is RadioClass.IP:
+            unicast[device.dev_eui] = Route(RadioClass.IP, ())
+            continue
+        gateways = radio.gateways or (radio.gateway_id,)
+        unicast[device.dev_eui] = Route(cls, gateways)
+        if cls is RadioClass.C:
+            serving.setdefault((device.application_id, device.group), set()).add(gateways[0])
+    groups = {key: Route(RadioClass.C, tuple(sorted(g))) for key, g in serving.items()}
+    return unicast, groups
+
+
 class GateRunner:
     def __init__(self, config: Config) -> None:
         self._city = config.city.name
         self._endpoints = list(config.etcd.endpoints)
         self._radio = config.radio
-        # The registry comes from the city model, as the posts' does.
-        self._registry = build_city(config.city).registry
+        # The registry and the devices' radio links come from the city model, as the posts'
+        # registry does; with a real ChirpStack they would come from its device list and
+        # the gateways of each device's last uplinks.
+        self._city_model = build_city(config.city)
+        self._registry = self._city_model.registry
         self.failsafe = FailsafeWatch(config.failover.failsafe_after_s)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
@@ -67,7 +92,16 @@ class GateRunner:
         # (application id, group) -> the network server's multicast group id
         self._group_ids: dict[tuple[str, str], str] = {}
         multicast = self if config.radio.network_server_api else None
-        self.gate = DownlinkGate(config=config, multicast=multicast)
+        self.planner = AirtimePlanner(rx2_dr=config.radio.rx2_dr)
+        unicast, groups = plan_routes(self._city_model)
+        self.gate = DownlinkGate(
+            config=config,
+            multicast=multicast,
+            planner=self.planner,
+            routes=unicast,
+            multicast_routes=groups,
+            clock=SimClock(config.sim.start_or_now(), config.sim.speed),
+        )
 
     def start(self) -> GateRunner:
         self._thread = threading.Thread(target=self._run, name="gate-runner", daemon=True)

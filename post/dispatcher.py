@@ -36,7 +36,7 @@ from actors.decisions import (
 )
 from actors.incidents import tasks_for
 from bridges import chirpstack
-from bridges.downlinks import downlinks, multicast, targets
+from bridges.downlinks import Downlink, downlinks, multicast, targets
 from bridges.registry import DeviceRegistry
 from citypost.errors import (
     CitypostError,
@@ -70,7 +70,7 @@ from protos.citypost.v1 import assets_pb2, command_pb2, control_state_pb2, opera
 
 log = logging.getLogger(__name__)
 
-Publish = Callable[[str, bytes], None]
+Publish = Callable[[Downlink], None]
 M = TypeVar("M", bound=Message)
 
 
@@ -312,16 +312,19 @@ class Dispatcher:
             else downlinks(sent.command, self._registry)
         )
         for downlink in frames:
-            self._publish(downlink.topic, downlink.payload)
+            self._publish(downlink)
             self.stats.downlinks_sent += 1
         note = audit.for_command(sent, audit.Action.COMMAND_SEND, now)
         await self._write([(ledger_key(sent.command.command_id), sent)], [note])
         self._pending[sent.command.command_id] = sent
         return sent
 
-    async def on_acks(self, acks: Sequence[chirpstack.Ack]) -> None:
+    async def on_acks(self, acks: Sequence[chirpstack.Ack | chirpstack.LogEvent]) -> None:
         async with self._lock:
             for ack in acks:
+                if isinstance(ack, chirpstack.LogEvent):
+                    await self._on_log(ack)
+                    continue
                 self.stats.acks += 1
                 record = self._pending.get(ack.queue_item_id)
                 if record is None:
@@ -342,6 +345,29 @@ class Dispatcher:
                     notes.append(audit.for_command(updated, action, now, detail=ack.device.dev_eui))
                 await self._write([(ledger_key(updated.command.command_id), updated)], notes)
                 self._settle(updated)
+
+    async def _on_log(self, event: chirpstack.LogEvent) -> None:
+        """What the network server (or the gate) says of a frame: it waits, or it was refused.
+        A refusal ends a command to one device at once (FAILED, with the reason a person can
+        act on) instead of after its retries; a wait is noted on the record."""
+        record = self._pending.get(event.context.get("queue_item_id", ""))
+        if record is None:
+            return  # not ours, or already finished
+        now = self._wall_ms()
+        reason = f"{event.code}: {event.description}" if event.description else event.code
+        if event.level == "ERROR" and record.command.target.WhichOneof("kind") == "dev_eui":
+            failed = command_ledger.fail(record, now, detail=reason)
+            note = audit.for_command(failed, audit.Action.COMMAND_FAIL, now, detail=reason)
+            await self._write([(ledger_key(failed.command.command_id), failed)], [note])
+            self._settle(failed)
+            return
+        if record.waiting == reason:
+            return
+        noted = control_state_pb2.CommandRecord()
+        noted.CopyFrom(record)
+        noted.waiting = reason
+        await self._write([(ledger_key(noted.command.command_id), noted)], [])
+        self._settle(noted)
 
     def _settle(self, record: control_state_pb2.CommandRecord) -> None:
         command_id = record.command.command_id

@@ -32,7 +32,8 @@ from actors.decisions import Decision
 from actors.pool import ActorKey, ActorPool, Call
 from actors.supervision import RestartIntensity, Verdict
 from bridges import chirpstack
-from bridges.downlink_gate import gate_topic
+from bridges.downlink_gate import gate_topic, plan_properties
+from bridges.downlinks import Downlink
 from bridges.edge import Edge
 from bridges.registry import DeviceRegistry
 from bridges.sinks import FanOutSink, MemorySink
@@ -69,7 +70,7 @@ class _Acks:
     def __init__(self, post: Post) -> None:
         self._post = post
 
-    def submit_acks(self, acks: Sequence[chirpstack.Ack]) -> None:
+    def submit_acks(self, acks: Sequence[chirpstack.Ack | chirpstack.LogEvent]) -> None:
         self._post.from_thread(self._post.dispatcher.on_acks(acks))
 
 
@@ -145,13 +146,18 @@ class Post:
             return
         self.from_thread(self.dispatcher.apply(actor, decisions))
 
-    def _publish(self, topic: str, payload: bytes) -> None:
+    def _publish(self, downlink: Downlink) -> None:
         # The self-fence, at the last instant: a leader frozen between its ledger write
         # and this publish must not command once its lease may have expired.
         if not self.leadership.may_command():
             self.fenced_downlinks += 1
             return
-        self.edge.session.client.publish(gate_topic(self.config.city.name, topic), payload, qos=1)
+        self.edge.session.client.publish(
+            gate_topic(self.config.city.name, downlink.topic),
+            downlink.payload,
+            qos=1,
+            properties=plan_properties(downlink.priority, downlink.deadline_ms),
+        )
 
     # --- lifecycle -----------------------------------------------------------------------
 

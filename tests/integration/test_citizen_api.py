@@ -112,7 +112,7 @@ async def city() -> AsyncIterator[City]:
     dispatcher = Dispatcher(
         state=state,
         registry=registry,
-        publish=lambda topic, payload: sent.append((topic, payload)),
+        publish=lambda d: sent.append((d.topic, d.payload)),
         epoch=lambda: 1,
         wall_ms=wall,
     )

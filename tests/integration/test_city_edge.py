@@ -11,7 +11,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from bridges.chirpstack import Ack
+from bridges.chirpstack import Ack, LogEvent
 from bridges.downlinks import downlinks
 from bridges.edge import Edge
 from bridges.sinks import MemorySink
@@ -92,9 +92,9 @@ def test_edge_decodes_every_uplink_of_a_small_city(mqtt_broker: LocalMosquitto) 
 
 class AckList:
     def __init__(self) -> None:
-        self.acks: list[Ack] = []
+        self.acks: list[Ack | LogEvent] = []
 
-    def submit_acks(self, acks: Sequence[Ack]) -> None:
+    def submit_acks(self, acks: Sequence[Ack | LogEvent]) -> None:
         self.acks.extend(acks)
 
 

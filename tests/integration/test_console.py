@@ -126,7 +126,7 @@ async def post() -> AsyncIterator[LivePost]:
     dispatcher = Dispatcher(
         state=state,
         registry=registry,
-        publish=lambda topic, payload: sent.append((topic, payload)),
+        publish=lambda d: sent.append((d.topic, d.payload)),
         epoch=lambda: EPOCH,
         wall_ms=wall,
     )

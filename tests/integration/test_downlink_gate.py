@@ -1,4 +1,5 @@
-"""The downlink gate against a real mosquitto: epoch fencing, dead letters, restart, raise_epoch."""
+"""The downlink gate against a real mosquitto: epoch fencing, dead letters, restart, raise_epoch,
+and its airtime plan (refusing at once, safety first, held commands fenced again)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,22 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
 
 from bridges import chirpstack
+from bridges.airtime import RX2_FREQUENCY_HZ, downlink_airtime_s
+from bridges.airtime_planner import AirtimePlanner, Priority, Route
 from bridges.dead_letters import from_json
 from bridges.downlink_frame import COMMAND_F_PORT, encode_command
-from bridges.downlink_gate import DownlinkGate, gate_topic
+from bridges.downlink_gate import DownlinkGate, gate_topic, plan_properties
 from bridges.gate_book import GateStateError, load_mark
 from bridges.mqtt_session import MqttSession
+from bridges.registry import RadioClass
+from citypost.clock import SimClock
 from citypost.config import Config, load_config
 from citypost.errors import InfrastructureError, InvalidArgumentError
 from cluster.mosquitto_local import LocalMosquitto
@@ -292,3 +298,132 @@ def test_a_mark_that_cannot_be_persisted_blocks_the_higher_epoch(
         _send(post, city, *_downlink(2)[:2])
         wait_for(lambda: gate.stats().dropped >= 2, 10, "epoch 2 now stale")
         assert len(network_server.snapshot()) == 1
+
+
+# --- the airtime plan ---------------------------------------------------------------------
+
+GW = "0016c001f1000001"
+
+
+@contextmanager
+def planned_gate(
+    config: Config, state_path: Path, planner: AirtimePlanner
+) -> Iterator[DownlinkGate]:
+    gate = DownlinkGate(
+        config=config,
+        state_path=state_path,
+        planner=planner,
+        routes={DEV: Route(RadioClass.C, (GW,))},
+        clock=SimClock(datetime(2026, 1, 15, 18, 0, tzinfo=UTC), 1.0),
+    )
+    gate.start()
+    try:
+        yield gate
+    finally:
+        gate.stop(end_session=True)
+
+
+def _send_planned(
+    post: MqttSession, city: str, topic: str, payload: bytes, priority: int, deadline_ms: int
+) -> None:
+    post.client.publish(
+        gate_topic(city, topic), payload, qos=1, properties=plan_properties(priority, deadline_ms)
+    ).wait_for_publish(5)
+
+
+@pytest.mark.timeout(30)
+def test_with_the_gateway_spent_a_policy_command_is_refused_at_once_and_safety_still_goes(
+    mqtt_broker: LocalMosquitto, tmp_path: Path
+) -> None:
+    config = _config(mqtt_broker.port, "gate-plan")
+    planner = AirtimePlanner(rx2_dr=3)
+    # Fill the gateway's RX2 budget past the policies' share (80 %), as traffic would.
+    clock = SimClock(datetime(2026, 1, 15, 18, 0, tzinfo=UTC), 1.0)
+    airtime = downlink_airtime_s(41, 3)
+    while planner.book.fits(GW, RX2_FREQUENCY_HZ, clock.now_ts(), airtime + 0.15 * 360):
+        planner.book.record(GW, RX2_FREQUENCY_HZ, clock.now_ts(), airtime)
+    policy_topic, policy, policy_id = _downlink(5)
+    safety_topic, safety, safety_id = _downlink(5)
+    soon = int(time.time() * 1000) + 30_000
+    with (
+        watching(mqtt_broker.port, chirpstack.downlink_topic(APP, DEV)) as network_server,
+        watching(mqtt_broker.port, chirpstack.log_topic(APP, DEV)) as logs,
+        planned_gate(config, tmp_path / "mark.json", planner) as gate,
+        publishing(mqtt_broker.port) as post,
+    ):
+        _send_planned(post, "gate-plan", policy_topic, policy, Priority.POLICY, soon)
+        _send_planned(post, "gate-plan", safety_topic, safety, Priority.SAFETY, soon)
+        wait_for(lambda: len(network_server.snapshot()) >= 1, 10, "the safety command forwarded")
+        wait_for(lambda: len(logs.snapshot()) >= 1, 10, "the refusal told as an event/log")
+        wait_for(lambda: gate.stats().pending_acks == 0, 10, "the broker's PUBACKs")
+        assert [chirpstack.parse_downlink(p).id for _, p in network_server.snapshot()] == [
+            safety_id
+        ]
+        (refusal,) = [chirpstack.parse_log(p) for _, p in logs.snapshot()]
+        assert (refusal.level, refusal.code) == ("ERROR", "DOWNLINK_GATEWAY")
+        assert refusal.context["queue_item_id"] == policy_id
+        assert "DUTY_CYCLE_OVERFLOW" in refusal.description and GW in refusal.description
+        assert gate.stats().refused_for_airtime == 1 and gate.stats().held == 0
+
+
+@pytest.mark.timeout(30)
+def test_a_held_command_goes_when_its_gateway_frees_and_not_if_its_epoch_was_fenced_meanwhile(
+    mqtt_broker: LocalMosquitto, tmp_path: Path
+) -> None:
+    config = _config(mqtt_broker.port, "gate-held")
+    planner = AirtimePlanner(rx2_dr=3)
+    clock = SimClock(datetime(2026, 1, 15, 18, 0, tzinfo=UTC), 1.0)
+    airtime = downlink_airtime_s(41, 3)
+    # The budget was spent almost an hour ago: it frees in a few seconds.
+    spent_at = clock.now_ts() - 3600 + 3
+    while planner.book.fits(GW, RX2_FREQUENCY_HZ, spent_at, airtime):
+        planner.book.record(GW, RX2_FREQUENCY_HZ, spent_at, airtime)
+    old_topic, old, _ = _downlink(5)
+    new_topic, new, new_id = _downlink(5)
+    with (
+        watching(mqtt_broker.port, chirpstack.downlink_topic(APP, DEV)) as network_server,
+        planned_gate(config, tmp_path / "mark.json", planner) as gate,
+        publishing(mqtt_broker.port) as post,
+    ):
+        _send_planned(post, "gate-held", old_topic, old, Priority.OPERATOR, 0)
+        wait_for(lambda: gate.stats().held == 1, 10, "the command held for airtime")
+        gate.raise_epoch(6)  # a new leader while it waits
+        new = chirpstack.build_downlink(
+            DEV,
+            COMMAND_F_PORT,
+            encode_command(
+                command_pb2.Command(
+                    command_id=new_id, epoch=6, set_brightness={"brightness_pct": 9}
+                )
+            ),
+            confirmed=True,
+            id=new_id,
+        )
+        _send_planned(post, "gate-held", new_topic, new, Priority.OPERATOR, 0)
+        wait_for(lambda: gate.stats().held == 0, 15, "the held commands decided")
+        wait_for(lambda: len(network_server.snapshot()) >= 1, 10, "the new leader's command")
+        time.sleep(0.3)
+        assert [chirpstack.parse_downlink(p).id for _, p in network_server.snapshot()] == [new_id]
+        assert gate.stats().dropped_by_reason.get("stale_epoch") == 1
+
+
+@pytest.mark.timeout(30)
+def test_the_airtime_counted_survives_a_restart_of_the_gate(
+    mqtt_broker: LocalMosquitto, tmp_path: Path
+) -> None:
+    config = _config(mqtt_broker.port, "gate-book")
+    first = AirtimePlanner(rx2_dr=3)
+    topic, payload, _ = _downlink(5)
+    with (
+        watching(mqtt_broker.port, chirpstack.downlink_topic(APP, DEV)) as network_server,
+        planned_gate(config, tmp_path / "mark.json", first),
+        publishing(mqtt_broker.port) as post,
+    ):
+        _send_planned(post, "gate-book", topic, payload, Priority.OPERATOR, 0)
+        wait_for(lambda: len(network_server.snapshot()) == 1, 10, "the command forwarded")
+    now = SimClock(datetime(2026, 1, 15, 18, 0, tzinfo=UTC), 1.0).now_ts()
+    before = first.book.usage(now)
+    assert [u.gateway_id for u in before] == [GW]
+    second = AirtimePlanner(rx2_dr=3)
+    with planned_gate(config, tmp_path / "mark.json", second):
+        assert second.book.usage(now) == before

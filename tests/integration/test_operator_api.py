@@ -134,7 +134,7 @@ async def rig() -> AsyncIterator[Rig]:
     dispatcher = Dispatcher(
         state=state,
         registry=registry,
-        publish=lambda topic, payload: sent.append((topic, payload)),
+        publish=lambda d: sent.append((d.topic, d.payload)),
         epoch=lambda: 3,
         wall_ms=clock,
     )

@@ -66,14 +66,14 @@ class Clock:
 
 
 class Harness:
-    def __init__(self) -> None:
+    def __init__(self, devices: list[Device] | None = None) -> None:
         self.state = InMemoryControlState(epoch=5)
         self.clock = Clock()
         self.sent: list[tuple[str, bytes]] = []
         self.dispatcher = Dispatcher(
             state=self.state,
-            registry=DeviceRegistry(SIGNALS),
-            publish=lambda topic, payload: self.sent.append((topic, payload)),
+            registry=DeviceRegistry(SIGNALS if devices is None else devices),
+            publish=lambda d: self.sent.append((d.topic, d.payload)),
             epoch=lambda: 5,
             wall_ms=self.clock,
             command_ttl_ms=30_000,
@@ -88,6 +88,50 @@ class Harness:
     def ack(self, command_id: str, dev_eui: str, acknowledged: bool = True) -> chirpstack.Ack:
         info = chirpstack.DeviceInfo(application_id=APP, dev_eui=dev_eui)
         return chirpstack.Ack("", self.clock.now, info, command_id, acknowledged, 1)
+
+
+class Standby:
+    """A second dispatcher on the leader's control state, following its writes as a standby
+    post does; it refuses to command until given an epoch."""
+
+    def __init__(self, leader: Harness, devices: list[Device]) -> None:
+        self.epoch = 0
+        self.sent: list[tuple[str, bytes]] = []
+        self.followed = 0
+        self.dispatcher = Dispatcher(
+            state=leader.state,
+            registry=DeviceRegistry(devices),
+            publish=lambda d: self.sent.append((d.topic, d.payload)),
+            epoch=self._epoch,
+            wall_ms=leader.clock,
+            command_ttl_ms=30_000,
+            max_attempts=3,
+        )
+        self._state = leader.state
+        self._task: asyncio.Task[None] | None = None
+
+    def _epoch(self) -> int:
+        if not self.epoch:
+            raise NotLeaderError("standing by", leader_name="primary", leader_address="a:1")
+        return self.epoch
+
+    async def start(self) -> None:
+        await self.dispatcher.load()
+        self._task = asyncio.create_task(self._follow())
+
+    async def _follow(self) -> None:
+        async for change in self._state.watch(1):
+            self.dispatcher.apply_change(change)
+            self.followed = change.revision
+
+    async def caught_up(self, revision: int) -> None:
+        while self.followed < revision:
+            await asyncio.sleep(0)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
 
 
 def _group_command() -> command_pb2.Command:
@@ -344,54 +388,27 @@ async def test_a_standby_follows_the_leaders_writes_and_once_promoted_replays_un
     None
 ):
     leader = Harness()
-    epoch = {"standby": 0}
-
-    def standby_epoch() -> int:
-        if not epoch["standby"]:
-            raise NotLeaderError("standing by", leader_name="primary", leader_address="a:1")
-        return epoch["standby"]
-
-    sent: list[tuple[str, bytes]] = []
-    standby = Dispatcher(
-        state=leader.state,
-        registry=DeviceRegistry(SIGNALS),
-        publish=lambda topic, payload: sent.append((topic, payload)),
-        epoch=standby_epoch,
-        wall_ms=leader.clock,
-        command_ttl_ms=30_000,
-        max_attempts=3,
-    )
-    await standby.load()
-    followed = 0
-
-    async def follow() -> None:
-        nonlocal followed
-        async for change in leader.state.watch(1):
-            standby.apply_change(change)
-            followed = change.revision
-
-    follower = asyncio.create_task(follow())
+    standby = Standby(leader, SIGNALS)
+    await standby.start()
     record = await leader.dispatcher.issue_command(_group_command(), issued_by="op-ana")
     command_id = record.command.command_id
     alarm = RaiseAlarm(SIGNALS[0].dev_eui, "lamp_fault", operations_pb2.MAJOR, "dark")
     await leader.dispatcher.apply(ACTOR, [alarm])
     revision = await leader.state.revision()
-    while followed < revision:
-        await asyncio.sleep(0)
+    await standby.caught_up(revision)
     # A standby refuses operators' writes and names the leader.
     with pytest.raises(NotLeaderError) as refused:
-        await standby.issue_command(_group_command(), issued_by="op-ana")
+        await standby.dispatcher.issue_command(_group_command(), issued_by="op-ana")
     assert refused.value.leader_address == "a:1"
 
     leader.state.set_epoch(6)  # the election: the old leader is fenced from here on
-    epoch["standby"] = 6
+    standby.epoch = 6
     with pytest.raises(FencedError):
         await leader.dispatcher.issue_command(_group_command(), issued_by="op-ana")
-    marker = await standby.mark_takeover("backup")
-    while followed < marker:
-        await asyncio.sleep(0)
-    assert await standby.replay_pending() == 1
-    frames = [chirpstack.parse_downlink(payload).data for _, payload in sent]
+    marker = await standby.dispatcher.mark_takeover("backup")
+    await standby.caught_up(marker)
+    assert await standby.dispatcher.replay_pending() == 1
+    frames = [chirpstack.parse_downlink(payload).data for _, payload in standby.sent]
     assert len(frames) == len(SIGNALS)
     for frame in frames:
         replayed = decode_command(frame)
@@ -399,10 +416,9 @@ async def test_a_standby_follows_the_leaders_writes_and_once_promoted_replays_un
     assert (await leader.record(command_id)).command.epoch == 6
     # The alarm came over too: raising it again on the new leader changes nothing.
     before = await leader.state.revision()
-    await standby.apply(ACTOR, [alarm])
+    await standby.dispatcher.apply(ACTOR, [alarm])
     assert await leader.state.revision() == before
-    follower.cancel()
-    await asyncio.gather(follower, return_exceptions=True)
+    await standby.stop()
 
 
 # --- group commands by multicast, confirmed by reported state ---------------------------------
@@ -426,17 +442,7 @@ LAMP_ACTOR = "policy:street_lamp/talant"
 
 
 def lamp_harness() -> Harness:
-    h = Harness()
-    h.dispatcher = Dispatcher(
-        state=h.state,
-        registry=DeviceRegistry(SIGNALS + LAMPS),
-        publish=lambda topic, payload: h.sent.append((topic, payload)),
-        epoch=lambda: 5,
-        wall_ms=h.clock,
-        command_ttl_ms=30_000,
-        max_attempts=2,
-    )
-    return h
+    return Harness(SIGNALS + LAMPS)
 
 
 def profile_command(profile_id: int = 7) -> command_pb2.Command:
@@ -517,55 +523,60 @@ async def test_a_multicast_nobody_confirmed_expires() -> None:
 
 async def test_a_promoted_standby_resends_the_multicast_and_keeps_counting() -> None:
     leader = lamp_harness()
-    epoch = {"standby": 0}
-
-    def standby_epoch() -> int:
-        if not epoch["standby"]:
-            raise NotLeaderError("standing by", leader_name="primary", leader_address="a:1")
-        return epoch["standby"]
-
-    sent: list[tuple[str, bytes]] = []
-    standby = Dispatcher(
-        state=leader.state,
-        registry=DeviceRegistry(SIGNALS + LAMPS),
-        publish=lambda topic, payload: sent.append((topic, payload)),
-        epoch=standby_epoch,
-        wall_ms=leader.clock,
-        command_ttl_ms=30_000,
-        max_attempts=3,
-    )
-    await standby.load()
-    followed = 0
-
-    async def follow() -> None:
-        nonlocal followed
-        async for change in leader.state.watch(1):
-            standby.apply_change(change)
-            followed = change.revision
-
-    follower = asyncio.create_task(follow())
+    standby = Standby(leader, SIGNALS + LAMPS)
+    await standby.start()
     record = await leader.dispatcher.issue_command(profile_command(), issued_by=LAMP_ACTOR)
     command_id = record.command.command_id
     revision = await leader.state.revision()
-    while followed < revision:
-        await asyncio.sleep(0)
+    await standby.caught_up(revision)
     # Both posts hear the same uplinks: the standby counts too.
     reports = [lamp_report(d.dev_eui, 7) for d in LAMPS[:2]]
     leader.dispatcher.confirmations.submit(reports)
-    standby.confirmations.submit(reports)
-    assert standby.confirmations.count(command_id) == 2
+    standby.dispatcher.confirmations.submit(reports)
+    assert standby.dispatcher.confirmations.count(command_id) == 2
 
     leader.state.set_epoch(6)
-    epoch["standby"] = 6
-    marker = await standby.mark_takeover("backup")
-    while followed < marker:
-        await asyncio.sleep(0)
-    assert await standby.replay_pending() == 1
-    ((topic, frame),) = sent
+    standby.epoch = 6
+    marker = await standby.dispatcher.mark_takeover("backup")
+    await standby.caught_up(marker)
+    assert await standby.dispatcher.replay_pending() == 1
+    ((topic, frame),) = standby.sent
     assert topic == f"multicast/{LAMP_APP}/talant"
     assert (decode_command(frame).command_id, decode_command(frame).epoch) == (command_id, 6)
-    standby.confirmations.submit([lamp_report(d.dev_eui, 7) for d in LAMPS[2:]])
-    await standby.run_ledger()
+    standby.dispatcher.confirmations.submit([lamp_report(d.dev_eui, 7) for d in LAMPS[2:]])
+    await standby.dispatcher.run_ledger()
     assert (await leader.record(command_id)).status == command_pb2.ACKED
-    follower.cancel()
-    await asyncio.gather(follower, return_exceptions=True)
+    await standby.stop()
+
+
+# --- what the gate or the network server says of a frame -------------------------------------
+
+
+def _log(command_id: str, level: str, why: str) -> chirpstack.LogEvent:
+    info = chirpstack.DeviceInfo(application_id=APP, dev_eui=SIGNALS[0].dev_eui)
+    return chirpstack.LogEvent(
+        None, info, level, "DOWNLINK_GATEWAY", why, {"queue_item_id": command_id}
+    )
+
+
+async def test_a_refusal_fails_a_one_device_command_at_once_with_its_reason() -> None:
+    h = Harness()
+    one = command_pb2.Command(
+        asset_class=AC.TRAFFIC_SIGNAL,
+        target=command_pb2.Target(dev_eui=SIGNALS[0].dev_eui),
+        set_signal_mode=command_pb2.SetSignalMode(phase=telemetry_pb2.FLASHING_AMBER),
+    )
+    record = await h.dispatcher.issue_command(one, issued_by="op-claire")
+    command_id = record.command.command_id
+    await h.dispatcher.on_acks([_log(command_id, "WARNING", "DUTY_CYCLE_OVERFLOW: waiting")])
+    waiting = await h.record(command_id)
+    assert waiting.status == command_pb2.SENT
+    assert waiting.waiting == "DOWNLINK_GATEWAY: DUTY_CYCLE_OVERFLOW: waiting"
+    why = "DUTY_CYCLE_OVERFLOW: no airtime before its deadline"
+    await h.dispatcher.on_acks([_log(command_id, "ERROR", why)])
+    failed = await h.record(command_id)
+    assert failed.status == command_pb2.FAILED and why in failed.detail
+    assert h.dispatcher.pending_commands() == 0
+    # A log about a finished or unknown command changes nothing.
+    await h.dispatcher.on_acks([_log(command_id, "ERROR", "late"), _log("nope", "ERROR", "x")])
+    assert (await h.record(command_id)).detail == failed.detail
