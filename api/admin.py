@@ -141,6 +141,29 @@ class PostAdminService(admin_pb2_grpc.PostAdminServicer):
 
     # --- failover ----------------------------------------------------------------------------
 
+    async def GetAirtime(
+        self, request: admin_pb2.GetAirtimeRequest, context: Any
+    ) -> admin_pb2.Airtime:
+        report = self._post.radio.latest()
+        if report is None:
+            return admin_pb2.Airtime(known=False)
+        return admin_pb2.Airtime(
+            known=True,
+            as_of_ms=report.as_of_ms,
+            window_s=report.window_s,
+            gateways=[
+                admin_pb2.GatewayAirtime(
+                    gateway_id=u.gateway_id,
+                    sub_band=u.sub_band,
+                    used_s=u.used_s,
+                    budget_s=u.budget_s,
+                )
+                for u in report.usage
+            ],
+            held=report.held,
+            refused=report.refused,
+        )
+
     async def GetFailoverStatus(
         self, request: admin_pb2.GetFailoverStatusRequest, context: Any
     ) -> admin_pb2.FailoverStatus:

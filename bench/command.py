@@ -201,10 +201,12 @@ class AckWatch:
         self.waiting: dict[str, asyncio.Future[float]] = {}
         post.dispatcher.on_acks = self.on_acks  # type: ignore[method-assign]
 
-    async def on_acks(self, acks: Sequence[chirpstack.Ack]) -> None:
+    async def on_acks(self, acks: Sequence[chirpstack.Ack | chirpstack.LogEvent]) -> None:
         await self._inner(acks)
         now = time.perf_counter()
         for ack in acks:
+            if not isinstance(ack, chirpstack.Ack):
+                continue  # a log about a frame: not the device's ack
             future = self.waiting.get(ack.queue_item_id)
             if future is None or future.done():
                 continue

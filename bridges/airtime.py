@@ -325,12 +325,12 @@ class DutyCycleWindow:
         # The load only drops when a transmission leaves the window: try those instants in order.
         ends = self._ends
         n = len(ends)
-        for k in range(bisect_right(ends, now, self._head), n):
+        k = bisect_right(ends, now, self._head)
+        while k < n:
             t = ends[k]
-            if k + 1 < n and ends[k + 1] == t:
-                continue  # several leave at once: try after the last of them
             if self._load(t) + airtime_s <= limit:
                 return t
+            k = bisect_right(ends, t, k)  # past every transmission leaving at t at once
         return ends[n - 1]  # not reached: once the last one has left, the load is zero
 
     # -- changes ----------------------------------------------------------------------------

@@ -52,6 +52,7 @@ from bridges.gate_book import (
     read_frame_header,
     store_mark,
 )
+from bridges.gate_status import GateAirtime, airtime_topic
 from bridges.mqtt_session import MqttSession
 from citypost.clock import SimClock
 from citypost.config import Config
@@ -202,6 +203,7 @@ class DownlinkGate:
         if config.mqtt.port is None:
             raise ConfigError("mqtt.port must be resolved (the broker started) before the gate")
         city = config.city.name
+        self._city = city
         self._prefix = gate_prefix(city)
         self._dead_letter_topic = config.edge.dead_letter_topic(city)
         self._max_bytes = config.edge.max_message_bytes
@@ -452,9 +454,25 @@ class DownlinkGate:
                     self._carry_out(decisions)
                 if time.monotonic() - saved >= BOOK_SAVE_INTERVAL_S:
                     self._save_book()
+                    self.publish_airtime()
                     saved = time.monotonic()
             except Exception:  # the loop never dies; it logs and carries on
                 log.exception("gate: airtime plan step failed")
+
+    def airtime(self) -> GateAirtime | None:
+        """What the plan counted per gateway and sub-band, now (None without a plan)."""
+        if self._planner is None or self._clock is None:
+            return None
+        with self._fence_lock:
+            usage = tuple(self._planner.book.usage(self._clock.now_ts()))
+            held, refused = self._planner.held(), self._planner.refused
+        return GateAirtime(self._now_ms(), self._planner.book.window_s, usage, held, refused)
+
+    def publish_airtime(self) -> None:
+        """Retained, for the posts' admin API (bridges/gate_status.py)."""
+        status = self.airtime()
+        if status is not None and self.session.connected:
+            self._publish(airtime_topic(self._city), status.to_json(), None, retain=True)
 
     def _load_book(self, planner: AirtimePlanner) -> None:
         """The airtime the gate counted before a restart: the duty cycle does not reset."""
@@ -534,10 +552,12 @@ class DownlinkGate:
         pending = _Pending(generation, message.mid, message.qos, False)
         self._publish(self._dead_letter_topic, to_json(letter), pending)
 
-    def _publish(self, topic: str, payload: bytes, pending: _Pending | None) -> None:
+    def _publish(
+        self, topic: str, payload: bytes, pending: _Pending | None, *, retain: bool = False
+    ) -> None:
         # The plan's thread publishes too: a PUBACK may be handled before the mid is
         # recorded here, so one that finds no record waits in `_early` for it.
-        info = self.session.client.publish(topic, payload, qos=1)
+        info = self.session.client.publish(topic, payload, qos=1, retain=retain)
         with self._pending_lock:
             early = self._early.pop(info.mid, None)
             if early is None:

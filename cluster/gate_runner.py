@@ -31,6 +31,7 @@ from citypost.config import Config
 from citypost.errors import InfrastructureError, NotFoundError
 from failover.election import leader_key, watch_leader
 from failover.etcd_client import etcd_client
+from fleet.network_server import device_link
 from fleet.population import City, build_city
 
 CHECK_INTERVAL_S = 0.5
@@ -60,15 +61,10 @@ def plan_routes(city: City) -> tuple[dict[str, Route], dict[tuple[str, str], Rou
     serving: dict[tuple[str, str], set[str]] = {}
     for sim_device in city.devices:
         device = sim_device.device
-        cls = radio_class(device.asset_class)
-        radio = sim_device.radio
-        if radio is None or cls is RadioClass.IP:
-            unicast[device.dev_eui] = Route(RadioClass.IP, ())
-            continue
-        gateways = radio.gateways or (radio.gateway_id,)
-        unicast[device.dev_eui] = Route(cls, gateways)
-        if cls is RadioClass.C:
-            serving.setdefault((device.application_id, device.group), set()).add(gateways[0])
+        link = device_link(sim_device)  # as the network server reaches it
+        unicast[device.dev_eui] = Route(link.radio_class, link.gateways)
+        if link.radio_class is RadioClass.C:
+            serving.setdefault((device.application_id, device.group), set()).add(link.gateways[0])
     groups = {key: Route(RadioClass.C, tuple(sorted(g))) for key, g in serving.items()}
     return unicast, groups
 

@@ -363,6 +363,14 @@ def _task_list(args: argparse.Namespace, client: PostClient, out: Output) -> Non
     out.many(tasks, render.tasks_table(tasks, next_page_token=_token(reply)))
 
 
+def _airtime(args: argparse.Namespace, client: PostClient, out: Output) -> None:
+    airtime = client.read("GetAirtime", admin_pb2.GetAirtimeRequest(), service="admin")
+    if out.json:
+        out.one(airtime, "", [])
+        return
+    out.console.print(render.rich_table(render.airtime_table(airtime)))
+
+
 def _status(args: argparse.Namespace, client: PostClient, out: Output) -> None:
     status = client.read("GetStatus", admin_pb2.GetStatusRequest(), service="admin")
     if out.json:
@@ -602,6 +610,9 @@ def add_console_parser(commands: argparse._SubParsersAction) -> None:
     _add_list_flags(listing)
 
     command(sub, "status", _status, "the post's status: role, epoch, actors, rates, dead letters")
+    command(
+        sub, "airtime", _airtime, "each gateway's airtime over the last hour against its duty cycle"
+    )
 
 
 def run(argv: Sequence[str]) -> int:

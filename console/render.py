@@ -393,6 +393,28 @@ def counts_table(title: str, what: str, counts: Mapping[str, int]) -> TableData:
     return TableData(title, (what, "count"), rows, f"{sum(counts.values())} in all")
 
 
+def airtime_table(airtime: admin_pb2.Airtime) -> TableData:
+    """Each gateway's airtime per sub-band over the duty cycle's window, against its budget."""
+    rows = [
+        (
+            g.gateway_id,
+            g.sub_band,
+            f"{g.used_s:.1f} s",
+            f"{g.budget_s:.0f} s",
+            f"{(g.used_s / g.budget_s if g.budget_s else 0):.0%}",
+        )
+        for g in sorted(airtime.gateways, key=lambda g: (g.gateway_id, g.sub_band))
+    ]
+    footer = (
+        f"over the last {airtime.window_s / 60:g} min (the city's clock), as of "
+        f"{when(airtime.as_of_ms)}; {airtime.held} command(s) waiting for airtime, "
+        f"{airtime.refused} refused for lack of it"
+        if airtime.known
+        else "the downlink gate has not reported yet"
+    )
+    return TableData("airtime", ("gateway", "sub-band", "used", "budget", "share"), rows, footer)
+
+
 # --- one record -----------------------------------------------------------------------------
 
 

@@ -12,7 +12,11 @@ gateways keep:
 - each gateway's duty cycle per sub-band (bridges.airtime.AirtimeBook): a frame
   goes through the device's best gateway whose budget allows it; when none does
   it waits (`Deferred`, once, as ChirpStack logs the gateway's
-  DUTY_CYCLE_OVERFLOW) and goes as soon as one does;
+  DUTY_CYCLE_OVERFLOW) and goes as soon as one does; a frame longer than a
+  whole budget can never go and is dropped;
+- a gateway is one transmitter: its frames go one after the other, each
+  starting when the previous one ended (scheduled up to `LOOKAHEAD_S` ahead,
+  as a gateway's concentrator takes a short queue of timed frames);
 - the payload limit of the data rate it goes with (`Dropped`,
   DOWNLINK_PAYLOAD_SIZE, as ChirpStack does);
 - class C multicast: one transmission per gateway that serves a member (its
@@ -39,6 +43,9 @@ from citypost.errors import InvalidArgumentError
 
 DUTY_CYCLE_OVERFLOW = "DUTY_CYCLE_OVERFLOW"  # gw.TxAckStatus name ChirpStack logs
 PAYLOAD_SIZE = "DOWNLINK_PAYLOAD_SIZE"  # integration.LogCode
+GATEWAY = "DOWNLINK_GATEWAY"  # integration.LogCode: the gateway could not send it
+# How far ahead of now a gateway takes a frame to send after those it already has.
+LOOKAHEAD_S = 5.0
 
 
 class DeviceLink(NamedTuple):
@@ -91,8 +98,10 @@ class MulticastSent(NamedTuple):
     f_port: int
     data: bytes
     gateway_id: str
+    frequency_hz: int
+    dr: int
     airtime_s: float
-    at: float
+    at: float  # when it starts on air
     receivers: tuple[str, ...]  # members this gateway serves
 
 
@@ -136,6 +145,7 @@ class DownlinkScheduler:
         self._waiting_set: set[str] = set()
         self._told: set[str] = set()  # queue ids already reported Deferred
         self._multicasts: list[_Multicast] = []
+        self._busy_until: dict[str, float] = {}  # gateway -> when its last frame ends
         self._order = 0
         self.stats = _Stats()
 
@@ -165,11 +175,16 @@ class DownlinkScheduler:
         if not fitting:
             return [self._drop_head(dev_eui, PAYLOAD_SIZE, self._size_text(frame, self.rx2_dr))]
         gateway = link.gateways[0] if link.gateways else ""
-        for frequency, dr in fitting:
+        for (frequency, dr), delay in zip(fitting, (1.0, 2.0), strict=False):
             airtime = downlink_airtime_s(len(frame.data), dr)
-            if gateway and self.book.fits(gateway, frequency, now, airtime):
-                self.book.record(gateway, frequency, now, airtime)
-                return [self._pop_sent(dev_eui, gateway, frequency, dr, airtime, now, False)]
+            at = now + delay  # RX1 opens 1 s after the uplink, RX2 2 s
+            if (
+                gateway
+                and self._busy_until.get(gateway, at) <= at
+                and self.book.fits(gateway, frequency, at, airtime)
+            ):
+                self._transmit(gateway, frequency, at, airtime)
+                return [self._pop_sent(dev_eui, gateway, frequency, dr, airtime, at, False)]
         return self._defer(frame, None)
 
     def _class_c(self, dev_eui: str, link: DeviceLink, now: float) -> list[Event]:
@@ -184,24 +199,51 @@ class DownlinkScheduler:
                 )
                 continue
             airtime = downlink_airtime_s(len(frame.data), self.rx2_dr)
-            gateway = next(
-                (g for g in link.gateways if self.book.fits(g, RX2_FREQUENCY_HZ, now, airtime)),
+            slot = next(
+                (
+                    (g, start)
+                    for g in link.gateways
+                    if (start := self._slot(g, RX2_FREQUENCY_HZ, now, airtime)) is not None
+                ),
                 None,
             )
-            if gateway is None:
+            if slot is None:
                 retry = self._earliest(link.gateways, now, airtime)
+                if retry is None:  # longer than a whole budget: it can never go
+                    out.append(
+                        self._drop_head(
+                            dev_eui,
+                            GATEWAY,
+                            f"{DUTY_CYCLE_OVERFLOW}: {airtime:.3f} s of airtime is more than "
+                            "a gateway's whole duty-cycle budget",
+                        )
+                    )
+                    continue
                 self._order += 1
-                heapq.heappush(
-                    self._waiting, (retry if retry is not None else now, self._order, dev_eui)
-                )
+                heapq.heappush(self._waiting, (retry, self._order, dev_eui))
                 self._waiting_set.add(dev_eui)
                 out.extend(self._defer(frame, retry))
                 break
-            self.book.record(gateway, RX2_FREQUENCY_HZ, now, airtime)
+            gateway, start = slot
+            self._transmit(gateway, RX2_FREQUENCY_HZ, start, airtime)
             out.append(
-                self._pop_sent(dev_eui, gateway, RX2_FREQUENCY_HZ, self.rx2_dr, airtime, now, True)
+                self._pop_sent(
+                    dev_eui, gateway, RX2_FREQUENCY_HZ, self.rx2_dr, airtime, start, True
+                )
             )
         return out
+
+    def _slot(self, gateway: str, frequency: int, now: float, airtime: float) -> float | None:
+        """When this gateway can start the frame (after its queued ones, within the
+        look-ahead, within its duty cycle); None if not now."""
+        start = max(now, self._busy_until.get(gateway, now))
+        if start > now + LOOKAHEAD_S or not self.book.fits(gateway, frequency, start, airtime):
+            return None
+        return start
+
+    def _transmit(self, gateway: str, frequency: int, start: float, airtime: float) -> None:
+        self.book.record(gateway, frequency, start, airtime)
+        self._busy_until[gateway] = start + airtime
 
     # --- multicast -----------------------------------------------------------------------
 
@@ -249,14 +291,24 @@ class DownlinkScheduler:
         for mc in self._multicasts:
             airtime = downlink_airtime_s(len(mc.data), mc.dr)
             for gateway in list(mc.by_gateway):
-                if not self.book.fits(gateway, mc.frequency_hz, now, airtime):
+                start = self._slot(gateway, mc.frequency_hz, now, airtime)
+                if start is None:
                     continue
-                self.book.record(gateway, mc.frequency_hz, now, airtime)
+                self._transmit(gateway, mc.frequency_hz, start, airtime)
                 receivers = mc.by_gateway.pop(gateway)
                 self.stats.sent_multicast += 1
                 out.append(
                     MulticastSent(
-                        mc.group_id, mc.f_cnt, mc.f_port, mc.data, gateway, airtime, now, receivers
+                        mc.group_id,
+                        mc.f_cnt,
+                        mc.f_port,
+                        mc.data,
+                        gateway,
+                        mc.frequency_hz,
+                        mc.dr,
+                        airtime,
+                        start,
+                        receivers,
                     )
                 )
         self._multicasts = [mc for mc in self._multicasts if mc.by_gateway]
@@ -267,10 +319,25 @@ class DownlinkScheduler:
     def poll(self, now: float) -> list[Event]:
         """Send what waited for airtime and now fits; call it as simulated time passes."""
         out = self._run_multicasts(now) if self._multicasts else []
+        due: list[str] = []
         while self._waiting and self._waiting[0][0] <= now:
-            _, _, dev_eui = heapq.heappop(self._waiting)
+            due.append(heapq.heappop(self._waiting)[2])
+        # Each device once per poll: one deferred again waits for a later poll. Once every
+        # gateway of a device has no room left in this poll, it waits again at once: with
+        # thousands queued, most of them are in that case.
+        full: set[str] = set()
+        for dev_eui in due:
+            link = self._link(dev_eui)
+            if link.gateways and full.issuperset(link.gateways):
+                retry = min(self._busy_until.get(g, now) for g in link.gateways) - LOOKAHEAD_S
+                self._order += 1
+                heapq.heappush(self._waiting, (max(retry, now + 1e-3), self._order, dev_eui))
+                continue
             self._waiting_set.discard(dev_eui)
-            out.extend(self._class_c(dev_eui, self._link(dev_eui), now))
+            events = self._class_c(dev_eui, link, now)
+            out.extend(events)
+            if dev_eui in self._waiting_set:  # deferred again: its gateways are full for now
+                full.update(link.gateways)
         return out
 
     def next_due(self, now: float) -> float | None:
@@ -281,7 +348,7 @@ class DownlinkScheduler:
             for gateway in mc.by_gateway:
                 fit = self.book.earliest_fit(gateway, mc.frequency_hz, now, airtime)
                 if fit is not None:
-                    due.append(fit)
+                    due.append(max(fit, self._busy_until.get(gateway, now) - LOOKAHEAD_S))
         return min(due) if due else None
 
     def queued(self, dev_eui: str | None = None) -> int:
@@ -301,8 +368,13 @@ class DownlinkScheduler:
         return link
 
     def _earliest(self, gateways: Iterable[str], now: float, airtime: float) -> float | None:
-        fits = [self.book.earliest_fit(g, RX2_FREQUENCY_HZ, now, airtime) for g in gateways]
-        known = [f for f in fits if f is not None]
+        """When one of these gateways may take the frame: its budget allows and its queue
+        of timed frames has room (None: the frame is longer than any whole budget)."""
+        known = []
+        for g in gateways:
+            fit = self.book.earliest_fit(g, RX2_FREQUENCY_HZ, now, airtime)
+            if fit is not None:
+                known.append(max(fit, self._busy_until.get(g, now) - LOOKAHEAD_S))
         return min(known) if known else None
 
     def _defer(self, frame: Frame, retry_at: float | None) -> list[Event]:

@@ -190,7 +190,7 @@ class NetworkServer:
         self._schedule = UplinkSchedule()
         radio = radio or RadioConfig()
         self._radio = DownlinkScheduler(
-            {d.device.dev_eui: _link(d) for d in self._devices},
+            {d.device.dev_eui: device_link(d) for d in self._devices},
             rx2_dr=radio.rx2_dr,
             book=AirtimeBook(window_s=radio.duty_cycle_window_s),
         )
@@ -626,7 +626,8 @@ class NetworkServer:
             )
 
 
-def _link(sim_device: SimDevice) -> DeviceLink:
+def device_link(sim_device: SimDevice) -> DeviceLink:
+    """How the network server reaches a device: its radio class, gateways best first, DR."""
     cls = radio_class(sim_device.device.asset_class)
     radio = sim_device.radio
     if radio is None or cls is RadioClass.IP:

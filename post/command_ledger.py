@@ -28,9 +28,11 @@ returned with `ignored=True` and the record unchanged (audit it as late).
 
 Multicast: a group command sent as one multicast is not acknowledged by anyone;
 its devices confirm it by reporting the commanded state (post/confirmation.py).
-It is sent once (a new leader sends it again under its epoch, same command_id),
-counts confirmations with `on_confirmed`, and at its deadline `settle` makes
-it PARTIAL naming the stragglers (EXPIRED if nobody confirmed).
+It is sent once (a new leader sends it again under its epoch, same command_id);
+halfway to its deadline a resend is due, which the caller makes a unicast to
+each device that has not confirmed yet (the stragglers); it counts
+confirmations with `on_confirmed`, and at its deadline `settle` makes it
+PARTIAL naming the stragglers (EXPIRED if nobody confirmed).
 
 Idempotency: finding an existing record by `idempotency_key` (and answering
 with it instead of calling `new_record`) is the caller's job, through the
@@ -187,7 +189,12 @@ def on_sent(record: CommandRecord, now: int, *, epoch: int | None = None) -> Com
     sent.last_sent_at_ms = now
     sent.next_retry_at_ms = min(now + backoff_ms(sent, sent.attempts), sent.deadline_ms)
     if sent.multicast:
-        sent.next_retry_at_ms = sent.deadline_ms  # no ack to wait for: confirmed by state
+        # No ack to wait for: confirmed by state. Halfway to the deadline, the stragglers
+        # get it again one by one (the caller's resend); after that, nothing until the end.
+        halfway = sent.created_at_ms + (sent.deadline_ms - sent.created_at_ms) // 2
+        sent.next_retry_at_ms = (
+            halfway if sent.attempts == 1 and now < halfway else sent.deadline_ms
+        )
     if epoch is not None:
         sent.command.epoch = epoch
     return sent

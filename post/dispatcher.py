@@ -302,15 +302,21 @@ class Dispatcher:
         return device.group if device is not None else ""
 
     async def _send(
-        self, record: control_state_pb2.CommandRecord
+        self, record: control_state_pb2.CommandRecord, *, stragglers_only: bool = False
     ) -> control_state_pb2.CommandRecord:
         now = self._wall_ms()
         sent = command_ledger.on_sent(record, now, epoch=self._epoch())
-        frames = (
-            [multicast(sent.command, self._registry)]
-            if sent.multicast
-            else downlinks(sent.command, self._registry)
-        )
+        if stragglers_only:
+            # A multicast's retry: one unicast to each device not yet confirmed (the gate
+            # paces them within the duty cycle, or refuses those with no airtime in time).
+            confirmed = self.confirmations.confirmed(sent.command.command_id)
+            frames = [
+                d for d in downlinks(sent.command, self._registry) if d.dev_eui not in confirmed
+            ]
+        elif sent.multicast:
+            frames = [multicast(sent.command, self._registry)]
+        else:
+            frames = downlinks(sent.command, self._registry)
         for downlink in frames:
             self._publish(downlink)
             self.stats.downlinks_sent += 1
@@ -327,8 +333,10 @@ class Dispatcher:
                     continue
                 self.stats.acks += 1
                 record = self._pending.get(ack.queue_item_id)
-                if record is None:
-                    continue  # not ours, or already finished
+                if record is None or record.multicast:
+                    # Not ours, already finished, or a multicast's straggler retry: those
+                    # are confirmed by the state the devices report, not by acks.
+                    continue
                 seen = self._acked_by.setdefault(ack.queue_item_id, set())
                 if ack.acknowledged and ack.device.dev_eui in seen:
                     continue  # a device acks each resend; count it once
@@ -389,7 +397,9 @@ class Dispatcher:
                     record = await self._count_confirmations(record, now)
                 action = command_ledger.decide(record, now)
                 if action is command_ledger.Action.RESEND:
-                    await self._send(record)
+                    await self._send(
+                        record, stragglers_only=record.multicast and record.attempts > 0
+                    )
                 elif action is command_ledger.Action.EXPIRE and record.multicast:
                     await self._settle_multicast(record, now)
                 elif action is command_ledger.Action.EXPIRE:

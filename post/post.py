@@ -45,6 +45,7 @@ from failover.election import Role
 from failover.roles import SOLE_EPOCH, Leadership, SoleLeadership
 from post.actor_feed import ActorFeed
 from post.dispatcher import Dispatcher
+from post.radio_view import RadioView
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,7 @@ class Post:
             observability=observability,
             acks=_Acks(self),
         )
+        self.radio = RadioView(config, name)
         self.intensity = RestartIntensity(
             max_restarts=config.post.max_restarts, window_s=config.post.restart_window_s
         )
@@ -166,6 +168,7 @@ class Post:
         await self._load_state()
         await asyncio.to_thread(self.feed.start)
         await asyncio.to_thread(self.edge.start)
+        await asyncio.to_thread(self.radio.start)
         self._tasks = [
             asyncio.create_task(self._follow_state(), name="follow-state"),
             asyncio.create_task(self._follow_role(), name="follow-role"),
@@ -182,6 +185,7 @@ class Post:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await asyncio.to_thread(self.radio.stop)
         await asyncio.to_thread(self.edge.stop)
         # What the edge accepted is applied (bounded), then the pump stops.
         await asyncio.to_thread(self.feed.stop)

@@ -186,14 +186,27 @@ async def test_city_to_actors_command_to_devices_and_an_actor_crash_loses_nothin
 
     # The admin API tells the same story.
     port = free_port()
+    # The gate counted the multicast's airtime and reports it (every few seconds).
+    radios = [city.get(d.dev_eui) for d in members]
+    serving = {sim.radio.gateway_id for sim in radios if sim is not None and sim.radio is not None}
+
+    def reported() -> set[str]:
+        report = the_post.radio.latest()
+        return {u.gateway_id for u in report.usage} if report is not None else set()
+
+    await _wait(lambda: serving <= reported(), 15, "the gate's airtime report")
     server, _ = await start_server([admin_service(the_post)], port=port)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            status_reply = await admin_pb2_grpc.PostAdminStub(channel).GetStatus(
-                admin_pb2.GetStatusRequest()
-            )
+            stub = admin_pb2_grpc.PostAdminStub(channel)
+            status_reply = await stub.GetStatus(admin_pb2.GetStatusRequest())
+            airtime = await stub.GetAirtime(admin_pb2.GetAirtimeRequest())
     finally:
         await server.stop(None)
+    assert airtime.known and airtime.window_s == 3600
+    used = {g.gateway_id: g.used_s for g in airtime.gateways}
+    # The policies' own profiles went to every lamp group too: at least this group's gateways.
+    assert serving <= set(used) and all(0 < u <= 360 for u in used.values())
     assert status_reply.healthy, status_reply.unhealthy_reason
     assert len(status_reply.actors) == len(city.registry.groups())
     by_name = {a.name: a for a in status_reply.actors}

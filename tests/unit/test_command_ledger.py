@@ -339,11 +339,15 @@ def _multicast_record(expected: int = 4) -> ledger.CommandRecord:
     return ledger.on_sent(record, 0)
 
 
-def test_a_multicast_waits_for_its_deadline_instead_of_resending() -> None:
+def test_a_multicast_is_resent_once_halfway_then_waits_for_its_deadline() -> None:
     sent = _multicast_record()
-    assert sent.next_retry_at_ms == sent.deadline_ms == 10_000
-    assert ledger.decide(sent, 9_999) is ledger.Action.WAIT
-    assert ledger.decide(sent, 10_000) is ledger.Action.EXPIRE
+    assert sent.next_retry_at_ms == 5_000  # halfway: the stragglers' turn
+    assert ledger.decide(sent, 4_999) is ledger.Action.WAIT
+    assert ledger.decide(sent, 5_000) is ledger.Action.RESEND
+    again = ledger.on_sent(sent, 5_000)
+    assert again.next_retry_at_ms == again.deadline_ms == 10_000
+    assert ledger.decide(again, 9_999) is ledger.Action.WAIT
+    assert ledger.decide(again, 10_000) is ledger.Action.EXPIRE
 
 
 def test_confirmations_grow_the_count_until_acked() -> None:

@@ -431,3 +431,27 @@ def test_a_multicast_tells_who_confirmed_and_names_the_stragglers() -> None:
     assert render.action_summary(record.command) == (
         "profile 4: 40% below -2°, 100% on presence for 120 s"
     )
+
+
+def test_airtime_per_gateway_against_its_budget() -> None:
+    airtime = admin_pb2.Airtime(
+        known=True,
+        as_of_ms=T0,
+        window_s=3600,
+        gateways=[
+            admin_pb2.GatewayAirtime(
+                gateway_id="0016c001f1000002", sub_band="P", used_s=36.0, budget_s=360
+            ),
+            admin_pb2.GatewayAirtime(
+                gateway_id="0016c001f1000001", sub_band="P", used_s=324.4, budget_s=360
+            ),
+        ],
+        held=2,
+        refused=1,
+    )
+    table = render.airtime_table(airtime)
+    assert [row[0] for row in table.rows] == ["0016c001f1000001", "0016c001f1000002"]
+    assert table.rows[0][2:] == ("324.4 s", "360 s", "90%")
+    assert "2 command(s) waiting" in table.footer and "1 refused" in table.footer
+    unknown = render.airtime_table(admin_pb2.Airtime())
+    assert unknown.rows == [] and "not reported" in unknown.footer

@@ -580,3 +580,29 @@ async def test_a_refusal_fails_a_one_device_command_at_once_with_its_reason() ->
     # A log about a finished or unknown command changes nothing.
     await h.dispatcher.on_acks([_log(command_id, "ERROR", "late"), _log("nope", "ERROR", "x")])
     assert (await h.record(command_id)).detail == failed.detail
+
+
+async def test_halfway_to_its_deadline_a_multicast_goes_again_by_unicast_to_the_stragglers() -> (
+    None
+):
+    h = lamp_harness()
+    record = await h.dispatcher.issue_command(profile_command(), issued_by=LAMP_ACTOR)
+    command_id = record.command.command_id
+    h.dispatcher.confirmations.submit([lamp_report(d.dev_eui, 7) for d in LAMPS[:2]])
+    h.clock.now += 14_000
+    await h.dispatcher.run_ledger()
+    assert len(h.sent) == 1  # not yet halfway
+    h.clock.now += 1_000
+    await h.dispatcher.run_ledger()
+    retried = [chirpstack.parse_downlink(payload) for _, payload in h.sent[1:]]
+    assert sorted(d.dev_eui for d in retried) == sorted(d.dev_eui for d in LAMPS[2:])
+    assert {d.id for d in retried} == {command_id}  # the same command: devices run it once
+    # Their acks do not count: only the state they report does.
+    await h.dispatcher.on_acks([h.ack(command_id, d.dev_eui) for d in LAMPS[2:]])
+    assert (await h.record(command_id)).status == command_pb2.SENT
+    h.dispatcher.confirmations.submit([lamp_report(d.dev_eui, 7) for d in LAMPS[2:]])
+    await h.dispatcher.run_ledger()
+    assert (await h.record(command_id)).status == command_pb2.ACKED
+    h.clock.now += 15_000
+    await h.dispatcher.run_ledger()
+    assert len(h.sent) == 3  # nothing more after the one retry

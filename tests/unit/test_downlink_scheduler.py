@@ -183,3 +183,24 @@ def test_a_multicast_over_the_payload_limit_is_refused() -> None:
 def test_an_unknown_device_is_an_error() -> None:
     with pytest.raises(InvalidArgumentError, match="no radio link"):
         scheduler().enqueue(frame("00000000000000ff"), T0)
+
+
+def test_a_gateway_sends_its_frames_one_after_the_other() -> None:
+    s = scheduler()
+    first, second = (s.enqueue(frame(LAMP, n), T0)[0] for n in (1, 2))
+    assert isinstance(first, Sent) and isinstance(second, Sent)
+    assert first.at == T0 and second.at == pytest.approx(T0 + first.airtime_s)
+    # Past the gateway's short queue of timed frames, a frame waits for the next poll.
+    many = [s.enqueue(frame(LAMP2, n), T0) for n in range(40)]
+    sent = [e for events in many for e in events if isinstance(e, Sent)]
+    assert sent and max(e.at for e in sent) <= T0 + 5.0 + sent[0].airtime_s
+    assert any(isinstance(e, Deferred) for events in many for e in events)
+    later = s.poll(T0 + 60)
+    assert any(isinstance(e, Sent) for e in later)
+
+
+def test_a_frame_longer_than_a_whole_budget_is_dropped_instead_of_waiting_forever() -> None:
+    s = scheduler(book=AirtimeBook(window_s=1.0))  # a 0.1 s budget: no frame fits
+    (dropped,) = s.enqueue(frame(LAMP), T0)
+    assert isinstance(dropped, Dropped) and DUTY_CYCLE_OVERFLOW in dropped.description
+    assert s.poll(T0 + 10) == [] and s.queued(LAMP) == 0

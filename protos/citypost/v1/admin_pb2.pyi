@@ -340,3 +340,88 @@ class ResignResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ResignResponse: _TypeAlias = ResignResponse  # noqa: Y015
+
+@_typing.final
+class GetAirtimeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAirtimeRequest: _TypeAlias = GetAirtimeRequest  # noqa: Y015
+
+@_typing.final
+class GatewayAirtime(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GATEWAY_ID_FIELD_NUMBER: _builtins.int
+    SUB_BAND_FIELD_NUMBER: _builtins.int
+    USED_S_FIELD_NUMBER: _builtins.int
+    BUDGET_S_FIELD_NUMBER: _builtins.int
+    gateway_id: _builtins.str
+    sub_band: _builtins.str
+    """the ETSI sub-band's name, e.g. "P" for 869.4-869.65 MHz (10 %)"""
+    used_s: _builtins.float
+    """airtime in the last window"""
+    budget_s: _builtins.float
+    """duty cycle x window"""
+    def __init__(
+        self,
+        *,
+        gateway_id: _builtins.str = ...,
+        sub_band: _builtins.str = ...,
+        used_s: _builtins.float = ...,
+        budget_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_s", b"budget_s", "gateway_id", b"gateway_id", "sub_band", b"sub_band", "used_s", b"used_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GatewayAirtime: _TypeAlias = GatewayAirtime  # noqa: Y015
+
+@_typing.final
+class Airtime(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KNOWN_FIELD_NUMBER: _builtins.int
+    AS_OF_MS_FIELD_NUMBER: _builtins.int
+    WINDOW_S_FIELD_NUMBER: _builtins.int
+    GATEWAYS_FIELD_NUMBER: _builtins.int
+    HELD_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
+    known: _builtins.bool
+    """false until the gate reported"""
+    as_of_ms: _builtins.int
+    """when the gate counted it (wall clock)"""
+    window_s: _builtins.float
+    held: _builtins.int
+    """downlinks waiting for a gateway's duty cycle"""
+    refused: _builtins.int
+    """refused at once since the gate started: no airtime in time"""
+    @_builtins.property
+    def gateways(self) -> _containers.RepeatedCompositeFieldContainer[Global___GatewayAirtime]: ...
+    def __init__(
+        self,
+        *,
+        known: _builtins.bool = ...,
+        as_of_ms: _builtins.int = ...,
+        window_s: _builtins.float = ...,
+        gateways: _abc.Iterable[Global___GatewayAirtime] | None = ...,
+        held: _builtins.int = ...,
+        refused: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of_ms", b"as_of_ms", "gateways", b"gateways", "held", b"held", "known", b"known", "refused", b"refused", "window_s", b"window_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Airtime: _TypeAlias = Airtime  # noqa: Y015

@@ -50,6 +50,11 @@ class PostAdminStub:
                 request_serializer=protos_dot_citypost_dot_v1_dot_admin__pb2.ResignRequest.SerializeToString,
                 response_deserializer=protos_dot_citypost_dot_v1_dot_admin__pb2.ResignResponse.FromString,
                 _registered_method=True)
+        self.GetAirtime = channel.unary_unary(
+                '/citypost.v1.PostAdmin/GetAirtime',
+                request_serializer=protos_dot_citypost_dot_v1_dot_admin__pb2.GetAirtimeRequest.SerializeToString,
+                response_deserializer=protos_dot_citypost_dot_v1_dot_admin__pb2.Airtime.FromString,
+                _registered_method=True)
 
 
 class PostAdminServicer:
@@ -81,6 +86,14 @@ class PostAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAirtime(self, request, context):
+        """The radio's airtime per gateway and sub-band over the last hour against its duty
+        cycle, as the downlink gate counts it (its latest report; `known` false before one).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PostAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -98,6 +111,11 @@ def add_PostAdminServicer_to_server(servicer, server):
                     servicer.Resign,
                     request_deserializer=protos_dot_citypost_dot_v1_dot_admin__pb2.ResignRequest.FromString,
                     response_serializer=protos_dot_citypost_dot_v1_dot_admin__pb2.ResignResponse.SerializeToString,
+            ),
+            'GetAirtime': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAirtime,
+                    request_deserializer=protos_dot_citypost_dot_v1_dot_admin__pb2.GetAirtimeRequest.FromString,
+                    response_serializer=protos_dot_citypost_dot_v1_dot_admin__pb2.Airtime.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -182,6 +200,33 @@ class PostAdmin:
             '/citypost.v1.PostAdmin/Resign',
             protos_dot_citypost_dot_v1_dot_admin__pb2.ResignRequest.SerializeToString,
             protos_dot_citypost_dot_v1_dot_admin__pb2.ResignResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAirtime(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/citypost.v1.PostAdmin/GetAirtime',
+            protos_dot_citypost_dot_v1_dot_admin__pb2.GetAirtimeRequest.SerializeToString,
+            protos_dot_citypost_dot_v1_dot_admin__pb2.Airtime.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,10 @@ class PostAdminStub:
     The same idempotency key sent again (a retry after a lost answer) returns
     the first answer and resigns no more.
     """
+    GetAirtime: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetAirtimeRequest, _admin_pb2.Airtime]
+    """The radio's airtime per gateway and sub-band over the last hour against its duty
+    cycle, as the downlink gate counts it (its latest report; `known` false before one).
+    """
 
 @_typing.type_check_only
 class PostAdminAsyncStub(PostAdminStub):
@@ -62,6 +66,10 @@ class PostAdminAsyncStub(PostAdminStub):
     (`citypost failover switchover`). FAILED_PRECONDITION if it does not lead.
     The same idempotency key sent again (a retry after a lost answer) returns
     the first answer and resigns no more.
+    """
+    GetAirtime: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetAirtimeRequest, _admin_pb2.Airtime]  # type: ignore[assignment]
+    """The radio's airtime per gateway and sub-band over the last hour against its duty
+    cycle, as the downlink gate counts it (its latest report; `known` false before one).
     """
 
 class PostAdminServicer(metaclass=_abc_1.ABCMeta):
@@ -95,6 +103,16 @@ class PostAdminServicer(metaclass=_abc_1.ABCMeta):
         (`citypost failover switchover`). FAILED_PRECONDITION if it does not lead.
         The same idempotency key sent again (a retry after a lost answer) returns
         the first answer and resigns no more.
+        """
+
+    @_abc_1.abstractmethod
+    def GetAirtime(
+        self,
+        request: _admin_pb2.GetAirtimeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.Airtime, _abc.Awaitable[_admin_pb2.Airtime]]:
+        """The radio's airtime per gateway and sub-band over the last hour against its duty
+        cycle, as the downlink gate counts it (its latest report; `known` false before one).
         """
 
 def add_PostAdminServicer_to_server(servicer: PostAdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
