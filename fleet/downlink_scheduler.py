@@ -46,6 +46,7 @@ PAYLOAD_SIZE = "DOWNLINK_PAYLOAD_SIZE"  # integration.LogCode
 GATEWAY = "DOWNLINK_GATEWAY"  # integration.LogCode: the gateway could not send it
 # How far ahead of now a gateway takes a frame to send after those it already has.
 LOOKAHEAD_S = 5.0
+AFTER_LEAVING_S = 1e-3
 
 
 class DeviceLink(NamedTuple):
@@ -146,6 +147,7 @@ class DownlinkScheduler:
         self._told: set[str] = set()  # queue ids already reported Deferred
         self._multicasts: list[_Multicast] = []
         self._busy_until: dict[str, float] = {}  # gateway -> when its last frame ends
+        self._turns: dict[str, float] = {}  # gateway -> when the frames waiting for it end
         self._order = 0
         self.stats = _Stats()
 
@@ -208,7 +210,7 @@ class DownlinkScheduler:
                 None,
             )
             if slot is None:
-                retry = self._earliest(link.gateways, now, airtime)
+                retry = self._reserve_turn(link.gateways, now, airtime)
                 if retry is None:  # longer than a whole budget: it can never go
                     out.append(
                         self._drop_head(
@@ -219,8 +221,7 @@ class DownlinkScheduler:
                         )
                     )
                     continue
-                self._order += 1
-                heapq.heappush(self._waiting, (retry, self._order, dev_eui))
+                self._wait(dev_eui, retry, now)
                 self._waiting_set.add(dev_eui)
                 out.extend(self._defer(frame, retry))
                 break
@@ -233,13 +234,21 @@ class DownlinkScheduler:
             )
         return out
 
+    def _wait(self, dev_eui: str, turn: float, now: float) -> None:
+        """Look at the device again a look-ahead before its turn (not before the next poll)."""
+        self._order += 1
+        heapq.heappush(self._waiting, (max(turn - LOOKAHEAD_S, now + 1e-3), self._order, dev_eui))
+
     def _slot(self, gateway: str, frequency: int, now: float, airtime: float) -> float | None:
-        """When this gateway can start the frame (after its queued ones, within the
-        look-ahead, within its duty cycle); None if not now."""
+        """When this gateway can start the frame (after its queued ones, within its duty
+        cycle), if that is within the look-ahead; None if not soon enough."""
         start = max(now, self._busy_until.get(gateway, now))
-        if start > now + LOOKAHEAD_S or not self.book.fits(gateway, frequency, start, airtime):
-            return None
-        return start
+        if start <= now + LOOKAHEAD_S and not self.book.fits(gateway, frequency, start, airtime):
+            fit = self.book.earliest_fit(gateway, frequency, start, airtime)
+            # A moment after the transmission that frees the budget has left: at the very
+            # instant (a sum of POSIX seconds, exact to ~1e-7 s) the hour could still hold it.
+            start = fit + AFTER_LEAVING_S if fit is not None else now + 2 * LOOKAHEAD_S
+        return start if start <= now + LOOKAHEAD_S else None
 
     def _transmit(self, gateway: str, frequency: int, start: float, airtime: float) -> None:
         self.book.record(gateway, frequency, start, airtime)
@@ -329,9 +338,10 @@ class DownlinkScheduler:
         for dev_eui in due:
             link = self._link(dev_eui)
             if link.gateways and full.issuperset(link.gateways):
-                retry = min(self._busy_until.get(g, now) for g in link.gateways) - LOOKAHEAD_S
-                self._order += 1
-                heapq.heappush(self._waiting, (max(retry, now + 1e-3), self._order, dev_eui))
+                queue = self._queues[dev_eui]
+                airtime = downlink_airtime_s(len(queue[0].data), self.rx2_dr)
+                retry = self._reserve_turn(link.gateways, now, airtime)
+                self._wait(dev_eui, retry if retry is not None else now + 1.0, now)
                 continue
             self._waiting_set.discard(dev_eui)
             events = self._class_c(dev_eui, link, now)
@@ -367,15 +377,23 @@ class DownlinkScheduler:
             raise InvalidArgumentError(f"no radio link for device {dev_eui}")
         return link
 
-    def _earliest(self, gateways: Iterable[str], now: float, airtime: float) -> float | None:
-        """When one of these gateways may take the frame: its budget allows and its queue
-        of timed frames has room (None: the frame is longer than any whole budget)."""
-        known = []
+    def _reserve_turn(self, gateways: Iterable[str], now: float, airtime: float) -> float | None:
+        """When to look at a waiting frame again: its turn on the gateway that frees first,
+        after the frames already waiting there (so thousands waiting are looked at a few
+        at a time, not all at every poll). None: longer than any whole budget."""
+        best: tuple[float, str] | None = None
         for g in gateways:
             fit = self.book.earliest_fit(g, RX2_FREQUENCY_HZ, now, airtime)
-            if fit is not None:
-                known.append(max(fit, self._busy_until.get(g, now) - LOOKAHEAD_S))
-        return min(known) if known else None
+            if fit is None:
+                continue
+            turn = max(fit, self._busy_until.get(g, now), self._turns.get(g, now))
+            if best is None or turn < best[0]:
+                best = (turn, g)
+        if best is None:
+            return None
+        turn, gateway = best
+        self._turns[gateway] = turn + airtime
+        return turn
 
     def _defer(self, frame: Frame, retry_at: float | None) -> list[Event]:
         if frame.queue_id in self._told:
