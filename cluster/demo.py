@@ -127,11 +127,22 @@ def run_demo(config: Config, *, duration_s: float | None = None) -> int:
                     if status is None:
                         live.update(Text(f"no post leads right now: {roles}"))
                         continue
+                    stats = gate.stats()
+                    radio = system.network_server.stats() if system.network_server else None
                     header = (
                         f"simulated time {clock.now():%Y-%m-%d %H:%M} (x{config.sim.speed:g}); "
-                        f"{roles}; gate forwarded {gate.stats().forwarded:,}, "
-                        f"dropped {gate.stats().dropped:,}"
+                        f"{roles}; gate forwarded {stats.forwarded:,} downlinks and "
+                        f"{stats.multicast_forwarded:,} multicasts, dropped {stats.dropped:,}, "
+                        f"{stats.held:,} waiting for airtime, "
+                        f"{stats.refused_for_airtime:,} refused for lack of it"
                     )
+                    if radio is not None:
+                        busiest = max((u.used_s / u.budget_s for u in radio.airtime), default=0.0)
+                        header += (
+                            f"; on air {radio.downlinks_sent:,} frames and "
+                            f"{radio.multicast_sent:,} multicast transmissions, busiest gateway "
+                            f"at {busiest:.0%} of its hourly budget"
+                        )
                     if system.restarts:
                         restarted = ", ".join(
                             f"{k} x{n}" for k, n in sorted(system.restarts.items())

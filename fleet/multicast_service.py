@@ -54,7 +54,8 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Iterator
+from concurrent import futures
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, NamedTuple
 
@@ -451,7 +452,7 @@ OnEnqueue = Callable[[MulticastGroupView, QueueItemView], None]
 
 
 class MulticastService(multicast_group_pb2_grpc.MulticastGroupServiceServicer):
-    """`api.MulticastGroupService` over a MulticastStore, for grpc.aio."""
+    """`api.MulticastGroupService` over a MulticastStore, for a (thread-pool) grpc server."""
 
     def __init__(
         self,
@@ -478,15 +479,15 @@ class MulticastService(multicast_group_pb2_grpc.MulticastGroupServiceServicer):
 
     # the RPCs
 
-    async def Create(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        async with self.rpc(context):
+    def Create(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with self.rpc(context):
             if not request.HasField("multicast_group"):
                 raise InvalidArgumentError("multicast_group is missing")
             view = self.store.create(group_settings(request.multicast_group))
         return multicast_group_pb2.CreateMulticastGroupResponse(id=view.id)
 
-    async def Get(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        async with self.rpc(context):
+    def Get(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with self.rpc(context):
             view = self.store.get(parse_uuid(request.id, "id"))
         return multicast_group_pb2.GetMulticastGroupResponse(
             multicast_group=_group_message(view),
@@ -494,8 +495,8 @@ class MulticastService(multicast_group_pb2_grpc.MulticastGroupServiceServicer):
             updated_at=_timestamp(view.updated_at),
         )
 
-    async def Update(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        async with self.rpc(context):
+    def Update(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with self.rpc(context):
             if not request.HasField("multicast_group"):
                 raise InvalidArgumentError("multicast_group is missing")
             group_id = parse_uuid(request.multicast_group.id, "multicast_group.id")
@@ -506,13 +507,13 @@ class MulticastService(multicast_group_pb2_grpc.MulticastGroupServiceServicer):
             self.store.update(group_id, settings)
         return empty_pb2.Empty()
 
-    async def Delete(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        async with self.rpc(context):
+    def Delete(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with self.rpc(context):
             self.store.delete(parse_uuid(request.id, "id"))
         return empty_pb2.Empty()
 
-    async def List(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        async with self.rpc(context):
+    def List(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with self.rpc(context):
             if request.tenant_id:  # checked, as ChirpStack does; there is one tenant here
                 parse_uuid(request.tenant_id, "tenant_id")
             page = self.store.list_groups(
@@ -542,8 +543,8 @@ class MulticastService(multicast_group_pb2_grpc.MulticastGroupServiceServicer):
             ],
         )
 
-    async def AddDevice(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        async with self.rpc(context):
+    def AddDevice(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with self.rpc(context):
             group_id = parse_uuid(request.multicast_group_id, "multicast_group_id")
             dev_eui = parse_eui(request.dev_eui, "dev_eui")
             self.store.get(group_id)  # a missing group first, as ChirpStack reports it
@@ -553,32 +554,32 @@ class MulticastService(multicast_group_pb2_grpc.MulticastGroupServiceServicer):
             self.store.add_device(group_id, dev_eui)
         return empty_pb2.Empty()
 
-    async def RemoveDevice(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        async with self.rpc(context):
+    def RemoveDevice(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with self.rpc(context):
             self.store.remove_device(
                 parse_uuid(request.multicast_group_id, "multicast_group_id"),
                 parse_eui(request.dev_eui, "dev_eui"),
             )
         return empty_pb2.Empty()
 
-    async def AddGateway(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        async with self.rpc(context):
+    def AddGateway(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with self.rpc(context):
             self.store.add_gateway(
                 parse_uuid(request.multicast_group_id, "multicast_group_id"),
                 parse_eui(request.gateway_id, "gateway_id"),
             )
         return empty_pb2.Empty()
 
-    async def RemoveGateway(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        async with self.rpc(context):
+    def RemoveGateway(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with self.rpc(context):
             self.store.remove_gateway(
                 parse_uuid(request.multicast_group_id, "multicast_group_id"),
                 parse_eui(request.gateway_id, "gateway_id"),
             )
         return empty_pb2.Empty()
 
-    async def Enqueue(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        async with self.rpc(context):
+    def Enqueue(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with self.rpc(context):
             if not request.HasField("queue_item"):
                 raise InvalidArgumentError("queue_item is missing")
             queued = request.queue_item
@@ -591,13 +592,13 @@ class MulticastService(multicast_group_pb2_grpc.MulticastGroupServiceServicer):
         self._announce(group, item)
         return multicast_group_pb2.EnqueueMulticastGroupQueueItemResponse(f_cnt=item.f_cnt)
 
-    async def FlushQueue(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        async with self.rpc(context):
+    def FlushQueue(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with self.rpc(context):
             self.store.flush(parse_uuid(request.multicast_group_id, "multicast_group_id"))
         return empty_pb2.Empty()
 
-    async def ListQueue(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        async with self.rpc(context):
+    def ListQueue(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with self.rpc(context):
             items = self.store.queue(parse_uuid(request.multicast_group_id, "multicast_group_id"))
         return multicast_group_pb2.ListMulticastGroupQueueResponse(
             items=[
@@ -614,31 +615,31 @@ class MulticastService(multicast_group_pb2_grpc.MulticastGroupServiceServicer):
 
     # plumbing
 
-    @contextlib.asynccontextmanager
-    async def rpc(self, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    @contextlib.contextmanager
+    def rpc(self, context: grpc.ServicerContext) -> Iterator[None]:
         """Check the token, then run the body; a CitypostError becomes its gRPC status."""
         if self._expected is not None:
-            await self._authenticate(context, self._expected)
+            self._authenticate(context, self._expected)
         try:
             yield
         except CitypostError as error:
             code = getattr(grpc.StatusCode, error.grpc_status, grpc.StatusCode.INTERNAL)
-            await context.abort(code, error.message)
+            context.abort(code, error.message)
 
     @staticmethod
-    async def _authenticate(context: grpc.aio.ServicerContext, expected: bytes) -> None:
+    def _authenticate(context: grpc.ServicerContext, expected: bytes) -> None:
         values = [v for k, v in context.invocation_metadata() or () if k == AUTHORIZATION_METADATA]
         if not values:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no authorization provided")
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "no authorization provided")
         given = values[0]
         given_bytes = given.encode() if isinstance(given, str) else bytes(given)
         if not given_bytes.startswith(b"Bearer "):
-            await context.abort(
+            context.abort(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "authorization metadata must be in format 'Bearer <TOKEN>'",
             )
         if not hmac.compare_digest(given_bytes, expected):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid API token")
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid API token")
 
     def _announce(self, group: MulticastGroupView, item: QueueItemView) -> None:
         if self._on_enqueue is None:
@@ -659,11 +660,11 @@ class MulticastMembersService(device_pb2_grpc.DeviceServiceServicer):
     def __init__(self, multicast: MulticastService) -> None:
         self._multicast = multicast
 
-    async def List(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        async with self._multicast.rpc(context):
+    def List(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with self._multicast.rpc(context):
             application_id = parse_uuid(request.application_id, "application_id")
             if not request.multicast_group_id:
-                await context.abort(
+                context.abort(
                     grpc.StatusCode.UNIMPLEMENTED,
                     "the simulated network server lists devices by multicast_group_id only",
                 )
@@ -687,24 +688,31 @@ class MulticastMembersService(device_pb2_grpc.DeviceServiceServicer):
 # --- serving ------------------------------------------------------------------------------
 
 
-async def serve(
+def serve(
     service: MulticastService, host: str = "127.0.0.1", port: int = 0
-) -> tuple[grpc.aio.Server, int]:
-    """Start a grpc.aio server with the multicast API (and the members listing, health)
-    on a loopback address; returns it and the bound port. Stop it with `server.stop`."""
+) -> tuple[grpc.Server, int]:
+    """Start a grpc server with the multicast API (and the members listing, health) on a
+    loopback address; returns it and the bound port. Stop it with `server.stop`.
+
+    A thread-pool server, not grpc.aio: the process that runs the simulated network
+    server also runs the downlink gate's grpc.aio clients on their own event loop, and
+    grpc.aio on two loops in one process reports the closed one's events at shutdown."""
     if not _is_loopback(host):
         raise ConfigError(f"host: the simulated network server binds loopback only, got {host!r}")
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="fleet-api"),
+        options=[("grpc.so_reuseport", 0)],
+    )
     multicast_group_pb2_grpc.add_MulticastGroupServiceServicer_to_server(service, server)
     device_pb2_grpc.add_DeviceServiceServicer_to_server(MulticastMembersService(service), server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise ConfigError(f"cannot bind the multicast API to {host}:{port}")
-    await server.start()
+    server.start()
     for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return server, bound
 
 

@@ -19,7 +19,6 @@ own application, without radio metadata, and take downlinks at once.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import random
@@ -31,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import grpc
 import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
@@ -207,8 +207,7 @@ class NetworkServer:
         self.multicast = MulticastService(
             known_device=self._index.__contains__, on_enqueue=self._on_multicast
         )
-        self._api_loop: asyncio.AbstractEventLoop | None = None
-        self._api_thread: threading.Thread | None = None
+        self._api_server: grpc.Server | None = None
         self.api_port: int | None = None
         self._session = MqttSession(
             client_id=client_id or f"citypost-fleet-{city_name}-{uuid.uuid4().hex[:8]}",
@@ -242,45 +241,17 @@ class NetworkServer:
         self._thread = threading.Thread(target=self._run, name="fleet-uplinks", daemon=True)
         self._thread.start()
 
-    def serve_api(self, host: str = "127.0.0.1", port: int = 0, timeout: float = 10.0) -> int:
-        """Serve ChirpStack's gRPC API (api.MulticastGroupService) from a thread of its own;
-        returns the port. Stopped by `stop`."""
-        started = threading.Event()
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._api_loop = loop
-            try:
-                server, bound = loop.run_until_complete(serve(self.multicast, host, port))
-            except BaseException as exc:  # reported to the caller below
-                failure.append(exc)
-                started.set()
-                loop.close()
-                return
-            self.api_port = bound
-            started.set()
-            try:
-                loop.run_forever()
-            finally:
-                loop.run_until_complete(server.stop(None))
-                loop.close()
-
-        self._api_thread = threading.Thread(target=run, name="fleet-api", daemon=True)
-        self._api_thread.start()
-        if not started.wait(timeout) or failure or self.api_port is None:
-            raise InfrastructureError(
-                f"the network server's API did not start on {host}:{port}: "
-                f"{failure[0] if failure else 'timed out'}"
-            )
+    def serve_api(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Serve ChirpStack's gRPC API (api.MulticastGroupService); returns the port.
+        Stopped by `stop`."""
+        self._api_server, self.api_port = serve(self.multicast, host, port)
         return self.api_port
 
     def stop(self) -> None:
         self._stop.set()
-        if self._api_loop is not None and self._api_thread is not None:
-            self._api_loop.call_soon_threadsafe(self._api_loop.stop)
-            self._api_thread.join(timeout=10)
-            self._api_loop = self._api_thread = None
+        if self._api_server is not None:
+            self._api_server.stop(None).wait(10)
+            self._api_server = None
         for thread in (self._thread, self._radio_thread):
             if thread is not None:
                 thread.join(timeout=10)

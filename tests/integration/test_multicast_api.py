@@ -71,11 +71,11 @@ async def network_server() -> AsyncIterator[NetworkServer]:
     service = MulticastService(
         known_device=KNOWN.__contains__, on_enqueue=radio.on_enqueue, api_token=TOKEN
     )
-    server, port = await serve(service)
+    server, port = serve(service)
     try:
         yield NetworkServer(service, f"127.0.0.1:{port}", radio)
     finally:
-        await server.stop(None)
+        server.stop(None).wait(5)
 
 
 @contextlib.asynccontextmanager
@@ -499,9 +499,9 @@ async def test_retries_reach_a_server_that_comes_back() -> None:
     async with MulticastClient(f"127.0.0.1:{port}", attempts=6, first_wait_s=0.1) as client:
         call = asyncio.ensure_future(client.queue(APP))
         await asyncio.sleep(0.3)  # the first attempts are refused
-        server, _ = await serve(MulticastService(), port=port)
+        server, _ = serve(MulticastService(), port=port)
         try:
             with pytest.raises(NotFoundError):  # an answer: the server was reached
                 await call
         finally:
-            await server.stop(None)
+            server.stop(None).wait(5)
