@@ -69,6 +69,10 @@ class Device:
     longitude: float
     transport: assets_pb2.Transport.ValueType
     application_id: str
+    # How often it reports, in the city's (simulated) seconds; 0: unknown. A command
+    # confirmed by what the device reports, or waiting for its uplink (class A), cannot
+    # be done sooner.
+    report_interval_s: float = 0.0
 
 
 class DeviceRegistry:

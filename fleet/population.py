@@ -379,6 +379,7 @@ class _Builder:
                     longitude=round(spec.point[1], 6),
                     transport=Transport.IP if ip else Transport.LORAWAN,
                     application_id=app,
+                    report_interval_s=spec.behaviour.interval_s,
                 )
                 radio = (
                     None if ip else radio_link(spec.point, _EXTRA_LOSS_DB.get(cls, 0.0), self.rng)

@@ -37,7 +37,7 @@ from actors.decisions import (
 from actors.incidents import tasks_for
 from bridges import chirpstack
 from bridges.downlinks import Downlink, downlinks, multicast, targets
-from bridges.registry import DeviceRegistry
+from bridges.registry import Device, DeviceRegistry, RadioClass, radio_class
 from citypost.errors import (
     CitypostError,
     FailedPreconditionError,
@@ -95,6 +95,7 @@ class Dispatcher:
         command_ttl_ms: int = 60_000,
         max_attempts: int = 3,
         confirmations: Confirmations | None = None,
+        report_wall_per_sim_s: float = 0.0,
     ) -> None:
         self._state = state
         self._registry = registry
@@ -116,6 +117,9 @@ class Dispatcher:
         self._incident_origins: set[str] = set()
         # Who reported the state of each open multicast: fed by the edge's telemetry.
         self.confirmations = confirmations or Confirmations(registry)
+        # Real seconds per simulated second of a device's reporting interval (the sim's
+        # interval factor over its speed): how long a device takes to report, here.
+        self._report_scale = report_wall_per_sim_s
         self.stats = DispatcherStats()
 
     # --- start ---------------------------------------------------------------------------
@@ -275,8 +279,13 @@ class Dispatcher:
             issued.ttl_ms = ttl_ms or self._ttl_ms
             if not issued.priority:
                 issued.priority = _priority(issued, from_policy)
-            expected = len(targets(issued, self._registry))
+            reached = targets(issued, self._registry)
+            expected = len(reached)
             by_multicast = goes_by_multicast(issued)
+            if by_multicast or _waits_for_uplinks(reached):
+                # Confirmed by what the devices report, or sent in a class A device's
+                # receive windows: no sooner than its reports come.
+                issued.ttl_ms = max(issued.ttl_ms, self._report_ttl_ms(reached))
             record = command_ledger.new_record(
                 issued,
                 issued.ttl_ms,
@@ -297,6 +306,12 @@ class Dispatcher:
             self.stats.commands_issued += 1
             return await self._send(record)
 
+    def _report_ttl_ms(self, devices: Sequence[Device]) -> int:
+        """Long enough for the slowest of `devices` to report twice (one report may be
+        lost, or sent just before it acted)."""
+        slowest = max((d.report_interval_s for d in devices), default=0.0)
+        return int(REPORTS_TO_WAIT * slowest * self._report_scale * 1000)
+
     def _group_of(self, dev_eui: str) -> str:
         device = self._registry.get(dev_eui)
         return device.group if device is not None else ""
@@ -307,12 +322,15 @@ class Dispatcher:
         now = self._wall_ms()
         sent = command_ledger.on_sent(record, now, epoch=self._epoch())
         if stragglers_only:
-            # A multicast's retry: one unicast to each device not yet confirmed (the gate
-            # paces them within the duty cycle, or refuses those with no airtime in time).
+            # A multicast's retry: one unicast to each device not yet confirmed, when they
+            # are few (the gate paces them within the duty cycle); when many did not
+            # confirm, the multicast again: one frame per gateway instead of thousands.
             confirmed = self.confirmations.confirmed(sent.command.command_id)
-            frames = [
+            stragglers = [
                 d for d in downlinks(sent.command, self._registry) if d.dev_eui not in confirmed
             ]
+            few = len(stragglers) <= MAX_STRAGGLER_UNICASTS
+            frames = stragglers if few else [multicast(sent.command, self._registry)]
         elif sent.multicast:
             frames = [multicast(sent.command, self._registry)]
         else:
@@ -913,6 +931,16 @@ def _incident_of(
         detail=decision.detail,
     )
     return incident, note
+
+
+REPORTS_TO_WAIT = 2
+# Above this many stragglers a multicast's retry is the multicast again, not unicasts:
+# 20 frames of ~0.35 s at DR3 are a few seconds of a gateway's 360 s an hour.
+MAX_STRAGGLER_UNICASTS = 20
+
+
+def _waits_for_uplinks(devices: Sequence[Device]) -> bool:
+    return any(radio_class(d.asset_class) is RadioClass.A for d in devices)
 
 
 def _priority(

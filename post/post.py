@@ -109,6 +109,7 @@ class Post:
             publish=self._publish,
             epoch=self.leadership.command_epoch,
             wall_ms=wall_ms,
+            report_wall_per_sim_s=config.sim.interval_factor / config.sim.speed,
         )
         self.feed = ActorFeed(pool, now_ms=clock.now_ms, deliver=self._deliver)
         self.edge = Edge(

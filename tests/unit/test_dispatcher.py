@@ -27,7 +27,7 @@ from failover.control_state import (
     idempotency_index_key,
     ledger_key,
 )
-from post.dispatcher import Dispatcher
+from post.dispatcher import MAX_STRAGGLER_UNICASTS, Dispatcher
 from protos.citypost.v1 import (
     assets_pb2,
     command_pb2,
@@ -606,3 +606,75 @@ async def test_halfway_to_its_deadline_a_multicast_goes_again_by_unicast_to_the_
     h.clock.now += 15_000
     await h.dispatcher.run_ledger()
     assert len(h.sent) == 3  # nothing more after the one retry
+
+
+async def test_a_command_confirmed_by_reports_lasts_at_least_two_of_the_slowest_reports() -> None:
+    slow = [
+        Device(
+            d.dev_eui,
+            d.name,
+            d.asset_class,
+            d.group,
+            d.commune,
+            d.latitude,
+            d.longitude,
+            d.transport,
+            d.application_id,
+            report_interval_s=900.0,
+        )
+        for d in LAMPS
+    ]
+    h = Harness(SIGNALS + slow)
+    h.dispatcher = Dispatcher(
+        state=h.state,
+        registry=DeviceRegistry(SIGNALS + slow),
+        publish=lambda d: h.sent.append((d.topic, d.payload)),
+        epoch=lambda: 5,
+        wall_ms=h.clock,
+        command_ttl_ms=30_000,
+        report_wall_per_sim_s=1 / 60,  # the city at x60: 900 s of its time is 15 s here
+    )
+    record = await h.dispatcher.issue_command(profile_command(), issued_by=LAMP_ACTOR)
+    assert record.command.ttl_ms == 30_000  # two reports (30 s) fit the TTL already
+    realtime = Dispatcher(
+        state=h.state,
+        registry=DeviceRegistry(SIGNALS + slow),
+        publish=lambda d: h.sent.append((d.topic, d.payload)),
+        epoch=lambda: 5,
+        wall_ms=h.clock,
+        command_ttl_ms=30_000,
+        report_wall_per_sim_s=1.0,  # the city in real time: a lamp reports every 15 min
+    )
+    record = await realtime.issue_command(profile_command(8), issued_by=LAMP_ACTOR)
+    assert record.command.ttl_ms == 1_800_000
+    assert record.deadline_ms - record.created_at_ms == 1_800_000
+    one = command_pb2.Command(
+        asset_class=AC.TRAFFIC_SIGNAL,
+        target=command_pb2.Target(dev_eui=SIGNALS[0].dev_eui),
+        set_signal_mode=command_pb2.SetSignalMode(phase=telemetry_pb2.FLASHING_AMBER),
+    )
+    assert (await realtime.issue_command(one, issued_by="op")).command.ttl_ms == 30_000
+
+
+async def test_when_many_did_not_confirm_the_retry_is_the_multicast_again() -> None:
+    many = [
+        Device(
+            f"{0xD000 + i:016x}",
+            f"lamp-{i}",
+            AC.STREET_LAMP,
+            "talant",
+            "Talant",
+            47.33,
+            5.0,
+            assets_pb2.LORAWAN,
+            LAMP_APP,
+        )
+        for i in range(MAX_STRAGGLER_UNICASTS + 5)
+    ]
+    h = Harness(SIGNALS + many)
+    record = await h.dispatcher.issue_command(profile_command(), issued_by=LAMP_ACTOR)
+    h.dispatcher.confirmations.submit([lamp_report(d.dev_eui, 7) for d in many[:4]])
+    h.clock.now += 15_000
+    await h.dispatcher.run_ledger()
+    assert [topic for topic, _ in h.sent] == [f"multicast/{LAMP_APP}/talant"] * 2
+    assert decode_command(h.sent[1][1]).command_id == record.command.command_id
