@@ -134,6 +134,7 @@ class PostAdminService(admin_pb2_grpc.PostAdminServicer):
             unhealthy_reason=health.reason,
             actors=actors,
             uplinks_by_class=edge.decoded_by_class,
+            uplinks_per_s=post.uplinks_per_s,
             dead_letters_by_reason=edge.dead_letters_by_reason,
             commands_pending=post.dispatcher.pending_commands(),
             started_at_ms=post.started_at_ms,

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 
 LEDGER_INTERVAL_S = 0.5
 SUPERVISION_INTERVAL_S = 1.0
+RATE_SAMPLES = 6  # the uplink rate is over the last five supervision ticks
 DELIVER_TIMEOUT_S = 30.0
 # A promoted post waits this long to have applied the old leader's writes; past it,
 # it reloads the whole control state instead.
@@ -124,6 +126,8 @@ class Post:
             max_restarts=config.post.max_restarts, window_s=config.post.restart_window_s
         )
         self.unhealthy_reason = ""
+        self.uplinks_per_s = 0.0
+        self._uplink_samples: deque[tuple[float, int]] = deque(maxlen=RATE_SAMPLES)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -280,6 +284,7 @@ class Post:
         await self.dispatcher.apply(actor_name(*key), list(commands))
 
     async def _supervise(self) -> None:
+        self._sample_uplink_rate()
         before = self.feed.stats().restarts
         await asyncio.to_thread(self.feed.check_health, SUPERVISION_INTERVAL_S)
         await asyncio.to_thread(self.feed.recover_down)
@@ -294,6 +299,15 @@ class Post:
                         f"{self.intensity.max_restarts} restarts in {self.intensity.window_s:g} s"
                     )
                     log.error("post %s is unhealthy: %s", self.name, self.unhealthy_reason)
+
+    def _sample_uplink_rate(self) -> None:
+        """Uplinks decoded per second over the last few supervision ticks."""
+        now = time.monotonic()
+        total = sum(self.edge.stats().decoded_by_class.values())
+        self._uplink_samples.append((now, total))
+        first_at, first_total = self._uplink_samples[0]
+        if now > first_at:
+            self.uplinks_per_s = (total - first_total) / (now - first_at)
 
     def health(self) -> Health:
         down = self.feed.stats().down

@@ -109,6 +109,7 @@ def _stand_in_post(registry: DeviceRegistry, dispatcher: Dispatcher) -> Any:
         epoch=EPOCH,
         commanding=lambda: True,
         started_at_ms=1_800_000_000_000,
+        uplinks_per_s=12.5,
         registry=registry,
         dispatcher=dispatcher,
         feed=SimpleNamespace(stats=lambda: feed),
@@ -507,6 +508,7 @@ async def test_status_of_the_post(
     status = _json(capsys.readouterr().out)
     assert status["post"] == "primary" and status["epoch"] == str(EPOCH)
     assert status["uplinksByClass"] == {"street_lamp": "40", "bollard": "7"}
+    assert status["uplinksPerS"] == 12.5
 
 
 def _usage_exit(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
