@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import IntEnum
@@ -37,7 +36,6 @@ from bridges.airtime import (
     sub_band_of,
 )
 from bridges.registry import RadioClass
-from citypost.errors import InvalidArgumentError
 
 
 class Priority(IntEnum):
@@ -68,7 +66,6 @@ class Route(NamedTuple):
 @dataclass(frozen=True, slots=True)
 class Request:
     key: int  # the gate's handle for the message (it acknowledges it when decided)
-    label: str  # for reasons: "command 1f2e... to 0016c0..."
     route: Route
     payload_bytes: int
     priority: Priority
@@ -111,7 +108,6 @@ class AirtimePlanner:
         self._held: list[_Held] = []
         self._order = itertools.count()
         self.refused = 0
-        self.held_total = 0
 
     def offer(self, request: Request, now: float) -> list[Decision]:
         """A new request: forwarded now, refused now, or held (no decision yet)."""
@@ -119,7 +115,6 @@ class AirtimePlanner:
         if decision is not None:
             return [decision]
         heapq.heappush(self._held, _Held(int(request.priority), next(self._order), request))
-        self.held_total += 1
         return []
 
     def due(self, now: float) -> list[Decision]:
@@ -139,9 +134,6 @@ class AirtimePlanner:
 
     def held(self) -> int:
         return len(self._held)
-
-    def held_requests(self) -> list[Request]:
-        return [h.request for h in sorted(self._held)]
 
     def next_due(self, now: float) -> float | None:
         """When a held request may be decided (its gateway frees, or its deadline)."""
@@ -213,13 +205,3 @@ class AirtimePlanner:
     def _refuse(self, request: Request, reason: str) -> Refuse:
         self.refused += 1
         return Refuse(request, reason)
-
-
-def routes(links: Iterable[tuple[str, RadioClass, tuple[str, ...]]]) -> dict[str, Route]:
-    """devEui -> Route, from (devEui, class, gateways best first)."""
-    out: dict[str, Route] = {}
-    for dev_eui, radio_class, gateways in links:
-        if radio_class is not RadioClass.IP and not gateways:
-            raise InvalidArgumentError(f"device {dev_eui}: a LoRaWAN device needs a gateway")
-        out[dev_eui] = Route(radio_class, gateways)
-    return out

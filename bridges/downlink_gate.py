@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -169,6 +169,15 @@ class _Pending:
     forward: bool  # False: a dead letter
 
 
+class _Parsed(NamedTuple):
+    """What the gate reads of a message, once."""
+
+    target: str  # the network server's topic, or a multicast topic
+    header: FrameHeader
+    dev_eui: str  # "" for a multicast
+    frame_bytes: int  # the command frame's length (what goes on air)
+
+
 @dataclass(frozen=True, slots=True)
 class _Planned:
     """A fenced downlink the airtime plan is deciding on (its message not yet acknowledged)."""
@@ -260,7 +269,7 @@ class DownlinkGate:
             self._reject(error, "(topic is not valid UTF-8)", payload, generation, message)
             return
         try:
-            target, header = self._parse(topic, payload)
+            parsed = self._parse(topic, payload)
         except DecodeError as error:
             self._reject(error, topic, payload, generation, message)
             return
@@ -270,12 +279,12 @@ class DownlinkGate:
             self._reject(internal, topic, payload, generation, message)
             return
         try:
-            self._fence(target, payload, header, generation, message)
+            self._fence(parsed, payload, generation, message)
         except Exception:  # a bug: left unacknowledged, the broker re-delivers it on reconnect
             log.exception("gate: unexpected error fencing a downlink on %s", topic)
 
-    def _parse(self, topic: str, payload: bytes) -> tuple[str, FrameHeader]:
-        """The network server's topic and the frame header; DecodeError if malformed."""
+    def _parse(self, topic: str, payload: bytes) -> _Parsed:
+        """The network server's topic, the frame header and more; DecodeError if malformed."""
         if len(payload) > self._max_bytes:
             raise DecodeError(
                 DeadLetterReason.OVERSIZED,
@@ -289,7 +298,7 @@ class DownlinkGate:
                 parse_multicast_topic(target)
             except InvalidArgumentError as exc:
                 raise DecodeError(DeadLetterReason.BAD_TOPIC, exc.message) from exc
-            return target, read_frame_header(payload)
+            return _Parsed(target, read_frame_header(payload), "", len(payload))
         parsed = chirpstack.parse_topic(target)
         if parsed.kind != chirpstack.KIND_DOWN:
             raise DecodeError(DeadLetterReason.BAD_TOPIC, f"not a command/down topic: {topic!r}")
@@ -310,16 +319,12 @@ class DownlinkGate:
                 DeadLetterReason.BAD_ENVELOPE,
                 f"downlink id {downlink.id} is not the frame's command_id {header.command_id}",
             )
-        return target, header
+        return _Parsed(target, header, downlink.dev_eui, len(downlink.data))
 
     def _fence(
-        self,
-        target: str,
-        payload: bytes,
-        header: FrameHeader,
-        generation: int,
-        message: mqtt.MQTTMessage,
+        self, parsed: _Parsed, payload: bytes, generation: int, message: mqtt.MQTTMessage
     ) -> None:
+        target, header = parsed.target, parsed.header
         with self._fence_lock:
             verdict = self._book.decide(header.epoch)
             if verdict is Verdict.DROP_STALE:
@@ -353,7 +358,7 @@ class DownlinkGate:
                 self._enqueue_multicast(target, payload, generation, message)
                 return
             if self._planner is not None:
-                self._plan(target, payload, header, generation, message)
+                self._plan(parsed, payload, generation, message)
                 return
             self._publish(target, payload, _Pending(generation, message.mid, message.qos, True))
             self._book.count_forwarded()
@@ -361,15 +366,10 @@ class DownlinkGate:
     # --- the airtime plan (under the fence lock) ------------------------------------------
 
     def _plan(
-        self,
-        target: str,
-        payload: bytes,
-        header: FrameHeader,
-        generation: int,
-        message: mqtt.MQTTMessage,
+        self, parsed: _Parsed, payload: bytes, generation: int, message: mqtt.MQTTMessage
     ) -> None:
         assert self._planner is not None and self._clock is not None
-        dev_eui = chirpstack.parse_topic(target).dev_eui
+        target, header, dev_eui = parsed.target, parsed.header, parsed.dev_eui
         route = self._routes.get(dev_eui)
         if route is None:
             error = DecodeError(DeadLetterReason.UNKNOWN_DEVICE, f"no radio route to {dev_eui}")
@@ -383,16 +383,7 @@ class DownlinkGate:
             deadline = now + self._clock.speed * (deadline_ms - self._now_ms()) / 1000
         self._plan_keys += 1
         key = self._plan_keys
-        frame_bytes = len(chirpstack.parse_downlink(payload).data)
-        request = Request(
-            key,
-            f"command {header.command_id} to {dev_eui}",
-            route,
-            frame_bytes,
-            priority,
-            deadline,
-            now,
-        )
+        request = Request(key, route, parsed.frame_bytes, priority, deadline, now)
         self._planned[key] = _Planned(
             target, payload, header, generation, message.mid, message.qos, dev_eui
         )
@@ -425,9 +416,8 @@ class DownlinkGate:
             return
         now = self._clock.now_ts()
         self._plan_keys += 1
-        label = f"multicast to {group}"
         request = Request(
-            self._plan_keys, label, route, len(frame), Priority.POLICY, None, now, True
+            self._plan_keys, route, len(frame), Priority.POLICY, None, now, multicast=True
         )
         self._planner.offer(request, now)
 

@@ -41,16 +41,20 @@ SYNC_TIMEOUT_S = 120.0  # bringing every group in step at start (thousands of me
 log = logging.getLogger(__name__)
 
 
-def multicast_groups(registry: DeviceRegistry, dr: int) -> dict[str, GroupSpec]:
-    """The network server's multicast groups the city needs: one per group of every
-    class C asset class, on RX2's frequency at the class C data rate."""
-    wanted: dict[str, GroupSpec] = {}
+def multicast_groups(
+    registry: DeviceRegistry, dr: int
+) -> dict[tuple[str, str], tuple[str, GroupSpec]]:
+    """The network server's multicast groups the city needs, by (application id, group):
+    their name and spec, one per group of every class C asset class, on RX2's frequency
+    at the class C data rate."""
+    wanted: dict[tuple[str, str], tuple[str, GroupSpec]] = {}
     for (asset_class, group), members in sorted(registry.groups().items()):
         if radio_class(asset_class) is not RadioClass.C:
             continue
         name = multicast_group_name(class_name(asset_class), group)
+        app = members[0].application_id
         euis = frozenset(d.dev_eui for d in members)
-        wanted[name] = GroupSpec(members[0].application_id, euis, dr, RX2_FREQUENCY_HZ)
+        wanted[app, group] = (name, GroupSpec(app, euis, dr, RX2_FREQUENCY_HZ))
     return wanted
 
 
@@ -144,11 +148,8 @@ class GateRunner:
     async def _sync_groups(self) -> None:
         assert self._multicast is not None
         wanted = multicast_groups(self._registry, self._radio.rx2_dr)
-        ids = await self._multicast.sync_groups(wanted)
-        self._group_ids = {
-            (spec.application_id, name.rsplit("/", 1)[1]): ids[name]
-            for name, spec in wanted.items()
-        }
+        ids = await self._multicast.sync_groups(dict(wanted.values()))
+        self._group_ids = {key: ids[name] for key, (name, _) in wanted.items()}
         log.info("gate: %d multicast group(s) in step with the registry", len(ids))
 
     def enqueue(self, application_id: str, group: str, frame: bytes) -> None:

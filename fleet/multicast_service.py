@@ -70,6 +70,7 @@ from chirpstack_api.common import common_pb2
 from google.protobuf import empty_pb2, timestamp_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from bridges.airtime import max_app_payload
 from citypost.errors import CitypostError, ConfigError, InvalidArgumentError, NotFoundError
 
 log = logging.getLogger(__name__)
@@ -90,15 +91,6 @@ MAX_EU868_DR: Final = 7  # DR8..11 are LR-FHSS, uplink only
 EU868_BAND_HZ: Final = (863_000_000, 870_000_000)
 MAX_PING_SLOT_PERIODICITY: Final = 7
 UINT32_MAX: Final = 0xFFFF_FFFF
-
-
-def max_payload_eu868(dr: int) -> int:
-    """Largest application payload at an EU868 data rate (RP002: 51 / 115 / 242 B)."""
-    if dr <= 2:
-        return 51
-    if dr == 3:
-        return 115
-    return 242
 
 
 # --- what callers see ---------------------------------------------------------------------
@@ -405,7 +397,7 @@ class MulticastStore:
             )
         with self._lock:
             group = self._get(group_id)
-            limit = max_payload_eu868(group.view.dr)
+            limit = max_app_payload(group.view.dr)
             if len(data) > limit:
                 raise InvalidArgumentError(
                     f"data is {len(data)} bytes; DR{group.view.dr} of multicast group "

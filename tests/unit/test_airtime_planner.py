@@ -36,9 +36,7 @@ def request(
     radio_class: RadioClass = RadioClass.C,
     size: int = FRAME,
 ) -> Request:
-    return Request(
-        key, f"command {key}", Route(radio_class, gateways), size, priority, deadline, at
-    )
+    return Request(key, Route(radio_class, gateways), size, priority, deadline, at)
 
 
 def spend(book: AirtimeBook, gateway: str, share: float, at: float = T0) -> None:
@@ -123,7 +121,7 @@ def test_a_frame_too_large_for_rx2_is_refused() -> None:
 def test_a_multicast_is_forwarded_at_once_and_counted_on_every_serving_gateway() -> None:
     planner = AirtimePlanner(rx2_dr=3)
     multicast = Request(
-        1, "multicast", Route(RadioClass.C, (GW1, GW2)), FRAME, Priority.POLICY, None, T0, True
+        1, Route(RadioClass.C, (GW1, GW2)), FRAME, Priority.POLICY, None, T0, multicast=True
     )
     (decision,) = planner.offer(multicast, T0)
     assert isinstance(decision, Forward)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from bench import downlink
-from bench.downlink import RX2_BUDGET_S, Transmission, run, worst_hour
+from bench.downlink import RX2_BUDGET_S, Transmission, overlapping, run, worst_hour
 from bridges.airtime import DEFAULT_CHANNELS_HZ, RX2_FREQUENCY_HZ
 
 pytestmark = pytest.mark.unit
@@ -45,7 +45,6 @@ SCENARIO_KEYS = {
     "transmissions",
     "airtime_s",
     "operator_commands",
-    "one_transmitter",
     "still_queued",
     "multicasts_pending",
     "simulated_s",
@@ -54,7 +53,6 @@ SCENARIO_KEYS = {
 }
 HEADLINE_KEYS = {
     "time_to_100_pct",
-    "time_to_100_pct_one_transmitter",
     "lower_bound",
     "airtime",
     "profile_airtime",
@@ -134,12 +132,16 @@ def test_a_short_horizon_leaves_commands_waiting() -> None:
     assert ops["waiting_at_horizon"] == 7
 
 
-def test_one_transmitter_is_never_earlier(small: dict[str, Any]) -> None:
-    for scenario in ("multicast", "unicast"):
-        result = small[scenario]
-        alone = result["one_transmitter"]
-        assert alone["time_to_100_pct_s"] >= result["time_to_100_pct_s"]
-        assert alone["operator_latency_s"]["max"] >= result["operator_commands"]["latency_s"]["max"]
+def test_the_overlap_check_finds_a_gateway_sending_two_frames_at_once() -> None:
+    gw = "0016c001f1000001"
+    one_after_the_other = [
+        Transmission(gw, 0.0, 0.5, RX2_FREQUENCY_HZ, (), -1),
+        Transmission(gw, 0.5, 0.5, RX2_FREQUENCY_HZ, (), -1),
+        Transmission("0016c001f1000002", 0.2, 0.5, RX2_FREQUENCY_HZ, (), -1),
+    ]
+    assert overlapping(one_after_the_other) is None
+    at_once = [*one_after_the_other, Transmission(gw, 0.9, 0.5, RX2_FREQUENCY_HZ, (), -1)]
+    assert overlapping(at_once) == (gw, 0.9)
 
 
 def test_the_json_has_the_documented_keys(small: dict[str, Any]) -> None:

@@ -19,11 +19,12 @@ def test_one_group_per_class_c_group_with_exactly_its_members() -> None:
     class_c = {k: v for k, v in registry.groups().items() if radio_class(k[0]) is RadioClass.C}
     assert len(wanted) == len(class_c) > 0
     for (asset_class, group), members in class_c.items():
-        spec = wanted[f"citypost/{class_name(asset_class)}/{group}"]
+        name, spec = wanted[members[0].application_id, group]
+        assert name == f"citypost/{class_name(asset_class)}/{group}"
         assert spec.dev_euis == {d.dev_eui for d in members}
         assert (spec.dr, spec.frequency_hz) == (3, RX2_FREQUENCY_HZ)
         assert spec.application_id == members[0].application_id
-    assert not any("water_meter" in name or "traffic_signal" in name for name in wanted)
+    assert not any("water_meter" in n or "traffic_signal" in n for n, _ in wanted.values())
 
 
 def test_the_plan_routes_each_device_as_the_network_server_reaches_it() -> None:

@@ -9,6 +9,7 @@ import pytest
 from chirpstack_api.api import multicast_group_pb2
 from chirpstack_api.common import common_pb2
 
+from bridges.airtime import max_app_payload
 from bridges.multicast_client import GroupSpec, _checked_spec, multicast_group_name
 from citypost.errors import CitypostError, InvalidArgumentError, NotFoundError
 from fleet.multicast_service import (
@@ -18,7 +19,6 @@ from fleet.multicast_service import (
     MulticastService,
     MulticastStore,
     group_settings,
-    max_payload_eu868,
     parse_eui,
     parse_uuid,
 )
@@ -118,7 +118,7 @@ def test_ids_and_euis_are_checked_and_canonical() -> None:
 
 
 def test_eu868_payload_sizes() -> None:
-    assert [max_payload_eu868(dr) for dr in range(8)] == [51, 51, 51, 115, 242, 242, 242, 242]
+    assert [max_app_payload(dr) for dr in range(8)] == [51, 51, 51, 115, 242, 242, 242, 242]
 
 
 # --- groups -------------------------------------------------------------------------------
