@@ -342,7 +342,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await rig.start_ray()
             await asyncio.to_thread(rig.spawn_actors, city.registry)
             wall_origin = time.time()
-            clock = SimClock(config.sim.start_or_now(), config.sim.speed)
+            clock = SimClock.of(config.sim)
             post = rig.make_post(config, city.registry, clock)
             await rig.start_post(post)
             watch = AckWatch(post)

@@ -452,6 +452,13 @@ class Usage(NamedTuple):
 
 
 BOOK_JSON_VERSION: Final = 1
+# How far ahead a network server schedules a gateway's transmissions (ChirpStack's class
+# C scheduler, and the simulated one, look a few seconds ahead; beyond it, the next
+# gateway is tried or the frame waits).
+LOOKAHEAD_S: Final = 5.0
+# A moment after the transmission that frees the budget has left: at the very instant
+# (a sum of POSIX seconds, exact to ~1e-7 s) the window could still hold it.
+AFTER_LEAVING_S: Final = 1e-3
 
 
 class AirtimeBook:
@@ -564,3 +571,21 @@ class AirtimeBook:
                 band.duty_cycle, entry.get("transmissions"), window_s
             )
         return book
+
+
+def gateway_slot(
+    book: AirtimeBook,
+    gateway: str,
+    frequency_hz: int,
+    now: float,
+    busy_until: float,
+    airtime_s: float,
+) -> float | None:
+    """When a gateway can start a frame of `airtime_s`: after the frames it has queued
+    (`busy_until`) and within its duty cycle, if that is within the look-ahead; None if
+    not soon enough. The one rule the network server sends by and the gate plans by."""
+    start = max(now, busy_until)
+    if start <= now + LOOKAHEAD_S and not book.fits(gateway, frequency_hz, start, airtime_s):
+        fit = book.earliest_fit(gateway, frequency_hz, start, airtime_s)
+        start = fit + AFTER_LEAVING_S if fit is not None else now + 2 * LOOKAHEAD_S
+    return start if start <= now + LOOKAHEAD_S else None

@@ -29,9 +29,11 @@ from enum import IntEnum
 from typing import NamedTuple
 
 from bridges.airtime import (
+    LOOKAHEAD_S,
     RX2_FREQUENCY_HZ,
     AirtimeBook,
     downlink_airtime_s,
+    gateway_slot,
     max_app_payload,
     sub_band_of,
 )
@@ -53,6 +55,16 @@ _RESERVE = {
     Priority.SAFETY: 0.0,
     Priority.OPERATOR: OPERATOR_RESERVE,
     Priority.POLICY: POLICY_RESERVE,
+}
+# A gateway has one transmitter, and the network server's queues know no priority: a
+# frame forwarded while a gateway has seconds of frames queued waits behind them, a
+# bollard's too. Only safety may be forwarded to a gateway busy for longer than this
+# (simulated seconds), so the queue a safety frame meets is never deeper.
+QUEUE_HORIZON_S = 1.0
+_HORIZON = {
+    Priority.SAFETY: LOOKAHEAD_S,
+    Priority.OPERATOR: QUEUE_HORIZON_S,
+    Priority.POLICY: QUEUE_HORIZON_S,
 }
 
 
@@ -106,14 +118,23 @@ class AirtimePlanner:
         self._rx2 = sub_band_of(RX2_FREQUENCY_HZ)
         self.book = book if book is not None else AirtimeBook()
         self._held: list[_Held] = []
+        self._busy: dict[str, float] = {}  # gateway -> when its queued frames end
+        # Airtime of the held requests, by the gateway each should go through and priority:
+        # a request waits behind those of its priority and above on its gateway.
+        self._held_load: dict[tuple[str, int], float] = {}
         self._order = itertools.count()
         self.refused = 0
 
     def offer(self, request: Request, now: float) -> list[Decision]:
         """A new request: forwarded now, refused now, or held (no decision yet)."""
-        decision = self._try(request, now)
+        ahead: dict[str, float] = {}
+        for (gateway, priority), load in self._held_load.items():
+            if priority <= request.priority:  # it waits behind these
+                ahead[gateway] = ahead.get(gateway, 0.0) + load
+        decision = self._try(request, now, ahead)
         if decision is not None:
             return [decision]
+        self._hold(request, now, ahead)
         heapq.heappush(self._held, _Held(int(request.priority), next(self._order), request))
         return []
 
@@ -121,11 +142,14 @@ class AirtimePlanner:
         """Decisions on held requests: call it as time passes; highest priority first."""
         out: list[Decision] = []
         kept: list[_Held] = []
+        ahead: dict[str, float] = {}  # airtime of the requests kept so far, by gateway
+        self._held_load.clear()
         while self._held:
             held = heapq.heappop(self._held)
-            decision = self._try(held.request, now)
+            decision = self._try(held.request, now, ahead)
             if decision is None:
                 kept.append(held)
+                self._hold(held.request, now, ahead)
             else:
                 out.append(decision)
         for held in kept:
@@ -140,16 +164,32 @@ class AirtimePlanner:
         times = []
         for held in self._held:
             request = held.request
-            fit = self._earliest(request, now)
+            fit = self._earliest(request, now, {})
             if fit is not None:
-                times.append(fit)
+                times.append(fit[0])
             if request.deadline is not None:
                 times.append(request.deadline)
         return min(times) if times else None
 
     # --- the rule ------------------------------------------------------------------------
 
-    def _try(self, request: Request, now: float) -> Decision | None:
+    def _hold(self, request: Request, now: float, ahead: dict[str, float]) -> None:
+        """Count a held request's airtime on the gateway it should go through, ahead of
+        those that come after it (`ahead` grows too)."""
+        fit = self._earliest(request, now, ahead)
+        gateway = fit[1] if fit is not None else request.route.gateways[0]
+        airtime = self._airtime(request)
+        ahead[gateway] = ahead.get(gateway, 0.0) + airtime
+        key = (gateway, int(request.priority))
+        self._held_load[key] = self._held_load.get(key, 0.0) + airtime
+
+    def _airtime(self, request: Request) -> float:
+        size = min(request.payload_bytes, max_app_payload(self.rx2_dr))
+        return downlink_airtime_s(size, self.rx2_dr)
+
+    def _try(
+        self, request: Request, now: float, ahead: dict[str, float] | None = None
+    ) -> Decision | None:
         route = request.route
         if route.radio_class is RadioClass.IP:
             return Forward(request, "", 0.0)
@@ -162,18 +202,39 @@ class AirtimePlanner:
         if not route.gateways:
             return self._refuse(request, "no gateway hears the device")
         airtime = downlink_airtime_s(request.payload_bytes, self.rx2_dr)
-        if request.multicast or route.radio_class is RadioClass.A:
-            # The network server sends each part when it can: count it where it will go.
-            targets = route.gateways if request.multicast else route.gateways[:1]
-            for gateway in targets:
-                if self.book.fits(gateway, RX2_FREQUENCY_HZ, now, airtime):
-                    self.book.record(gateway, RX2_FREQUENCY_HZ, now, airtime)
-            return Forward(request, "" if request.multicast else targets[0], airtime)
-        for gateway in route.gateways:
-            if self._fits(gateway, now, airtime, request.priority):
+        if request.multicast:
+            # One frame per serving gateway, each sent when its gateway can: count it there.
+            for gateway in route.gateways:
+                start = max(now, self._busy.get(gateway, now))
+                fit = self.book.earliest_fit(gateway, RX2_FREQUENCY_HZ, start, airtime)
+                if fit is not None:
+                    self._transmit(gateway, fit, airtime)
+            return Forward(request, "", airtime)
+        if route.radio_class is RadioClass.A:
+            # Sent in a receive window after the device's next uplink: when is unknown.
+            gateway = route.gateways[0]
+            if self.book.fits(gateway, RX2_FREQUENCY_HZ, now, airtime):
                 self.book.record(gateway, RX2_FREQUENCY_HZ, now, airtime)
+            return Forward(request, gateway, airtime)
+        # The network server sends a class C frame on the first of the device's gateways
+        # with a slot (gateway_slot, its rule). Predict that gateway, and forward only if
+        # the frame leaves that gateway's reserve for higher priorities and queues there no
+        # deeper than its priority may.
+        for gateway in route.gateways:
+            busy = self._busy.get(gateway, now)
+            slot = gateway_slot(self.book, gateway, RX2_FREQUENCY_HZ, now, busy, airtime)
+            if slot is None:
+                continue
+            if slot <= now + _HORIZON[request.priority] and self._fits(
+                gateway, slot, airtime, request.priority
+            ):
+                self._transmit(gateway, slot, airtime)
                 return Forward(request, gateway, airtime)
-        earliest = self._earliest(request, now)
+            break
+        # It waits behind what is held ahead of it: refused now if that alone ends past
+        # its deadline, not when the others have taken the airtime.
+        soonest = self._earliest(request, now, ahead or {})
+        earliest = soonest[0] if soonest is not None else None
         if request.deadline is not None and (earliest is None or earliest > request.deadline):
             when = "not within an hour" if earliest is None else f"not before {_clock(earliest)}"
             return self._refuse(
@@ -185,19 +246,32 @@ class AirtimePlanner:
             )
         return None
 
+    def _transmit(self, gateway: str, start: float, airtime: float) -> None:
+        self.book.record(gateway, RX2_FREQUENCY_HZ, start, airtime)
+        self._busy[gateway] = start + airtime
+
     def _fits(self, gateway: str, now: float, airtime: float, priority: Priority) -> bool:
         # Leaving the reserve unused is fitting a transmission larger by the reserve.
         return self.book.fits(gateway, RX2_FREQUENCY_HZ, now, airtime + self._reserve_s(priority))
 
-    def _earliest(self, request: Request, now: float) -> float | None:
-        size = min(request.payload_bytes, max_app_payload(self.rx2_dr))
-        wanted = downlink_airtime_s(size, self.rx2_dr) + self._reserve_s(request.priority)
-        fits = [
-            self.book.earliest_fit(gateway, RX2_FREQUENCY_HZ, now, wanted)
-            for gateway in request.route.gateways
-        ]
-        known = [f for f in fits if f is not None]
-        return min(known) if known else None
+    def _earliest(
+        self, request: Request, now: float, ahead: dict[str, float]
+    ) -> tuple[float, str] | None:
+        """When, and through which gateway, the request could go at the earliest once the
+        airtime held `ahead` of it on each gateway has gone."""
+        wanted = self._airtime(request) + self._reserve_s(request.priority)
+        horizon = _HORIZON[request.priority]
+        best: tuple[float, str] | None = None
+        for gateway in request.route.gateways:
+            queued = ahead.get(gateway, 0.0)
+            fit = self.book.earliest_fit(gateway, RX2_FREQUENCY_HZ, now, wanted + queued)
+            if fit is None:
+                continue
+            # Not before the gateway's queue is short enough either.
+            at = max(fit, self._busy.get(gateway, now) - horizon)
+            if best is None or at < best[0]:
+                best = (at, gateway)
+        return best
 
     def _reserve_s(self, priority: Priority) -> float:
         return _RESERVE[priority] * self._rx2.duty_cycle * self.book.window_s

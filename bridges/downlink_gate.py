@@ -69,6 +69,9 @@ log = logging.getLogger(__name__)
 
 GATE_NAME = "downlink-gate"  # the `edge` field of the gate's dead letters
 PLAN_INTERVAL_S = 0.1  # real seconds between looks at held downlinks
+# A frame must go on air this long (real seconds) before its command's deadline for the
+# device's ack to reach the post in time: later, the post expires it anyway.
+ACK_MARGIN_S = 2.0
 # The plan's airtime book is written this often when it changed, and at stop: a gate that
 # crashes forgets at most these seconds of airtime (the network server still enforces it).
 BOOK_SAVE_INTERVAL_S = 5.0
@@ -237,6 +240,8 @@ class DownlinkGate:
         self._multicast_routes: Mapping[tuple[str, str], Route] = multicast_routes or {}
         self._clock = clock
         self._planned: dict[int, _Planned] = {}
+        # (devEui, command_id) -> the plan key of the copy held for airtime
+        self._held_copies: dict[tuple[str, str], int] = {}
         self._plan_keys = 0
         self._early: dict[int, ReasonCode] = {}  # PUBACKs that beat the mid's recording
         self._plan_stop = threading.Event()
@@ -375,26 +380,36 @@ class DownlinkGate:
             error = DecodeError(DeadLetterReason.UNKNOWN_DEVICE, f"no radio route to {dev_eui}")
             self._reject(error, target, payload, generation, message)
             return
+        planned = _Planned(target, payload, header, generation, message.mid, message.qos, dev_eui)
+        copy = self._held_copies.get((dev_eui, header.command_id))
+        if copy is not None:
+            # The post sent it again (a retry, or a new leader's replay) while a copy waits
+            # for airtime: one copy waits, the newest (its epoch is the fence's to judge).
+            older = self._planned[copy]
+            self._planned[copy] = planned
+            self._ack(older.generation, older.mid, older.qos)
+            return
         priority, deadline_ms = read_plan_properties(message)
         now = self._clock.now_ts()
         deadline = None
         if deadline_ms:
             # The deadline is on the wall clock; the radio's budgets on the city's.
-            deadline = now + self._clock.speed * (deadline_ms - self._now_ms()) / 1000
+            left_s = (deadline_ms - self._now_ms()) / 1000 - ACK_MARGIN_S
+            deadline = now + self._clock.speed * left_s
         self._plan_keys += 1
         key = self._plan_keys
         request = Request(key, route, parsed.frame_bytes, priority, deadline, now)
-        self._planned[key] = _Planned(
-            target, payload, header, generation, message.mid, message.qos, dev_eui
-        )
+        self._planned[key] = planned
         decisions = self._planner.offer(request, now)
         if not decisions:
+            self._held_copies[(dev_eui, header.command_id)] = key
             self._log(dev_eui, target, header, "WARNING", "waiting for a gateway's duty cycle")
         self._carry_out(decisions)
 
     def _carry_out(self, decisions: Sequence[Forward | Refuse]) -> None:
         for decision in decisions:
             planned = self._planned.pop(decision.request.key)
+            self._held_copies.pop((planned.dev_eui, planned.header.command_id), None)
             if isinstance(decision, Refuse):
                 self._log(planned.dev_eui, planned.target, planned.header, "ERROR", decision.reason)
                 self._ack(planned.generation, planned.mid, planned.qos)

@@ -27,6 +27,7 @@ class CommandStatus(StrEnum):
     EXPIRED = "EXPIRED"
     FAILED = "FAILED"
     PARTIAL = "PARTIAL"  # a group command some devices had not confirmed at its deadline
+    SUPERSEDED = "SUPERSEDED"  # a newer command set the same group's state first
     UNSPECIFIED = "COMMAND_STATUS_UNSPECIFIED"
 
     @property
@@ -36,6 +37,7 @@ class CommandStatus(StrEnum):
             CommandStatus.EXPIRED,
             CommandStatus.FAILED,
             CommandStatus.PARTIAL,
+            CommandStatus.SUPERSEDED,
         )
 
 

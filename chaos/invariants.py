@@ -163,7 +163,7 @@ def acknowledged_writes_present(
 def commands_settled(
     ledger: Sequence[LedgerEntry], now_ms: int, slack_ms: int = 0
 ) -> list[Violation]:
-    """Every command ends ACKED, EXPIRED, FAILED or PARTIAL by its deadline (issue + TTL) plus
+    """Every command ends ACKED, EXPIRED, FAILED, PARTIAL or SUPERSEDED by its deadline (issue + TTL) plus
     `slack_ms`; none is silently lost. A command still QUEUED or SENT is a violation
     only once `now_ms` (when the ledger was read) is past that; a finished one whose
     `finished_at_ms` is known must have finished by then; an unknown status always is."""

@@ -1,8 +1,9 @@
 """The simulated clock: a start instant and a speed factor over a monotonic clock.
 
-Posts and the simulated city share one (same start and speed from config), so
-dusk falls for both at once. Safety timeouts never use it: they stay on real
-monotonic time.
+Posts and the simulated city share one: the same start, speed and origin (the
+real instant the clock reads `start`) from config, so dusk falls for every
+process at once however late each started. Safety timeouts never use it: they
+stay on real monotonic time.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from citypost.config import SimConfig
 from citypost.errors import ConfigError
 
 
@@ -20,6 +22,8 @@ class SimClock:
         start: datetime,
         speed: float,
         monotonic: Callable[[], float] = time.monotonic,
+        *,
+        origin: datetime | None = None,
     ) -> None:
         if speed <= 0:
             raise ConfigError(f"sim speed must be > 0, got {speed}")
@@ -29,6 +33,15 @@ class SimClock:
         self.speed = speed
         self._monotonic = monotonic
         self._origin = monotonic()
+        if origin is not None:
+            # Anchored to a shared real instant, ticking on this process's monotonic clock.
+            self._origin -= time.time() - origin.timestamp()
+
+    @classmethod
+    def of(cls, sim: SimConfig) -> SimClock:
+        """The clock the config describes: now if it names no start, anchored to its
+        origin if it names one."""
+        return cls(sim.start_or_now(), sim.speed, origin=sim.origin)
 
     @property
     def start(self) -> datetime:

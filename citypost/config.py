@@ -37,6 +37,10 @@ class SimConfig(_Section):
     speed: float = Field(60.0, gt=0, le=100_000)
     # Where the simulated clock starts; None means now.
     start: datetime | None = None
+    # The real instant the simulated clock reads `start`; None: when each clock is made.
+    # The city's processes share it, or a post started 30 s after the city would run
+    # 30 simulated minutes behind it at x60.
+    origin: datetime | None = None
     # Multiplies every device's uplink interval; raise it to lighten the load.
     interval_factor: float = Field(1.0, gt=0)
     # Upper bound on uplinks per real second the simulated network server sends.

@@ -113,7 +113,7 @@ def run_demo(config: Config, *, duration_s: float | None = None) -> int:
                 channel = grpc.insecure_channel(post.address)
                 stack.callback(channel.close)
                 admins[post.name] = admin_pb2_grpc.PostAdminStub(channel)
-            clock = SimClock(config.sim.start_or_now(), config.sim.speed)
+            clock = SimClock.of(config.sim)
             gate = system.gate
             devices = system.city.registry.count_by_class()
             started = last = time.monotonic()

@@ -18,7 +18,7 @@ from typing import Any
 
 import aetcd
 
-from bridges.airtime import RX2_FREQUENCY_HZ
+from bridges.airtime import RX2_FREQUENCY_HZ, AirtimeBook
 from bridges.airtime_planner import AirtimePlanner, Route
 from bridges.downlink_frame import COMMAND_F_PORT
 from bridges.downlink_gate import DownlinkGate, GateStats
@@ -92,7 +92,9 @@ class GateRunner:
         # (application id, group) -> the network server's multicast group id
         self._group_ids: dict[tuple[str, str], str] = {}
         multicast = self if config.radio.network_server_api else None
-        self.planner = AirtimePlanner(rx2_dr=config.radio.rx2_dr)
+        # The network server's window: a plan on another window predicts another radio.
+        book = AirtimeBook(window_s=config.radio.duty_cycle_window_s)
+        self.planner = AirtimePlanner(rx2_dr=config.radio.rx2_dr, book=book)
         unicast, groups = plan_routes(self._city_model)
         self.gate = DownlinkGate(
             config=config,
@@ -100,7 +102,7 @@ class GateRunner:
             planner=self.planner,
             routes=unicast,
             multicast_routes=groups,
-            clock=SimClock(config.sim.start_or_now(), config.sim.speed),
+            clock=SimClock.of(config.sim),
         )
 
     def start(self) -> GateRunner:

@@ -50,7 +50,7 @@ async def run_post(config: Config, *, ready_file: Path | None = None) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     # The registry comes from the city model until a provisioning source replaces it.
     registry = build_city(config.city).registry
-    clock = SimClock(config.sim.start_or_now(), config.sim.speed)
+    clock = SimClock.of(config.sim)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -136,7 +136,10 @@ async def run_post(config: Config, *, ready_file: Path | None = None) -> int:
             flush=True,
         )
         if ready_file is not None:
-            ready_file.write_text(address)
+            # Readers wait for the file to exist: it must never exist half written.
+            temp = ready_file.with_suffix(".ready-tmp")
+            temp.write_text(address)
+            temp.replace(ready_file)
         await stop.wait()
         print(f"citypost post {name}: stopping", flush=True)
     return 0

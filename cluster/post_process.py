@@ -33,6 +33,9 @@ def post_overrides(config: Config) -> list[str]:
         "city.max_group_size": str(config.city.max_group_size),
         "sim.start": config.sim.start_or_now().isoformat(),
         "sim.speed": repr(config.sim.speed),
+        "sim.interval_factor": repr(config.sim.interval_factor),
+        "radio.rx2_dr": str(config.radio.rx2_dr),
+        "radio.duty_cycle_window_s": repr(config.radio.duty_cycle_window_s),
         "mqtt.host": f'"{config.mqtt.host}"',
         "mqtt.port": str(config.mqtt.port),
         "post.name": f'"{config.post.name}"',
@@ -45,6 +48,8 @@ def post_overrides(config: Config) -> list[str]:
         "failover.keepalive_interval_s": repr(config.failover.keepalive_interval_s),
         "failover.safety_margin_s": repr(config.failover.safety_margin_s),
     }
+    if config.sim.origin is not None:
+        values["sim.origin"] = config.sim.origin.isoformat()
     if config.etcd.endpoints:
         # The etcd the parent started (or was given) is external to the post.
         values["etcd.mode"] = '"external"'

@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aetcd
@@ -91,8 +92,13 @@ class CitySystem:
         etcd_route: EtcdRoute | None = None,
         supervise: bool = False,
     ) -> None:
-        # One simulated clock for the city and the posts: the same start and speed.
-        sim = config.sim.model_copy(update={"start": config.sim.start_or_now()})
+        # One simulated clock for the city and the posts: the same start, speed and origin.
+        sim = config.sim.model_copy(
+            update={
+                "start": config.sim.start_or_now(),
+                "origin": config.sim.origin or datetime.now(UTC),
+            }
+        )
         self.config = config.model_copy(update={"run_dir": run_dir, "sim": sim})
         self.run_dir = run_dir
         self._uplinks = uplinks
@@ -117,7 +123,7 @@ class CitySystem:
         try:
             self._start_infrastructure()
             self.city = build_city(self.config.city)
-            clock = SimClock(self.config.sim.start_or_now(), self.config.sim.speed)
+            clock = SimClock.of(self.config.sim)
             self.network_server = NetworkServer(
                 self.city,
                 self.config.mqtt,

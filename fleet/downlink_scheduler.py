@@ -33,9 +33,11 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from bridges.airtime import (
+    LOOKAHEAD_S,
     RX2_FREQUENCY_HZ,
     AirtimeBook,
     downlink_airtime_s,
+    gateway_slot,
     max_app_payload,
 )
 from bridges.registry import RadioClass
@@ -44,9 +46,6 @@ from citypost.errors import InvalidArgumentError
 DUTY_CYCLE_OVERFLOW = "DUTY_CYCLE_OVERFLOW"  # gw.TxAckStatus name ChirpStack logs
 PAYLOAD_SIZE = "DOWNLINK_PAYLOAD_SIZE"  # integration.LogCode
 GATEWAY = "DOWNLINK_GATEWAY"  # integration.LogCode: the gateway could not send it
-# How far ahead of now a gateway takes a frame to send after those it already has.
-LOOKAHEAD_S = 5.0
-AFTER_LEAVING_S = 1e-3
 
 
 class DeviceLink(NamedTuple):
@@ -242,13 +241,8 @@ class DownlinkScheduler:
     def _slot(self, gateway: str, frequency: int, now: float, airtime: float) -> float | None:
         """When this gateway can start the frame (after its queued ones, within its duty
         cycle), if that is within the look-ahead; None if not soon enough."""
-        start = max(now, self._busy_until.get(gateway, now))
-        if start <= now + LOOKAHEAD_S and not self.book.fits(gateway, frequency, start, airtime):
-            fit = self.book.earliest_fit(gateway, frequency, start, airtime)
-            # A moment after the transmission that frees the budget has left: at the very
-            # instant (a sum of POSIX seconds, exact to ~1e-7 s) the hour could still hold it.
-            start = fit + AFTER_LEAVING_S if fit is not None else now + 2 * LOOKAHEAD_S
-        return start if start <= now + LOOKAHEAD_S else None
+        busy = self._busy_until.get(gateway, now)
+        return gateway_slot(self.book, gateway, frequency, now, busy, airtime)
 
     def _transmit(self, gateway: str, frequency: int, start: float, airtime: float) -> None:
         self.book.record(gateway, frequency, start, airtime)

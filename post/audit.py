@@ -49,6 +49,7 @@ class Action(StrEnum):
     COMMAND_NACK = "command.nack"
     COMMAND_EXPIRE = "command.expire"
     COMMAND_FAIL = "command.fail"
+    COMMAND_SUPERSEDE = "command.supersede"
     OVERRIDE_SET = "override.set"
     OVERRIDE_END = "override.end"
     INCIDENT_OPEN = "incident.open"

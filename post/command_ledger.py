@@ -57,7 +57,10 @@ ACKED = command_pb2.ACKED
 EXPIRED = command_pb2.EXPIRED
 FAILED = command_pb2.FAILED
 PARTIAL = command_pb2.PARTIAL
-TERMINAL: frozenset[Status.ValueType] = frozenset({ACKED, EXPIRED, FAILED, PARTIAL})
+SUPERSEDED = command_pb2.SUPERSEDED
+TERMINAL: frozenset[Status.ValueType] = frozenset({ACKED, EXPIRED, FAILED, PARTIAL, SUPERSEDED})
+# Actions that set a state the devices report (and so are confirmed by their uplinks).
+STATE_ACTIONS = frozenset({"set_lamp_profile", "set_brightness", "set_bollard_position"})
 MAX_LISTED_STRAGGLERS = 100  # the record names this many; straggler_count counts them all
 
 DEFAULT_BACKOFF_INITIAL_MS = 1_000
@@ -304,7 +307,22 @@ def expire(record: CommandRecord, now: int) -> CommandRecord:
     expired.status = EXPIRED
     expired.finished_at_ms = now
     expired.detail = f"TTL passed after {record.attempts} attempt(s)"
+    if record.waiting:
+        expired.detail += f", waiting for the network server: {record.waiting}"
     return expired
+
+
+def on_waiting(record: CommandRecord, reason: str) -> CommandRecord:
+    """The network server holds a one-device command's frame (a gateway's duty cycle is
+    spent): it sends it when the gateway allows, so sending it again would only queue a
+    copy; wait for its ack until the deadline."""
+    if is_terminal(record):
+        raise _refuse(record, "wait")
+    waiting = _copy(record)
+    waiting.waiting = reason
+    if record.command.target.WhichOneof("kind") == "dev_eui":
+        waiting.next_retry_at_ms = max(record.next_retry_at_ms, record.deadline_ms)
+    return waiting
 
 
 def fail(record: CommandRecord, now: int, detail: str = "") -> CommandRecord:
@@ -316,6 +334,37 @@ def fail(record: CommandRecord, now: int, detail: str = "") -> CommandRecord:
     failed.finished_at_ms = now
     failed.detail = detail or f"no ack after {record.attempts} attempt(s)"
     return failed
+
+
+def supersede(record: CommandRecord, now: int, by: CommandRecord) -> CommandRecord:
+    """SUPERSEDED from any live state: `by`, newer, sets the same group's state. Sending
+    this one again would undo it; waiting for reports of this one would wait in vain."""
+    if is_terminal(record):
+        raise _refuse(record, "supersede")
+    superseded = _copy(record)
+    superseded.status = SUPERSEDED
+    superseded.finished_at_ms = now
+    confirmed = (
+        f"; {record.acked_count} of {record.expected_acks} had confirmed it"
+        if (record.multicast)
+        else ""
+    )
+    superseded.detail = f"superseded by {by.command.command_id}{confirmed}"
+    return superseded
+
+
+def supersedes(newer: command_pb2.Command, older: command_pb2.Command) -> bool:
+    """Does `newer` set the state `older` set, for the same devices? Both set a state the
+    devices report (a lamp's profile or level, a bollard's position) of one group."""
+    return (
+        newer.command_id != older.command_id
+        and newer.asset_class == older.asset_class
+        and newer.target.WhichOneof("kind") == "group"
+        and older.target.WhichOneof("kind") == "group"
+        and newer.target.group == older.target.group
+        and newer.WhichOneof("action") in STATE_ACTIONS
+        and older.WhichOneof("action") in STATE_ACTIONS
+    )
 
 
 def on_promotion(record: CommandRecord, now: int) -> CommandRecord:

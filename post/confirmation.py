@@ -20,13 +20,14 @@ import threading
 from collections.abc import Sequence
 
 from bridges.registry import DeviceRegistry, RadioClass, radio_class
+from post.command_ledger import STATE_ACTIONS
 from protos.citypost.v1 import command_pb2, control_state_pb2, telemetry_pb2
 
 # A level matches within the wire's resolution (LPP analog output: 0.01).
 _LEVEL_TOLERANCE = 0.006
 # The actions a device's uplinks show; others (signal priority, signal mode: on IP,
 # acknowledged) are confirmed by acks only.
-CONFIRMABLE = frozenset({"set_lamp_profile", "set_brightness", "set_bollard_position"})
+CONFIRMABLE = STATE_ACTIONS
 
 
 def confirms(command: command_pb2.Command, item: telemetry_pb2.Telemetry) -> bool:

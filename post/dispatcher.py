@@ -301,7 +301,21 @@ class Dispatcher:
             note = audit.for_command(record, audit.Action.COMMAND_ISSUE, now, detail=reason)
             key = ledger_key(issued.command_id)
             index = self._index(idempotency_key, key, issued_by, now)
-            await self._write([(key, record), *index], [note])
+            # An older command still setting this group's state is over: re-sent, it
+            # would undo this one (dusk's profile after the night's); in one transaction.
+            superseded = [
+                command_ledger.supersede(older, now, record)
+                for older in self._pending.values()
+                if command_ledger.supersedes(issued, older.command)
+            ]
+            notes = [
+                audit.for_command(s, audit.Action.COMMAND_SUPERSEDE, now, detail=s.detail)
+                for s in superseded
+            ]
+            writes = [(ledger_key(s.command.command_id), s) for s in superseded]
+            await self._write([(key, record), *index, *writes], [note, *notes])
+            for finished in superseded:
+                self._settle(finished)
             self._pending[issued.command_id] = record
             self.stats.commands_issued += 1
             return await self._send(record)
@@ -389,9 +403,7 @@ class Dispatcher:
             return
         if record.waiting == reason:
             return
-        noted = control_state_pb2.CommandRecord()
-        noted.CopyFrom(record)
-        noted.waiting = reason
+        noted = command_ledger.on_waiting(record, reason)
         await self._write([(ledger_key(noted.command.command_id), noted)], [])
         self._settle(noted)
 

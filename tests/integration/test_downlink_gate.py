@@ -18,7 +18,7 @@ from bridges import chirpstack
 from bridges.airtime import RX2_FREQUENCY_HZ, downlink_airtime_s
 from bridges.airtime_planner import AirtimePlanner, Priority, Route
 from bridges.dead_letters import from_json
-from bridges.downlink_frame import COMMAND_F_PORT, encode_command
+from bridges.downlink_frame import COMMAND_F_PORT, decode_command, encode_command
 from bridges.downlink_gate import DownlinkGate, gate_topic, plan_properties
 from bridges.gate_book import GateStateError, load_mark
 from bridges.mqtt_session import MqttSession
@@ -405,6 +405,41 @@ def test_a_held_command_goes_when_its_gateway_frees_and_not_if_its_epoch_was_fen
         time.sleep(0.3)
         assert [chirpstack.parse_downlink(p).id for _, p in network_server.snapshot()] == [new_id]
         assert gate.stats().dropped_by_reason.get("stale_epoch") == 1
+
+
+@pytest.mark.timeout(30)
+def test_copies_of_a_held_command_wait_as_one_and_the_newest_goes(
+    mqtt_broker: LocalMosquitto, tmp_path: Path
+) -> None:
+    config = _config(mqtt_broker.port, "gate-copies")
+    planner = AirtimePlanner(rx2_dr=3)
+    clock = SimClock(datetime(2026, 1, 15, 18, 0, tzinfo=UTC), 1.0)
+    airtime = downlink_airtime_s(41, 3)
+    spent_at = clock.now_ts() - 3600 + 3  # frees in a few seconds
+    while planner.book.fits(GW, RX2_FREQUENCY_HZ, spent_at, airtime):
+        planner.book.record(GW, RX2_FREQUENCY_HZ, spent_at, airtime)
+    topic, first, command_id = _downlink(5)
+    _, retry, _ = _downlink(5, command_id)  # the post's retry of the same command
+    _, replay, _ = _downlink(6, command_id)  # a new leader's replay of it
+    with (
+        watching(mqtt_broker.port, chirpstack.downlink_topic(APP, DEV)) as network_server,
+        planned_gate(config, tmp_path / "mark.json", planner) as gate,
+        publishing(mqtt_broker.port) as post,
+    ):
+        _send_planned(post, "gate-copies", topic, first, Priority.OPERATOR, 0)
+        wait_for(lambda: gate.stats().held == 1, 10, "the command held for airtime")
+        _send_planned(post, "gate-copies", topic, retry, Priority.OPERATOR, 0)
+        gate.raise_epoch(6)
+        _send_planned(post, "gate-copies", topic, replay, Priority.OPERATOR, 0)
+        time.sleep(0.5)
+        assert gate.stats().held == 1  # one copy waits
+        wait_for(lambda: gate.stats().held == 0, 15, "the held command decided")
+        wait_for(lambda: len(network_server.snapshot()) >= 1, 10, "the command forwarded")
+        time.sleep(0.3)
+        sent = [
+            decode_command(chirpstack.parse_downlink(p).data) for _, p in network_server.snapshot()
+        ]
+        assert [(c.command_id, c.epoch) for c in sent] == [(command_id, 6)]
 
 
 @pytest.mark.timeout(30)

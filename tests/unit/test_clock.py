@@ -18,6 +18,31 @@ class FakeMonotonic:
         return self.t
 
 
+def test_clocks_sharing_an_origin_agree_whatever_their_monotonic_clocks() -> None:
+    start = datetime(2024, 1, 15, 16, 0, tzinfo=UTC)
+    origin = datetime.now(UTC) - timedelta(seconds=30)  # the city started 30 s ago
+    city, post = FakeMonotonic(), FakeMonotonic()
+    post.t = 5_000.0  # another process: another monotonic base
+    early = SimClock(start, 60.0, monotonic=city, origin=origin)
+    late = SimClock(start, 60.0, monotonic=post, origin=origin)
+    assert abs(early.now_ts() - late.now_ts()) < 1.0  # wall clock read twice: a few ms
+    assert abs(late.now_ts() - (start.timestamp() + 30 * 60)) < 60
+    city.t += 10
+    post.t += 10
+    assert abs(early.now_ts() - late.now_ts()) < 1.0
+    unanchored = SimClock(start, 60.0, monotonic=post)
+    assert unanchored.now() == start
+
+
+def test_sim_clock_of_config_uses_its_origin() -> None:
+    from citypost.config import SimConfig
+
+    start = datetime(2024, 1, 15, 16, 0, tzinfo=UTC)
+    origin = datetime.now(UTC) - timedelta(seconds=10)
+    clock = SimClock.of(SimConfig(start=start, speed=60.0, origin=origin))
+    assert abs(clock.now_ts() - (start.timestamp() + 600)) < 30
+
+
 def test_sim_clock_runs_at_its_speed_from_its_start() -> None:
     mono = FakeMonotonic()
     start = datetime(2024, 1, 15, 16, 0, tzinfo=UTC)

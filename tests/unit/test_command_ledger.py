@@ -392,3 +392,51 @@ def test_multicast_functions_refuse_unicast_records_and_unicast_targets() -> Non
         ledger.settle(unicast, 10_000, [])
     with pytest.raises(InvalidArgumentError):
         ledger.new_record(command, 10_000, 3, 0, multicast=True)
+
+
+def test_a_newer_state_for_the_same_group_supersedes_an_unconfirmed_one() -> None:
+    evening = ledger.on_confirmed(_multicast_record(), 1, 100)
+    night = command_pb2.Command(
+        command_id="m2",
+        asset_class=1,
+        target=command_pb2.Target(group="talant"),
+        set_lamp_profile=command_pb2.LampProfile(profile_id=4),
+    )
+    night_record = ledger.new_record(night, 10_000, 3, 200, expected_acks=4, multicast=True)
+    assert ledger.supersedes(night, evening.command)
+    done = ledger.supersede(evening, 300, night_record)
+    assert done.status == ledger.SUPERSEDED and ledger.is_terminal(done)
+    assert done.finished_at_ms == 300
+    assert "m2" in done.detail and "1 of 4" in done.detail
+    assert ledger.decide(done, 5_000) is ledger.Action.DONE  # never sent again
+    with pytest.raises(FailedPreconditionError):
+        ledger.supersede(done, 400, night_record)
+    # Not superseded: itself, another group, another class, a device, a state-less action.
+    assert not ledger.supersedes(evening.command, evening.command)
+    other_group = command_pb2.Command()
+    other_group.CopyFrom(night)
+    other_group.target.group = "daix"
+    assert not ledger.supersedes(other_group, evening.command)
+    other_class = command_pb2.Command()
+    other_class.CopyFrom(night)
+    other_class.asset_class = assets_pb2.BOLLARD
+    assert not ledger.supersedes(other_class, evening.command)
+    one_lamp = command_pb2.Command()
+    one_lamp.CopyFrom(night)
+    one_lamp.target.dev_eui = "0102030405060708"
+    assert not ledger.supersedes(one_lamp, evening.command)
+    priority = command_pb2.Command(
+        command_id="m3",
+        asset_class=1,
+        target=command_pb2.Target(group="talant"),
+        signal_priority=command_pb2.SignalPriority(extend_green_ms=1000),
+    )
+    assert not ledger.supersedes(priority, evening.command)
+    # A fixed level replaces a profile: both are the lamps' state.
+    level = command_pb2.Command(
+        command_id="m4",
+        asset_class=1,
+        target=command_pb2.Target(group="talant"),
+        set_brightness=command_pb2.SetBrightness(brightness_pct=40),
+    )
+    assert ledger.supersedes(level, evening.command)

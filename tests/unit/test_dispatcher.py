@@ -678,3 +678,61 @@ async def test_when_many_did_not_confirm_the_retry_is_the_multicast_again() -> N
     await h.dispatcher.run_ledger()
     assert [topic for topic, _ in h.sent] == [f"multicast/{LAMP_APP}/talant"] * 2
     assert decode_command(h.sent[1][1]).command_id == record.command.command_id
+
+
+async def test_a_newer_profile_supersedes_the_unconfirmed_one_which_is_never_sent_again() -> None:
+    h = lamp_harness()
+    evening = await h.dispatcher.issue_command(profile_command(7), issued_by=LAMP_ACTOR)
+    # The lamps ran the evening profile and the night one before they next reported:
+    # their reports show only the night one.
+    night = await h.dispatcher.issue_command(profile_command(8), issued_by=LAMP_ACTOR)
+    old = await h.record(evening.command.command_id)
+    assert old.status == command_pb2.SUPERSEDED
+    assert night.command.command_id in old.detail
+    h.dispatcher.confirmations.submit([lamp_report(d.dev_eui, 8) for d in LAMPS])
+    h.clock.now += 15_000  # past the evening one's halfway retry
+    await h.dispatcher.run_ledger()
+    assert [t for t, _ in h.sent] == [f"multicast/{LAMP_APP}/talant"] * 2  # no re-send
+    assert (await h.record(night.command.command_id)).status == command_pb2.ACKED
+    assert h.dispatcher.pending_commands() == 0
+    audit = (await h.state.list("audit/", control_state_pb2.AuditEntry)).entries
+    assert [e.value.action for e in audit].count("command.supersede") == 1
+
+
+async def test_a_frame_the_network_server_holds_is_not_resent_and_expires_saying_why() -> None:
+    h = Harness()
+    one = command_pb2.Command(
+        asset_class=AC.TRAFFIC_SIGNAL,
+        target=command_pb2.Target(dev_eui=SIGNALS[0].dev_eui),
+        set_signal_mode=command_pb2.SetSignalMode(phase=telemetry_pb2.FLASHING_AMBER),
+    )
+    record = await h.dispatcher.issue_command(one, issued_by="op-claire")
+    command_id = record.command.command_id
+    await h.dispatcher.on_acks([_log(command_id, "WARNING", "DUTY_CYCLE_OVERFLOW: waiting")])
+    for _ in range(29):  # the whole TTL but its last second: no retry, no failure
+        h.clock.now += 1_000
+        await h.dispatcher.run_ledger()
+    assert len(h.sent) == 1
+    assert (await h.record(command_id)).status == command_pb2.SENT
+    h.clock.now += 1_000
+    await h.dispatcher.run_ledger()
+    expired = await h.record(command_id)
+    assert expired.status == command_pb2.EXPIRED
+    assert "DUTY_CYCLE_OVERFLOW" in expired.detail
+
+
+async def test_a_held_frame_acknowledged_later_is_acked() -> None:
+    h = Harness()
+    one = command_pb2.Command(
+        asset_class=AC.TRAFFIC_SIGNAL,
+        target=command_pb2.Target(dev_eui=SIGNALS[0].dev_eui),
+        set_signal_mode=command_pb2.SetSignalMode(phase=telemetry_pb2.FLASHING_AMBER),
+    )
+    record = await h.dispatcher.issue_command(one, issued_by="op-claire")
+    command_id = record.command.command_id
+    await h.dispatcher.on_acks([_log(command_id, "WARNING", "DUTY_CYCLE_OVERFLOW: waiting")])
+    h.clock.now += 10_000
+    await h.dispatcher.run_ledger()
+    await h.dispatcher.on_acks([h.ack(command_id, SIGNALS[0].dev_eui)])
+    assert (await h.record(command_id)).status == command_pb2.ACKED
+    assert len(h.sent) == 1

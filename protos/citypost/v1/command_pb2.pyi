@@ -32,6 +32,10 @@ class _CommandStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Command
     EXPIRED: _CommandStatus.ValueType  # 4
     FAILED: _CommandStatus.ValueType  # 5
     PARTIAL: _CommandStatus.ValueType  # 6
+    SUPERSEDED: _CommandStatus.ValueType  # 7
+    """A newer command set the same group's state before this one was confirmed: it is
+    neither sent again nor waited for (the devices report the newer state).
+    """
 
 class CommandStatus(_CommandStatus, metaclass=_CommandStatusEnumTypeWrapper):
     """Lifecycle: QUEUED -> SENT -> ACKED, or EXPIRED / FAILED / PARTIAL.
@@ -47,6 +51,10 @@ ACKED: CommandStatus.ValueType  # 3
 EXPIRED: CommandStatus.ValueType  # 4
 FAILED: CommandStatus.ValueType  # 5
 PARTIAL: CommandStatus.ValueType  # 6
+SUPERSEDED: CommandStatus.ValueType  # 7
+"""A newer command set the same group's state before this one was confirmed: it is
+neither sent again nor waited for (the devices report the newer state).
+"""
 Global___CommandStatus: _TypeAlias = CommandStatus  # noqa: Y015
 
 class _CommandPriority:
