@@ -13,6 +13,7 @@ started, in reverse order.
 from __future__ import annotations
 
 import signal
+import sys
 import time
 from contextlib import ExitStack
 from datetime import UTC, datetime
@@ -26,8 +27,11 @@ from rich.text import Text
 
 from citypost.clock import SimClock
 from citypost.config import Config
-from cluster.system import CitySystem
+from cluster.ports import port_taken
+from cluster.system import CitySystem, post_configs
 from protos.citypost.v1 import admin_pb2, admin_pb2_grpc
+
+EXIT_PORTS_TAKEN = 3  # another server (most likely another demo) holds a post's port
 
 
 def _terminate(_signum: int, _frame: FrameType | None) -> None:
@@ -85,6 +89,20 @@ def _statuses(
 
 
 def run_demo(config: Config, *, duration_s: float | None = None) -> int:
+    taken = [
+        c.post.grpc_port
+        for c in post_configs(config)
+        if c.post.grpc_port is not None and port_taken(c.post.grpc_port)
+    ]
+    if taken:
+        # Most likely another demo: starting a second would fail half way, after etcd.
+        ports = ", ".join(f"127.0.0.1:{p}" for p in taken)
+        print(
+            f"citypost demo: {ports} already in use (another demo running?); stop it, or "
+            "choose other ports with --set post.grpc_port=N",
+            file=sys.stderr,
+        )
+        return EXIT_PORTS_TAKEN
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     run_dir = config.run_dir.resolve() / f"demo-{stamp}"
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -43,3 +43,15 @@ def free_ports(n: int) -> list[int]:
     if n < 0:
         raise InvalidArgumentError(f"free_ports needs n >= 0, got {n}")
     return [free_port() for _ in range(n)]
+
+
+def port_taken(port: int) -> bool:
+    """Whether a server already listens on 127.0.0.1:`port` (a port left in TIME_WAIT by a
+    stopped server is not taken: servers bind with SO_REUSEADDR)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((_LOOPBACK, port))
+        except OSError:
+            return True
+        return False
