@@ -27,7 +27,7 @@ from rich.text import Text
 
 from citypost.clock import SimClock
 from citypost.config import Config
-from cluster.ports import port_taken
+from cluster.ports import port_is_bindable
 from cluster.system import CitySystem, post_configs
 from protos.citypost.v1 import admin_pb2, admin_pb2_grpc
 
@@ -92,7 +92,7 @@ def run_demo(config: Config, *, duration_s: float | None = None) -> int:
     taken = [
         c.post.grpc_port
         for c in post_configs(config)
-        if c.post.grpc_port is not None and port_taken(c.post.grpc_port)
+        if c.post.grpc_port is not None and not port_is_bindable("127.0.0.1", c.post.grpc_port)
     ]
     if taken:
         # Most likely another demo: starting a second would fail half way, after etcd.

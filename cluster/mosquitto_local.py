@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import threading
 import time
 import uuid
@@ -21,7 +20,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from citypost.errors import ConfigError, InfrastructureError
-from cluster.ports import free_port
+from cluster.ports import free_port, port_is_bindable
 from cluster.processes import ManagedProcess, find_binary
 
 LOOPBACK = "127.0.0.1"
@@ -55,18 +54,6 @@ def mqtt_connects(host: str, port: int, timeout: float = 1.0) -> bool:
     finally:
         # Without a network thread, disconnect() writes DISCONNECT and closes the socket now.
         client.disconnect()
-
-
-def port_is_bindable(host: str, port: int) -> bool:
-    """True when nothing listens on host:port (a TIME_WAIT leftover does not count)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # mosquitto sets SO_REUSEADDR too, so this is the test it will face.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 class LocalMosquitto:

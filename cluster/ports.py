@@ -45,13 +45,13 @@ def free_ports(n: int) -> list[int]:
     return [free_port() for _ in range(n)]
 
 
-def port_taken(port: int) -> bool:
-    """Whether a server already listens on 127.0.0.1:`port` (a port left in TIME_WAIT by a
-    stopped server is not taken: servers bind with SO_REUSEADDR)."""
+def port_is_bindable(host: str, port: int) -> bool:
+    """True when nothing listens on host:port (a TIME_WAIT leftover does not count)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # Servers (mosquitto, gRPC) set SO_REUSEADDR too, so this is the test they face.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((_LOOPBACK, port))
+            sock.bind((host, port))
         except OSError:
-            return True
-        return False
+            return False
+    return True

@@ -331,6 +331,17 @@ def _send_planned(
     ).wait_for_publish(5)
 
 
+def _spent_planner() -> AirtimePlanner:
+    """A plan whose gateway spent its budget almost an hour ago: it frees in a few seconds."""
+    planner = AirtimePlanner(rx2_dr=3)
+    clock = SimClock(datetime(2026, 1, 15, 18, 0, tzinfo=UTC), 1.0)
+    airtime = downlink_airtime_s(41, 3)
+    spent_at = clock.now_ts() - 3600 + 3
+    while planner.book.fits(GW, RX2_FREQUENCY_HZ, spent_at, airtime):
+        planner.book.record(GW, RX2_FREQUENCY_HZ, spent_at, airtime)
+    return planner
+
+
 @pytest.mark.timeout(30)
 def test_with_the_gateway_spent_a_policy_command_is_refused_at_once_and_safety_still_goes(
     mqtt_broker: LocalMosquitto, tmp_path: Path
@@ -371,13 +382,7 @@ def test_a_held_command_goes_when_its_gateway_frees_and_not_if_its_epoch_was_fen
     mqtt_broker: LocalMosquitto, tmp_path: Path
 ) -> None:
     config = _config(mqtt_broker.port, "gate-held")
-    planner = AirtimePlanner(rx2_dr=3)
-    clock = SimClock(datetime(2026, 1, 15, 18, 0, tzinfo=UTC), 1.0)
-    airtime = downlink_airtime_s(41, 3)
-    # The budget was spent almost an hour ago: it frees in a few seconds.
-    spent_at = clock.now_ts() - 3600 + 3
-    while planner.book.fits(GW, RX2_FREQUENCY_HZ, spent_at, airtime):
-        planner.book.record(GW, RX2_FREQUENCY_HZ, spent_at, airtime)
+    planner = _spent_planner()
     old_topic, old, _ = _downlink(5)
     new_topic, new, new_id = _downlink(5)
     with (
@@ -412,12 +417,7 @@ def test_copies_of_a_held_command_wait_as_one_and_the_newest_goes(
     mqtt_broker: LocalMosquitto, tmp_path: Path
 ) -> None:
     config = _config(mqtt_broker.port, "gate-copies")
-    planner = AirtimePlanner(rx2_dr=3)
-    clock = SimClock(datetime(2026, 1, 15, 18, 0, tzinfo=UTC), 1.0)
-    airtime = downlink_airtime_s(41, 3)
-    spent_at = clock.now_ts() - 3600 + 3  # frees in a few seconds
-    while planner.book.fits(GW, RX2_FREQUENCY_HZ, spent_at, airtime):
-        planner.book.record(GW, RX2_FREQUENCY_HZ, spent_at, airtime)
+    planner = _spent_planner()
     topic, first, command_id = _downlink(5)
     _, retry, _ = _downlink(5, command_id)  # the post's retry of the same command
     _, replay, _ = _downlink(6, command_id)  # a new leader's replay of it

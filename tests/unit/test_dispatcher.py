@@ -559,14 +559,17 @@ def _log(command_id: str, level: str, why: str) -> chirpstack.LogEvent:
     )
 
 
-async def test_a_refusal_fails_a_one_device_command_at_once_with_its_reason() -> None:
-    h = Harness()
-    one = command_pb2.Command(
+def _flashing_signal() -> command_pb2.Command:
+    return command_pb2.Command(
         asset_class=AC.TRAFFIC_SIGNAL,
         target=command_pb2.Target(dev_eui=SIGNALS[0].dev_eui),
         set_signal_mode=command_pb2.SetSignalMode(phase=telemetry_pb2.FLASHING_AMBER),
     )
-    record = await h.dispatcher.issue_command(one, issued_by="op-claire")
+
+
+async def test_a_refusal_fails_a_one_device_command_at_once_with_its_reason() -> None:
+    h = Harness()
+    record = await h.dispatcher.issue_command(_flashing_signal(), issued_by="op-claire")
     command_id = record.command.command_id
     await h.dispatcher.on_acks([_log(command_id, "WARNING", "DUTY_CYCLE_OVERFLOW: waiting")])
     waiting = await h.record(command_id)
@@ -701,12 +704,7 @@ async def test_a_newer_profile_supersedes_the_unconfirmed_one_which_is_never_sen
 
 async def test_a_frame_the_network_server_holds_is_not_resent_and_expires_saying_why() -> None:
     h = Harness()
-    one = command_pb2.Command(
-        asset_class=AC.TRAFFIC_SIGNAL,
-        target=command_pb2.Target(dev_eui=SIGNALS[0].dev_eui),
-        set_signal_mode=command_pb2.SetSignalMode(phase=telemetry_pb2.FLASHING_AMBER),
-    )
-    record = await h.dispatcher.issue_command(one, issued_by="op-claire")
+    record = await h.dispatcher.issue_command(_flashing_signal(), issued_by="op-claire")
     command_id = record.command.command_id
     await h.dispatcher.on_acks([_log(command_id, "WARNING", "DUTY_CYCLE_OVERFLOW: waiting")])
     for _ in range(29):  # the whole TTL but its last second: no retry, no failure
@@ -723,12 +721,7 @@ async def test_a_frame_the_network_server_holds_is_not_resent_and_expires_saying
 
 async def test_a_held_frame_acknowledged_later_is_acked() -> None:
     h = Harness()
-    one = command_pb2.Command(
-        asset_class=AC.TRAFFIC_SIGNAL,
-        target=command_pb2.Target(dev_eui=SIGNALS[0].dev_eui),
-        set_signal_mode=command_pb2.SetSignalMode(phase=telemetry_pb2.FLASHING_AMBER),
-    )
-    record = await h.dispatcher.issue_command(one, issued_by="op-claire")
+    record = await h.dispatcher.issue_command(_flashing_signal(), issued_by="op-claire")
     command_id = record.command.command_id
     await h.dispatcher.on_acks([_log(command_id, "WARNING", "DUTY_CYCLE_OVERFLOW: waiting")])
     h.clock.now += 10_000
