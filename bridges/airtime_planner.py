@@ -100,6 +100,12 @@ class Refuse(NamedTuple):
 Decision = Forward | Refuse
 
 
+class _Wait(NamedTuple):
+    """No decision yet: the request waits for airtime on this gateway."""
+
+    gateway: str
+
+
 @dataclass(order=True, slots=True)
 class _Held:
     priority: int
@@ -132,9 +138,9 @@ class AirtimePlanner:
             if priority <= request.priority:  # it waits behind these
                 ahead[gateway] = ahead.get(gateway, 0.0) + load
         decision = self._try(request, now, ahead)
-        if decision is not None:
+        if not isinstance(decision, _Wait):
             return [decision]
-        self._hold(request, now, ahead)
+        self._hold(request, decision.gateway, ahead)
         heapq.heappush(self._held, _Held(int(request.priority), next(self._order), request))
         return []
 
@@ -147,9 +153,9 @@ class AirtimePlanner:
         while self._held:
             held = heapq.heappop(self._held)
             decision = self._try(held.request, now, ahead)
-            if decision is None:
+            if isinstance(decision, _Wait):
                 kept.append(held)
-                self._hold(held.request, now, ahead)
+                self._hold(held.request, decision.gateway, ahead)
             else:
                 out.append(decision)
         for held in kept:
@@ -173,11 +179,9 @@ class AirtimePlanner:
 
     # --- the rule ------------------------------------------------------------------------
 
-    def _hold(self, request: Request, now: float, ahead: dict[str, float]) -> None:
-        """Count a held request's airtime on the gateway it should go through, ahead of
-        those that come after it (`ahead` grows too)."""
-        fit = self._earliest(request, now, ahead)
-        gateway = fit[1] if fit is not None else request.route.gateways[0]
+    def _hold(self, request: Request, gateway: str, ahead: dict[str, float]) -> None:
+        """Count a held request's airtime on the gateway it waits for, ahead of those that
+        come after it (`ahead` grows too)."""
         airtime = self._airtime(request)
         ahead[gateway] = ahead.get(gateway, 0.0) + airtime
         key = (gateway, int(request.priority))
@@ -187,9 +191,7 @@ class AirtimePlanner:
         size = min(request.payload_bytes, max_app_payload(self.rx2_dr))
         return downlink_airtime_s(size, self.rx2_dr)
 
-    def _try(
-        self, request: Request, now: float, ahead: dict[str, float] | None = None
-    ) -> Decision | None:
+    def _try(self, request: Request, now: float, ahead: dict[str, float]) -> Decision | _Wait:
         route = request.route
         if route.radio_class is RadioClass.IP:
             return Forward(request, "", 0.0)
@@ -233,7 +235,7 @@ class AirtimePlanner:
             break
         # It waits behind what is held ahead of it: refused now if that alone ends past
         # its deadline, not when the others have taken the airtime.
-        soonest = self._earliest(request, now, ahead or {})
+        soonest = self._earliest(request, now, ahead)
         earliest = soonest[0] if soonest is not None else None
         if request.deadline is not None and (earliest is None or earliest > request.deadline):
             when = "not within an hour" if earliest is None else f"not before {_clock(earliest)}"
@@ -244,7 +246,7 @@ class AirtimePlanner:
                 f"{when}; "
                 "send it again later or to fewer devices",
             )
-        return None
+        return _Wait(soonest[1] if soonest is not None else route.gateways[0])
 
     def _transmit(self, gateway: str, start: float, airtime: float) -> None:
         self.book.record(gateway, RX2_FREQUENCY_HZ, start, airtime)

@@ -95,6 +95,17 @@ def _copy(record: CommandRecord) -> CommandRecord:
     return copied
 
 
+def _finish(
+    record: CommandRecord, status: Status.ValueType, now: int, detail: str
+) -> CommandRecord:
+    """A copy of a live record, ended now with `status` and why."""
+    done = _copy(record)
+    done.status = status
+    done.finished_at_ms = now
+    done.detail = detail
+    return done
+
+
 def _refuse(record: CommandRecord, what: str) -> FailedPreconditionError:
     return FailedPreconditionError(
         f"command {record.command.command_id}: cannot {what} when {status_name(record)}"
@@ -303,13 +314,10 @@ def expire(record: CommandRecord, now: int) -> CommandRecord:
             f"command {record.command.command_id}: cannot expire before its deadline "
             f"{record.deadline_ms} (now {now})"
         )
-    expired = _copy(record)
-    expired.status = EXPIRED
-    expired.finished_at_ms = now
-    expired.detail = f"TTL passed after {record.attempts} attempt(s)"
+    detail = f"TTL passed after {record.attempts} attempt(s)"
     if record.waiting:
-        expired.detail += f", waiting for the network server: {record.waiting}"
-    return expired
+        detail += f", waiting for the network server: {record.waiting}"
+    return _finish(record, EXPIRED, now, detail)
 
 
 def on_waiting(record: CommandRecord, reason: str) -> CommandRecord:
@@ -329,11 +337,7 @@ def fail(record: CommandRecord, now: int, detail: str = "") -> CommandRecord:
     """FAILED from any live state: attempts exhausted, or a cause the caller names."""
     if is_terminal(record):
         raise _refuse(record, "fail")
-    failed = _copy(record)
-    failed.status = FAILED
-    failed.finished_at_ms = now
-    failed.detail = detail or f"no ack after {record.attempts} attempt(s)"
-    return failed
+    return _finish(record, FAILED, now, detail or f"no ack after {record.attempts} attempt(s)")
 
 
 def supersede(record: CommandRecord, now: int, by: CommandRecord) -> CommandRecord:
@@ -341,16 +345,10 @@ def supersede(record: CommandRecord, now: int, by: CommandRecord) -> CommandReco
     this one again would undo it; waiting for reports of this one would wait in vain."""
     if is_terminal(record):
         raise _refuse(record, "supersede")
-    superseded = _copy(record)
-    superseded.status = SUPERSEDED
-    superseded.finished_at_ms = now
-    confirmed = (
-        f"; {record.acked_count} of {record.expected_acks} had confirmed it"
-        if (record.multicast)
-        else ""
-    )
-    superseded.detail = f"superseded by {by.command.command_id}{confirmed}"
-    return superseded
+    detail = f"superseded by {by.command.command_id}"
+    if record.multicast:
+        detail += f"; {record.acked_count} of {record.expected_acks} had confirmed it"
+    return _finish(record, SUPERSEDED, now, detail)
 
 
 def supersedes(newer: command_pb2.Command, older: command_pb2.Command) -> bool:

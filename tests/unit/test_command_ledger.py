@@ -413,30 +413,24 @@ def test_a_newer_state_for_the_same_group_supersedes_an_unconfirmed_one() -> Non
         ledger.supersede(done, 400, night_record)
     # Not superseded: itself, another group, another class, a device, a state-less action.
     assert not ledger.supersedes(evening.command, evening.command)
-    other_group = command_pb2.Command()
-    other_group.CopyFrom(night)
-    other_group.target.group = "daix"
-    assert not ledger.supersedes(other_group, evening.command)
-    other_class = command_pb2.Command()
-    other_class.CopyFrom(night)
-    other_class.asset_class = assets_pb2.BOLLARD
-    assert not ledger.supersedes(other_class, evening.command)
-    one_lamp = command_pb2.Command()
-    one_lamp.CopyFrom(night)
-    one_lamp.target.dev_eui = "0102030405060708"
-    assert not ledger.supersedes(one_lamp, evening.command)
-    priority = command_pb2.Command(
-        command_id="m3",
-        asset_class=1,
-        target=command_pb2.Target(group="talant"),
-        signal_priority=command_pb2.SignalPriority(extend_green_ms=1000),
+
+    def night_but(edit: Callable[[command_pb2.Command], object]) -> command_pb2.Command:
+        changed = command_pb2.Command()
+        changed.CopyFrom(night)
+        edit(changed)
+        return changed
+
+    assert not ledger.supersedes(
+        night_but(lambda c: setattr(c.target, "group", "daix")), evening.command
     )
+    assert not ledger.supersedes(
+        night_but(lambda c: setattr(c, "asset_class", assets_pb2.BOLLARD)), evening.command
+    )
+    assert not ledger.supersedes(
+        night_but(lambda c: setattr(c.target, "dev_eui", "0102030405060708")), evening.command
+    )
+    priority = night_but(lambda c: c.signal_priority.SetInParent())
     assert not ledger.supersedes(priority, evening.command)
     # A fixed level replaces a profile: both are the lamps' state.
-    level = command_pb2.Command(
-        command_id="m4",
-        asset_class=1,
-        target=command_pb2.Target(group="talant"),
-        set_brightness=command_pb2.SetBrightness(brightness_pct=40),
-    )
+    level = night_but(lambda c: c.set_brightness.SetInParent())
     assert ledger.supersedes(level, evening.command)

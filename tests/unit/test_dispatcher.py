@@ -567,11 +567,17 @@ def _flashing_signal() -> command_pb2.Command:
     )
 
 
-async def test_a_refusal_fails_a_one_device_command_at_once_with_its_reason() -> None:
-    h = Harness()
+async def _waiting_signal(h: Harness) -> str:
+    """A one-device command the network server says waits for airtime; its id."""
     record = await h.dispatcher.issue_command(_flashing_signal(), issued_by="op-claire")
     command_id = record.command.command_id
     await h.dispatcher.on_acks([_log(command_id, "WARNING", "DUTY_CYCLE_OVERFLOW: waiting")])
+    return command_id
+
+
+async def test_a_refusal_fails_a_one_device_command_at_once_with_its_reason() -> None:
+    h = Harness()
+    command_id = await _waiting_signal(h)
     waiting = await h.record(command_id)
     assert waiting.status == command_pb2.SENT
     assert waiting.waiting == "DOWNLINK_GATEWAY: DUTY_CYCLE_OVERFLOW: waiting"
@@ -628,34 +634,26 @@ async def test_a_command_confirmed_by_reports_lasts_at_least_two_of_the_slowest_
         for d in LAMPS
     ]
     h = Harness(SIGNALS + slow)
-    h.dispatcher = Dispatcher(
-        state=h.state,
-        registry=DeviceRegistry(SIGNALS + slow),
-        publish=lambda d: h.sent.append((d.topic, d.payload)),
-        epoch=lambda: 5,
-        wall_ms=h.clock,
-        command_ttl_ms=30_000,
-        report_wall_per_sim_s=1 / 60,  # the city at x60: 900 s of its time is 15 s here
-    )
+
+    def dispatcher(report_wall_per_sim_s: float) -> Dispatcher:
+        return Dispatcher(
+            state=h.state,
+            registry=DeviceRegistry(SIGNALS + slow),
+            publish=lambda d: h.sent.append((d.topic, d.payload)),
+            epoch=lambda: 5,
+            wall_ms=h.clock,
+            command_ttl_ms=30_000,
+            report_wall_per_sim_s=report_wall_per_sim_s,
+        )
+
+    h.dispatcher = dispatcher(1 / 60)  # the city at x60: 900 s of its time is 15 s here
     record = await h.dispatcher.issue_command(profile_command(), issued_by=LAMP_ACTOR)
     assert record.command.ttl_ms == 30_000  # two reports (30 s) fit the TTL already
-    realtime = Dispatcher(
-        state=h.state,
-        registry=DeviceRegistry(SIGNALS + slow),
-        publish=lambda d: h.sent.append((d.topic, d.payload)),
-        epoch=lambda: 5,
-        wall_ms=h.clock,
-        command_ttl_ms=30_000,
-        report_wall_per_sim_s=1.0,  # the city in real time: a lamp reports every 15 min
-    )
+    realtime = dispatcher(1.0)  # the city in real time: a lamp reports every 15 min
     record = await realtime.issue_command(profile_command(8), issued_by=LAMP_ACTOR)
     assert record.command.ttl_ms == 1_800_000
     assert record.deadline_ms - record.created_at_ms == 1_800_000
-    one = command_pb2.Command(
-        asset_class=AC.TRAFFIC_SIGNAL,
-        target=command_pb2.Target(dev_eui=SIGNALS[0].dev_eui),
-        set_signal_mode=command_pb2.SetSignalMode(phase=telemetry_pb2.FLASHING_AMBER),
-    )
+    one = _flashing_signal()
     assert (await realtime.issue_command(one, issued_by="op")).command.ttl_ms == 30_000
 
 
@@ -704,9 +702,7 @@ async def test_a_newer_profile_supersedes_the_unconfirmed_one_which_is_never_sen
 
 async def test_a_frame_the_network_server_holds_is_not_resent_and_expires_saying_why() -> None:
     h = Harness()
-    record = await h.dispatcher.issue_command(_flashing_signal(), issued_by="op-claire")
-    command_id = record.command.command_id
-    await h.dispatcher.on_acks([_log(command_id, "WARNING", "DUTY_CYCLE_OVERFLOW: waiting")])
+    command_id = await _waiting_signal(h)
     for _ in range(29):  # the whole TTL but its last second: no retry, no failure
         h.clock.now += 1_000
         await h.dispatcher.run_ledger()
@@ -721,9 +717,7 @@ async def test_a_frame_the_network_server_holds_is_not_resent_and_expires_saying
 
 async def test_a_held_frame_acknowledged_later_is_acked() -> None:
     h = Harness()
-    record = await h.dispatcher.issue_command(_flashing_signal(), issued_by="op-claire")
-    command_id = record.command.command_id
-    await h.dispatcher.on_acks([_log(command_id, "WARNING", "DUTY_CYCLE_OVERFLOW: waiting")])
+    command_id = await _waiting_signal(h)
     h.clock.now += 10_000
     await h.dispatcher.run_ledger()
     await h.dispatcher.on_acks([h.ack(command_id, SIGNALS[0].dev_eui)])
