@@ -111,6 +111,8 @@ class PostAdminService(admin_pb2_grpc.PostAdminServicer):
         feed = post.feed.stats()
         edge = post.edge.stats()
         health = post.health()
+        footprint = post.footprint.latest
+        lag = feed.apply_lag
         down = set(feed.down)
         actors = []
         for key, devices in sorted(post.registry.groups().items()):
@@ -138,6 +140,13 @@ class PostAdminService(admin_pb2_grpc.PostAdminServicer):
             dead_letters_by_reason=edge.dead_letters_by_reason,
             commands_pending=post.dispatcher.pending_commands(),
             started_at_ms=post.started_at_ms,
+            memory_pss_bytes=footprint.pss_bytes,
+            cpu_cores=footprint.cpu_cores,
+            processes=footprint.processes,
+            apply_lag_p50_ms=lag.p50_ms,
+            apply_lag_p99_ms=lag.p99_ms,
+            apply_lag_max_ms=lag.max_ms,
+            readings_applied=lag.count,
         )
 
     # --- failover ----------------------------------------------------------------------------

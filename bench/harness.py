@@ -184,13 +184,9 @@ class PostRig:
         pool = RayActorPool.spawn(registry.groups())
         self.pool = pool
         # Wait for every constructor, so a post's start measures none of it.
-        keys = list(pool.actor_keys())
-        ready = ray_api.call_many(
-            [(pool.actor(k), "__ray_ready__", ()) for k in keys], READY_TIMEOUT_S
-        )
-        failed = [
-            actor_name(*k) for k, r in zip(keys, ready, strict=True) if isinstance(r, Exception)
-        ]
+        hosts = pool.hosts()
+        ready = ray_api.call_many([(h, "__ray_ready__", ()) for h in hosts], READY_TIMEOUT_S)
+        failed = [h.name for h, r in zip(hosts, ready, strict=True) if isinstance(r, Exception)]
         if failed:
             raise RuntimeError(f"actors not ready within {READY_TIMEOUT_S:.0f} s: {failed[:5]}")
         self.spawn_s = time.perf_counter() - start
@@ -200,8 +196,8 @@ class PostRig:
         pool, self.pool = self.pool, None
         if pool is None or not ray_api.is_connected():
             return
-        for key in pool.actor_keys():
-            ray_api.kill(pool.actor(key))
+        for host in pool.hosts():
+            ray_api.kill(host)
 
     def make_post(self, config: Config, registry: DeviceRegistry, clock: SimClock) -> Post:
         """A post on the current actors, not started yet (`start_post`)."""

@@ -261,6 +261,10 @@ class Measures:
     - `takeover_ms`: fault start → the first term of an epoch above the old one began
       (the new leader's key created).
     - `steady_ms`: fault end (heal done) → the steady state seen again (`steady_at_ms`).
+    - `operator_outage_ms`: the outage operators feel: the longest stretch without an
+      acknowledged operator write, from the last one before the fault (or the fault's
+      start) to the end of the observed span; None without writes to measure.
+    - `execution_outage_ms`: the same for device executions of any command.
     """
 
     old_epoch: int | None = None
@@ -268,6 +272,23 @@ class Measures:
     old_epoch_last_execution_ms: int | None = None
     takeover_ms: int | None = None
     steady_ms: int | None = None
+    operator_outage_ms: int | None = None
+    execution_outage_ms: int | None = None
+
+
+def outage_ms(at_ms: Iterable[int], fault_start_ms: int, observed_to_ms: int) -> int | None:
+    """The longest stretch without an event, from the last event before the fault (or
+    the fault's start) on; the span's end counts only if nothing came after the fault.
+    None when there was no event at all."""
+    times = sorted(at_ms)
+    if not times:
+        return None
+    before = [t for t in times if t < fault_start_ms]
+    after = [t for t in times if fault_start_ms <= t <= observed_to_ms]
+    points = [before[-1] if before else fault_start_ms, *after]
+    if not after:
+        points.append(observed_to_ms)
+    return max((b - a for a, b in itertools.pairwise(points)), default=0)
 
 
 def measures(evidence: Evidence) -> Measures:
@@ -275,15 +296,23 @@ def measures(evidence: Evidence) -> Measures:
     steady = (
         None if evidence.steady_at_ms is None else evidence.steady_at_ms - evidence.fault.end_ms
     )
+    outages = {
+        "operator_outage_ms": outage_ms(
+            (w.at_ms for w in evidence.acknowledged_writes), start, evidence.observed_to_ms
+        ),
+        "execution_outage_ms": outage_ms(
+            (e.at_ms for e in evidence.executions), start, evidence.observed_to_ms
+        ),
+    }
     old = next((t for t in evidence.leaders if t.holds_at(start)), None)
     if old is None:
-        return Measures(steady_ms=steady)
+        return Measures(steady_ms=steady, **outages)
     detection = None if old.to_ms is None else old.to_ms - start
     old_runs = [e.at_ms for e in evidence.executions if e.epoch == old.epoch]
     last = max(old_runs) - start if old_runs else None
     newer = [t.from_ms for t in evidence.leaders if t.epoch > old.epoch]
     takeover = min(newer) - start if newer else None
-    return Measures(old.epoch, detection, last, takeover, steady)
+    return Measures(old.epoch, detection, last, takeover, steady, **outages)
 
 
 # --- everything -----------------------------------------------------------------------------
@@ -328,6 +357,8 @@ class Report:
                 "old_epoch_last_execution": self.measures.old_epoch_last_execution_ms,
                 "takeover": self.measures.takeover_ms,
                 "steady": self.measures.steady_ms,
+                "operator_outage": self.measures.operator_outage_ms,
+                "execution_outage": self.measures.execution_outage_ms,
             },
         }
 

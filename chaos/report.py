@@ -150,6 +150,9 @@ def report_markdown(data: Mapping[str, Any]) -> str:
         "| old epoch's last execution (from fault start) | "
         f"{_seconds(m['old_epoch_last_execution'])} |",
         f"| steady state again (from heal) | {_seconds(m['steady'])} |",
+        "| longest without an acknowledged operator write | "
+        f"{_seconds(m.get('operator_outage'))} |",
+        f"| longest without any device execution | {_seconds(m.get('execution_outage'))} |",
     ]
     gaps = data["telemetry_gaps_ms"]
     if gaps:

@@ -111,11 +111,19 @@ def run_demo(config: Config, *, duration_s: float | None = None) -> int:
     try:
         with ExitStack() as stack:
             console.print(f"citypost demo: run dir {run_dir}")
-            console.print("starting etcd, mosquitto, the downlink gate and two posts")
             # Supervised, as a service manager would run it: what dies is restarted.
             system = CitySystem(config, run_dir, supervise=True)
             stack.callback(system.stop)
-            system.start()
+            began = time.monotonic()
+            with console.status("starting") as spinner:
+
+                def progress(step: str) -> None:
+                    line = f"[{time.monotonic() - began:5.1f} s] {step}"
+                    console.print(line, highlight=False)
+                    spinner.update(f"{line} …")
+
+                system.start(progress)
+            console.print(f"[{time.monotonic() - began:5.1f} s] started", highlight=False)
             config = system.config
             assert system.city is not None and system.gate is not None
             console.print(

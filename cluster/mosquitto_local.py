@@ -25,6 +25,20 @@ from cluster.processes import ManagedProcess, find_binary
 
 LOOPBACK = "127.0.0.1"
 
+# The city's broker limits, per client (mosquitto's defaults: 1,000 queued, 20 in flight).
+# Queued: a post's persistent session holds every uplink while the post is down. A
+# full-scale post restarts in ~40 s and the city publishes up to sim.max_uplinks_per_s
+# (3,000/s), 120,000 messages; a million covers five minutes of that (~0.4 GB at most).
+MAX_QUEUED_MESSAGES = 1_000_000
+# In flight: the edge acknowledges a batch at a time, a full one (edge.batch_max, 500)
+# at once, else every edge.batch_interval_ms (50 ms). With 100 in flight a batch never
+# filled and a post took at most 100 per 50 ms, 2,000 uplinks/s; 1,000 holds two batches.
+MAX_INFLIGHT_MESSAGES = 1_000
+# The in-memory store (sessions, queued messages) is written every second: a broker
+# crash loses at most that second of accepted messages. While the queues are short this
+# is cheap (the broker used 0.06-0.11 of a core with 3,000 uplinks/s in, twice that out).
+AUTOSAVE_INTERVAL_S = 1
+
 
 def mqtt_connects(host: str, port: int, timeout: float = 1.0) -> bool:
     """True when an MQTT v5 client gets a successful CONNACK from host:port."""
@@ -64,10 +78,10 @@ class LocalMosquitto:
         run_dir: Path,
         port: int | None = None,
         persistence: bool = False,
-        max_queued_messages: int = 100_000,
-        max_inflight_messages: int = 100,
+        max_queued_messages: int = MAX_QUEUED_MESSAGES,
+        max_inflight_messages: int = MAX_INFLIGHT_MESSAGES,
         *,
-        autosave_interval_s: int = 1,
+        autosave_interval_s: int = AUTOSAVE_INTERVAL_S,
         start_timeout_s: float = 15.0,
     ) -> None:
         if port is not None and not 1 <= port <= 65535:

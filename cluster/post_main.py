@@ -16,6 +16,7 @@ import logging
 import signal
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 from actors import ray_api
@@ -29,7 +30,7 @@ from citypost.config import Config
 from citypost.errors import ConfigError
 from citypost.observability import setup_observability
 from cluster.ports import free_port
-from cluster.post_process import ray_temp_file
+from cluster.post_process import phase_file, ray_temp_file, write_whole
 from cluster.ray_local import LocalRay
 from failover.control_state import ControlState
 from failover.election import Election
@@ -55,7 +56,13 @@ async def run_post(config: Config, *, ready_file: Path | None = None) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+
+    def phase(text: str) -> None:
+        if ready_file is not None:
+            write_whole(phase_file(ready_file), text)
+
     async with AsyncExitStack() as stack:
+        phase("starting its Ray cluster")
         ray_head = LocalRay(
             run_dir / "ray",
             name=name,
@@ -69,7 +76,15 @@ async def run_post(config: Config, *, ready_file: Path | None = None) -> int:
             ray_temp_file(ready_file).write_text(str(ray_head.temp_dir))
         ray_api.connect(ray_head.address, namespace=name, env=ray_head.env_for_driver())
         stack.push_async_callback(asyncio.to_thread, ray_api.disconnect)
-        pool = await asyncio.to_thread(RayActorPool.spawn, registry.groups())
+        groups = registry.groups()
+        phase(f"starting the actors of {len(groups)} groups")
+        pool = await asyncio.to_thread(
+            partial(
+                RayActorPool.spawn,
+                groups,
+                hosts_per_class=config.post.hosts_per_class,
+            )
+        )
         observability = setup_observability(config.observability, post=name)
         stack.callback(observability.shutdown)
         port = config.post.grpc_port or free_port()
@@ -102,6 +117,7 @@ async def run_post(config: Config, *, ready_file: Path | None = None) -> int:
             state=state,
             leadership=leadership,
         )
+        phase(f"waiting for {len(pool.hosts())} actor processes, reading the control state")
         await post.start()
         stack.push_async_callback(post.stop)
         citizen = CitizenService(
@@ -128,6 +144,7 @@ async def run_post(config: Config, *, ready_file: Path | None = None) -> int:
         if election is not None:
             # Last: campaign only once actors, state and API are up. Closed first on
             # the way out: resigning hands over before anything else stops.
+            phase("joining the election")
             await election.start()
             stack.push_async_callback(election.close)
         role = "campaigning" if election is not None else "leading alone"
@@ -136,10 +153,7 @@ async def run_post(config: Config, *, ready_file: Path | None = None) -> int:
             flush=True,
         )
         if ready_file is not None:
-            # Readers wait for the file to exist: it must never exist half written.
-            temp = ready_file.with_suffix(".ready-tmp")
-            temp.write_text(address)
-            temp.replace(ready_file)
+            write_whole(ready_file, address)
         await stop.wait()
         print(f"citypost post {name}: stopping", flush=True)
     return 0

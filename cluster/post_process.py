@@ -2,7 +2,8 @@
 
 The demo (and later the drills) run posts this way, so a post can be killed
 like the real thing. Readiness is the post's own word: it writes its gRPC
-address to a ready file once it serves.
+address to a ready file once it serves, and what it is doing until then to a
+phase file beside it (start-up takes tens of seconds at full scale).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from citypost.config import Config
@@ -22,6 +24,18 @@ START_TIMEOUT_S = 180.0  # a Ray head and one worker per actor on a small machin
 def ray_temp_file(ready_file: Path) -> Path:
     """Where a post records its Ray temp dir, beside its ready file."""
     return ready_file.with_suffix(".ray-temp")
+
+
+def phase_file(ready_file: Path) -> Path:
+    """Where a starting post says what it is doing, beside its ready file."""
+    return ready_file.with_suffix(".phase")
+
+
+def write_whole(path: Path, text: str) -> None:
+    """Readers poll these files: one must never be seen half written."""
+    temp = path.with_name(path.name + ".tmp")
+    temp.write_text(text)
+    temp.replace(path)
 
 
 def post_overrides(config: Config) -> list[str]:
@@ -42,6 +56,7 @@ def post_overrides(config: Config) -> list[str]:
         "post.command_ttl_s": repr(config.post.command_ttl_s),
         "post.max_restarts": str(config.post.max_restarts),
         "post.restart_window_s": repr(config.post.restart_window_s),
+        "post.hosts_per_class": str(config.post.hosts_per_class),
         "run_dir": f'"{config.run_dir}"',
         "observability.exporter": f'"{config.observability.exporter}"',
         "failover.lease_ttl_s": repr(config.failover.lease_ttl_s),
@@ -84,11 +99,27 @@ class PostProcess:
     def launch(self) -> PostProcess:
         """Start the process without waiting (start several, then wait for each)."""
         self._ready_file.unlink(missing_ok=True)
+        phase_file(self._ready_file).unlink(missing_ok=True)
         self.process.start()
         return self
 
-    def wait_ready(self) -> PostProcess:
-        self.process.wait_ready(self._ready_file.exists, START_TIMEOUT_S, interval=0.2)
+    def wait_ready(self, progress: Callable[[str], None] | None = None) -> PostProcess:
+        """Wait until the post serves; `progress` hears each phase it reports on the way."""
+        said = ""
+
+        def ready() -> bool:
+            nonlocal said
+            if progress is not None:
+                try:
+                    phase = phase_file(self._ready_file).read_text().strip()
+                except FileNotFoundError:
+                    phase = ""
+                if phase and phase != said:
+                    said = phase
+                    progress(f"post {self.name}: {phase}")
+            return self._ready_file.exists()
+
+        self.process.wait_ready(ready, START_TIMEOUT_S, interval=0.2)
         self.address = self._ready_file.read_text().strip()
         return self
 

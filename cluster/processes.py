@@ -3,12 +3,22 @@
 Each process runs in its own session, so its whole process group can be
 signalled and nothing of it outlives `stop()`. Its output goes to a log file
 whose tail is quoted in every error, because that is where the reason is.
+
+Nothing outlives its starter either, even one killed hard (SIGKILL runs none of
+its clean-up): every process is started with Linux's parent-death signal, so it
+gets SIGTERM when the process that started it dies, and stops as it would when
+asked: a post stops its Ray cluster (whose agents would otherwise wait a minute
+on a dead GCS), etcd and mosquitto save and exit. A killed demo so takes the
+posts, their Ray clusters, etcd and the broker with it. The kernel sends that
+signal when the *thread* that forked the child ends, not the process; so every
+start forks from one daemon thread that lives as long as the process.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import shutil
 import signal
 import subprocess
@@ -32,6 +42,55 @@ _INSTALL_HINTS: dict[str, tuple[str, str]] = {
 }
 
 DEFAULT_EXTRA_DIRS: tuple[str, ...] = ("/usr/sbin", "/usr/local/sbin")
+
+# util-linux's setpriv (Essential in Debian, so always there) sets the parent-death signal
+# and execs the command. Not a preexec_fn: Python code in a child forked from a process
+# with gRPC's threads crashed there (SIGSEGV, SIGABRT) under load.
+_SETPRIV = ("setpriv", "--pdeathsig", "TERM", "--")
+
+
+class _Forker:
+    """One daemon thread that forks every child (see the module's note on threads)."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], object], queue.SimpleQueue[object]]]
+        self._jobs = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def run(self, job: Callable[[], object]) -> object:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="forker", daemon=True)
+                self._thread.start()
+        answer: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._jobs.put((job, answer))
+        result = answer.get()
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def _loop(self) -> None:
+        while True:
+            job, answer = self._jobs.get()
+            try:
+                answer.put(job())
+            except BaseException as exc:  # handed to the caller, raised there
+                answer.put(exc)
+
+
+_forker = _Forker()
+
+
+def popen_bound_to_us(argv: Sequence[str], **kwargs: object) -> subprocess.Popen[bytes]:
+    """`subprocess.Popen` whose process gets SIGTERM when this process dies."""
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([*_SETPRIV, *argv], **kwargs)  # type: ignore[call-overload]
+
+    proc = _forker.run(start)
+    assert isinstance(proc, subprocess.Popen)
+    return proc
 
 
 def find_binary(name: str, extra_dirs: Sequence[str] = DEFAULT_EXTRA_DIRS) -> str:
@@ -133,7 +192,7 @@ class ManagedProcess:
                 log.write(f"=== citypost: starting {' '.join(self.argv)}\n".encode())
                 log.flush()
                 try:
-                    self._proc = subprocess.Popen(
+                    self._proc = popen_bound_to_us(
                         self.argv,
                         stdin=subprocess.DEVNULL,
                         stdout=log,

@@ -119,9 +119,12 @@ class CitySystem:
 
     # --- lifecycle -----------------------------------------------------------------------
 
-    def start(self) -> CitySystem:
+    def start(self, progress: Callable[[str], None] | None = None) -> CitySystem:
+        """Start everything; `progress` hears each step as it begins (the demo shows them)."""
+        say = progress or (lambda _: None)
         try:
-            self._start_infrastructure()
+            self._start_infrastructure(say)
+            say("building the city")
             self.city = build_city(self.config.city)
             clock = SimClock.of(self.config.sim)
             self.network_server = NetworkServer(
@@ -140,6 +143,7 @@ class CitySystem:
                     update={"network_server_api": f"127.0.0.1:{port}"}
                 )
                 self.config = self.config.model_copy(update={"radio": radio})
+            say(f"starting the downlink gate ({len(self.city.registry):,} devices)")
             self.gate = GateRunner(self.config).start()
             self._stack.callback(self.gate.stop)
             # One after the other: two Ray heads starting at once on a small machine
@@ -149,7 +153,8 @@ class CitySystem:
                 self._post_configs[config.post.name] = config
                 self.posts[config.post.name] = PostProcess(config, self.run_dir).launch()
                 self._stack.callback(self._stop_post, config.post.name)
-                self.posts[config.post.name].wait_ready()
+                self.posts[config.post.name].wait_ready(say)
+            say("starting the city's devices")
             self.network_server.start(uplinks=self._uplinks)
             self.write_manifest()
             if self._supervise:
@@ -163,10 +168,11 @@ class CitySystem:
             raise
         return self
 
-    def _start_infrastructure(self) -> None:
+    def _start_infrastructure(self, say: Callable[[str], None]) -> None:
         config = self.config
         endpoints = list(config.etcd.endpoints)
         if config.etcd.mode == "local":
+            say(f"starting etcd ({config.etcd.members} members)")
             self.etcd = LocalEtcd(
                 self.run_dir / "etcd",
                 members=config.etcd.members,
@@ -178,6 +184,7 @@ class CitySystem:
             endpoints = list(self.etcd.endpoints)
         mqtt = config.mqtt
         if mqtt.mode == "local":
+            say("starting the MQTT broker")
             self.broker = LocalMosquitto(
                 self.run_dir / "mosquitto", port=mqtt.port, persistence=mqtt.persistence
             )

@@ -556,6 +556,16 @@ def status_detail(status: admin_pb2.PostStatus) -> Pairs:
         ("uplinks", f"{sum(status.uplinks_by_class.values())} ({status.uplinks_per_s:.1f}/s)"),
         ("dead letters", str(sum(status.dead_letters_by_reason.values()))),
         ("commands pending", str(status.commands_pending)),
+        (
+            "reading to policy",
+            f"p50 {status.apply_lag_p50_ms} ms, p99 {status.apply_lag_p99_ms} ms, "
+            f"max {status.apply_lag_max_ms} ms ({status.readings_applied:,} readings)",
+        ),
+        (
+            "footprint",
+            f"{status.memory_pss_bytes / 2**30:.2f} GiB PSS, {status.cpu_cores:.2f} cores, "
+            f"{status.processes} processes",
+        ),
     ]
 
 

@@ -355,6 +355,14 @@ class Election:
             )
         return decision.epoch
 
+    def write_window_s(self) -> float:
+        """Seconds until my lease may have expired and I fence myself (0: not leading)."""
+        now = self._clock()
+        decision = self._decide(now)
+        if not decision.may_command or decision.deadline is None:
+            return 0.0
+        return max(0.0, decision.deadline - now)
+
     def status(self) -> ElectionStatus:
         now = self._clock()
         decision = self._decide(now)

@@ -30,6 +30,10 @@ class Leadership(Protocol):
         """The epoch to stamp and fence with; NotLeaderError when I do not lead."""
         ...
 
+    def write_window_s(self) -> float | None:
+        """Seconds until I must fence myself (0: now; None: never)."""
+        ...
+
     def status(self) -> ElectionStatus: ...
 
     def role_changes(self) -> AsyncIterator[RoleChange]: ...
@@ -49,6 +53,9 @@ class SoleLeadership:
 
     def command_epoch(self) -> int:
         return SOLE_EPOCH
+
+    def write_window_s(self) -> float | None:
+        return None
 
     def status(self) -> ElectionStatus:
         return ElectionStatus(

@@ -38,6 +38,7 @@ from actors.decisions import Decision
 from actors.policy import Snapshot
 from actors.pool import ActorKey, ActorPool, Call
 from citypost.errors import ResourceExhaustedError
+from post.lag import LagHistogram, LagSummary
 from protos.citypost.v1 import telemetry_pb2
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class _Event:
     readings: int = 0
     opened_at: float = 0.0  # monotonic
     payload: bytes = b""  # the serialized batch once sealed; b"" for a tick
+    received_ms: list[int] = field(default_factory=list)  # when the edge decoded each item
 
     def seal(self) -> bytes:
         if self.items is not None:
@@ -97,6 +99,10 @@ class FeedStats:
     applied_by_actor: dict[str, int]
     delivery_failures: int
     worker_pids: dict[str, int] = field(default_factory=dict)  # 0: not known yet
+    # Actor processes that came back empty: one per crash, however many units it hosted.
+    crashes: int = 0
+    # From the edge's decoding to the policy's first application, every reading so far.
+    apply_lag: LagSummary = field(default_factory=lambda: LagSummary(0, 0, 0, 0))
 
 
 class ActorFeed:
@@ -106,6 +112,7 @@ class ActorFeed:
         *,
         now_ms: Callable[[], int],
         deliver: Deliver,
+        wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         call_timeout_s: float = 10.0,
         snapshot_every: int = 20,
         max_behind_readings: int = 50_000,
@@ -115,6 +122,9 @@ class ActorFeed:
     ) -> None:
         self._pool = pool
         self._now_ms = now_ms
+        self._wall_ms = wall_ms
+        self._lag = LagHistogram()
+        self._lag_summary = self._lag.summary()  # stats() reads this, without the lock
         self._deliver = deliver
         self._timeout = call_timeout_s
         self._snapshot_every = snapshot_every
@@ -133,6 +143,7 @@ class ActorFeed:
         self._busy = False  # a pump round is in progress
         self._stopping = False
         self._delivery_failures = 0
+        self._crashes = 0
         self._pump_thread: threading.Thread | None = None
 
     # --- the edge's sink -----------------------------------------------------------------
@@ -150,7 +161,7 @@ class ActorFeed:
         with self._cond:
             self._refuse_if_behind(routed)
             for key, items in routed.items():
-                self._enqueue_items(self._tracks[key], items, now)
+                self._enqueue_items(key, items, now)
             self._cond.notify_all()
 
     def tick(self) -> None:
@@ -244,6 +255,7 @@ class ActorFeed:
     def _recover(self, keys: list[ActorKey]) -> None:
         healths = self._pool.call_many([Call(key, "health") for key in keys], self._timeout)
         to_restore: list[tuple[ActorKey, Snapshot | None]] = []
+        crashed: set[int] = set()  # the processes the restarted units last answered from
         with self._cond:
             for key, health in zip(keys, healths, strict=True):
                 track = self._tracks[key]
@@ -251,15 +263,17 @@ class ActorFeed:
                     track.down = True
                     continue
                 assert isinstance(health, Health)
-                track.worker_pid = health.pid
                 if not health.restored:
                     if track.incarnation is not None:
                         track.restarts += 1
+                        crashed.add(track.worker_pid)
                         log.warning("actor %s restarted: restoring it", actor_name(*key))
                     to_restore.append((key, track.snapshot))
                 else:
                     track.down = False  # alive and the same: only unconfirmed events to resend
                 track.incarnation = health.incarnation
+                track.worker_pid = health.pid
+            self._crashes += len(crashed)
         if to_restore:
             calls = [Call(key, "restore", (snapshot,)) for key, snapshot in to_restore]
             results = self._pool.call_many(calls, self._timeout)
@@ -286,16 +300,23 @@ class ActorFeed:
                     "telemetry until it catches up"
                 )
 
-    def _enqueue_items(self, track: _Track, items: list[telemetry_pb2.Telemetry], now: int) -> None:
+    def _enqueue_items(self, key: ActorKey, items: list[telemetry_pb2.Telemetry], now: int) -> None:
+        track = self._tracks[key]
         last = track.events[-1] if track.events else None
+        # Lags of the group's own readings only: a bus's reading also fed to the signals'
+        # policies is one reading applied, not one per policy.
+        received = [
+            i.received_at_ms for i in items if i.asset_class == key[0] and i.group == key[1]
+        ]
         if last is not None and last.items is not None and last.readings < self._max_event:
             last.items.extend(items)  # not sent yet: it grows
+            last.received_ms.extend(received)
             last.readings += len(items)
             last.now_ms = max(last.now_ms, now)
             return
         track.seq += 1
         track.events.append(
-            _Event(track.seq, now, list(items), len(items), opened_at=time.monotonic())
+            _Event(track.seq, now, list(items), len(items), time.monotonic(), received_ms=received)
         )
 
     def _work_waiting(self) -> bool:
@@ -347,20 +368,27 @@ class ActorFeed:
         now = time.monotonic()
         with self._cond:
             calls: list[Call] = []
+            events: list[_Event] = []
             for key, track in self._tracks.items():
                 due = self._due_at(track)
                 event = track.next_event()
                 if due is not None and due <= now and event is not None:
                     calls.append(Call(key, "ingest", (event.seq, event.seal(), event.now_ms)))
+                    events.append(event)
         if not calls:
             return
         results = self._pool.call_many(calls, self._timeout)
         deliveries: list[tuple[str, list[Decision]]] = []
+        applied_at = self._wall_ms()
         with self._cond:
-            for call, result in zip(calls, results, strict=True):
+            for call, event, result in zip(calls, events, results, strict=True):
+                first_time = event.seq > self._tracks[call.key].delivered
                 decisions = self._settle(call.key, call.args[0], result)
+                if first_time and self._tracks[call.key].delivered == event.seq:
+                    self._lag.add_all(applied_at - r for r in event.received_ms)
                 if decisions:
                     deliveries.append((actor_name(*call.key), decisions))
+            self._lag_summary = self._lag.summary()
         for name, decisions in deliveries:
             try:
                 self._deliver(name, decisions)
@@ -427,4 +455,6 @@ class ActorFeed:
             applied_by_actor={actor_name(*k): t.applied for k, t in tracks},
             delivery_failures=self._delivery_failures,
             worker_pids={actor_name(*k): t.worker_pid for k, t in tracks},
+            crashes=self._crashes,
+            apply_lag=self._lag_summary,
         )

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -43,6 +43,7 @@ from citypost.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    NotLeaderError,
 )
 from failover.control_state import (
     ALARMS,
@@ -92,6 +93,7 @@ class Dispatcher:
         publish: Publish,
         epoch: Callable[[], int],
         wall_ms: Callable[[], int],
+        write_window_s: Callable[[], float | None] = lambda: None,
         command_ttl_ms: int = 60_000,
         max_attempts: int = 3,
         confirmations: Confirmations | None = None,
@@ -101,6 +103,7 @@ class Dispatcher:
         self._registry = registry
         self._publish = publish
         self._epoch = epoch
+        self._write_window_s = write_window_s
         self._wall_ms = wall_ms
         self._ttl_ms = command_ttl_ms
         self._max_attempts = max_attempts
@@ -918,7 +921,27 @@ class Dispatcher:
             if note is not None:
                 stamped = audit.finalize(note, epoch=epoch)
                 batch.append((audit_key(stamped.at_ms, stamped.entry_id), stamped))
-        await self._state.put_many(batch, epoch=epoch)
+        await self._while_leading(self._state.put_many(batch, epoch=epoch))
+
+    async def _while_leading(self, write: Awaitable[object]) -> None:
+        """Wait for `write` only while this post may still lead: past the instant its lease
+        may have ended it has fenced itself, and the caller (and every write queued behind
+        this one) hears "not the leader" at once instead of waiting on an etcd it cannot
+        reach. The abandoned write may still land; its epoch fences it if another post
+        leads, and an operator's retry with the same idempotency key finds it."""
+        pending = asyncio.ensure_future(write)
+        try:
+            while True:
+                window = self._write_window_s()
+                if window is not None and window <= 0:
+                    self._epoch()  # raises NotLeaderError, naming the leader when known
+                    raise NotLeaderError("this post's lead ended while it was writing")
+                done, _ = await asyncio.wait({pending}, timeout=window)
+                if done:
+                    pending.result()
+                    return
+        finally:
+            pending.cancel()  # a no-op once done
 
 
 def _incident_of(

@@ -46,12 +46,15 @@ from failover.election import Role
 from failover.roles import SOLE_EPOCH, Leadership, SoleLeadership
 from post.actor_feed import ActorFeed
 from post.dispatcher import Dispatcher
+from post.footprint import FootprintSampler
 from post.radio_view import RadioView
 
 log = logging.getLogger(__name__)
 
 LEDGER_INTERVAL_S = 0.5
 SUPERVISION_INTERVAL_S = 1.0
+# Reading a process tree's memory costs a few ms per process: every few seconds is enough.
+FOOTPRINT_INTERVAL_S = 5.0
 RATE_SAMPLES = 6  # the uplink rate is over the last five supervision ticks
 DELIVER_TIMEOUT_S = 30.0
 # A promoted post waits this long to have applied the old leader's writes; past it,
@@ -110,6 +113,7 @@ class Post:
             registry=registry,
             publish=self._publish,
             epoch=self.leadership.command_epoch,
+            write_window_s=self.leadership.write_window_s,
             wall_ms=wall_ms,
             report_wall_per_sim_s=config.sim.interval_factor / config.sim.speed,
         )
@@ -127,6 +131,8 @@ class Post:
         )
         self.unhealthy_reason = ""
         self.uplinks_per_s = 0.0
+        self.footprint = FootprintSampler()
+        self._footprint_at = float("-inf")
         self._uplink_samples: deque[tuple[float, int]] = deque(maxlen=RATE_SAMPLES)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -285,20 +291,25 @@ class Post:
 
     async def _supervise(self) -> None:
         self._sample_uplink_rate()
-        before = self.feed.stats().restarts
+        if time.monotonic() - self._footprint_at >= FOOTPRINT_INTERVAL_S:
+            self._footprint_at = time.monotonic()
+            await asyncio.to_thread(self.footprint.sample)
+        before = self.feed.stats()
         await asyncio.to_thread(self.feed.check_health, SUPERVISION_INTERVAL_S)
         await asyncio.to_thread(self.feed.recover_down)
         now = time.monotonic()
-        # Restarts count against the intensity, not slow answers: a ping that timed out on
-        # a busy machine marks the actor down and retries it, but is no crash.
-        for name, restarts in self.feed.stats().restarts.items():
-            for _ in range(restarts - before.get(name, 0)):
-                if self.intensity.record(now) is Verdict.ESCALATE and not self.unhealthy_reason:
-                    self.unhealthy_reason = (
-                        f"actors keep failing ({name} last): more than "
-                        f"{self.intensity.max_restarts} restarts in {self.intensity.window_s:g} s"
-                    )
-                    log.error("post %s is unhealthy: %s", self.name, self.unhealthy_reason)
+        after = self.feed.stats()
+        # Crashes count against the intensity, not slow answers (a ping that timed out on
+        # a busy machine marks the actor down and retries it, but is no crash), and not
+        # the units a crashed process hosted: one process down is one restart.
+        restarted = [n for n, r in after.restarts.items() if r > before.restarts.get(n, 0)]
+        for _ in range(after.crashes - before.crashes):
+            if self.intensity.record(now) is Verdict.ESCALATE and not self.unhealthy_reason:
+                self.unhealthy_reason = (
+                    f"actors keep failing ({', '.join(restarted[:3])} last): more than "
+                    f"{self.intensity.max_restarts} restarts in {self.intensity.window_s:g} s"
+                )
+                log.error("post %s is unhealthy: %s", self.name, self.unhealthy_reason)
 
     def _sample_uplink_rate(self) -> None:
         """Uplinks decoded per second over the last few supervision ticks."""

@@ -1,9 +1,10 @@
 """A post tells, over gRPC, which Ray worker process runs each of its actors.
 
 What the chaos drills rely on: the post runs as a process of its own
-(`citypost post`, as in the demo), GetStatus names each actor's worker, that
-worker belongs to the post's process session, and once it is SIGKILLed the
-actor comes back in another worker with its restart counted.
+(`citypost post`, as in the demo), GetStatus names each actor's worker (the
+groups of one asset class share one), that worker belongs to the post's
+process session, and once it is SIGKILLed every group it hosted comes back in
+another worker with its restart counted.
 """
 
 from __future__ import annotations
@@ -92,29 +93,39 @@ async def test_each_actor_names_its_worker_and_a_killed_worker_is_replaced(
         "every actor up with a known worker",
     )
     pids = {a.name: a.worker_pid for a in status.actors}
-    assert len(set(pids.values())) == len(pids)  # one worker per actor
+    by_class: dict[int, set[int]] = {}
+    for a in status.actors:
+        by_class.setdefault(a.asset_class, set()).add(a.worker_pid)
+    assert all(len(workers) == 1 for workers in by_class.values())  # one host per class
+    assert len(set(pids.values())) == len(by_class)  # and no two classes share one
     for name, pid in pids.items():
         assert _live(pid), f"{name}: worker {pid} is not running"
         assert os.getsid(pid) == session, f"{name}: worker {pid} is outside the post's session"
 
     victim = sorted(pids)[0]
-    before = next(a for a in status.actors if a.name == victim)
-    os.kill(before.worker_pid, signal.SIGKILL)
+    before = {a.name: a for a in status.actors}
+    killed = before[victim].worker_pid
+    hosted = {name for name, pid in pids.items() if pid == killed}
+    os.kill(killed, signal.SIGKILL)
 
     def replaced(s: admin_pb2.PostStatus) -> bool:
-        actor = next(a for a in s.actors if a.name == victim)
-        return (
-            actor.healthy
-            and actor.worker_pid not in (0, before.worker_pid)
-            and actor.restarts > before.restarts
+        return all(
+            a.healthy and a.worker_pid not in (0, killed) and a.restarts > before[a.name].restarts
+            for a in s.actors
+            if a.name in hosted
         )
 
-    after = await _until(post.address, replaced, 60, f"{victim} back in a new worker")
-    actor = next(a for a in after.actors if a.name == victim)
-    assert actor.restarts == before.restarts + 1
-    assert _live(actor.worker_pid)
-    assert os.getsid(actor.worker_pid) == session
+    after = await _until(post.address, replaced, 60, f"the groups of {victim} in a new worker")
+    for actor in after.actors:
+        if actor.name in hosted:
+            assert actor.restarts == before[actor.name].restarts + 1
+            assert _live(actor.worker_pid)
+            assert os.getsid(actor.worker_pid) == session
     # The others were not touched.
-    assert {a.name: a.worker_pid for a in after.actors if a.name != victim} == {
-        n: p for n, p in pids.items() if n != victim
+    assert {a.name: a.worker_pid for a in after.actors if a.name not in hosted} == {
+        n: p for n, p in pids.items() if n not in hosted
     }
+    assert after.healthy  # one process crashed: one restart against the intensity
+    # The post's footprint counts its whole tree: itself, its Ray cluster, the workers.
+    assert after.processes > len(by_class) + 1
+    assert after.memory_pss_bytes > 100 * 2**20

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -83,3 +88,84 @@ def test_a_demo_whose_ports_are_taken_says_so_in_one_line_and_starts_nothing(
     assert "Traceback" not in captured.err + captured.out
     assert not list(tmp_path.glob("demo-*"))  # nothing started, not even a run dir
     assert _demo_processes(tmp_path) == set()
+
+
+def _wait_for_ready_posts(demo: subprocess.Popen[bytes], run_dir: Path, timeout_s: float) -> None:
+    """Both posts serve: each wrote its ready file (a restarted post writes it anew)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert demo.poll() is None, "the demo exited"
+        ready = list(run_dir.glob("demo-*/post-*.ready"))
+        if len(ready) == 2 and all(f.read_text().strip() for f in ready):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"the demo's posts were not ready within {timeout_s:.0f} s")
+
+
+@pytest.mark.timeout(240)
+def test_a_demo_killed_hard_takes_everything_it_started_with_it(tmp_path: Path) -> None:
+    # SIGKILL runs none of the demo's clean-up: each child must notice its parent's death.
+    demo = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cluster.cli",
+            "demo",
+            "--scale",
+            "0.005",
+            "--duration",
+            "600",
+            "--set",
+            f"run_dir='{tmp_path}'",
+            "--set",
+            f"post.grpc_port={free_port()}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    started: dict[int, psutil.Process] = {}
+    try:
+        _wait_for_ready_posts(demo, tmp_path, 150)
+        started.update((p.pid, p) for p in psutil.Process(demo.pid).children(recursive=True))
+        names = " ".join(p.name() for p in started.values())
+        assert "etcd" in names and "mosquitto" in names and "raylet" in names
+
+        # A post killed hard: its Ray cluster (head, raylet, agents, workers) goes too,
+        # and the demo's supervisor starts the post again.
+        post = next(p for p in psutil.Process(demo.pid).children() if " post " in _cmd(p))
+        post_tree = post.children(recursive=True)
+        assert any(p.name() == "raylet" for p in post_tree)
+        post.kill()
+        _, alive = psutil.wait_procs(post_tree, timeout=60)
+        assert [_cmd(p) for p in alive if _is_live(p)] == []
+        _wait_for_ready_posts(demo, tmp_path, 150)
+
+        started.update((p.pid, p) for p in psutil.Process(demo.pid).children(recursive=True))
+        os.kill(demo.pid, signal.SIGKILL)
+        demo.wait(10)
+        _, alive = psutil.wait_procs(list(started.values()), timeout=60)
+        left = [_cmd(p) for p in alive if _is_live(p)]
+        assert left == [], f"left running after the demo was killed: {left}"
+        assert _demo_processes(tmp_path) == set()
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+            demo.wait(10)
+        for process in started.values():  # what the test found it had started, if left
+            if _is_live(process):
+                process.kill()
+
+
+def _is_live(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _cmd(process: psutil.Process) -> str:
+    try:
+        return f"{process.pid} {' '.join(process.cmdline())[:100]}"
+    except psutil.Error:
+        return str(process.pid)

@@ -97,8 +97,8 @@ async def post(
         await asyncio.to_thread(gate.stop)
         await asyncio.to_thread(network_server.stop)
         the_post.edge.session.stop(end_session=True)
-        for key in pool.actor_keys():
-            ray_api.kill(pool.actor(key))
+        for host in pool.hosts():
+            ray_api.kill(host)
         observability.shutdown()
 
 

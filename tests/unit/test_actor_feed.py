@@ -204,3 +204,23 @@ def test_a_failed_delivery_is_counted_and_the_feed_goes_on() -> None:
     assert feed.stats().delivery_failures == 1
     assert pool.seen(LAMPS) == 2
     feed.stop()
+
+
+def test_the_lag_from_decoding_to_application_is_counted_once_per_reading() -> None:
+    pool = InProcessPool([LAMPS])
+    wall = 2_000_000_000_000
+    feed = _feed(pool, [], wall_ms=lambda: wall)
+    try:
+        late = _items(LAMPS, 4)
+        for n, item in enumerate(late):
+            item.received_at_ms = wall - 100 * (n + 1)  # 100..400 ms before application
+        feed.submit(late)
+        _settled(feed)
+        pool.crash(LAMPS)  # a replay after the restart must not count them again
+        feed.check_health()
+        _settled(feed)
+        lag = feed.stats().apply_lag
+        assert lag.count == 4
+        assert lag.max_ms == 400 and 200 <= lag.p50_ms <= 210
+    finally:
+        feed.stop()

@@ -128,3 +128,19 @@ def test_no_worker_is_known_before_the_actor_answers() -> None:
         assert feed.stats().worker_pids == {LAMPS_NAME: pool.pid(LAMPS)}
     finally:
         feed.stop()
+
+
+def test_one_process_hosting_two_units_crashing_is_one_crash_and_two_restores() -> None:
+    pool = WorkerPool([LAMPS, SIGNALS])
+    pool.actors[SIGNALS] = WorkerActor(SIGNALS[1], pool.pid(LAMPS))  # one host for both
+    feed = _feed(pool)
+    try:
+        new_pid = 4242
+        pool.actors = {key: WorkerActor(key[1], new_pid) for key in pool.actors}
+        assert sorted(feed.check_health()) == sorted([LAMPS, SIGNALS])
+        stats = feed.stats()
+        assert stats.crashes == 1
+        assert stats.restarts == {LAMPS_NAME: 1, SIGNALS_NAME: 1}
+        assert set(stats.worker_pids.values()) == {new_pid}
+    finally:
+        feed.stop()

@@ -239,3 +239,16 @@ def test_check_all_reports_every_broken_invariant() -> None:
 def test_executions_from_the_network_server_log() -> None:
     log = [Execution("d1", "c1", 5, "set_brightness", 40.0, 123, T0 + 7, "street_lamp", "g")]
     assert executions_from_log(log) == (ExecutionEvent("d1", "c1", 5, T0 + 7, "street_lamp"),)
+
+
+def test_the_outage_operators_feel_runs_from_the_last_write_before_the_fault() -> None:
+    from chaos.invariants import outage_ms
+
+    # writes every 100 ms, a fault at 1,000 ms, then nothing until 3,400 ms
+    writes = [*range(0, 1000, 100), 3400, 3500]
+    assert outage_ms(writes, 1000, 10_000) == 3400 - 900
+    # nothing after the fault at all: the outage runs to the end of the observed span
+    assert outage_ms([0, 900], 1000, 5000) == 5000 - 900
+    # no write before the fault: from the fault's start
+    assert outage_ms([1500, 1600], 1000, 5000) == 500
+    assert outage_ms([], 1000, 5000) is None

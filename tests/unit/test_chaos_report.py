@@ -111,6 +111,9 @@ def test_failed_round_writes_all_three_files_naming_what_broke(tmp_path: Path) -
         "old_epoch_last_execution": 6_000,
         "takeover": 4_000,
         "steady": 6_000,
+        # the only write came before the fault: none from then to the end of the span
+        "operator_outage": 29_100,
+        "execution_outage": 5_500,
     }
     assert data["fault_window_ms"] == {"start": T0 + 10_000, "end": T0 + 20_000, "duration": 10_000}
     assert data["counts"]["executions"] == 6

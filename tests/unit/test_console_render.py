@@ -317,6 +317,13 @@ def _status() -> admin_pb2.PostStatus:
         uplinks_per_s=12.5,
         commands_pending=3,
         started_at_ms=T0,
+        memory_pss_bytes=3 * 2**29,
+        cpu_cores=0.25,
+        processes=14,
+        apply_lag_p50_ms=40,
+        apply_lag_p99_ms=900,
+        apply_lag_max_ms=1500,
+        readings_applied=12_345,
     )
 
 
@@ -326,6 +333,8 @@ def test_status_actors_and_counts() -> None:
     assert detail["health"] == "UNHEALTHY: actors down: policy:bus/line-3"
     assert detail["actors"] == "2 (1 unhealthy, 2 restarts)"
     assert detail["uplinks"] == "150 (12.5/s)" and detail["commands pending"] == "3"
+    assert detail["footprint"] == "1.50 GiB PSS, 0.25 cores, 14 processes"
+    assert detail["reading to policy"] == "p50 40 ms, p99 900 ms, max 1500 ms (12,345 readings)"
     actors = render.actors_table(status)
     assert actors.rows == [
         ("policy:bus/line-3", "bus", "line-3", "NO", "2", "9"),

@@ -151,6 +151,13 @@ class PostStatus(_message.Message):
     UPLINKS_PER_S_FIELD_NUMBER: _builtins.int
     COMMANDS_PENDING_FIELD_NUMBER: _builtins.int
     STARTED_AT_MS_FIELD_NUMBER: _builtins.int
+    MEMORY_PSS_BYTES_FIELD_NUMBER: _builtins.int
+    CPU_CORES_FIELD_NUMBER: _builtins.int
+    PROCESSES_FIELD_NUMBER: _builtins.int
+    APPLY_LAG_P50_MS_FIELD_NUMBER: _builtins.int
+    APPLY_LAG_P99_MS_FIELD_NUMBER: _builtins.int
+    APPLY_LAG_MAX_MS_FIELD_NUMBER: _builtins.int
+    READINGS_APPLIED_FIELD_NUMBER: _builtins.int
     post: _builtins.str
     role: _builtins.str
     """"leader" or "standby" (one post for now: "leader")"""
@@ -160,6 +167,19 @@ class PostStatus(_message.Message):
     uplinks_per_s: _builtins.float
     commands_pending: _builtins.int
     started_at_ms: _builtins.int
+    memory_pss_bytes: _builtins.int
+    """What the post costs the machine: its process tree (the post, its Ray cluster and
+    actor workers), sampled every few seconds.
+    """
+    cpu_cores: _builtins.float
+    """cores used on average (1.0: one core)"""
+    processes: _builtins.int
+    apply_lag_p50_ms: _builtins.int
+    """From the edge's decoding of a reading to its policy's application, since start."""
+    apply_lag_p99_ms: _builtins.int
+    apply_lag_max_ms: _builtins.int
+    readings_applied: _builtins.int
+    """readings whose lag is counted above"""
     @_builtins.property
     def actors(self) -> _containers.RepeatedCompositeFieldContainer[Global___ActorStatus]: ...
     @_builtins.property
@@ -180,10 +200,17 @@ class PostStatus(_message.Message):
         uplinks_per_s: _builtins.float = ...,
         commands_pending: _builtins.int = ...,
         started_at_ms: _builtins.int = ...,
+        memory_pss_bytes: _builtins.int = ...,
+        cpu_cores: _builtins.float = ...,
+        processes: _builtins.int = ...,
+        apply_lag_p50_ms: _builtins.int = ...,
+        apply_lag_p99_ms: _builtins.int = ...,
+        apply_lag_max_ms: _builtins.int = ...,
+        readings_applied: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actors", b"actors", "commands_pending", b"commands_pending", "dead_letters_by_reason", b"dead_letters_by_reason", "epoch", b"epoch", "healthy", b"healthy", "post", b"post", "role", b"role", "started_at_ms", b"started_at_ms", "unhealthy_reason", b"unhealthy_reason", "uplinks_by_class", b"uplinks_by_class", "uplinks_per_s", b"uplinks_per_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actors", b"actors", "apply_lag_max_ms", b"apply_lag_max_ms", "apply_lag_p50_ms", b"apply_lag_p50_ms", "apply_lag_p99_ms", b"apply_lag_p99_ms", "commands_pending", b"commands_pending", "cpu_cores", b"cpu_cores", "dead_letters_by_reason", b"dead_letters_by_reason", "epoch", b"epoch", "healthy", b"healthy", "memory_pss_bytes", b"memory_pss_bytes", "post", b"post", "processes", b"processes", "readings_applied", b"readings_applied", "role", b"role", "started_at_ms", b"started_at_ms", "unhealthy_reason", b"unhealthy_reason", "uplinks_by_class", b"uplinks_by_class", "uplinks_per_s", b"uplinks_per_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
