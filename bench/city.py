@@ -45,9 +45,10 @@ import grpc
 
 from bench.harness import parse_overrides
 from citypost.config import Config, load_config
-from cluster.system import CitySystem
+from cluster.system import CitySystem, fit_speed
 from failover.control_state import LEDGER, list_all
 from failover.etcd_control_state import EtcdControlState
+from fleet.population import build_city
 from protos.citypost.v1 import admin_pb2, admin_pb2_grpc, assets_pb2, command_pb2, control_state_pb2
 
 TARGET_APPLIED = 0.999
@@ -70,8 +71,10 @@ class Samples:
 
 
 def anchored(config: Config, *, startup_allowance_s: float, transition_after_s: float) -> Config:
-    """The config with its clock anchored: 23:00 local falls `startup_allowance_s` +
-    `transition_after_s` real seconds from now."""
+    """The config at the speed the city will run (see `cluster.system.fit_speed`), its
+    clock anchored: 23:00 local falls `startup_allowance_s` + `transition_after_s` real
+    seconds from now."""
+    config, _ = fit_speed(config, build_city(config.city))
     speed = config.sim.speed
     origin = datetime.now(UTC) + timedelta(seconds=startup_allowance_s)
     local = origin.astimezone(TIMEZONE)

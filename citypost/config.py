@@ -189,6 +189,17 @@ class PostConfig(_Section):
     max_restarts: int = Field(10, ge=1)
     restart_window_s: float = Field(60.0, gt=0)
     ray_object_store_mb: int = Field(256, ge=64)
+    # Finished commands (and their idempotency records) leave etcd this long after they
+    # finished: etcd refuses every write once its database reaches its quota, and the
+    # city's policies issue thousands of commands a day. The audit keeps what expired,
+    # in one entry per batch. A client retrying with the same idempotency key after
+    # this long makes a new command.
+    finished_command_retention_s: float = Field(3600.0, ge=60)
+    # Audit entries stay in etcd this long (what `citypost console audit` lists); every
+    # post writes all of them to its audit file (run_dir/audit-<post>.jsonl) as it sees
+    # them, so nothing of the audit is lost when etcd lets them go.
+    audit_retention_s: float = Field(3600.0, ge=60)
+    retention_sweep_s: float = Field(60.0, gt=0)
 
 
 class ObservabilityConfig(_Section):

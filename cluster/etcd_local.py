@@ -95,6 +95,9 @@ def _etcd_env() -> dict[str, str]:
     return env
 
 
+AUTO_COMPACTION_RETENTION = "10m"
+
+
 class LocalEtcd:
     """An etcd cluster of `members` local processes (an odd number, 1 to 7).
 
@@ -285,6 +288,12 @@ class LocalEtcd:
             f"--heartbeat-interval={self.heartbeat_interval_ms}",
             f"--election-timeout={self.election_timeout_ms}",
             "--enable-v2=false",
+            # Every write of the control state is a new revision, and etcd keeps them all
+            # until compacted: its database would grow with the city's every command and
+            # alarm until the quota (2 GiB) refuses all writes. Ten minutes of history is
+            # what a post's watch needs; a post further behind reloads.
+            "--auto-compaction-mode=periodic",
+            f"--auto-compaction-retention={AUTO_COMPACTION_RETENTION}",
             "--logger=zap",
             "--log-outputs=stderr",
         ]

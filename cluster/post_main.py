@@ -37,6 +37,7 @@ from failover.election import Election
 from failover.etcd_control_state import EtcdControlState
 from failover.roles import Leadership, SoleLeadership
 from fleet.population import build_city
+from post.audit_file import AuditFile
 from post.post import Post, wall_ms
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,8 @@ async def run_post(config: Config, *, ready_file: Path | None = None) -> int:
             leadership = election
         else:
             leadership = SoleLeadership(name, address)
+        audit_file = AuditFile(config.run_dir.resolve() / f"audit-{name}.jsonl")
+        stack.callback(audit_file.close)
         post = Post(
             config,
             name=name,
@@ -116,6 +119,7 @@ async def run_post(config: Config, *, ready_file: Path | None = None) -> int:
             observability=observability,
             state=state,
             leadership=leadership,
+            audit_file=audit_file,
         )
         phase(f"waiting for {len(pool.hosts())} actor processes, reading the control state")
         await post.start()

@@ -47,6 +47,7 @@ from failover.election import leader_key
 from failover.etcd_client import etcd_client
 from failover.leadership import LeaderValue
 from fleet.network_server import NetworkServer
+from fleet.pacing import fitting_speed
 from fleet.population import City, build_city
 
 POST_NAMES = ("primary", "backup")
@@ -80,6 +81,23 @@ def post_configs(config: Config) -> list[Config]:
 # Given a post's name and the etcd endpoints, the endpoints that post must use: the
 # drills put a link they control between each post and etcd this way.
 EtcdRoute = Callable[[str, Sequence[str]], Sequence[str]]
+
+
+def fit_speed(config: Config, city: City) -> tuple[Config, str]:
+    """The config at a speed whose uplinks the simulated city can publish, and what was
+    changed (empty if nothing); ConfigError for an asked speed that cannot be kept."""
+    sim = config.sim
+    demand = city.uplinks_per_sim_s(sim.interval_factor)
+    speed = fitting_speed(
+        sim.speed, demand, sim.max_uplinks_per_s, explicit="speed" in sim.model_fields_set
+    )
+    if speed == sim.speed:
+        return config, ""
+    note = (
+        f"x{sim.speed:g} would ask {sim.speed * demand:,.0f} uplinks/s of the simulated city, "
+        f"more than it may publish ({sim.max_uplinks_per_s:,.0f}/s): running at x{speed:g}"
+    )
+    return config.model_copy(update={"sim": sim.model_copy(update={"speed": speed})}), note
 
 
 class CitySystem:
@@ -126,6 +144,7 @@ class CitySystem:
             self._start_infrastructure(say)
             say("building the city")
             self.city = build_city(self.config.city)
+            self._fit_speed(say)
             clock = SimClock.of(self.config.sim)
             self.network_server = NetworkServer(
                 self.city,
@@ -167,6 +186,12 @@ class CitySystem:
             self.stop()
             raise
         return self
+
+    def _fit_speed(self, say: Callable[[str], None]) -> None:
+        assert self.city is not None
+        self.config, note = fit_speed(self.config, self.city)
+        if note:
+            say(note)
 
     def _start_infrastructure(self, say: Callable[[str], None]) -> None:
         config = self.config

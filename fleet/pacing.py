@@ -6,9 +6,42 @@ Pure: simulated timestamps and an injected monotonic clock in, decisions out.
 from __future__ import annotations
 
 import heapq
+import math
 import random
 import time
 from collections.abc import Callable
+
+from citypost.errors import ConfigError
+
+# The network server's cap is a ceiling, not a pace to run at: 10 % under it leaves room
+# for bursts (devices due at once) and for the rest of the machine's work.
+SPEED_HEADROOM = 0.9
+
+
+def fitting_speed(
+    speed: float, demand_per_sim_s: float, cap_per_s: float, *, explicit: bool
+) -> float:
+    """The simulated speed at which the city's uplinks fit under the network server's cap.
+
+    Past the cap, devices would go out late while the simulated clock runs on, and look
+    silent in simulated time when they are not. So a default speed is lowered to the
+    fastest that fits (whole, when at least 1), and a speed the user asked for that
+    cannot be kept is refused with what would work.
+    """
+    if demand_per_sim_s <= 0:
+        return speed
+    limit = cap_per_s * SPEED_HEADROOM / demand_per_sim_s
+    if speed <= limit:
+        return speed
+    fitted = math.floor(limit) if limit >= 1 else math.floor(limit * 100) / 100
+    if explicit or fitted <= 0:
+        raise ConfigError(
+            f"sim.speed {speed:g}: the simulated city would publish "
+            f"{speed * demand_per_sim_s:,.0f} uplinks/s, more than sim.max_uplinks_per_s "
+            f"({cap_per_s:,.0f}, less {1 - SPEED_HEADROOM:.0%} headroom) lets it: choose a "
+            f"speed of {fitted:g} or less, a smaller city.scale or a larger sim.interval_factor"
+        )
+    return float(fitted)
 
 
 class TokenBucket:

@@ -86,6 +86,10 @@ class City:
         found = self.get(dev_eui)
         return None if found is None else found.behaviour
 
+    def uplinks_per_sim_s(self, interval_factor: float = 1.0) -> float:
+        """The city's nominal uplink rate per simulated second."""
+        return sum(1 / (d.behaviour.interval_s * interval_factor) for d in self.devices)
+
 
 def scaled_counts(scale: float) -> dict[ClassId, int]:
     """Devices per class at this scale: the defaults at 1.0, at least one of each."""

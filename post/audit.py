@@ -56,6 +56,7 @@ class Action(StrEnum):
     INCIDENT_CLOSE = "incident.close"
     NOTIFY = "notification.send"
     LEADERSHIP_TAKE = "leadership.take"
+    RETENTION_EXPIRE = "retention.expire"
 
 
 # --- actors and targets -----------------------------------------------------

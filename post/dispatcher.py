@@ -47,6 +47,7 @@ from citypost.errors import (
 )
 from failover.control_state import (
     ALARMS,
+    AUDIT,
     INCIDENTS,
     LEDGER,
     OVERRIDES,
@@ -116,6 +117,9 @@ class Dispatcher:
         self._acked_by: dict[
             str, set[str]
         ] = {}  # command_id -> devEuis that acked (group commands)
+        # Finished commands, in the order they finished: command_id -> (finished_at_ms,
+        # idempotency key); what the retention sweep takes out of etcd when they are old.
+        self._finished: dict[str, tuple[int, str]] = {}
         self._overrides: dict[tuple[int, str], control_state_pb2.Override] = {}
         self._incident_origins: set[str] = set()
         # Who reported the state of each open multicast: fed by the edge's telemetry.
@@ -137,6 +141,12 @@ class Dispatcher:
         self._pending = {
             r.command.command_id: r for r in records if not command_ledger.is_terminal(r)
         }
+        finished = sorted(
+            (r for r in records if command_ledger.is_terminal(r)), key=lambda r: r.finished_at_ms
+        )
+        self._finished = {
+            r.command.command_id: (r.finished_at_ms, r.idempotency_key) for r in finished
+        }
         for record in self._pending.values():
             if record.multicast:
                 self.confirmations.watch(record)
@@ -152,6 +162,7 @@ class Dispatcher:
             record = change.decode(control_state_pb2.CommandRecord)
             if record is None:
                 self._pending.pop(key_id(change.key), None)
+                self._finished.pop(key_id(change.key), None)  # the leader's retention
             else:
                 self._settle(record)
         elif namespace == ALARMS:
@@ -416,6 +427,8 @@ class Dispatcher:
             self._pending.pop(command_id, None)
             self._acked_by.pop(command_id, None)
             self.confirmations.forget(command_id)
+            if command_id not in self._finished:
+                self._finished[command_id] = (record.finished_at_ms, record.idempotency_key)
         else:
             self._pending[command_id] = record
             if record.multicast:
@@ -476,6 +489,62 @@ class Dispatcher:
 
     def pending_commands(self) -> int:
         return len(self._pending)
+
+    async def expire_finished(self, retention_ms: int) -> int:
+        """Take finished commands older than `retention_ms` out of the control state, with
+        their idempotency records, so etcd holds what is live and recent, not all history
+        (its quota, 2 GiB by default, would end every write). Each batch goes with one
+        audit entry saying what expired; the posts' audit files keep everything. Returns
+        how many commands expired."""
+        async with self._lock:
+            now = self._wall_ms()
+            cutoff = now - retention_ms
+            due: list[tuple[str, int, str]] = []
+            for command_id, (finished_at, key) in self._finished.items():
+                if finished_at >= cutoff:
+                    break  # in finishing order: the rest are younger
+                due.append((command_id, finished_at, key))
+            for start in range(0, len(due), EXPIRE_BATCH):
+                chunk = due[start : start + EXPIRE_BATCH]
+                items: list[tuple[str, Message | None]] = []
+                for command_id, _, key in chunk:
+                    items.append((ledger_key(command_id), None))
+                    if key:
+                        items.append((idempotency_index_key(key), None))
+                note = audit.draft(
+                    actor=audit.SYSTEM_ACTOR,
+                    action=audit.Action.RETENTION_EXPIRE,
+                    target="ledger",
+                    at_ms=now,
+                    detail=(
+                        f"{len(chunk)} finished command(s), finished {chunk[0][1]}..{chunk[-1][1]} "
+                        f"ms, and {len(items) - len(chunk)} idempotency record(s) expired after "
+                        f"{retention_ms / 1000:g} s"
+                    ),
+                )
+                await self._write(items, [note])
+                for command_id, _, _ in chunk:
+                    self._finished.pop(command_id, None)
+            return len(due)
+
+    async def expire_audit(self, retention_ms: int) -> int:
+        """Audit entries older than `retention_ms` leave etcd, oldest first (their keys
+        are in time order); every post keeps them all in its audit file. Returns how many
+        went."""
+        async with self._lock:
+            now = self._wall_ms()
+            cutoff = now - retention_ms
+            gone = 0
+            while True:
+                page = await self._state.list(
+                    AUDIT, control_state_pb2.AuditEntry, limit=EXPIRE_BATCH * 2
+                )
+                old = [e.key for e in page.entries if e.value.at_ms < cutoff]
+                if old:
+                    await self._write([(key, None) for key in old], [])
+                    gone += len(old)
+                if len(old) < EXPIRE_BATCH * 2:
+                    return gone
 
     # --- alarms, tasks, incidents, notifications -----------------------------------------
 
@@ -912,7 +981,7 @@ class Dispatcher:
 
     async def _write(
         self,
-        items: list[tuple[str, Message]],
+        items: Sequence[tuple[str, Message | None]],
         notes: Sequence[control_state_pb2.AuditEntry | None],
     ) -> None:
         epoch = self._epoch()
@@ -967,6 +1036,10 @@ def _incident_of(
     )
     return incident, note
 
+
+# Finished commands expired per etcd transaction: a ledger key and an idempotency key each,
+# and the audit entry, within etcd's 128 operations.
+EXPIRE_BATCH = 60
 
 REPORTS_TO_WAIT = 2
 # Above this many stragglers a multicast's retry is the multicast again, not unicasts:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -40,19 +41,30 @@ from bridges.registry import DeviceRegistry
 from bridges.sinks import FanOutSink, MemorySink
 from citypost.clock import SimClock
 from citypost.config import Config
+from citypost.errors import NotLeaderError
 from citypost.observability import Observability
-from failover.control_state import ControlState, InMemoryControlState, RevisionCompactedError
+from failover.control_state import (
+    AUDIT,
+    ControlState,
+    InMemoryControlState,
+    RevisionCompactedError,
+    namespace_of,
+)
 from failover.election import Role
 from failover.roles import SOLE_EPOCH, Leadership, SoleLeadership
 from post.actor_feed import ActorFeed
+from post.audit_file import AuditFile
 from post.dispatcher import Dispatcher
 from post.footprint import FootprintSampler
 from post.radio_view import RadioView
+from protos.citypost.v1 import control_state_pb2
 
 log = logging.getLogger(__name__)
 
 LEDGER_INTERVAL_S = 0.5
 SUPERVISION_INTERVAL_S = 1.0
+# About a minute of the city's acks at full scale (a few hundred a second at most).
+ACKS_KEPT_FOR_PROMOTION = 20_000
 # Reading a process tree's memory costs a few ms per process: every few seconds is enough.
 FOOTPRINT_INTERVAL_S = 5.0
 RATE_SAMPLES = 6  # the uplink rate is over the last five supervision ticks
@@ -77,7 +89,18 @@ class _Acks:
         self._post = post
 
     def submit_acks(self, acks: Sequence[chirpstack.Ack | chirpstack.LogEvent]) -> None:
-        self._post.from_thread(self._post.dispatcher.on_acks(acks))
+        # Only the leader settles commands; a standby follows the ledger it writes. Taken
+        # on a standby, an ack's ledger write is refused (not the leader) and the edge,
+        # which holds a batch until its sink accepts it, stopped reading the broker until
+        # the post was promoted. So a standby keeps the latest acks instead: promoted, it
+        # settles with them what the old leader sent and did not see acknowledged.
+        if not self._post.commanding():
+            self._post.keep_for_promotion(acks)
+            return
+        try:
+            self._post.from_thread(self._post.dispatcher.on_acks(acks))
+        except NotLeaderError:  # the lead ended between the check and the write
+            self._post.keep_for_promotion(acks)
 
 
 class Post:
@@ -92,8 +115,10 @@ class Post:
         observability: Observability,
         state: ControlState | None = None,
         leadership: Leadership | None = None,
+        audit_file: AuditFile | None = None,
     ) -> None:
         self.config = config
+        self.audit_file = audit_file
         self.name = name
         self.registry = registry
         self.pool = pool
@@ -131,6 +156,10 @@ class Post:
         )
         self.unhealthy_reason = ""
         self.uplinks_per_s = 0.0
+        # Acks seen while not commanding, for a promotion: a command whose acks reached
+        # the old leader too late (it crashed) is ACKED, not FAILED for want of them.
+        self._acks_for_promotion: deque[chirpstack.Ack] = deque(maxlen=ACKS_KEPT_FOR_PROMOTION)
+        self._acks_lock = threading.Lock()
         self.footprint = FootprintSampler()
         self._footprint_at = float("-inf")
         self._uplink_samples: deque[tuple[float, int]] = deque(maxlen=RATE_SAMPLES)
@@ -152,6 +181,16 @@ class Post:
     def commanding(self) -> bool:
         """Promoted, caught up, and the lease cannot have expired: checked at each use."""
         return self.leading and self.leadership.may_command()
+
+    def keep_for_promotion(self, acks: Sequence[chirpstack.Ack | chirpstack.LogEvent]) -> None:
+        with self._acks_lock:  # the edge's thread adds, the loop takes them at promotion
+            self._acks_for_promotion.extend(a for a in acks if isinstance(a, chirpstack.Ack))
+
+    def _take_kept_acks(self) -> list[chirpstack.Ack]:
+        with self._acks_lock:
+            kept = list(self._acks_for_promotion)
+            self._acks_for_promotion.clear()
+        return kept
 
     def _deliver(self, actor: str, decisions: list[Decision]) -> None:
         if not self.commanding():
@@ -187,6 +226,9 @@ class Post:
             asyncio.create_task(self._every(LEDGER_INTERVAL_S, self._ledger), name="ledger"),
             asyncio.create_task(
                 self._every(SUPERVISION_INTERVAL_S, self._supervise), name="supervise"
+            ),
+            asyncio.create_task(
+                self._every(self.config.post.retention_sweep_s, self._expire), name="retention"
             ),
         ]
 
@@ -233,6 +275,10 @@ class Post:
                 async for change in self.state.watch(self.applied_revision + 1):
                     if not self.leading:
                         self.dispatcher.apply_change(change)
+                    if self.audit_file is not None and namespace_of(change.key) == AUDIT:
+                        entry = change.decode(control_state_pb2.AuditEntry)
+                        if entry is not None:
+                            self.audit_file.append(entry)
                     self.applied_revision = change.revision
             except RevisionCompactedError:
                 log.warning("post %s: control state compacted past it: reloading", self.name)
@@ -262,7 +308,12 @@ class Post:
         if self.applied_revision < target:
             log.warning("post %s: control state not caught up: reloading it", self.name)
             await self._load_state()
+        # Acks seen while standing by settle what they acknowledge before the ledger loop
+        # (it runs once `leading`) could fail those commands for want of them; a second
+        # round takes those that came in between.
+        await self.dispatcher.on_acks(self._take_kept_acks())
         self.leading = True
+        await self.dispatcher.on_acks(self._take_kept_acks())
         replayed = await self.dispatcher.replay_pending()
         log.warning(
             "post %s: leading under epoch %s; %d unfinished command(s) sent again",
@@ -278,6 +329,12 @@ class Post:
         for override in self.dispatcher.expired_overrides():
             key: ActorKey = (override.asset_class, override.group)
             await self._resume_policy(key)
+
+    async def _expire(self) -> None:
+        if self.commanding():
+            post = self.config.post
+            await self.dispatcher.expire_finished(int(post.finished_command_retention_s * 1000))
+            await self.dispatcher.expire_audit(int(post.audit_retention_s * 1000))
 
     async def _resume_policy(self, key: ActorKey) -> None:
         """An override ended: the group's policy puts it back where it wants it."""

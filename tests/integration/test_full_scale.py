@@ -119,8 +119,23 @@ async def test_the_whole_city_through_a_transition_and_a_leader_crash(
     assert all(0 < b <= POST_PSS_BOUND for b in pss.values()), f"post memory (PSS): {dict(pss)}"
 
     records = await _ledger(system)
-    failed = [(r.command.command_id, r.detail) for r in records if r.status == command_pb2.FAILED]
-    assert not failed, f"commands FAILED: {failed[:10]}"
+    crash_ms = int((time.time() - (time.monotonic() - crashed_at)) * 1000)
+    failed = [
+        (
+            r.command.command_id[:8],
+            r.issued_by,
+            f"created {(r.created_at_ms - crash_ms) / 1000:+.1f} s from the crash",
+            f"epoch {r.command.epoch}",
+            f"attempts {r.attempts}",
+            f"last sent {(r.last_sent_at_ms - crash_ms) / 1000:+.1f} s",
+            f"finished {(r.finished_at_ms - crash_ms) / 1000:+.1f} s",
+            r.detail,
+            r.waiting,
+        )
+        for r in records
+        if r.status == command_pb2.FAILED
+    ]
+    assert not failed, f"commands FAILED (old epoch {old.epoch}): {failed[:10]}"
     transition_ms = int(transition_at * 1000)
     night = [r for r in records if r.multicast and r.created_at_ms >= transition_ms - 5_000]
     assert night, "no group command for the 23:00 transition"
