@@ -147,6 +147,7 @@ class PostAdminService(admin_pb2_grpc.PostAdminServicer):
             apply_lag_p99_ms=lag.p99_ms,
             apply_lag_max_ms=lag.max_ms,
             readings_applied=lag.count,
+            longest_gap_s_by_class=edge.longest_gap_s_by_class,
         )
 
     # --- failover ----------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 import paho.mqtt.client as mqtt
@@ -70,6 +70,9 @@ class EdgeStats:
     batches: int
     pending: int
     connected: bool
+    # Per class, the longest time without a decoded uplink since its first one, the
+    # stretch still open included (seconds, to the edge's flush: ~50 ms).
+    longest_gap_s_by_class: dict[str, float] = field(default_factory=dict)
 
     @property
     def decoded(self) -> int:
@@ -111,6 +114,8 @@ class Edge:
         self._last_flush = time.monotonic()
         self._stopping = False
         self._decoded: Counter[str] = Counter()
+        self._last_decoded_at: dict[str, float] = {}  # monotonic, per class
+        self._longest_gap: dict[str, float] = {}
         self._class_names = {cls: class_name(cls) for cls, _ in registry.groups()}
         self.dead_letters = DeadLetterCounter()
         self._batches = 0
@@ -263,6 +268,12 @@ class Edge:
         with self._cond:
             self._decoded.update(by_class)
             self._batches += 1
+            now = time.monotonic()
+            for name in by_class:
+                last = self._last_decoded_at.get(name)
+                if last is not None:
+                    self._longest_gap[name] = max(self._longest_gap.get(name, 0.0), now - last)
+                self._last_decoded_at[name] = now
         generation = self.session.connects
         ack = self.session.client.ack
         for gen, mid, qos, _ in items:
@@ -301,10 +312,16 @@ class Edge:
 
     def stats(self) -> EdgeStats:
         with self._cond:
+            now = time.monotonic()
+            gaps = {
+                name: max(self._longest_gap.get(name, 0.0), now - last)
+                for name, last in self._last_decoded_at.items()
+            }
             return EdgeStats(
                 decoded_by_class=dict(self._decoded),
                 dead_letters_by_reason=self.dead_letters.snapshot(),
                 batches=self._batches,
                 pending=len(self._items),
                 connected=self.session.connected,
+                longest_gap_s_by_class=gaps,
             )

@@ -28,7 +28,7 @@ LOOPBACK = "127.0.0.1"
 # The city's broker limits, per client (mosquitto's defaults: 1,000 queued, 20 in flight).
 # Queued: a post's persistent session holds every uplink while the post is down. A
 # full-scale post restarts in ~40 s and the city publishes up to sim.max_uplinks_per_s
-# (3,000/s), 120,000 messages; a million covers five minutes of that (~0.4 GB at most).
+# (2,400/s), ~100,000 messages; a million covers seven minutes of that (~0.4 GB at most).
 MAX_QUEUED_MESSAGES = 1_000_000
 # In flight: the edge acknowledges a batch at a time, a full one (edge.batch_max, 500)
 # at once, else every edge.batch_interval_ms (50 ms). With 100 in flight a batch never

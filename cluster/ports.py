@@ -55,3 +55,21 @@ def port_is_bindable(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def hold_port(host: str, port: int) -> socket.socket:
+    """Listen on `port` now, so nobody else takes it before its server does: a post's port
+    is chosen before the post starts its Ray cluster, whose processes take free ports of
+    their own (one once took a post's, which then could not serve). Listening, not just
+    bound: on Linux others may bind a port bound with SO_REUSEADDR until it listens. Close
+    it just before the server binds. InfrastructureError if the port is taken already."""
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # As the servers do: a restarted post's port may still have connections in TIME_WAIT.
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        holder.bind((host, port))
+        holder.listen(1)
+    except OSError as exc:
+        holder.close()
+        raise InfrastructureError(f"{host}:{port} is in use: {exc.strerror}") from exc
+    return holder

@@ -29,7 +29,7 @@ from citypost.clock import SimClock
 from citypost.config import Config
 from citypost.errors import ConfigError
 from citypost.observability import setup_observability
-from cluster.ports import free_port
+from cluster.ports import free_port, hold_port
 from cluster.post_process import phase_file, ray_temp_file, write_whole
 from cluster.ray_local import LocalRay
 from failover.control_state import ControlState
@@ -62,7 +62,10 @@ async def run_post(config: Config, *, ready_file: Path | None = None) -> int:
         if ready_file is not None:
             write_whole(phase_file(ready_file), text)
 
+    port = config.post.grpc_port or free_port()
+    held = hold_port(config.post.grpc_host, port)  # until the server binds it
     async with AsyncExitStack() as stack:
+        stack.callback(held.close)
         phase("starting its Ray cluster")
         ray_head = LocalRay(
             run_dir / "ray",
@@ -88,7 +91,6 @@ async def run_post(config: Config, *, ready_file: Path | None = None) -> int:
         )
         observability = setup_observability(config.observability, post=name)
         stack.callback(observability.shutdown)
-        port = config.post.grpc_port or free_port()
         address = f"{config.post.grpc_host}:{port}"
         endpoints = list(config.etcd.endpoints)
         election: Election | None = None
@@ -132,6 +134,7 @@ async def run_post(config: Config, *, ready_file: Path | None = None) -> int:
             limiter=default_report_limiter(),
             wall_ms=wall_ms,
         )
+        held.close()
         server, _ = await start_server(
             [
                 admin_service(post),

@@ -201,6 +201,7 @@ class NetworkServer:
         self._published = 0
         self._puback = 0
         self._stop = threading.Event()
+        self._uplinks_off = threading.Event()
         self._thread: threading.Thread | None = None
         self._radio_thread: threading.Thread | None = None
         # ChirpStack's gRPC API (multicast groups), served by serve_api.
@@ -311,8 +312,15 @@ class NetworkServer:
                 info.wait_for_publish(max(0.0, deadline - time.monotonic()))
         return sum(1 for info in infos if info.is_published())
 
+    def stop_uplinks(self) -> None:
+        """Stop publishing uplinks; downlinks, acks and the API go on (a benchmark's drain)."""
+        self._uplinks_off.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while not (self._stop.is_set() or self._uplinks_off.is_set()):
             try:
                 self._step()
             except Exception:  # the scheduler never dies; it logs and carries on

@@ -7,6 +7,8 @@ reading the broker until it was promoted.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -78,15 +80,45 @@ async def test_acks_seen_while_standing_by_settle_the_old_leaders_commands_at_pr
     assert stored is not None and stored.status == command_pb2.ACKED
 
 
-def test_acks_refused_because_the_lead_just_ended_are_kept_too(
+async def test_the_leaders_edge_never_waits_for_a_slow_ledger_write(
     post: Post, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     post.leading = True
+    post._loop = asyncio.get_running_loop()
+    release = asyncio.Event()
+    settled: list[int] = []
 
-    def refused(coroutine: object) -> None:
-        coroutine.close()  # type: ignore[attr-defined]
+    async def slow_on_acks(acks: list[chirpstack.Ack]) -> None:
+        await release.wait()  # etcd slow under load: the dispatcher's lock held
+        settled.append(len(acks))
+
+    monkeypatch.setattr(post.dispatcher, "on_acks", slow_on_acks)
+    sink = _Acks(post)
+    began = time.monotonic()
+    for _ in range(3):
+        await asyncio.to_thread(sink.submit_acks, [_ack()])
+    assert time.monotonic() - began < 2.0  # the edge read on
+    release.set()
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if len(settled) == 3:
+            break
+    assert settled == [1, 1, 1]  # all settled, in order
+
+
+async def test_acks_refused_because_the_lead_just_ended_are_kept_too(
+    post: Post, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    post.leading = True
+    post._loop = asyncio.get_running_loop()
+
+    async def refused(acks: list[chirpstack.Ack]) -> None:
         raise NotLeaderError("the lease ran out", leader_name="backup")
 
-    monkeypatch.setattr(post, "from_thread", refused)
-    _Acks(post).submit_acks([_ack()])  # does not raise: the edge reads on
-    assert len(post._acks_for_promotion) == 1
+    monkeypatch.setattr(post.dispatcher, "on_acks", refused)
+    sink = _Acks(post)
+    await asyncio.to_thread(sink.submit_acks, [_ack()])
+    await asyncio.sleep(0.05)
+    post.leading = False
+    await asyncio.to_thread(sink.submit_acks, [_ack(), _ack()])  # a standby's: kept as well
+    assert len(post._acks_for_promotion) == 3

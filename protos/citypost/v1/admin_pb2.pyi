@@ -140,6 +140,26 @@ class PostStatus(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class LongestGapSByClassEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     POST_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
     EPOCH_FIELD_NUMBER: _builtins.int
@@ -158,6 +178,7 @@ class PostStatus(_message.Message):
     APPLY_LAG_P99_MS_FIELD_NUMBER: _builtins.int
     APPLY_LAG_MAX_MS_FIELD_NUMBER: _builtins.int
     READINGS_APPLIED_FIELD_NUMBER: _builtins.int
+    LONGEST_GAP_S_BY_CLASS_FIELD_NUMBER: _builtins.int
     post: _builtins.str
     role: _builtins.str
     """"leader" or "standby" (one post for now: "leader")"""
@@ -186,6 +207,12 @@ class PostStatus(_message.Message):
     def uplinks_by_class(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
     @_builtins.property
     def dead_letters_by_reason(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
+    @_builtins.property
+    def longest_gap_s_by_class(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Per asset class: the longest time the edge decoded no uplink of it, since its first
+        one (the stretch still open included), in seconds.
+        """
+
     def __init__(
         self,
         *,
@@ -207,10 +234,11 @@ class PostStatus(_message.Message):
         apply_lag_p99_ms: _builtins.int = ...,
         apply_lag_max_ms: _builtins.int = ...,
         readings_applied: _builtins.int = ...,
+        longest_gap_s_by_class: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actors", b"actors", "apply_lag_max_ms", b"apply_lag_max_ms", "apply_lag_p50_ms", b"apply_lag_p50_ms", "apply_lag_p99_ms", b"apply_lag_p99_ms", "commands_pending", b"commands_pending", "cpu_cores", b"cpu_cores", "dead_letters_by_reason", b"dead_letters_by_reason", "epoch", b"epoch", "healthy", b"healthy", "memory_pss_bytes", b"memory_pss_bytes", "post", b"post", "processes", b"processes", "readings_applied", b"readings_applied", "role", b"role", "started_at_ms", b"started_at_ms", "unhealthy_reason", b"unhealthy_reason", "uplinks_by_class", b"uplinks_by_class", "uplinks_per_s", b"uplinks_per_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actors", b"actors", "apply_lag_max_ms", b"apply_lag_max_ms", "apply_lag_p50_ms", b"apply_lag_p50_ms", "apply_lag_p99_ms", b"apply_lag_p99_ms", "commands_pending", b"commands_pending", "cpu_cores", b"cpu_cores", "dead_letters_by_reason", b"dead_letters_by_reason", "epoch", b"epoch", "healthy", b"healthy", "longest_gap_s_by_class", b"longest_gap_s_by_class", "memory_pss_bytes", b"memory_pss_bytes", "post", b"post", "processes", b"processes", "readings_applied", b"readings_applied", "role", b"role", "started_at_ms", b"started_at_ms", "unhealthy_reason", b"unhealthy_reason", "uplinks_by_class", b"uplinks_by_class", "uplinks_per_s", b"uplinks_per_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
