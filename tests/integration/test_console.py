@@ -31,6 +31,8 @@ from console.cli import run
 from console.client import PostClient, RetryPolicy
 from failover.control_state import LEDGER, InMemoryControlState
 from post.dispatcher import Dispatcher
+from post.footprint import Footprint
+from post.lag import LagSummary
 from protos.citypost.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -99,10 +101,16 @@ class LivePost:
 def _stand_in_post(registry: DeviceRegistry, dispatcher: Dispatcher) -> Any:
     """What PostAdminService reads of a post, without its Ray cluster."""
     lamps = actor_name(AC.STREET_LAMP, "talant")
-    feed = SimpleNamespace(down=[lamps], restarts={lamps: 2}, worker_pids={})
+    feed = SimpleNamespace(
+        down=[lamps],
+        restarts={lamps: 2},
+        worker_pids={},
+        apply_lag=LagSummary(count=47, p50_ms=120, p99_ms=480, max_ms=510),
+    )
     edge = SimpleNamespace(
         decoded_by_class={"street_lamp": 40, "bollard": 7},
         dead_letters_by_reason={"bad_lpp": 1},
+        longest_gap_s_by_class={"street_lamp": 2.5, "bollard": 30.0},
     )
     return SimpleNamespace(
         name="primary",
@@ -115,6 +123,7 @@ def _stand_in_post(registry: DeviceRegistry, dispatcher: Dispatcher) -> Any:
         feed=SimpleNamespace(stats=lambda: feed),
         edge=SimpleNamespace(stats=lambda: edge),
         health=lambda: SimpleNamespace(healthy=False, reason=f"actors down: {lamps}"),
+        footprint=SimpleNamespace(latest=Footprint(processes=14, pss_bytes=2**30, cpu_cores=0.5)),
     )
 
 
@@ -504,11 +513,16 @@ async def test_status_of_the_post(
     assert "UNHEALTHY: actors down: policy:street_lamp/talant" in shown
     assert "3 actors, 1 unhealthy" in shown and "1 unhealthy, 2 restarts" in shown
     assert "bad_lpp" in shown and "street_lamp" in shown
+    assert "1.00 GiB PSS, 0.50 cores, 14 processes" in shown
+    assert "p50 120 ms, p99 480 ms" in shown
     assert await post.console("status", "--json") == 0
     status = _json(capsys.readouterr().out)
     assert status["post"] == "primary" and status["epoch"] == str(EPOCH)
     assert status["uplinksByClass"] == {"street_lamp": "40", "bollard": "7"}
     assert status["uplinksPerS"] == 12.5
+    assert status["memoryPssBytes"] == str(2**30) and status["processes"] == 14
+    assert status["applyLagP99Ms"] == "480"
+    assert status["longestGapSByClass"] == {"street_lamp": 2.5, "bollard": 30.0}
 
 
 def _usage_exit(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:

@@ -18,12 +18,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from bench.city import anchored
+from bench.city import anchored, ledger
 from citypost.config import load_config
 from cluster.system import CitySystem
-from failover.control_state import LEDGER, list_all
-from failover.etcd_control_state import EtcdControlState
-from protos.citypost.v1 import admin_pb2, admin_pb2_grpc, command_pb2, control_state_pb2
+from protos.citypost.v1 import admin_pb2, admin_pb2_grpc, command_pb2
 from tests.integration.failover_support import check_execution_log, wait_leader
 
 pytestmark = pytest.mark.integration
@@ -33,7 +31,9 @@ TRANSITION_AFTER_S = 45.0  # from the clock's origin to 23:00 local
 STARTUP_ALLOWANCE_S = 120.0  # the clock's origin: the city must be live by then
 CRASH_AFTER_TRANSITION_S = 5.0
 OBSERVE_AFTER_TRANSITION_S = 150.0  # the group commands' TTL and their confirmations
-FLOWING_WINDOW_S = 20.0  # every class must have new uplinks in the last this many seconds
+# Every class must have new uplinks in the last this many seconds. Not the 5 s stall
+# target: classes still go 4-19 s without one at full scale (README, the limits found).
+FLOWING_WINDOW_S = 30.0
 TAKEOVER_BOUND_S = 30.0  # generous: the whole city loads both cores
 
 
@@ -62,14 +62,6 @@ def _status(address: str) -> admin_pb2.PostStatus | None:
         except grpc.RpcError:
             return None
         return status
-
-
-async def _ledger(system: CitySystem) -> list[control_state_pb2.CommandRecord]:
-    state = EtcdControlState.from_endpoints(system.endpoints, system.config.city.name)
-    try:
-        return [e.value for e in await list_all(state, LEDGER, control_state_pb2.CommandRecord)]
-    finally:
-        await state.close()
 
 
 @pytest.mark.timeout(600)
@@ -118,7 +110,7 @@ async def test_the_whole_city_through_a_transition_and_a_leader_crash(
     assert not stalled, f"no uplink for longer than {FLOWING_WINDOW_S:g} s at the end: {stalled}"
     assert all(0 < b <= POST_PSS_BOUND for b in pss.values()), f"post memory (PSS): {dict(pss)}"
 
-    records = await _ledger(system)
+    records = await ledger(system.endpoints, system.config.city.name)
     crash_ms = int((time.time() - (time.monotonic() - crashed_at)) * 1000)
     failed = [
         (
