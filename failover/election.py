@@ -346,6 +346,10 @@ class Election:
         decision = self._decide(self._clock())
         if not decision.may_command or decision.epoch is None:
             leader = decision.leader
+            if leader is not None and leader.name == self.name:
+                # Fenced (my lease may have expired) while the key still names me: pointing
+                # the caller back here would keep it from the post that takes over.
+                leader = None
             where = f"{leader.name} leads at {leader.address}" if leader else "nobody leads now"
             raise NotLeaderError(
                 f"post {self.name} does not lead ({decision.action.value}): {where}; "

@@ -74,6 +74,7 @@ log = logging.getLogger(__name__)
 
 Publish = Callable[[Downlink], None]
 M = TypeVar("M", bound=Message)
+T = TypeVar("T")
 
 
 @dataclass
@@ -945,8 +946,10 @@ class Dispatcher:
         """
         if not idempotency_key:
             return None
-        index = await self._state.get(
-            idempotency_index_key(idempotency_key), control_state_pb2.IdempotencyRecord
+        index = await self._while_leading(
+            self._state.get(
+                idempotency_index_key(idempotency_key), control_state_pb2.IdempotencyRecord
+            )
         )
         if index is None:
             return None
@@ -957,7 +960,7 @@ class Dispatcher:
                 f"idempotency_key {idempotency_key!r} was already used for another request "
                 f"({index.result_key}): send a new key with each new request"
             )
-        first = await self._state.get(index.result_key, message_type)
+        first = await self._while_leading(self._state.get(index.result_key, message_type))
         if first is None:
             raise FailedPreconditionError(
                 f"idempotency_key {idempotency_key!r}: the result of the first request "
@@ -992,13 +995,13 @@ class Dispatcher:
                 batch.append((audit_key(stamped.at_ms, stamped.entry_id), stamped))
         await self._while_leading(self._state.put_many(batch, epoch=epoch))
 
-    async def _while_leading(self, write: Awaitable[object]) -> None:
-        """Wait for `write` only while this post may still lead: past the instant its lease
-        may have ended it has fenced itself, and the caller (and every write queued behind
-        this one) hears "not the leader" at once instead of waiting on an etcd it cannot
-        reach. The abandoned write may still land; its epoch fences it if another post
-        leads, and an operator's retry with the same idempotency key finds it."""
-        pending = asyncio.ensure_future(write)
+    async def _while_leading(self, call: Awaitable[T]) -> T:
+        """Wait for an etcd call made for a write only while this post may still lead: past
+        the instant its lease may have ended it has fenced itself, and the caller (and every
+        write queued behind this one) hears "not the leader" at once instead of waiting on
+        an etcd it cannot reach. An abandoned write may still land; its epoch fences it if
+        another post leads, and an operator's retry with the same idempotency key finds it."""
+        pending = asyncio.ensure_future(call)
         try:
             while True:
                 window = self._write_window_s()
@@ -1007,8 +1010,7 @@ class Dispatcher:
                     raise NotLeaderError("this post's lead ended while it was writing")
                 done, _ = await asyncio.wait({pending}, timeout=window)
                 if done:
-                    pending.result()
-                    return
+                    return pending.result()
         finally:
             pending.cancel()  # a no-op once done
 

@@ -12,7 +12,7 @@ import pytest
 from aetcd import rpc
 
 from citypost.config import FailoverConfig
-from citypost.errors import ConfigError
+from citypost.errors import ConfigError, NotLeaderError
 from cluster.etcd_local import LocalEtcd
 from failover.election import Election, Role, RoleChange, leader_key
 from failover.etcd_client import etcd_client
@@ -177,6 +177,10 @@ async def test_frozen_leader_stops_commanding_before_its_lease_expires(
         assert seen is not None and seen[0] == leader.value and seen[1] == old_epoch
         assert not standby.may_command()
         assert leader.status().action is Action.DEMOTE
+        # Its refusal does not send a writer back to itself, though the key still names it.
+        with pytest.raises(NotLeaderError) as refused:
+            leader.command_epoch()
+        assert refused.value.leader_name == "" and "nobody leads now" in refused.value.message
         # The role loop published the demotion without any etcd event.
         await eventually(
             lambda: any(c.role is Role.STANDBY and c.action is Action.DEMOTE for c in changes),
