@@ -202,5 +202,6 @@ def for_command(
         at_ms=at_ms,
         outcome=outcome,
         detail=f"to {target}, attempt {record.attempts}/{record.max_attempts}"
+        + (" (a new leader's own)" if record.attempts > record.max_attempts else "")
         + (f": {detail}" if detail else ""),
     )

@@ -15,7 +15,9 @@ schedule its local timers on the monotonic clock.
 Retries: after send number n the next one is due `backoff_initial_ms * 2**(n-1)`
 later (capped at `backoff_max_ms`) and never later than the deadline; nothing
 is sent at or after the deadline. When the retry and the deadline fall due
-together, EXPIRE wins: the TTL is the harder bound.
+together, EXPIRE wins: the TTL is the harder bound. A new leader sends every
+command it inherits once more under its own epoch, even one whose attempts the
+old leader used up: that send has an ack window of its own.
 
 Acks: a positive ack counts once toward `expected_acks` (1 for a device, the
 device count for a group command); the caller passes each device's ack once
@@ -183,7 +185,11 @@ def on_sent(record: CommandRecord, now: int, *, epoch: int | None = None) -> Com
     """One more send, under `epoch` if given (a new leader re-sends under its own)."""
     if record.status not in (QUEUED, SENT):
         raise _refuse(record, "send")
-    if record.attempts >= record.max_attempts:
+    # A new leader owes one send of every command it inherits, attempts used or not: the
+    # old leader's last frames may have died with it, or still wait for airtime behind a
+    # transition's multicasts, and only an ack window of its own can tell.
+    inherited = epoch is not None and record.attempts > 0 and epoch > record.command.epoch
+    if record.attempts >= record.max_attempts and not inherited:
         raise FailedPreconditionError(
             f"command {record.command.command_id}: no attempt left "
             f"({record.attempts} of {record.max_attempts})"
@@ -363,17 +369,3 @@ def supersedes(newer: command_pb2.Command, older: command_pb2.Command) -> bool:
         and newer.WhichOneof("action") in STATE_ACTIONS
         and older.WhichOneof("action") in STATE_ACTIONS
     )
-
-
-def on_promotion(record: CommandRecord, now: int) -> CommandRecord:
-    """A new leader took the ledger: an unacknowledged command with attempts left is due now.
-
-    The resend (on_sent with the new epoch) keeps the command_id, so devices
-    execute it at most once. With no attempt left the last ack window runs out
-    as it would have.
-    """
-    if is_terminal(record) or record.attempts >= record.max_attempts:
-        return record
-    due = _copy(record)
-    due.next_retry_at_ms = min(due.next_retry_at_ms, now)
-    return due

@@ -278,7 +278,8 @@ def test_no_transition_leaves_a_terminal_state(final: ledger.CommandRecord) -> N
     with pytest.raises(FailedPreconditionError):
         ledger.fail(final, later)
     assert ledger.decide(final, later) == Action.DONE
-    assert ledger.on_promotion(final, later) == final
+    with pytest.raises(FailedPreconditionError):
+        ledger.on_sent(final, later, epoch=final.command.epoch + 1)  # nor a takeover's send
 
 
 def test_fail_is_legal_from_queued_with_a_named_cause() -> None:
@@ -311,18 +312,25 @@ def test_a_partly_acked_group_command_is_resent_when_its_retry_is_due() -> None:
 # --- promotion
 
 
-def test_a_new_leader_resends_unacknowledged_commands_at_once() -> None:
+def test_a_new_leader_resends_under_its_epoch_and_keeps_counting_attempts() -> None:
     sent = ledger.on_sent(record(backoff_initial_ms=10_000), T0, epoch=3)
-    assert ledger.decide(sent, T0 + 500) == Action.WAIT
-    due = ledger.on_promotion(sent, T0 + 500)
-    assert ledger.decide(due, T0 + 500) == Action.RESEND
-    resent = ledger.on_sent(due, T0 + 500, epoch=9)
+    resent = ledger.on_sent(sent, T0 + 500, epoch=9)
     assert resent.command.epoch == 9 and resent.attempts == 2
+    assert resent.next_retry_at_ms == T0 + 500 + 20_000  # its own ack window
 
 
-def test_promotion_grants_no_extra_attempt() -> None:
-    sent = ledger.on_sent(record(max_attempts=1, backoff_initial_ms=10_000), T0)
-    assert ledger.on_promotion(sent, T0 + 500) == sent
+def test_a_new_leader_owes_one_send_of_a_command_whose_attempts_were_used_up() -> None:
+    r = record(max_attempts=2, backoff_initial_ms=1_000)
+    r = ledger.on_sent(r, T0, epoch=3)
+    r = ledger.on_sent(r, T0 + 1_000, epoch=3)
+    with pytest.raises(FailedPreconditionError, match="no attempt left"):
+        ledger.on_sent(r, T0 + 2_000, epoch=3)  # the same leader has no attempt left
+    taken = ledger.on_sent(r, T0 + 2_000, epoch=9)
+    assert taken.attempts == 3 and taken.command.epoch == 9
+    assert ledger.decide(taken, T0 + 2_000 + 3_999) == Action.WAIT  # backoff after send 3
+    assert ledger.decide(taken, T0 + 2_000 + 4_000) == Action.FAIL
+    with pytest.raises(FailedPreconditionError, match="no attempt left"):
+        ledger.on_sent(taken, T0 + 6_000, epoch=9)  # one send per takeover, not more
 
 
 # --- multicast: confirmed by reported state ---------------------------------------------------

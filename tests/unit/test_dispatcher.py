@@ -421,6 +421,31 @@ async def test_a_standby_follows_the_leaders_writes_and_once_promoted_replays_un
     await standby.stop()
 
 
+async def test_a_new_leader_sends_once_more_what_the_old_one_had_no_attempt_left_for() -> None:
+    """The old leader's last frames may still wait for airtime (a transition's multicasts
+    fill the gateways): the new leader's own send and ack window, not a FAIL at once."""
+    leader = Harness()  # max_attempts=2
+    standby = Standby(leader, SIGNALS)
+    await standby.start()
+    record = await leader.dispatcher.issue_command(_flashing_signal(), issued_by="op-ana")
+    command_id = record.command.command_id
+    leader.clock.now += 1_000
+    await leader.dispatcher.run_ledger()  # the second and last attempt
+    assert (await leader.record(command_id)).attempts == 2
+    leader.state.set_epoch(6)
+    standby.epoch = 6
+    await standby.caught_up(await standby.dispatcher.mark_takeover("backup"))
+    assert await standby.dispatcher.replay_pending() == 1
+    replayed = decode_command(chirpstack.parse_downlink(standby.sent[-1][1]).data)
+    assert (replayed.command_id, replayed.epoch) == (command_id, 6)
+    leader.clock.now += 3_000  # the old leader's ack window would have closed by now
+    await standby.dispatcher.run_ledger()
+    assert (await leader.record(command_id)).status == command_pb2.SENT
+    await standby.dispatcher.on_acks([leader.ack(command_id, SIGNALS[0].dev_eui)])
+    assert (await leader.record(command_id)).status == command_pb2.ACKED
+    await standby.stop()
+
+
 # --- group commands by multicast, confirmed by reported state ---------------------------------
 
 LAMP_APP = application_id("dijon", AC.STREET_LAMP)
