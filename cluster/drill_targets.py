@@ -275,12 +275,11 @@ class AttachedTarget(DrillTarget):
 
     def _on_execution(self, message: mqtt.MQTTMessage) -> None:
         try:
-            record = orjson.loads(message.payload)
-            execution = Execution(**record)
+            executions = [Execution(**record) for record in orjson.loads(message.payload)]
         except (orjson.JSONDecodeError, TypeError):
-            return  # not an execution record: not evidence
+            return  # not a list of execution records: not evidence
         with self._lock:
-            self._log.append(execution)
+            self._log.extend(executions)
 
     def executions(self) -> Sequence[Execution]:
         with self._lock:

@@ -26,6 +26,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -84,7 +85,12 @@ EXECUTION_LOG_SIZE = 100_000  # executions kept in memory; the topic has them al
 MAX_OUTSTANDING = 5_000
 BATCH = 256  # uplinks built per lock hold
 MIN_WAIT_S = 0.01  # shortest pause of the scheduler
-CONFIRM_DELAY_S = (5.0, 60.0)  # a device reports its new state soon after a command
+# A device reports its new state soon after a command sent to it alone. A multicast's
+# members do not: a commune's lamps all answering within a minute is tens of thousands of
+# uplinks at once (more than the radio, or this city's rate cap, can take: the backlog
+# starved every class for 10-19 s at full scale); their next regular reading carries the
+# new state, within one period, and the group command's deadline allows two.
+CONFIRM_DELAY_S = (5.0, 60.0)
 DOWNLINK_POLL_S = 0.05  # real seconds between looks at frames waiting for airtime
 
 
@@ -106,20 +112,25 @@ class Execution:
     asset_class: str
     group: str
 
-    def to_json(self) -> bytes:
-        return orjson.dumps(
-            {
-                "dev_eui": self.dev_eui,
-                "command_id": self.command_id,
-                "epoch": self.epoch,
-                "action": self.action,
-                "value": self.value,
-                "sim_time_ms": self.sim_time_ms,
-                "real_time_ms": self.real_time_ms,
-                "asset_class": self.asset_class,
-                "group": self.group,
-            }
-        )
+    def as_dict(self) -> dict[str, str | int | float]:
+        return {
+            "dev_eui": self.dev_eui,
+            "command_id": self.command_id,
+            "epoch": self.epoch,
+            "action": self.action,
+            "value": self.value,
+            "sim_time_ms": self.sim_time_ms,
+            "real_time_ms": self.real_time_ms,
+            "asset_class": self.asset_class,
+            "group": self.group,
+        }
+
+
+def executions_message(executions: Sequence[Execution]) -> bytes:
+    """One message on the executions topic: a JSON array, one object per execution. A
+    multicast runs on up to a group's thousands of devices at once; a message each held
+    the city's uplinks behind their broker acknowledgements."""
+    return orjson.dumps([e.as_dict() for e in executions])
 
 
 @dataclass(frozen=True)
@@ -185,6 +196,7 @@ class NetworkServer:
         self._factory = UplinkFactory(city, city_name, self._rng)
         self._gates: dict[str, CommandGate] = {}
         self._executions: deque[Execution] = deque(maxlen=EXECUTION_LOG_SIZE)
+        self._unpublished: list[Execution] = []  # executed, for the next executions message
         self._counters = _Counters()
         self._downlink_ids = 0
         self._schedule = UplinkSchedule()
@@ -450,13 +462,24 @@ class NetworkServer:
                 log.exception("fleet downlink step failed")
 
     def _handle(self, events: list[Event]) -> None:
+        self._handle_each(events)
+        self._publish_executions()
+
+    def _publish_executions(self) -> None:
+        """What was executed and not yet published, in one message."""
+        with self._lock:
+            batch, self._unpublished = self._unpublished, []
+        if batch:
+            self._publish(self.executions_topic, executions_message(batch))
+
+    def _handle_each(self, events: list[Event]) -> None:
         for event in events:
             if isinstance(event, Sent):
                 self._on_air(event)
             elif isinstance(event, MulticastSent):
                 for dev_eui in event.receivers:
                     i = self._index[dev_eui]
-                    self._execute(i, event.f_port, event.data)
+                    self._execute(i, event.f_port, event.data, report_soon=False)
             elif isinstance(event, Deferred):
                 self._log(event.frame, "WARNING", "DOWNLINK_GATEWAY", event.reason)
             elif isinstance(event, Dropped):
@@ -466,11 +489,15 @@ class NetworkServer:
         """The device received the frame: it runs it, the gateway and the device answer."""
         i = self._index[sent.frame.dev_eui]
         outcome = self._execute(i, sent.frame.f_port, sent.frame.data)
+        self._publish_executions()  # before the ack: who sees the ack can find the execution
         acknowledged = outcome is not None and outcome.acknowledged
         self._answer(i, sent.frame, sent, acknowledged=acknowledged)
 
-    def _execute(self, i: int, f_port: int, data: bytes) -> Outcome | None:
-        """What the device does with a frame it received: None if it cannot use it."""
+    def _execute(
+        self, i: int, f_port: int, data: bytes, *, report_soon: bool = True
+    ) -> Outcome | None:
+        """What the device does with a frame it received: None if it cannot use it.
+        `report_soon`: it sends its new state before its next regular uplink."""
         sim_device = self._devices[i]
         eui = sim_device.device.dev_eui
         cmd: DeviceCommand | None = None
@@ -483,7 +510,6 @@ class NetworkServer:
         except DecodeError as exc:
             log.info("undecodable command for %s: %s", eui, exc)
         sim_now = self.clock.now()
-        execution: Execution | None = None
         with self._lock:
             if cmd is None:
                 self._counters.bad += 1
@@ -498,16 +524,15 @@ class NetworkServer:
                 outcome = gate.admit(cmd)
                 if outcome is Outcome.EXECUTE:
                     sim_device.behaviour.apply(cmd, sim_now)
-                    execution = self._record(sim_device, cmd, sim_now)
+                    self._record(sim_device, cmd, sim_now)
                     self._counters.executed += 1
-                    delay = self._rng.uniform(*CONFIRM_DELAY_S)
-                    self._schedule.advance(i, sim_now.timestamp() + delay)
+                    if report_soon:
+                        delay = self._rng.uniform(*CONFIRM_DELAY_S)
+                        self._schedule.advance(i, sim_now.timestamp() + delay)
                 elif outcome is Outcome.DUPLICATE:
                     self._counters.duplicate += 1
                 else:
                     self._counters.stale += 1
-        if execution is not None:
-            self._publish(self.executions_topic, execution.to_json())
         return outcome
 
     def _log(self, frame: Frame, level: str, code: str, description: str) -> None:
@@ -538,6 +563,7 @@ class NetworkServer:
             group=device.group,
         )
         self._executions.append(execution)
+        self._unpublished.append(execution)
         return execution
 
     def _answer(self, i: int, frame: Frame, sent: Sent | None, *, acknowledged: bool) -> None:

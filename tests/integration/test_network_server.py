@@ -204,7 +204,7 @@ def test_commands_execute_once_and_stale_epochs_are_refused(
     assert [(e.command_id, e.epoch, e.action, e.value) for e in executions] == [
         (command_id, 5, "set_brightness", 42.0)
     ]
-    published = [orjson.loads(p) for _, p in recorder.of_kind("fleet/executions")]
+    published = [e for _, p in recorder.of_kind("fleet/executions") for e in orjson.loads(p)]
     assert [(e["dev_eui"], e["command_id"], e["epoch"]) for e in published] == [
         (device.dev_eui, command_id, 5)
     ]

@@ -55,7 +55,8 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CitySystem]:
     run_dir = tmp_path_factory.mktemp("radio")
     config = Config(
         city=CityConfig(name="dijon", scale=0.01),
-        sim=SimConfig(speed=SPEED, start=START),
+        # Lamps report every 90 s: a multicast's lamps confirm it by their next report.
+        sim=SimConfig(speed=SPEED, start=START, interval_factor=0.1),
         radio=RadioConfig(duty_cycle_window_s=WINDOW_S),
         post=PostConfig(grpc_port=free_port_pair()),
         run_dir=run_dir,
