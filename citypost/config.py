@@ -74,6 +74,12 @@ class EtcdConfig(_Section):
     endpoints: tuple[str, ...] = ()
     heartbeat_interval_ms: int = Field(50, ge=10)
     election_timeout_ms: int = Field(500, ge=50)
+    # The leader defragments the members (one at a time; each is blocked meanwhile) this
+    # often, those whose database file is at least this much, and this share, free space:
+    # compaction frees pages, only a defragmentation gives the file's space back.
+    defrag_interval_s: float = Field(3600.0, gt=0)
+    defrag_min_free_mb: float = Field(64.0, ge=0)
+    defrag_min_free_ratio: float = Field(0.5, ge=0, le=1)
 
     @model_validator(mode="after")
     def _rules(self) -> Self:

@@ -52,6 +52,7 @@ from failover.control_state import (
     namespace_of,
 )
 from failover.election import Role
+from failover.etcd_defrag import defragment_members
 from failover.roles import SOLE_EPOCH, Leadership, SoleLeadership
 from post.actor_feed import ActorFeed
 from post.audit_file import AuditFile
@@ -273,6 +274,13 @@ class Post:
                 self._every(self.config.post.retention_sweep_s, self._expire), name="retention"
             ),
         ]
+        if self.config.etcd.endpoints:
+            self._tasks.append(
+                asyncio.create_task(
+                    self._every(self.config.etcd.defrag_interval_s, self._defragment),
+                    name="etcd-defrag",
+                )
+            )
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -377,6 +385,17 @@ class Post:
             post = self.config.post
             await self.dispatcher.expire_finished(int(post.finished_command_retention_s * 1000))
             await self.dispatcher.expire_audit(int(post.audit_retention_s * 1000))
+
+    async def _defragment(self) -> None:
+        """The leader gives etcd's disk space back, one member at a time (the standby would
+        only do it twice)."""
+        if self.commanding():
+            etcd = self.config.etcd
+            await defragment_members(
+                etcd.endpoints,
+                min_free_bytes=int(etcd.defrag_min_free_mb * 1e6),
+                min_free_ratio=etcd.defrag_min_free_ratio,
+            )
 
     async def _resume_policy(self, key: ActorKey) -> None:
         """An override ended: the group's policy puts it back where it wants it."""
