@@ -218,7 +218,7 @@ class PostClient:
     def _with_retries(self, attempt: Callable[[], Any], kind: Kind) -> Any:
         retrying = Retrying(
             stop=self._retry.stop(kind),
-            wait=self._retry.wait(),
+            wait=self._retry.wait(kind),
             retry=retry_if_exception_type(Retry),
             reraise=True,
         )

@@ -213,8 +213,24 @@ def test_the_console_takes_flags_then_the_environment_then_the_default() -> None
 
 @pytest.mark.parametrize(
     "options",
-    [{"attempts": 0}, {"initial_wait_s": 0}, {"initial_wait_s": 3.0}, {"write_window_s": 0}],
+    [
+        {"attempts": 0},
+        {"initial_wait_s": 0},
+        {"initial_wait_s": 3.0},
+        {"write_window_s": 0},
+        {"write_max_wait_s": 0},
+    ],
 )
 def test_a_retry_policy_that_cannot_work_is_refused(options: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
         RetryPolicy(**options)
+
+
+def test_a_write_waits_less_between_passes_than_a_read() -> None:
+    """A write lands soon after a takeover: its waits stay short however long it tried."""
+    policy = RetryPolicy(initial_wait_s=0.25, max_wait_s=2.0, write_max_wait_s=0.25)
+    late = SimpleNamespace(attempt_number=8, outcome=None, idle_for=0.0)  # tenacity's state
+    writes = [policy.wait(Kind.WRITE)(late) for _ in range(500)]  # type: ignore[arg-type]
+    reads = [policy.wait(Kind.READ)(late) for _ in range(500)]  # type: ignore[arg-type]
+    assert min(writes) >= 0 and max(writes) <= 0.25
+    assert max(reads) > 0.25 and max(reads) <= 2.0
