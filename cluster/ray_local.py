@@ -47,6 +47,17 @@ MAX_TEMP_DIR_CHARS = 40
 # (raylet passes its environment to workers), so leftovers can be found even
 # when their command line no longer names the temp dir (`ray::IDLE`).
 CLUSTER_MARKER_ENV = "CITYPOST_RAY_CLUSTER"
+# Ray's own bookkeeping a post does not use (no dashboard, no state API, no timeline):
+# every worker reports task events each second and metrics every few, and the raylet
+# reports its resources ten times a second to a GCS that has no other node to place
+# work on. Read by every Ray process at start (the head's children inherit them, a
+# driver gets them from env_for_driver).
+QUIET_RAY = {
+    "RAY_task_events_report_interval_ms": "0",  # 0: task events neither kept nor sent
+    "RAY_enable_metrics_collection": "0",
+    "RAY_event_stats": "0",
+    "RAY_raylet_report_resources_period_milliseconds": "1000",
+}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
 
 # Run by the readiness check with the driver's environment: exit 0 once the GCS
@@ -217,6 +228,7 @@ class LocalRay:
             # Read by Ray at import time; keeps a driver's node IP on loopback.
             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
             "RAY_USAGE_STATS_ENABLED": "0",
+            **QUIET_RAY,
         }
 
     def start(self) -> LocalRay:

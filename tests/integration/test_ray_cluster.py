@@ -29,7 +29,7 @@ from citypost.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
-from cluster.ray_local import CLUSTER_MARKER_ENV, LocalRay
+from cluster.ray_local import CLUSTER_MARKER_ENV, QUIET_RAY, LocalRay
 
 pytestmark = pytest.mark.integration
 
@@ -432,6 +432,17 @@ def test_stop_removes_every_process_of_its_cluster_and_only_those(
 def test_cluster_processes_carry_the_marker_and_the_driver_does_not(ray_head: LocalRay) -> None:
     assert CLUSTER_MARKER_ENV not in os.environ
     assert os.getpid() not in {p.pid for p in ray_head.processes()}
+
+
+@pytest.mark.timeout(60)
+def test_every_cluster_process_runs_without_rays_own_bookkeeping(ray_head: LocalRay) -> None:
+    """Task events, metrics and event stats off: read at start by each Ray process."""
+    procs = ray_head.processes()
+    assert procs
+    for proc in procs:
+        env = proc.environ()
+        missing = {k: v for k, v in QUIET_RAY.items() if env.get(k) != v}
+        assert not missing, f"{proc.name()} ({proc.pid}) lacks {missing}"
 
 
 @pytest.mark.timeout(240)
