@@ -21,6 +21,7 @@ post's own status and message otherwise.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Any, Literal
 
@@ -41,6 +42,7 @@ from failover.follow_client import (
     PostUnreachableError,
     Retry,
     RetryPolicy,
+    SilentPostError,
     Walk,
     code_of,
     details_of,
@@ -164,7 +166,7 @@ class PostClient:
             walk = Walk(self._directory, kind)
             while (address := walk.next()) is not None:
                 try:
-                    reply = self._unary(address, service, rpc, request)
+                    reply = self._unary(address, service, rpc, request, kind)
                 except grpc.RpcError as error:
                     move = walk.refused(address, code_of(error), leader_of(error), error)
                     if move is Move.GIVE_UP:
@@ -193,9 +195,22 @@ class PostClient:
             return admin_pb2_grpc.PostAdminStub(channel)
         return operator_pb2_grpc.OperatorServiceStub(channel)
 
-    def _unary(self, address: str, service: Service, rpc: str, request: Message) -> Any:
+    def _unary(self, address: str, service: Service, rpc: str, request: Message, kind: Kind) -> Any:
         method = getattr(self._stub(address, service), rpc)
-        return method(request, timeout=self._timeout_s, metadata=self._metadata)
+        if kind is not Kind.WRITE:
+            return method(request, timeout=self._timeout_s, metadata=self._metadata)
+        # A write's answer, as long as the post answers health checks meanwhile
+        # (failover/follow_client.py, RetryPolicy.write_probe_after_s).
+        every = self._retry.write_probe_after_s
+        future = method.future(request, timeout=self._timeout_s, metadata=self._metadata)
+        started = time.monotonic()
+        while True:
+            try:
+                return future.result(timeout=every)
+            except grpc.FutureTimeoutError:
+                if not self._answers(address, probe_s=every):
+                    future.cancel()
+                    raise SilentPostError(address, time.monotonic() - started) from None
 
     def _open_watch(self, request: operator_pb2.WatchEventsRequest) -> tuple[Any, str]:
         failures: list[tuple[str, grpc.RpcError]] = []
@@ -270,11 +285,11 @@ class PostClient:
             return False
         return bool(status.role == LEADER_ROLE)
 
-    def _answers(self, address: str) -> bool:
+    def _answers(self, address: str, *, probe_s: float = PROBE_S) -> bool:
         """Whether anything answers a health check at `address` (any status but a transport one)."""
         stub: Any = health_pb2_grpc.HealthStub(self._channel(address))
         try:
-            stub.Check(health_pb2.HealthCheckRequest(), timeout=min(self._timeout_s, PROBE_S))
+            stub.Check(health_pb2.HealthCheckRequest(), timeout=min(self._timeout_s, probe_s))
         except grpc.RpcError as error:
             return code_of(error) not in RETRYABLE
         return True

@@ -24,6 +24,11 @@ alarm is already cleared). The client asks that post's PostAdmin.GetStatus:
 a post that says it leads meant it, and its answer goes to the caller at
 once; otherwise the write keeps looking for the leader until the window ends.
 
+A write not answered for `RetryPolicy.write_probe_after_s` makes the client ask
+that post's health: a post that answers is slow and is waited for; one that
+answers nothing (frozen, cut off) is left for the next post, and skipped by
+writes for a few seconds even if a standby still names it as the leader.
+
 The decisions are pure (`decide`, `PostDirectory`, `Walk`, `parse_posts`);
 `LeaderFollowingChannel` is the grpc.aio shell. The console's blocking client
 (console/client.py) drives the same pure parts with blocking gRPC.
@@ -31,7 +36,9 @@ The decisions are pure (`decide`, `PostDirectory`, `Walk`, `parse_posts`);
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -61,8 +68,26 @@ IDEMPOTENCY_FIELD = "idempotency_key"
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 LEADER_ROLE = "leader"  # PostStatus.role of the post that leads
 PROBE_S = 2.0  # deadline of a health check or a role question
+SILENT_FOR_S = 5.0  # a post found silent is left out of writes this long, unless it answers
 
 # --- errors -----------------------------------------------------------------------------------
+
+
+class SilentPostError(grpc.RpcError):
+    """A post took a write, then answered neither it nor a health check for a while:
+    frozen, or cut off. The write goes to the next post with the same key."""
+
+    def __init__(self, address: str, waited_s: float) -> None:
+        super().__init__()
+        self._details = (
+            f"{address} answered neither the write nor a health check for {waited_s:.1f} s"
+        )
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return self._details
 
 
 class PostUnreachableError(InfrastructureError):
@@ -136,26 +161,49 @@ def decide(kind: Kind, code: grpc.StatusCode, leader: str | None) -> Step:
 
 
 class PostDirectory:
-    """The posts, which one leads as far as we know, and which one answered last."""
+    """The posts, which one leads as far as we know, which one answered last, and which
+    went silent (took a write, then answered neither it nor a health check)."""
 
-    def __init__(self, posts: Sequence[str]) -> None:
+    def __init__(
+        self, posts: Sequence[str], *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         if not posts:
             raise ConfigError("posts: give at least one post address (HOST:PORT)")
         self._posts = list(dict.fromkeys(posts))
         self.leader: str | None = None
         self.current: str | None = None  # the post that answered last
+        self._clock = clock
+        self._silent_until: dict[str, float] = {}
 
     @property
     def posts(self) -> list[str]:
         return list(self._posts)
 
     def order(self, kind: Kind) -> list[str]:
-        """Whom to try, first to last: reads stick to the last post that answered."""
+        """Whom to try, first to last: reads stick to the last post that answered. A write
+        leaves out a post gone silent (a frozen or cut-off leader would hold it again
+        until it thaws; a standby still naming it knows no better), unless no other is left."""
         first = [self.leader, self.current] if kind is Kind.WRITE else [self.current]
-        return list(dict.fromkeys([*(a for a in first if a), *self._posts]))
+        ordered = list(dict.fromkeys([*(a for a in first if a), *self._posts]))
+        if kind is Kind.WRITE:
+            heard = [a for a in ordered if not self.is_silent(a)]
+            return heard or ordered
+        return ordered
+
+    def is_silent(self, address: str) -> bool:
+        until = self._silent_until.get(address)
+        if until is not None and self._clock() >= until:
+            del self._silent_until[address]
+            return False
+        return until is not None
+
+    def went_silent(self, address: str) -> None:
+        self.lost(address)
+        self._silent_until[address] = self._clock() + SILENT_FOR_S
 
     def answered(self, address: str, kind: Kind) -> None:
         self.current = address
+        self._silent_until.pop(address, None)
         if kind is Kind.WRITE:
             self.leader = address
 
@@ -199,11 +247,17 @@ class Walk:
         if step.move is Move.GIVE_UP:
             return step.move
         self.failures.append((address, error))
+        if step.move is Move.FOLLOW and self._directory.is_silent(step.leader):
+            # The leader it names went silent on us: an election is surely under way.
+            return Move.NEXT
         if step.move is Move.FOLLOW:
             self._directory.named_leader(step.leader)
             self._queue.appendleft(step.leader)
         elif step.move is Move.NEXT:
-            self._directory.lost(address)
+            if isinstance(error, SilentPostError):
+                self._directory.went_silent(address)
+            else:
+                self._directory.lost(address)
         return step.move
 
     def not_leading(self, address: str) -> None:
@@ -238,6 +292,12 @@ class RetryPolicy:
     # this of the new leader taking over (with up to 2 s, the leader-partition drill's
     # operators waited 1.3 s past the takeover). A pass is one refused call per post.
     write_max_wait_s: float = 0.25
+    # A write not answered within this long makes the client ask the post's health (with
+    # this deadline too), and again each time as long as it waits: a post that answers
+    # is slow and waited for until the caller's timeout; one that does not is frozen or
+    # cut off, and the write goes to the next post (in the leader-freeze drill the writes
+    # waited on the frozen leader for its whole 4 s freeze; the standby led after 2.4 s).
+    write_probe_after_s: float = 1.0
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
@@ -246,6 +306,10 @@ class RetryPolicy:
             raise ConfigError("waits: need 0 < initial_wait_s <= max_wait_s")
         if self.write_max_wait_s <= 0:
             raise ConfigError(f"write_max_wait_s: must be positive, got {self.write_max_wait_s}")
+        if self.write_probe_after_s <= 0:
+            raise ConfigError(
+                f"write_probe_after_s: must be positive, got {self.write_probe_after_s}"
+            )
         if self.write_window_s <= 0:
             raise ConfigError(f"write_window_s: must be positive, got {self.write_window_s}")
 
@@ -388,7 +452,8 @@ class LeaderFollowingChannel:
             while (address := walk.next()) is not None:
                 rpc = getattr(stub_class(self.channel(address)), method)
                 try:
-                    reply = await rpc(request, timeout=timeout_s, metadata=sent)
+                    call = rpc(request, timeout=timeout_s, metadata=sent)
+                    reply = await (self._heard(call, address) if kind is Kind.WRITE else call)
                 except grpc.RpcError as error:
                     move = walk.refused(address, code_of(error), leader_of(error), error)
                     if move is Move.GIVE_UP:
@@ -437,11 +502,25 @@ class LeaderFollowingChannel:
         status = code_of(failures[-1][1]).name if failures else "UNAVAILABLE"
         return PostUnreachableError(tried, status)
 
-    async def _answers(self, address: str) -> bool:
+    async def _heard(self, call: Any, address: str) -> Any:
+        """The write's answer, as long as the post answers health checks meanwhile; a post
+        that stops answering anything raises SilentPostError (the call is cancelled)."""
+        every = self._retry.write_probe_after_s
+        task = asyncio.ensure_future(call)
+        started = time.monotonic()
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=every)
+            if done:
+                return task.result()
+            if not await self._answers(address, probe_s=every):
+                task.cancel()
+                raise SilentPostError(address, time.monotonic() - started)
+
+    async def _answers(self, address: str, *, probe_s: float = PROBE_S) -> bool:
         """Whether anything answers a health check at `address` (any status but a transport one)."""
         stub: Any = health_pb2_grpc.HealthStub(self.channel(address))
         try:
-            await stub.Check(health_pb2.HealthCheckRequest(), timeout=min(self._timeout_s, PROBE_S))
+            await stub.Check(health_pb2.HealthCheckRequest(), timeout=min(self._timeout_s, probe_s))
         except grpc.RpcError as error:
             return code_of(error) not in RETRYABLE
         return True

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,13 @@ from api.server import Service, start_server
 from citypost.errors import FailedPreconditionError, NotFoundError, NotLeaderError
 from cluster.ports import free_port
 from console.cli import POSTS_ENV, run
-from failover.follow_client import LeaderFollowingChannel, PostUnreachableError, RetryPolicy
+from console.client import PostClient
+from failover.follow_client import (
+    Kind,
+    LeaderFollowingChannel,
+    PostUnreachableError,
+    RetryPolicy,
+)
 from protos.citypost.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -44,6 +51,7 @@ class City:
     """What both posts share: who leads, and what each post did."""
 
     leader: str | None = None  # the address of the leading post; None during an election
+    write_delay_s: float = 0.0  # how long a write takes (a slow post, still answering)
     acted: list[tuple[str, str, str]] = field(default_factory=list)  # (post, alarm, key)
     refused: list[tuple[str, str]] = field(default_factory=list)  # (post, key)
 
@@ -65,6 +73,7 @@ class _Operator(operator_pb2_grpc.OperatorServiceServicer):
                 f"post at {self.address} does not lead",
                 leader_address=self.city.leader or "",
             )
+        await asyncio.sleep(self.city.write_delay_s)
         if request.alarm_id == "cleared":
             raise FailedPreconditionError("alarm cleared is already cleared")
         if request.alarm_id.startswith("missing"):
@@ -312,3 +321,64 @@ async def test_the_console_names_every_post_it_could_not_reach(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert f"no post answers at {dead[0]}, {dead[1]}" in err
+
+
+# --- a frozen leader ----------------------------------------------------------------------------
+
+PROBING = RetryPolicy(
+    initial_wait_s=0.05, max_wait_s=0.3, write_window_s=10.0, write_probe_after_s=0.5
+)
+
+
+@pytest.fixture
+def frozen() -> Iterator[str]:
+    """The address of a post that is frozen (SIGSTOP) as the network sees it: the kernel
+    takes connections into its backlog, nothing ever answers."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+
+
+@pytest.mark.timeout(30)
+async def test_a_write_leaves_a_post_that_answers_nothing_for_the_next_one(
+    posts: Posts, frozen: str
+) -> None:
+    posts.city.leader = posts.backup  # the standby has taken over from the frozen leader
+    async with LeaderFollowingChannel([frozen, posts.backup], retry=PROBING) as channel:
+        stub = channel.stub(operator_pb2_grpc.OperatorServiceStub)
+        alarm = await stub.AcknowledgeAlarm(_ack("a-1", key="k-1"))
+        assert alarm.acknowledged_by == posts.backup
+        assert posts.city.acted == [(posts.backup, "a-1", "k-1")]
+        assert channel.directory.is_silent(frozen)
+        assert channel.directory.order(Kind.WRITE) == [posts.backup]
+
+
+@pytest.mark.timeout(30)
+async def test_a_slow_post_that_answers_its_health_checks_is_waited_for(posts: Posts) -> None:
+    posts.city.write_delay_s = 1.6  # three probes' worth
+    async with LeaderFollowingChannel([posts.primary, posts.backup], retry=PROBING) as channel:
+        stub = channel.stub(operator_pb2_grpc.OperatorServiceStub)
+        alarm = await stub.AcknowledgeAlarm(_ack("a-1", key="k-1"))
+        assert alarm.acknowledged_by == posts.primary
+        assert posts.city.acted == [(posts.primary, "a-1", "k-1")]
+        assert posts.city.refused == []  # never sent elsewhere
+        assert not channel.directory.is_silent(posts.primary)
+
+
+@pytest.mark.timeout(30)
+async def test_the_console_client_too_leaves_a_post_that_answers_nothing(
+    posts: Posts, frozen: str
+) -> None:
+    posts.city.leader = posts.backup
+    client = PostClient([frozen, posts.backup], operator="op-1", timeout_s=10.0, retry=PROBING)
+    try:
+        alarm = await asyncio.to_thread(client.write, "AcknowledgeAlarm", _ack("a-1", key="k-1"))
+        assert alarm.acknowledged_by == posts.backup
+        posts.city.write_delay_s = 1.6  # and waits for a slow one that answers
+        alarm = await asyncio.to_thread(client.write, "AcknowledgeAlarm", _ack("a-2", key="k-2"))
+        assert alarm.acknowledged_by == posts.backup
+    finally:
+        client.close()
+    assert posts.city.acted == [(posts.backup, "a-1", "k-1"), (posts.backup, "a-2", "k-2")]
+    assert posts.city.refused == []

@@ -12,10 +12,12 @@ import pytest
 from citypost.errors import ConfigError
 from console.cli import DEFAULT_POST, POSTS_ENV, posts_to_ask
 from failover.follow_client import (
+    SILENT_FOR_S,
     Kind,
     Move,
     PostDirectory,
     RetryPolicy,
+    SilentPostError,
     Step,
     Walk,
     decide,
@@ -219,6 +221,7 @@ def test_the_console_takes_flags_then_the_environment_then_the_default() -> None
         {"initial_wait_s": 3.0},
         {"write_window_s": 0},
         {"write_max_wait_s": 0},
+        {"write_probe_after_s": 0},
     ],
 )
 def test_a_retry_policy_that_cannot_work_is_refused(options: dict[str, Any]) -> None:
@@ -234,3 +237,56 @@ def test_a_write_waits_less_between_passes_than_a_read() -> None:
     reads = [policy.wait(Kind.READ)(late) for _ in range(500)]  # type: ignore[arg-type]
     assert min(writes) >= 0 and max(writes) <= 0.25
     assert max(reads) > 0.25 and max(reads) <= 2.0
+
+
+# --- a post that went silent ------------------------------------------------------------------
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_silent_post_is_left_out_of_writes_until_it_answers_or_a_while_passed() -> None:
+    clock = _Clock()
+    posts = PostDirectory([A, B], clock=clock)
+    posts.answered(A, Kind.WRITE)
+    walk = Walk(posts, Kind.WRITE)
+    assert walk.next() == A
+    assert walk.refused(A, S.UNAVAILABLE, None, SilentPostError(A, 2.0)) is Move.NEXT
+    assert posts.leader is None and posts.is_silent(A)
+    assert posts.order(Kind.WRITE) == [B]
+    assert posts.order(Kind.READ) == [A, B]  # reads may still ask it
+    clock.now += SILENT_FOR_S
+    assert posts.order(Kind.WRITE) == [A, B]  # a while later it is tried again
+    posts.went_silent(A)
+    posts.answered(A, Kind.READ)  # or as soon as it answers anything
+    assert not posts.is_silent(A)
+
+
+def test_a_refusal_naming_a_silent_post_as_leader_is_not_followed() -> None:
+    posts = PostDirectory([A, B])
+    posts.went_silent(A)
+    walk = Walk(posts, Kind.WRITE)
+    assert walk.next() == B
+    # The standby still names the frozen leader: an election is under way, not a redirect.
+    assert walk.refused(B, S.FAILED_PRECONDITION, A, "refused") is Move.NEXT
+    assert walk.next() is None and posts.leader is None
+
+
+def test_when_every_post_went_silent_writes_try_them_all_the_same() -> None:
+    posts = PostDirectory([A, B])
+    posts.went_silent(A)
+    posts.went_silent(B)
+    assert posts.order(Kind.WRITE) == [A, B]
+
+
+def test_an_unreachable_post_is_not_silent() -> None:
+    posts = PostDirectory([A, B])
+    walk = Walk(posts, Kind.WRITE)
+    assert walk.next() == A
+    walk.refused(A, S.UNAVAILABLE, None, "connection refused")
+    assert not posts.is_silent(A)
