@@ -122,3 +122,29 @@ async def test_acks_refused_because_the_lead_just_ended_are_kept_too(
     post.leading = False
     await asyncio.to_thread(sink.submit_acks, [_ack(), _ack()])  # a standby's: kept as well
     assert len(post._acks_for_promotion) == 3
+
+
+async def test_leading_again_under_the_same_epoch_is_a_resume_not_a_takeover(post: Post) -> None:
+    """A leader that fenced itself while its lease held (late keepalive answers) carries on:
+    no second takeover entry, no command sent again."""
+
+    async def takeovers() -> int:
+        entries = (await post.state.list("audit/", control_state_pb2.AuditEntry)).entries
+        return sum(e.value.action == "leadership.take" for e in entries)
+
+    await post._promote(1)
+    assert post.leading and await takeovers() == 1
+    await post.dispatcher.issue_command(
+        command_pb2.Command(
+            asset_class=assets_pb2.TRAFFIC_SIGNAL,
+            target=command_pb2.Target(dev_eui=_signal(post)),
+            signal_priority=command_pb2.SignalPriority(extend_green_ms=5000),
+        ),
+        issued_by="op-test",
+    )
+    sent = post.dispatcher.stats.downlinks_sent
+    post.leading = False  # it fenced itself
+    await post._promote(1)  # the same epoch: its lease held
+    assert post.leading
+    assert await takeovers() == 1
+    assert post.dispatcher.stats.downlinks_sent == sent  # nothing sent again
