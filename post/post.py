@@ -351,11 +351,30 @@ class Post:
 
     async def _promote(self, epoch: int | None) -> None:
         if epoch is not None and epoch == self._led_epoch:
-            await self._resume(epoch)
+            # Leading again under the epoch it led with: it had fenced itself (its
+            # keepalives' answers came late) but its lease held, and no other post can have
+            # written since (that takes a new epoch). It catches up with its own writes that
+            # landed after it gave up on them and carries on: no takeover to audit, nothing
+            # to send again (in the slow-etcd drill each such blink cost a takeover entry
+            # and a resend of every unfinished command).
+            await self._take_the_lead(await self.state.revision())
+            log.warning("post %s: leading again under epoch %s (its lease held)", self.name, epoch)
             return
         # The old leader can no longer write (fenced on the epoch): once the watch
         # delivered this post's own takeover entry, it delivered all the old leader wrote.
-        target = await self.dispatcher.mark_takeover(self.name)
+        await self._take_the_lead(await self.dispatcher.mark_takeover(self.name))
+        replayed = await self.dispatcher.replay_pending()
+        self._led_epoch = epoch
+        log.warning(
+            "post %s: leading under epoch %s; %d unfinished command(s) sent again",
+            self.name,
+            epoch,
+            replayed,
+        )
+
+    async def _take_the_lead(self, target: int) -> None:
+        """Once the control state is applied up to revision `target` (reloaded if the
+        watch does not get there in time), settle the kept acks and lead."""
         deadline = time.monotonic() + CATCH_UP_S
         while self.applied_revision < target and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
@@ -368,32 +387,6 @@ class Post:
         await self.dispatcher.on_acks(self._take_kept_acks())
         self.leading = True
         await self.dispatcher.on_acks(self._take_kept_acks())
-        replayed = await self.dispatcher.replay_pending()
-        self._led_epoch = epoch
-        log.warning(
-            "post %s: leading under epoch %s; %d unfinished command(s) sent again",
-            self.name,
-            epoch,
-            replayed,
-        )
-
-    async def _resume(self, epoch: int) -> None:
-        """Leading again under the epoch it led with: it had fenced itself (its keepalives'
-        answers came late) but its lease held, and no other post can have written since
-        (that takes a new epoch). It catches up with its own writes that landed after it
-        gave up on them, then carries on: no takeover to audit, nothing to send again (in
-        the slow-etcd drill each such blink cost a takeover entry and a resend of every
-        unfinished command, and the operators' writes waited behind them)."""
-        target = await self.state.revision()
-        deadline = time.monotonic() + CATCH_UP_S
-        while self.applied_revision < target and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        if self.applied_revision < target:
-            await self._load_state()
-        await self.dispatcher.on_acks(self._take_kept_acks())
-        self.leading = True
-        await self.dispatcher.on_acks(self._take_kept_acks())
-        log.warning("post %s: leading again under epoch %s (its lease held)", self.name, epoch)
 
     async def _ledger(self) -> None:
         if not self.commanding():

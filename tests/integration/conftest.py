@@ -34,6 +34,18 @@ def etcd(run_dir: Path) -> Iterator[LocalEtcd]:
         cluster.stop()
 
 
+@pytest.fixture(scope="module")
+def etcd3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEtcd]:
+    """A private 3-member etcd per module (its tests may kill members), 50 ms heartbeat /
+    500 ms election."""
+    cluster = LocalEtcd(tmp_path_factory.mktemp("etcd3") / "etcd", members=3)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 @pytest.fixture(scope="session")
 def mqtt_broker(run_dir: Path) -> Iterator[LocalMosquitto]:
     """A started mosquitto on a free loopback port, shared by the session."""

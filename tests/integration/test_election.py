@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -22,17 +22,6 @@ pytestmark = pytest.mark.integration
 
 CONFIG = FailoverConfig(lease_ttl_s=1.0, keepalive_interval_s=0.2, safety_margin_s=0.3)
 ElectionFactory = Callable[..., Awaitable[Election]]
-
-
-@pytest.fixture(scope="module")
-def etcd3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEtcd]:
-    """A private 3-member etcd (members get killed here), 50 ms heartbeat / 500 ms election."""
-    cluster = LocalEtcd(tmp_path_factory.mktemp("election") / "etcd", members=3)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -17,16 +15,6 @@ from failover.etcd_defrag import MemberSize, defragment_members, member_size
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 MB = 1_000_000
-
-
-@pytest.fixture
-def three_members(tmp_path: Path) -> Iterator[LocalEtcd]:
-    cluster = LocalEtcd(tmp_path / "etcd", members=3)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 async def _fill_then_free(endpoints: list[str]) -> None:
@@ -56,9 +44,9 @@ async def _sizes_once_freed(endpoints: list[str]) -> list[MemberSize]:
 
 
 async def test_members_with_mostly_free_space_are_defragmented_one_by_one(
-    three_members: LocalEtcd,
+    etcd3: LocalEtcd,
 ) -> None:
-    endpoints = three_members.endpoints
+    endpoints = etcd3.endpoints
     await _fill_then_free(endpoints)
     before = await _sizes_once_freed(endpoints)
     assert all(s.db_size > 8 * MB and s.free > 8 * MB for s in before), before
@@ -78,9 +66,9 @@ async def test_members_with_mostly_free_space_are_defragmented_one_by_one(
 
 
 async def test_an_unreachable_member_is_skipped_and_the_others_done(
-    three_members: LocalEtcd,
+    etcd3: LocalEtcd,
 ) -> None:
-    endpoints = three_members.endpoints
+    endpoints = etcd3.endpoints
     await _fill_then_free(endpoints)
     await _sizes_once_freed(endpoints)
     nobody = f"127.0.0.1:{free_port()}"
