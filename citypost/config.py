@@ -130,7 +130,7 @@ class EdgeConfig(_Section):
 
 class FailoverConfig(_Section):
     lease_ttl_s: float = Field(2.0, gt=0)
-    keepalive_interval_s: float = Field(0.5, gt=0)
+    keepalive_interval_s: float = Field(0.25, gt=0)
     safety_margin_s: float = Field(0.5, ge=0)
     # Nobody could command for this long (a leader was seen, then none): the downlink
     # gate puts the devices in their declared fail-safe states. Real time.

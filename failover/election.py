@@ -8,9 +8,10 @@ is put under my lease by one transaction (`version == 0` → put), and its
 `create_revision` is the epoch.
 
 Three background tasks:
-- keepalive: sends a keepalive, records when the request was SENT if it is
-  answered (the self-fencing deadline counts from there), grants a new lease
-  when etcd says the old one is gone;
+- keepalive: sends a keepalive every interval, without waiting for the last
+  one's answer, records when the newest answered request was SENT (the
+  self-fencing deadline counts from there), grants a new lease when etcd says
+  the old one is gone;
 - leader watch (`watch_leader`): reads the key, watches from the next revision,
   and on a dead watch (its etcd member died) re-reads and re-watches with
   tenacity, so no change is missed;
@@ -29,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -558,23 +560,35 @@ class Election:
         self._wake.set()
 
     async def _keepalive_loop(self) -> None:
+        # Keepalives go out every interval without waiting for each other's answers: on a
+        # slow link one waiting for the last would renew once per round trip, and a round
+        # trip near the lease's margin would fence the leader every cycle. Answers may
+        # come back in any order; the newest send answered sets the deadline.
         interval = self.config.keepalive_interval_s
-        while not self._closed:
-            started = self._clock()
-            self._kick.clear()
-            if not self._keepalives_paused:
-                lease = self._lease
-                if lease is not None:
-                    await self._keepalive_once(lease)
-                else:
-                    try:
-                        self._lease = await self._grant(strict=False)
-                        self._wake.set()
-                    except Exception as exc:  # the loop must outlive any etcd trouble
-                        log.warning("post %s: lease grant failed: %r", self.name, exc)
-            if self._kick.is_set():
-                continue
-            await _wait_event(self._kick, max(0.0, started + interval - self._clock()))
+        most_in_flight = max(1, math.ceil(self.config.lease_ttl_s / interval))
+        in_flight: set[asyncio.Task[None]] = set()
+        try:
+            while not self._closed:
+                started = self._clock()
+                self._kick.clear()
+                if not self._keepalives_paused:
+                    lease = self._lease
+                    if lease is None:
+                        try:
+                            self._lease = await self._grant(strict=False)
+                            self._wake.set()
+                        except Exception as exc:  # the loop must outlive any etcd trouble
+                            log.warning("post %s: lease grant failed: %r", self.name, exc)
+                    elif len(in_flight) < most_in_flight:
+                        task = asyncio.create_task(self._keepalive_once(lease))
+                        in_flight.add(task)
+                        task.add_done_callback(in_flight.discard)
+                if self._kick.is_set():
+                    continue
+                await _wait_event(self._kick, max(0.0, started + interval - self._clock()))
+        finally:
+            for task in in_flight:
+                task.cancel()
 
     def _apply(self, seen: LeaderSeen) -> None:
         if seen.revision < self._seen_revision:

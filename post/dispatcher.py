@@ -68,6 +68,7 @@ from failover.control_state import (
 )
 from post import alarm_book, audit, command_ledger, task_board
 from post.confirmation import Confirmations, goes_by_multicast
+from post.ledger_batch import LedgerBatch
 from protos.citypost.v1 import assets_pb2, command_pb2, control_state_pb2, operations_pb2
 
 log = logging.getLogger(__name__)
@@ -328,12 +329,17 @@ class Dispatcher:
                 for s in superseded
             ]
             writes = [(ledger_key(s.command.command_id), s) for s in superseded]
-            await self._write([(key, record), *index, *writes], [note, *notes])
+            # Queued and sent in one transaction (one round trip to etcd, not two), still
+            # before any frame goes out: if this post dies in between, the next leader
+            # sends it, as it sends every unacknowledged command.
+            sent, frames, send_note = self._attempt(record)
+            await self._write([(key, sent), *index, *writes], [note, send_note, *notes])
             for finished in superseded:
                 self._settle(finished)
-            self._pending[issued.command_id] = record
+            self._settle(sent)
             self.stats.commands_issued += 1
-            return await self._send(record)
+            self._publish_all(frames)
+            return sent
 
     def _report_ttl_ms(self, devices: Sequence[Device]) -> int:
         """Long enough for the slowest of `devices` to report twice (one report may be
@@ -348,6 +354,18 @@ class Dispatcher:
     async def _send(
         self, record: control_state_pb2.CommandRecord, *, stragglers_only: bool = False
     ) -> control_state_pb2.CommandRecord:
+        sent, frames, note = self._attempt(record, stragglers_only=stragglers_only)
+        await self._write([(ledger_key(sent.command.command_id), sent)], [note])
+        self._settle(sent)
+        self._publish_all(frames)
+        return sent
+
+    def _attempt(
+        self, record: control_state_pb2.CommandRecord, *, stragglers_only: bool = False
+    ) -> tuple[control_state_pb2.CommandRecord, list[Downlink], control_state_pb2.AuditEntry]:
+        """The next attempt at a command: the record as sent, its frames and its audit note.
+        The caller writes the record, then publishes the frames: an attempt is in the ledger
+        before it is on air."""
         now = self._wall_ms()
         sent = command_ledger.on_sent(record, now, epoch=self._epoch())
         if stragglers_only:
@@ -364,23 +382,23 @@ class Dispatcher:
             frames = [multicast(sent.command, self._registry)]
         else:
             frames = downlinks(sent.command, self._registry)
+        return sent, frames, audit.for_command(sent, audit.Action.COMMAND_SEND, now)
+
+    def _publish_all(self, frames: Sequence[Downlink]) -> None:
         for downlink in frames:
             self._publish(downlink)
             self.stats.downlinks_sent += 1
-        note = audit.for_command(sent, audit.Action.COMMAND_SEND, now)
-        await self._write([(ledger_key(sent.command.command_id), sent)], [note])
-        self._pending[sent.command.command_id] = sent
-        return sent
 
     async def on_acks(self, acks: Sequence[chirpstack.Ack | chirpstack.LogEvent]) -> None:
         async with self._lock:
+            batch = LedgerBatch()
             for ack in acks:
                 if isinstance(ack, chirpstack.LogEvent):
-                    await self._on_log(ack)
+                    self._on_log(ack, batch)
                     continue
                 self.stats.acks += 1
-                record = self._pending.get(ack.queue_item_id)
-                if record is None or record.multicast:
+                record = batch.current(ack.queue_item_id, self._pending)
+                if record is None or record.multicast or command_ledger.is_terminal(record):
                     # Not ours, already finished, or a multicast's straggler retry: those
                     # are confirmed by the state the devices report, not by acks.
                     continue
@@ -395,32 +413,37 @@ class Dispatcher:
                     continue
                 updated = result.record
                 action = audit.Action.COMMAND_ACK if ack.acknowledged else audit.Action.COMMAND_NACK
-                notes = []
+                note = None
                 if command_ledger.is_terminal(updated) or not ack.acknowledged:
-                    notes.append(audit.for_command(updated, action, now, detail=ack.device.dev_eui))
-                await self._write([(ledger_key(updated.command.command_id), updated)], notes)
-                self._settle(updated)
+                    note = audit.for_command(updated, action, now, detail=ack.device.dev_eui)
+                batch.add(updated, [note])
+            await self._write_ledger(batch)
 
-    async def _on_log(self, event: chirpstack.LogEvent) -> None:
+    def _on_log(self, event: chirpstack.LogEvent, batch: LedgerBatch) -> None:
         """What the network server (or the gate) says of a frame: it waits, or it was refused.
         A refusal ends a command to one device at once (FAILED, with the reason a person can
         act on) instead of after its retries; a wait is noted on the record."""
-        record = self._pending.get(event.context.get("queue_item_id", ""))
-        if record is None:
+        record = batch.current(event.context.get("queue_item_id", ""), self._pending)
+        if record is None or command_ledger.is_terminal(record):
             return  # not ours, or already finished
         now = self._wall_ms()
         reason = f"{event.code}: {event.description}" if event.description else event.code
         if event.level == "ERROR" and record.command.target.WhichOneof("kind") == "dev_eui":
             failed = command_ledger.fail(record, now, detail=reason)
-            note = audit.for_command(failed, audit.Action.COMMAND_FAIL, now, detail=reason)
-            await self._write([(ledger_key(failed.command.command_id), failed)], [note])
-            self._settle(failed)
+            batch.add(
+                failed, [audit.for_command(failed, audit.Action.COMMAND_FAIL, now, detail=reason)]
+            )
             return
         if record.waiting == reason:
             return
-        noted = command_ledger.on_waiting(record, reason)
-        await self._write([(ledger_key(noted.command.command_id), noted)], [])
-        self._settle(noted)
+        batch.add(command_ledger.on_waiting(record, reason))
+
+    async def _write_ledger(self, batch: LedgerBatch) -> None:
+        """Write a pass's ledger changes (a few transactions), then take them as settled."""
+        for records, notes in batch.chunks(LEDGER_BATCH):
+            await self._write([(ledger_key(r.command.command_id), r) for r in records], notes)
+            for record in records:
+                self._settle(record)
 
     def _settle(self, record: control_state_pb2.CommandRecord) -> None:
         command_id = record.command.command_id
@@ -439,45 +462,50 @@ class Dispatcher:
         """Resend, expire or fail what is due; call it periodically."""
         async with self._lock:
             now = self._wall_ms()
+            batch = LedgerBatch()
+            frames: list[Downlink] = []
             for record in list(self._pending.values()):
                 if record.multicast and record.status == command_ledger.SENT:
-                    record = await self._count_confirmations(record, now)
+                    record = self._count_confirmations(record, now, batch)
                 action = command_ledger.decide(record, now)
                 if action is command_ledger.Action.RESEND:
-                    await self._send(
+                    sent, resent, note = self._attempt(
                         record, stragglers_only=record.multicast and record.attempts > 0
                     )
+                    batch.add(sent, [note])
+                    frames.extend(resent)
                 elif action is command_ledger.Action.EXPIRE and record.multicast:
-                    await self._settle_multicast(record, now)
+                    batch.add(*self._settle_multicast(record, now))
                 elif action is command_ledger.Action.EXPIRE:
                     expired = command_ledger.expire(record, now)
-                    note = audit.for_command(expired, audit.Action.COMMAND_EXPIRE, now)
-                    await self._write([(ledger_key(record.command.command_id), expired)], [note])
-                    self._settle(expired)
+                    batch.add(
+                        expired, [audit.for_command(expired, audit.Action.COMMAND_EXPIRE, now)]
+                    )
                 elif action is command_ledger.Action.FAIL:
                     failed = command_ledger.fail(record, now)
-                    note = audit.for_command(failed, audit.Action.COMMAND_FAIL, now)
-                    await self._write([(ledger_key(record.command.command_id), failed)], [note])
-                    self._settle(failed)
+                    batch.add(failed, [audit.for_command(failed, audit.Action.COMMAND_FAIL, now)])
+            await self._write_ledger(batch)
+            self._publish_all(frames)  # after the attempts are in the ledger
 
-    async def _count_confirmations(
-        self, record: control_state_pb2.CommandRecord, now: int
+    def _count_confirmations(
+        self, record: control_state_pb2.CommandRecord, now: int, batch: LedgerBatch
     ) -> control_state_pb2.CommandRecord:
-        """Write a multicast's confirmed count when it grew (once per ledger tick, not per
-        uplink: etcd takes hundreds of writes a second, a dusk brings thousands of reports)."""
+        """A multicast's confirmed count, into the pass's batch when it grew (once per ledger
+        tick, not per uplink: a dusk brings thousands of reports)."""
         command_id = record.command.command_id
         updated = command_ledger.on_confirmed(record, self.confirmations.count(command_id), now)
         if updated is record:
             return record
-        notes = []
+        note = None
         if command_ledger.is_terminal(updated):
             detail = f"all {updated.expected_acks} devices reported the commanded state"
-            notes.append(audit.for_command(updated, audit.Action.COMMAND_ACK, now, detail=detail))
-        await self._write([(ledger_key(command_id), updated)], notes)
-        self._settle(updated)
+            note = audit.for_command(updated, audit.Action.COMMAND_ACK, now, detail=detail)
+        batch.add(updated, [note])
         return updated
 
-    async def _settle_multicast(self, record: control_state_pb2.CommandRecord, now: int) -> None:
+    def _settle_multicast(
+        self, record: control_state_pb2.CommandRecord, now: int
+    ) -> tuple[control_state_pb2.CommandRecord, list[control_state_pb2.AuditEntry]]:
         command_id = record.command.command_id
         confirmed = self.confirmations.confirmed(command_id)
         stragglers = [
@@ -485,8 +513,7 @@ class Dispatcher:
         ]
         settled = command_ledger.settle(record, now, stragglers)
         note = audit.for_command(settled, audit.Action.COMMAND_EXPIRE, now, detail=settled.detail)
-        await self._write([(ledger_key(command_id), settled)], [note])
-        self._settle(settled)
+        return settled, [note]
 
     def pending_commands(self) -> int:
         return len(self._pending)
@@ -1042,6 +1069,9 @@ def _incident_of(
 # Finished commands expired per etcd transaction: a ledger key and an idempotency key each,
 # and the audit entry, within etcd's 128 operations.
 EXPIRE_BATCH = 60
+# Ledger entries per transaction of a pass: with up to two audit notes each, within
+# etcd's 128 operations per transaction.
+LEDGER_BATCH = 40
 
 REPORTS_TO_WAIT = 2
 # Above this many stragglers a multicast's retry is the multicast again, not unicasts:

@@ -303,6 +303,10 @@ class Post:
         while True:
             try:
                 await step()
+            except NotLeaderError as exc:
+                # The lead ended during the round (the lease may have lapsed): expected,
+                # and the round's writes were refused before reaching anyone.
+                log.info("post loop step stopped: %s", exc)
             except Exception:
                 log.exception("post loop step failed")
             await asyncio.sleep(interval_s)

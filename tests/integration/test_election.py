@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from aetcd import rpc
 
+from chaos.link_proxy import LinkProxy
 from citypost.config import FailoverConfig
 from citypost.errors import ConfigError, NotLeaderError
 from cluster.etcd_local import LocalEtcd
@@ -264,3 +265,37 @@ async def test_a_ttl_etcd_does_not_grant_is_a_config_error(tmp_path: Path) -> No
             assert await client.get(leader_key("dijon")) is None
             leases = await client.leasestub.LeaseLeases(rpc.LeaseLeasesRequest())
             assert list(leases.leases) == []
+
+
+@pytest.mark.timeout(40)
+async def test_a_round_trip_near_the_leases_margin_never_fences_the_leader(
+    etcd3: LocalEtcd,
+) -> None:
+    # 400 ms each way: a keepalive answered 0.8 s after it was sent leaves 0.7 s of
+    # trust (TTL 2 s, margin 0.5 s). Keepalives that waited for each other's answers
+    # would renew every 0.8 s and fence the leader for 0.1 s each cycle; sent every
+    # 0.25 s regardless, the answers keep coming faster than the trust runs out.
+    config = FailoverConfig(lease_ttl_s=2.0, keepalive_interval_s=0.25, safety_margin_s=0.5)
+    with LinkProxy(etcd3.endpoints, name="slow-election", seed=3) as proxy:
+        election = Election(
+            proxy.endpoints,
+            city=f"slow-{uuid.uuid4().hex[:8]}",
+            name="primary",
+            address="127.0.0.1:50051",
+            config=config,
+        )
+        await election.start()
+        try:
+            await eventually(election.may_command, 5.0, "the post leads")
+            epoch = election.command_epoch()
+            proxy.degrade(400, 0.0)
+            await asyncio.sleep(1.0)  # the keepalives sent before the slowdown are answered
+            fenced = 0
+            watched_until = time.monotonic() + 5.0
+            while time.monotonic() < watched_until:
+                fenced += not election.may_command()
+                await asyncio.sleep(0.01)
+            assert fenced == 0, f"the leader fenced itself in {fenced} samples of 10 ms"
+            assert election.command_epoch() == epoch
+        finally:
+            await election.close()

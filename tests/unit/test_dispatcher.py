@@ -27,7 +27,7 @@ from failover.control_state import (
     idempotency_index_key,
     ledger_key,
 )
-from post.dispatcher import MAX_STRAGGLER_UNICASTS, Dispatcher
+from post.dispatcher import LEDGER_BATCH, MAX_STRAGGLER_UNICASTS, Dispatcher
 from protos.citypost.v1 import (
     assets_pb2,
     command_pb2,
@@ -748,3 +748,74 @@ async def test_a_held_frame_acknowledged_later_is_acked() -> None:
     await h.dispatcher.on_acks([h.ack(command_id, SIGNALS[0].dev_eui)])
     assert (await h.record(command_id)).status == command_pb2.ACKED
     assert len(h.sent) == 1
+
+
+def _count_writes(h: Harness) -> list[int]:
+    """Sizes of the transactions the dispatcher writes from now on."""
+    sizes: list[int] = []
+    put_many = h.state.put_many
+
+    async def counting(items, *, epoch):  # type: ignore[no-untyped-def]
+        sizes.append(len(items))
+        return await put_many(items, epoch=epoch)
+
+    h.state.put_many = counting  # type: ignore[method-assign]
+    return sizes
+
+
+def _one_signal(dev_eui: str, n: int) -> command_pb2.Command:
+    return command_pb2.Command(
+        asset_class=AC.TRAFFIC_SIGNAL,
+        target=command_pb2.Target(dev_eui=dev_eui),
+        set_signal_mode=command_pb2.SetSignalMode(phase=telemetry_pb2.FLASHING_AMBER),
+        command_id=str(uuid.UUID(int=n + 1)),
+    )
+
+
+async def test_a_ledger_pass_and_a_batch_of_acks_write_a_few_transactions_not_one_per_command() -> (
+    None
+):
+    # On a slow link to etcd each transaction is a round trip under the dispatcher's
+    # lock: 90 commands due at once go in ceil(90 / LEDGER_BATCH) of them.
+    h = Harness()
+    for n in range(90):
+        await h.dispatcher.issue_command(_one_signal(SIGNALS[n % 3].dev_eui, n), issued_by="op")
+    sizes = _count_writes(h)
+    h.clock.now += 20_000
+    await h.dispatcher.run_ledger()
+    assert len(h.sent) == 180  # each sent again
+    assert len(sizes) == -(-90 // LEDGER_BATCH)
+    assert all(size <= 128 for size in sizes)  # etcd's operations per transaction
+    assert {(await h.record(str(uuid.UUID(int=n + 1)))).attempts for n in range(90)} == {2}
+    sizes.clear()
+    acks = [h.ack(str(uuid.UUID(int=n + 1)), SIGNALS[n % 3].dev_eui) for n in range(30)]
+    await h.dispatcher.on_acks(acks + acks[:5])  # five acked twice
+    assert len(sizes) == 1
+    assert {(await h.record(str(uuid.UUID(int=n + 1)))).status for n in range(30)} == {
+        command_pb2.ACKED
+    }
+    assert h.dispatcher.pending_commands() == 60
+
+
+async def test_a_command_is_in_the_ledger_as_sent_in_one_transaction_before_its_frames_go_out() -> (
+    None
+):
+    h = Harness()
+    sizes = _count_writes(h)
+    written_before: list[int] = []
+
+    def publish(downlink):  # type: ignore[no-untyped-def]
+        written_before.append(len(sizes))
+
+    h.dispatcher._publish = publish  # type: ignore[method-assign]
+    record = await h.dispatcher.issue_command(
+        _group_command(), issued_by="op-claire", idempotency_key="k-1"
+    )
+    assert written_before == [1, 1, 1]  # three frames, each after the one transaction
+    assert len(sizes) == 1  # queued and sent: one round trip to etcd
+    stored = await h.record(record.command.command_id)
+    assert stored.status == command_pb2.SENT and stored.attempts == 1
+    entries = await h.state.list("audit/", control_state_pb2.AuditEntry)
+    command_target = f"command/{record.command.command_id}"
+    actions = sorted(e.value.action for e in entries.entries if e.value.target == command_target)
+    assert actions == ["command.issue", "command.send"]
