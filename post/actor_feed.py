@@ -24,6 +24,7 @@ the rest).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -82,12 +83,20 @@ class _Track:
     worker_pid: int = 0
     answered_at: float = float("-inf")  # monotonic: the actor's last good answer
 
+    def _first_unacked(self) -> int:
+        # Events carry consecutive sequence numbers (only the oldest leave, at a
+        # snapshot): the first one after `acked` is found by its number, not by a scan
+        # of everything since the snapshot, on every wake-up of the pump.
+        return max(0, self.acked + 1 - self.events[0].seq) if self.events else 0
+
     def next_event(self) -> _Event | None:
-        return next((e for e in self.events if e.seq > self.acked), None)
+        index = self._first_unacked()
+        return self.events[index] if index < len(self.events) else None
 
     def behind(self) -> int:
         """Readings queued for the actor and not yet confirmed applied."""
-        return sum(e.readings for e in self.events if e.seq > self.acked)
+        unacked = itertools.islice(self.events, self._first_unacked(), None)
+        return sum(e.readings for e in unacked)
 
 
 @dataclass(frozen=True)
