@@ -48,6 +48,7 @@ from citypost.config import Config, load_config
 from cluster.system import CitySystem, fit_speed
 from failover.control_state import LEDGER, list_all
 from failover.etcd_control_state import EtcdControlState
+from failover.etcd_defrag import member_size
 from fleet.population import build_city
 from protos.citypost.v1 import admin_pb2, admin_pb2_grpc, assets_pb2, command_pb2, control_state_pb2
 
@@ -120,6 +121,15 @@ async def etcd_db_bytes(endpoints: list[str]) -> int:
     return max(sizes)
 
 
+async def etcd_in_use_bytes(endpoints: list[str]) -> int:
+    """What the live pages of the largest member hold: what retention bounds (the file
+    itself keeps its freed pages until a defragmentation)."""
+    return max([(await member_size(endpoint)).in_use for endpoint in endpoints])
+
+
+ETCD_SAMPLE_EVERY = 30  # seconds between samples of etcd's live size
+
+
 async def ledger(endpoints: list[str], city: str) -> list[control_state_pb2.CommandRecord]:
     state = EtcdControlState.from_endpoints(endpoints, city)
     try:
@@ -187,9 +197,14 @@ def observe(system: CitySystem, args: argparse.Namespace, *, startup_s: float) -
         sim_start = system.network_server.clock.now_ts()
         samples = Samples()
         leader = ""
-        end = time.monotonic() + args.seconds
+        began = time.monotonic()
+        end = began + args.seconds
+        in_use: list[tuple[float, int]] = []
         while time.monotonic() < end:
             time.sleep(1.0)
+            if len(samples.load) % ETCD_SAMPLE_EVERY == 0:
+                sim_h = (system.network_server.clock.now_ts() - sim_start) / 3600
+                in_use.append((round(sim_h, 2), asyncio.run(etcd_in_use_bytes(endpoints))))
             statuses = {name: status_of(stub) for name, stub in stubs.items()}
             for name, status in statuses.items():
                 if status is None:
@@ -291,6 +306,9 @@ def observe(system: CitySystem, args: argparse.Namespace, *, startup_s: float) -
             "db_bytes_after_start": db_start,
             "db_bytes_end": db_end,
             "growth_bytes_per_sim_hour": round((db_end - db_start) / sim_hours),
+            # (simulated hours since live, bytes in use): flat once retention takes
+            # out as much as the city adds.
+            "in_use_samples": in_use,
         },
         "targets": {
             "applied_ratio": TARGET_APPLIED,

@@ -69,6 +69,15 @@ class FencedError(FailedPreconditionError):
         self.leader_epoch = leader_epoch
 
 
+class KeyExistsError(FailedPreconditionError):
+    """A write made on condition that a key was absent found it present (nothing written):
+    an idempotency key already used, whose first request's result the caller reads."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"{key} exists already")
+        self.key = key
+
+
 class RevisionCompactedError(FailedPreconditionError):
     """The asked revision was compacted away: reload a snapshot and watch from after it."""
 
@@ -225,8 +234,16 @@ class ControlState(Protocol):
         """Write one record; returns the revision of the write."""
         ...
 
-    async def put_many(self, items: Sequence[tuple[str, Message | None]], *, epoch: int) -> int:
-        """Write (None: delete) several keys in one transaction, all or none; one revision."""
+    async def put_many(
+        self,
+        items: Sequence[tuple[str, Message | None]],
+        *,
+        epoch: int,
+        absent: Sequence[str] = (),
+    ) -> int:
+        """Write (None: delete) several keys in one transaction, all or none; one revision.
+        With `absent`, only if none of those keys exists (else KeyExistsError, nothing
+        written): a first request's check and its write in one round trip."""
         ...
 
     async def delete(self, key: str, *, epoch: int) -> int:
@@ -321,7 +338,13 @@ class StoreBase(ABC):
     ) -> Page[bytes]: ...
 
     @abstractmethod
-    async def put_many(self, items: Sequence[tuple[str, Message | None]], *, epoch: int) -> int: ...
+    async def put_many(
+        self,
+        items: Sequence[tuple[str, Message | None]],
+        *,
+        epoch: int,
+        absent: Sequence[str] = (),
+    ) -> int: ...
 
     async def list(
         self,
@@ -450,10 +473,19 @@ class InMemoryControlState(StoreBase):
 
     # -- writes
 
-    async def put_many(self, items: Sequence[tuple[str, Message | None]], *, epoch: int) -> int:
+    async def put_many(
+        self,
+        items: Sequence[tuple[str, Message | None]],
+        *,
+        epoch: int,
+        absent: Sequence[str] = (),
+    ) -> int:
         self._fence(epoch)
         # Validate everything before changing anything: the transaction is all or none.
         encoded = encode_items(items)
+        for key in absent:
+            if self._value_at(key, self._revision)[1] is not None:
+                raise KeyExistsError(key)
         # Like etcd, deleting an absent key is no change and does not raise the revision.
         effective = [
             (key, value)

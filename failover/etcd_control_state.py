@@ -53,6 +53,7 @@ from failover.control_state import (
     Change,
     Entry,
     FencedError,
+    KeyExistsError,
     M,
     Page,
     RevisionCompactedError,
@@ -337,7 +338,13 @@ class EtcdControlState(StoreBase):
 
     # -- writes
 
-    async def put_many(self, items: Sequence[tuple[str, Message | None]], *, epoch: int) -> int:
+    async def put_many(
+        self,
+        items: Sequence[tuple[str, Message | None]],
+        *,
+        epoch: int,
+        absent: Sequence[str] = (),
+    ) -> int:
         try:
             encoded = encode_txn(items, max_ops=self._max_txn_ops)
         except InvalidArgumentError:
@@ -354,6 +361,7 @@ class EtcdControlState(StoreBase):
             else rpc.RequestOp(request_put=rpc.PutRequest(key=(root + k).encode(), value=v))
             for k, v in encoded
         ]
+        absent_keys = [(root + key).encode() for key in absent]
         request = rpc.TxnRequest(
             compare=[
                 rpc.Compare(
@@ -361,10 +369,20 @@ class EtcdControlState(StoreBase):
                     target=rpc.Compare.CREATE,
                     result=rpc.Compare.EQUAL,
                     create_revision=epoch,
-                )
+                ),
+                *(
+                    rpc.Compare(
+                        key=key, target=rpc.Compare.VERSION, result=rpc.Compare.EQUAL, version=0
+                    )
+                    for key in absent_keys
+                ),
             ],
             success=ops,
-            failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=self._leader))],
+            # Which compare failed: the leader key, then each key that had to be absent.
+            failure=[
+                rpc.RequestOp(request_range=rpc.RangeRequest(key=key, keys_only=True))
+                for key in (self._leader, *absent_keys)
+            ],
         )
 
         async def attempt(kv: Any) -> Any:
@@ -377,7 +395,13 @@ class EtcdControlState(StoreBase):
             raise self._refused(what, exc) from None
         if not response.succeeded:
             kvs = response.responses[0].response_range.kvs
-            raise FencedError(epoch, int(kvs[0].create_revision) if kvs else 0)
+            leader_epoch = int(kvs[0].create_revision) if kvs else 0
+            if leader_epoch != epoch:
+                raise FencedError(epoch, leader_epoch)
+            for key, answer in zip(absent, response.responses[1:], strict=True):
+                if answer.response_range.kvs:
+                    raise KeyExistsError(key)
+            raise InfrastructureError(f"etcd refused {what} and no compare explains it")
         return int(response.header.revision)
 
     async def _raise_if_fenced(self, epoch: int) -> None:

@@ -54,6 +54,7 @@ from failover.control_state import (
     TASKS,
     Change,
     ControlState,
+    KeyExistsError,
     alarm_key,
     audit_key,
     idempotency_index_key,
@@ -280,11 +281,6 @@ class Dispatcher:
                 if self.override_for(command.asset_class, group) is not None:
                     self.stats.commands_suppressed += 1
                     return control_state_pb2.CommandRecord(command=command)
-            prior = await self._prior(
-                idempotency_key, control_state_pb2.CommandRecord, LEDGER, actor=issued_by
-            )
-            if prior is not None:
-                return prior
             now = self._wall_ms()
             issued = command_pb2.Command()
             issued.CopyFrom(command)
@@ -312,8 +308,6 @@ class Dispatcher:
                 expected_acks=expected,
                 multicast=by_multicast,
             )
-            if by_multicast:
-                self.confirmations.watch(record)
             note = audit.for_command(record, audit.Action.COMMAND_ISSUE, now, detail=reason)
             key = ledger_key(issued.command_id)
             index = self._index(idempotency_key, key, issued_by, now)
@@ -333,7 +327,25 @@ class Dispatcher:
             # before any frame goes out: if this post dies in between, the next leader
             # sends it, as it sends every unacknowledged command.
             sent, frames, send_note = self._attempt(record)
-            await self._write([(key, sent), *index, *writes], [note, send_note, *notes])
+            try:
+                # Written only if the idempotency key is new: its check and the write
+                # in one round trip to etcd.
+                await self._write(
+                    [(key, sent), *index, *writes],
+                    [note, send_note, *notes],
+                    absent=[k for k, _ in index],
+                )
+            except KeyExistsError:
+                # A repeated request: the first one's entry, as it is now; nothing sent.
+                prior = await self._prior(
+                    idempotency_key, control_state_pb2.CommandRecord, LEDGER, actor=issued_by
+                )
+                if prior is None:  # the key expired in between: it cannot be told apart
+                    raise FailedPreconditionError(
+                        f"idempotency_key {idempotency_key!r}: its record went away while "
+                        "this request was written; send it again"
+                    ) from None
+                return prior
             for finished in superseded:
                 self._settle(finished)
             self._settle(sent)
@@ -1013,6 +1025,8 @@ class Dispatcher:
         self,
         items: Sequence[tuple[str, Message | None]],
         notes: Sequence[control_state_pb2.AuditEntry | None],
+        *,
+        absent: Sequence[str] = (),
     ) -> None:
         epoch = self._epoch()
         batch: list[tuple[str, Message | None]] = list(items)
@@ -1020,7 +1034,7 @@ class Dispatcher:
             if note is not None:
                 stamped = audit.finalize(note, epoch=epoch)
                 batch.append((audit_key(stamped.at_ms, stamped.entry_id), stamped))
-        await self._while_leading(self._state.put_many(batch, epoch=epoch))
+        await self._while_leading(self._state.put_many(batch, epoch=epoch, absent=absent))
 
     async def _while_leading(self, call: Awaitable[T]) -> T:
         """Wait for an etcd call made for a write only while this post may still lead: past

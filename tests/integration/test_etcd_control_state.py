@@ -29,7 +29,7 @@ from failover.control_state import (
     read_snapshot,
 )
 from failover.etcd_control_state import EtcdControlState
-from protos.citypost.v1 import operations_pb2
+from protos.citypost.v1 import control_state_pb2, operations_pb2
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
@@ -499,3 +499,25 @@ async def test_unreachable_etcd_raises_infrastructure_error_naming_it() -> None:
             await anext(state.watch(1))
     finally:
         await state.close()
+
+
+async def test_a_write_on_condition_of_absent_keys_is_refused_whole_when_one_exists(
+    leader: Leader,
+) -> None:
+    state, epoch = leader.state, leader.epoch
+    used = cs.idempotency_index_key("k-1")
+    record = control_state_pb2.IdempotencyRecord(idempotency_key="k-1", result_key="ledger/x")
+    await state.put(used, record, epoch=epoch)
+    before = await state.revision()
+    with pytest.raises(cs.KeyExistsError) as exists:
+        await state.put_many(
+            [(cs.alarm_key("a"), alarm("a")), (used, record)], epoch=epoch, absent=[used]
+        )
+    assert exists.value.key == used
+    assert await state.get(cs.alarm_key("a"), operations_pb2.Alarm) is None
+    assert await state.revision() == before
+    with pytest.raises(FencedError):
+        await state.put_many([(cs.alarm_key("a"), alarm("a"))], epoch=epoch + 1, absent=[used])
+    fresh = cs.idempotency_index_key("k-2")
+    assert await state.put_many([(fresh, record)], epoch=epoch, absent=[fresh]) > before
+    assert await state.get(fresh, control_state_pb2.IdempotencyRecord) == record

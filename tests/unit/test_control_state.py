@@ -377,3 +377,25 @@ async def test_a_snapshot_plus_watch_rebuilds_the_state(state: InMemoryControlSt
 async def test_a_future_revision_is_refused(state: InMemoryControlState) -> None:
     with pytest.raises(InvalidArgumentError, match="future"):
         await state.list(cs.ALARMS, operations_pb2.Alarm, revision=99)
+
+
+async def test_a_write_on_condition_of_absent_keys_is_refused_whole_when_one_exists(
+    state: InMemoryControlState,
+) -> None:
+    used = cs.idempotency_index_key("k-1")
+    record = control_state_pb2.IdempotencyRecord(idempotency_key="k-1", result_key="ledger/x")
+    await state.put(used, record, epoch=EPOCH)
+    before = await state.revision()
+    with pytest.raises(cs.KeyExistsError) as exists:
+        await state.put_many(
+            [(cs.alarm_key("a"), alarm("a")), (used, record)], epoch=EPOCH, absent=[used]
+        )
+    assert exists.value.key == used
+    assert await state.get(cs.alarm_key("a"), operations_pb2.Alarm) is None
+    assert await state.revision() == before
+    # The fence is checked first: a deposed writer hears that it is deposed.
+    with pytest.raises(FencedError):
+        await state.put_many([(cs.alarm_key("a"), alarm("a"))], epoch=EPOCH - 1, absent=[used])
+    fresh = cs.idempotency_index_key("k-2")
+    r = await state.put_many([(fresh, record)], epoch=EPOCH, absent=[fresh])
+    assert r == before + 1

@@ -755,9 +755,9 @@ def _count_writes(h: Harness) -> list[int]:
     sizes: list[int] = []
     put_many = h.state.put_many
 
-    async def counting(items, *, epoch):  # type: ignore[no-untyped-def]
+    async def counting(items, *, epoch, absent=()):  # type: ignore[no-untyped-def]
         sizes.append(len(items))
-        return await put_many(items, epoch=epoch)
+        return await put_many(items, epoch=epoch, absent=absent)
 
     h.state.put_many = counting  # type: ignore[method-assign]
     return sizes

@@ -25,7 +25,13 @@ class UnreachableState(InMemoryControlState):
         super().__init__(epoch=5)
         self.writes_started = 0
 
-    async def put_many(self, items: Sequence[tuple[str, Message | None]], *, epoch: int) -> int:
+    async def put_many(
+        self,
+        items: Sequence[tuple[str, Message | None]],
+        *,
+        epoch: int,
+        absent: Sequence[str] = (),
+    ) -> int:
         self.writes_started += 1
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
@@ -82,9 +88,11 @@ async def test_a_lead_renewed_while_writing_keeps_waiting_for_the_write() -> Non
     release = asyncio.Event()
     real_put_many = state.put_many
 
-    async def slow_put_many(items: Sequence[tuple[str, Message | None]], *, epoch: int) -> int:
+    async def slow_put_many(
+        items: Sequence[tuple[str, Message | None]], *, epoch: int, absent: Sequence[str] = ()
+    ) -> int:
         await release.wait()
-        return await real_put_many(items, epoch=epoch)
+        return await real_put_many(items, epoch=epoch, absent=absent)
 
     state.put_many = slow_put_many  # type: ignore[method-assign]
     dispatcher = _dispatcher(state, lease)
