@@ -270,7 +270,7 @@ class Dispatcher:
         idempotency_key: str = "",
         from_policy: bool = False,
     ) -> control_state_pb2.CommandRecord:
-        """Ledger first (QUEUED), then the downlinks (SENT).
+        """Ledger first (queued and sent, in one transaction), then the downlinks.
 
         With an `idempotency_key` a repeated call answers with the ledger entry
         of the first one (as it is now) and sends nothing.
@@ -1030,10 +1030,15 @@ class Dispatcher:
     ) -> None:
         epoch = self._epoch()
         batch: list[tuple[str, Message | None]] = list(items)
+        # An entry's id derives from its content: the same note twice in one pass (a
+        # device's two nacks in one batch of acks) is one entry, and etcd refuses a
+        # transaction that names a key twice.
+        stamped_notes = {}
         for note in notes:
             if note is not None:
                 stamped = audit.finalize(note, epoch=epoch)
-                batch.append((audit_key(stamped.at_ms, stamped.entry_id), stamped))
+                stamped_notes[audit_key(stamped.at_ms, stamped.entry_id)] = stamped
+        batch.extend(stamped_notes.items())
         await self._while_leading(self._state.put_many(batch, epoch=epoch, absent=absent))
 
     async def _while_leading(self, call: Awaitable[T]) -> T:

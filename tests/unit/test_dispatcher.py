@@ -819,3 +819,16 @@ async def test_a_command_is_in_the_ledger_as_sent_in_one_transaction_before_its_
     command_target = f"command/{record.command.command_id}"
     actions = sorted(e.value.action for e in entries.entries if e.value.target == command_target)
     assert actions == ["command.issue", "command.send"]
+
+
+async def test_the_same_nack_twice_in_one_batch_is_one_audit_entry_and_the_batch_is_written() -> (
+    None
+):
+    h = Harness()
+    record = await h.dispatcher.issue_command(_one_signal(SIGNALS[0].dev_eui, 7), issued_by="op")
+    command_id = record.command.command_id
+    nack = h.ack(command_id, SIGNALS[0].dev_eui, acknowledged=False)
+    await h.dispatcher.on_acks([nack, nack])
+    entries = await h.state.list("audit/", control_state_pb2.AuditEntry)
+    nacks = [e for e in entries.entries if e.value.action == "command.nack"]
+    assert len(nacks) == 1
