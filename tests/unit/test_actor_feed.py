@@ -224,3 +224,33 @@ def test_the_lag_from_decoding_to_application_is_counted_once_per_reading() -> N
         assert lag.max_ms == 400 and 200 <= lag.p50_ms <= 210
     finally:
         feed.stop()
+
+
+class RoundsPool(InProcessPool):
+    """Records which actors each round called."""
+
+    def __init__(self, keys: Iterable[ActorKey]) -> None:
+        super().__init__(keys)
+        self.rounds: list[set[ActorKey]] = []
+
+    def call_many(self, calls: Sequence[Call], timeout_s: float) -> list[Any]:
+        ingests = {c.key for c in calls if c.method == "ingest"}
+        if ingests:
+            self.rounds.append(ingests)
+        return super().call_many(calls, timeout_s)
+
+
+def test_once_one_actor_is_due_every_actor_with_readings_waiting_goes_in_the_same_round() -> None:
+    # A call costs the same whatever it carries: the signals' readings, 0.3 s younger
+    # than the lamps', ride in the lamps' round instead of a round of their own.
+    pool = RoundsPool([LAMPS, SIGNALS])
+    delivered: list[tuple[str, Any]] = []
+    feed = _feed(pool, delivered, max_event_delay_s=1.0, min_event_readings=1_000)
+    pool.rounds.clear()  # start-up's own calls
+    feed.submit(_items(LAMPS, 3))
+    threading.Event().wait(0.3)
+    feed.submit(_items(SIGNALS, 2))
+    _settled(feed)
+    assert pool.rounds == [{LAMPS, SIGNALS}]
+    assert (pool.seen(LAMPS), pool.seen(SIGNALS)) == (3, 2)
+    feed.stop()
