@@ -1,4 +1,4 @@
-"""The post's actors on Ray: each asset class's groups hosted by a few named Ray actors.
+"""The post's actors on Ray: the (class, group) units hosted by a few named Ray actors.
 
 Every (asset class, group) stays a unit of its own (see `actors.asset_host`);
 the pool maps each unit to the Ray actor hosting it and sends one call per
@@ -12,26 +12,34 @@ from typing import Any
 
 from actors import ray_api
 from actors.asset_host import AssetHost, UnitCall
-from actors.catalog import POLICIES, AssetClass
+from actors.catalog import POLICIES
 from actors.pool import ActorKey, Call
 from bridges.registry import Device
-from protos.citypost.v1 import assets_pb2
 
 
-def host_name(asset_class: AssetClass, index: int) -> str:
-    return f"host:{assets_pb2.AssetClass.Name(asset_class).lower()}/{index}"
+def host_name(index: int) -> str:
+    return f"host:{index}"
 
 
-def plan_hosts(keys: Iterable[ActorKey], hosts_per_class: int) -> dict[str, list[ActorKey]]:
-    """The units of each class spread round-robin over at most `hosts_per_class` hosts."""
-    by_class: dict[AssetClass, list[ActorKey]] = {}
-    for key in sorted(keys):
-        by_class.setdefault(key[0], []).append(key)
+def unit_weight(devices: Sequence[Device]) -> float:
+    """The uplinks per second a unit's devices send (a device without a declared period
+    counted as one a minute): what its host spends its time on."""
+    return sum(1.0 / d.report_interval_s if d.report_interval_s > 0 else 1 / 60 for d in devices)
+
+
+def plan_hosts(
+    groups: Mapping[ActorKey, Sequence[Device]], hosts: int
+) -> dict[str, list[ActorKey]]:
+    """Every unit on one of at most `hosts` hosts, balanced by their devices' uplink rate:
+    the heaviest unit first, each onto the host carrying the least so far."""
+    load = [0.0] * hosts
     plan: dict[str, list[ActorKey]] = {}
-    for asset_class, units in by_class.items():
-        for i, key in enumerate(units):
-            plan.setdefault(host_name(asset_class, i % hosts_per_class), []).append(key)
-    return plan
+    heaviest_first = sorted(groups, key=lambda key: (-unit_weight(groups[key]), key))
+    for key in heaviest_first:
+        index = min(range(hosts), key=lambda i: (load[i], i))
+        load[index] += unit_weight(groups[key])
+        plan.setdefault(host_name(index), []).append(key)
+    return {name: sorted(keys) for name, keys in sorted(plan.items())}
 
 
 class RayActorPool:
@@ -44,24 +52,23 @@ class RayActorPool:
         cls,
         groups: Mapping[ActorKey, Sequence[Device]],
         *,
-        hosts_per_class: int = 1,
+        hosts: int = 4,
         max_restarts: int = -1,
     ) -> RayActorPool:
         """Create every host (Ray restarts a dead one; the post restores its units)."""
-        plan = plan_hosts(groups, hosts_per_class)
-        hosts = {
+        plan = plan_hosts(groups, hosts)
+        spawned = {
             name: ray_api.spawn(
                 AssetHost,
                 name,
-                [(key[1], list(groups[key])) for key in keys],
-                POLICIES[keys[0][0]],
+                [(key, list(groups[key]), POLICIES[key[0]]) for key in keys],
                 max_restarts=max_restarts,
                 ready_timeout_s=None,
             )
             for name, keys in plan.items()
         }
         units = {key: name for name, keys in plan.items() for key in keys}
-        return cls(hosts, units)
+        return cls(spawned, units)
 
     def actor_keys(self) -> Iterable[ActorKey]:
         return list(self._units)
@@ -76,9 +83,7 @@ class RayActorPool:
     def call_many(self, calls: Sequence[Call], timeout_s: float) -> list[Any]:
         batches: dict[str, list[UnitCall]] = {}
         for call in calls:
-            batches.setdefault(self._units[call.key], []).append(
-                (call.key[1], call.method, call.args)
-            )
+            batches.setdefault(self._units[call.key], []).append((call.key, call.method, call.args))
         names = list(batches)
         answers = ray_api.call_many(
             [(self._hosts[n], "call_batch", (batches[n],)) for n in names], timeout_s

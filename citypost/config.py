@@ -188,10 +188,11 @@ class PostConfig(_Section):
     snapshot_every: int = Field(20, ge=1)
     # Past this many events waiting for one actor, the edge stops taking telemetry.
     max_buffered_events: int = Field(2000, ge=10)
-    # The Ray actors hosting each asset class's groups (every group stays a unit with
-    # its own snapshot and restore). A Ray actor is a ~45 MB process and a call costs
-    # ~2.5 ms of CPU here: one host per class kept a full-scale post under 2 GiB.
-    hosts_per_class: int = Field(1, ge=1, le=64)
+    # The Ray actors (processes) hosting the post's (class, group) units, balanced by
+    # their devices' uplink rate (every group stays a unit with its own snapshot and
+    # restore). A Ray actor is a ~45 MB process using about 0.01 core idle, and a call
+    # costs ~2.5 ms of CPU here whatever it carries: a few hosts, not one per class.
+    actor_hosts: int = Field(4, ge=1, le=64)
     # Restart intensity (Erlang/OTP): more crashes of actor processes than this within
     # the window makes the post report itself unhealthy.
     max_restarts: int = Field(10, ge=1)

@@ -86,7 +86,7 @@ async def run_post(config: Config, *, ready_file: Path | None = None) -> int:
             partial(
                 RayActorPool.spawn,
                 groups,
-                hosts_per_class=config.post.hosts_per_class,
+                hosts=config.post.actor_hosts,
             )
         )
         observability = setup_observability(config.observability, post=name)

@@ -56,7 +56,7 @@ def post_overrides(config: Config) -> list[str]:
         "post.command_ttl_s": repr(config.post.command_ttl_s),
         "post.max_restarts": str(config.post.max_restarts),
         "post.restart_window_s": repr(config.post.restart_window_s),
-        "post.hosts_per_class": str(config.post.hosts_per_class),
+        "post.actor_hosts": str(config.post.actor_hosts),
         "post.finished_command_retention_s": repr(config.post.finished_command_retention_s),
         "post.retention_sweep_s": repr(config.post.retention_sweep_s),
         "post.audit_retention_s": repr(config.post.audit_retention_s),
