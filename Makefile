@@ -1,5 +1,6 @@
 # citypost: the two commands a newcomer needs are `make demo` and `make test`.
-# Both bootstrap first: Debian packages (etcd-server, mosquitto) and a .venv
+# Both bootstrap first: Debian packages (etcd-server, mosquitto, openssl: the
+# tests' independent check of the PKI) and a .venv
 # with the project installed editable. Re-running is cheap: a stamp file
 # records that the venv matches pyproject.toml.
 
@@ -9,7 +10,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.citypost-installed
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
-DEBIAN_PACKAGES := etcd-server etcd-client mosquitto
+DEBIAN_PACKAGES := etcd-server etcd-client mosquitto openssl
 PROTO_SRC := $(wildcard protos/citypost/v1/*.proto)
 
 .PHONY: bootstrap system-packages demo test unit integration protos protos-check lint bench clean
@@ -17,7 +18,8 @@ PROTO_SRC := $(wildcard protos/citypost/v1/*.proto)
 bootstrap: system-packages $(STAMP)
 
 system-packages:
-	@if ! command -v etcd >/dev/null || ! { command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ]; }; then \
+	@if ! command -v etcd >/dev/null || ! command -v openssl >/dev/null || \
+	  ! { command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ]; }; then \
 	  echo "bootstrap: installing Debian packages: $(DEBIAN_PACKAGES)"; \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(DEBIAN_PACKAGES); \

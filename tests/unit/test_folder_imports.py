@@ -20,15 +20,18 @@ pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
 
 GROUND = {"protos", "citypost"}
+# Security sits on the ground: every component may use it, it uses none of them.
+SECURITY = {"security"}
 LOWER = {"actors", "bridges", "failover", "fleet"}
 APPLICATION = {"post", "api", "chaos", "console", "cluster"}
 TOOLING = {"tests", "bench"}  # they exercise the application; nothing of it imports them
-FOLDERS = GROUND | LOWER | APPLICATION | TOOLING
+FOLDERS = GROUND | SECURITY | LOWER | APPLICATION | TOOLING
 
 # folder -> folders it must never import
 FORBIDDEN: Mapping[str, set[str]] = {
     "protos": FOLDERS - {"protos"},
     "citypost": FOLDERS - {"citypost", "protos"},
+    "security": FOLDERS - {"security", "citypost", "protos"},
     **{folder: {"cluster", "post", "api"} | TOOLING for folder in LOWER},
     "post": {"api", "cluster"} | TOOLING,
     "api": {"cluster"} | TOOLING,
