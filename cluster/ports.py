@@ -1,38 +1,59 @@
 """Free TCP ports on 127.0.0.1 for local servers.
 
-A port is found by binding port 0 and closing the socket, so another process
-could still take it before our server binds; the process-local set at least
-keeps two callers in this process from getting the same port.
+A port is chosen below the kernel's ephemeral range (`ip_local_port_range`) and
+checked free by binding it. Ports the kernel hands out itself (bind to port 0,
+and the local end of every outgoing connection: Ray, gRPC and etcd clients open
+many) come from that range, so one chosen there could be taken by a connection
+in the seconds before our server binds it; below it only another server can
+take it. The process-local set keeps two callers in this process from getting
+the same port.
 """
 
 from __future__ import annotations
 
+import random
 import socket
 import threading
+from pathlib import Path
 
 from citypost.errors import InfrastructureError, InvalidArgumentError
 
 _LOOPBACK = "127.0.0.1"
-# Attempts before giving up: the kernel rarely hands back a port we already gave out.
+# Attempts before giving up: most ports below the ephemeral range are free.
 _MAX_ATTEMPTS = 64
+# The lowest port handed out: above the well-known services a machine may run.
+_LOWEST = 10_000
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 _lock = threading.Lock()
 _handed_out: set[int] = set()
+_random = random.Random()
 
 
-def _probe() -> int:
+def ephemeral_low() -> int:
+    """The lowest port the kernel picks by itself (Linux default 32768)."""
+    try:
+        return int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
+def _probe(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((_LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        try:
+            sock.bind((_LOOPBACK, port))
+        except OSError:
+            return False
+        return True
 
 
 def free_port() -> int:
     """Return a loopback port that is free now and not handed out before in this process."""
+    highest = max(_LOWEST + 1_000, ephemeral_low()) - 1
     with _lock:
         for _ in range(_MAX_ATTEMPTS):
-            port = _probe()
-            if port not in _handed_out:
+            port = _random.randint(_LOWEST, highest)
+            if port not in _handed_out and _probe(port):
                 _handed_out.add(port)
                 return port
     raise InfrastructureError(f"no free port on {_LOOPBACK} after {_MAX_ATTEMPTS} attempts")
