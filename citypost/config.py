@@ -211,6 +211,15 @@ class PostConfig(_Section):
     retention_sweep_s: float = Field(60.0, gt=0)
 
 
+class SecurityConfig(_Section):
+    # Mutual TLS with the city's certificates on etcd (clients and peers), the broker
+    # and every gRPC server, with the access rules that key on them. Off only to
+    # measure what it costs (the benchmarks' baseline): a city never runs without it.
+    tls: bool = True
+    # The city's PKI (security.pki_store); None: run_dir/pki.
+    pki_dir: Path | None = None
+
+
 class ObservabilityConfig(_Section):
     exporter: Literal["none", "console", "otlp"] = "none"
     otlp_endpoint: str | None = None
@@ -234,7 +243,12 @@ class Config(_Section):
     failover: FailoverConfig = FailoverConfig()
     post: PostConfig = PostConfig()
     observability: ObservabilityConfig = ObservabilityConfig()
+    security: SecurityConfig = SecurityConfig()
     run_dir: Path = Path("run")
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.security.pki_dir or self.run_dir / "pki"
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

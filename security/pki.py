@@ -6,8 +6,8 @@ revocation list, so the root's key can stay offline.
 
 A component's certificate names it twice:
 - its **principal** as the subject's CN, `<kind>.<name>` (`post.primary`,
-  `gate.gate`): etcd takes the CN as the user and mosquitto as the user name,
-  so their access rules key on it;
+  `gate.gate`; a device: its bare DevEUI): etcd takes the CN as the user and
+  mosquitto as the user name, so their access rules key on it;
 - a URI SAN `spiffe://citypost.<city>/<kind>/<name>`, which gRPC shows a
   server as the peer's identity.
 
@@ -67,6 +67,7 @@ ISSUING_LIFETIME = timedelta(days=730)
 BACKDATE = timedelta(minutes=5)
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+_DEV_EUI = re.compile(r"[0-9a-f]{16}")
 
 
 def _check_name(what: str, value: str) -> None:
@@ -105,9 +106,17 @@ class Principal:
     def __post_init__(self) -> None:
         _check_name("city", self.city)
         _check_name("name", self.name)
+        if self.kind is Kind.DEVICE and not _DEV_EUI.fullmatch(self.name):
+            raise InvalidArgumentError(
+                f"a device is named by its DevEUI, 16 lowercase hex digits, got {self.name!r}"
+            )
 
     @property
     def common_name(self) -> str:
+        # A device's CN is its bare DevEUI, so the broker's ACL can match it against
+        # the topic's device level (%u); it cannot collide with `<kind>.<name>`.
+        if self.kind is Kind.DEVICE:
+            return self.name
         return f"{self.kind.value}.{self.name}"
 
     @property
