@@ -118,8 +118,12 @@ async def start_server(
     host: str = "127.0.0.1",
     port: int,
     deadline_s: float = 10.0,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
-    """Start serving; health reports SERVING for every service (and "")."""
+    """Start serving; health reports SERVING for every service (and "").
+
+    With `credentials` (security.grpc_tls.server_credentials) the port speaks mutual
+    TLS only; without, plaintext (the benchmark baseline, `security.tls = false`)."""
     # No SO_REUSEPORT: a port another server holds must fail here, not be shared.
     server = grpc.aio.server(
         interceptors=[_CommonInterceptor(deadline_s)], options=[("grpc.so_reuseport", 0)]
@@ -137,7 +141,11 @@ async def start_server(
         ],
         server,
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    if credentials is None:
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, credentials)
     if bound == 0:
         raise CitypostError(f"cannot bind the gRPC server to {host}:{port}")
     await server.start()

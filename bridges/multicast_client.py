@@ -18,8 +18,9 @@ applied the call, and a retried Enqueue would send the frame twice under two
 frame counters. A refused token is ConfigError: the gate's configuration is
 wrong and retrying will not help (citypost has no authentication error kind).
 
-TLS is not used yet: the channel is insecure (loopback); TLS comes with the
-network server's certificates.
+Given an identity of the city's PKI, the channel is mutual TLS (the gate's
+certificate, read when the client is made: make a new client after a rotation);
+without one it is plaintext (loopback, the benchmark baseline).
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ from citypost.errors import (
     ResourceExhaustedError,
     UnimplementedError,
 )
+from security.grpc_tls import aio_channel
+from security.pki_store import Identity
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +107,7 @@ class MulticastClient:
         timeout_s: float = 5.0,
         attempts: int = 4,
         first_wait_s: float = 0.1,
+        identity: Identity | None = None,
     ) -> None:
         if not target:
             raise ConfigError("target: give the network server's API as HOST:PORT")
@@ -122,8 +126,9 @@ class MulticastClient:
         )
         # gRPC waits about 1 s (growing) before reconnecting to a server it lost, and fails
         # calls fast meanwhile; reconnect sooner so the retries below can reach it again.
-        self._channel = grpc.aio.insecure_channel(
+        self._channel = aio_channel(
             target,
+            identity,
             options=[
                 ("grpc.initial_reconnect_backoff_ms", 100),
                 ("grpc.min_reconnect_backoff_ms", 100),

@@ -681,10 +681,15 @@ class MulticastMembersService(device_pb2_grpc.DeviceServiceServicer):
 
 
 def serve(
-    service: MulticastService, host: str = "127.0.0.1", port: int = 0
+    service: MulticastService,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[grpc.Server, int]:
     """Start a grpc server with the multicast API (and the members listing, health) on a
     loopback address; returns it and the bound port. Stop it with `server.stop`.
+    With `credentials` (security.grpc_tls.server_credentials) it speaks mutual TLS only.
 
     A thread-pool server, not grpc.aio: the process that runs the simulated network
     server also runs the downlink gate's grpc.aio clients on their own event loop, and
@@ -699,7 +704,11 @@ def serve(
     device_pb2_grpc.add_DeviceServiceServicer_to_server(MulticastMembersService(service), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    if credentials is None:
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, credentials)
     if bound == 0:
         raise ConfigError(f"cannot bind the multicast API to {host}:{port}")
     server.start()
