@@ -64,6 +64,8 @@ from citypost.errors import (
     InfrastructureError,
     InvalidArgumentError,
 )
+from security import identities
+from security.pki import Kind
 
 log = logging.getLogger(__name__)
 
@@ -259,6 +261,7 @@ class DownlinkGate:
             on_message=self._on_message,
             manual_ack=True,
             receive_maximum=1000,
+            tls=identities.tls_identity(config, Kind.GATE, identities.GATE),
         )
         self.session.client.on_publish = self._on_published
 

@@ -34,6 +34,8 @@ from citypost.config import Config
 from citypost.errors import ConfigError, DeadLetterReason, DecodeError
 from citypost.observability import Observability
 from protos.citypost.v1 import telemetry_pb2
+from security.identities import tls_identity
+from security.pki import Kind
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -141,6 +143,7 @@ class Edge:
             # The broker may have this many unacknowledged uplinks out to us: a few
             # batches' worth keeps the pipe full without an unbounded backlog.
             receive_maximum=65535,
+            tls=tls_identity(config, Kind.POST, config.post.name),
         )
         self._flusher = threading.Thread(target=self._flush_loop, name="edge-flush", daemon=True)
 

@@ -3,12 +3,16 @@
 MQTT v5, a persistent session (queued QoS 1 messages survive our reconnects),
 automatic reconnection with capped back-off, and a subscription list that is
 re-sent on every connect, so a broker restart needs nothing from the caller.
+With an identity, mutual TLS: the broker takes the certificate's CN as the user
+name its ACL keys on (security.mqtt_acl), and a publish the ACL refuses comes
+back as PUBACK reason 135 instead of vanishing (MQTT v5).
 """
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,6 +23,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from citypost.errors import InfrastructureError
+from security.pki_store import Identity
 
 SESSION_EXPIRY_S = 3600
 
@@ -28,6 +33,14 @@ def tcp_no_delay(_client: mqtt.Client, _userdata: Any, sock: Any) -> None:
     # peer's delayed ACK (measured: up to 40 ms more per command round trip).
     with contextlib.suppress(OSError, AttributeError):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def use_tls(client: mqtt.Client, identity: Identity) -> None:
+    """Mutual TLS for a paho client: the city's CA only, our certificate as the user."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(identity.trust))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(identity.cert), str(identity.key))
+    client.tls_set_context(context)
 
 
 class MqttSession:
@@ -42,6 +55,7 @@ class MqttSession:
         on_message: Callable[[mqtt.MQTTMessage], None] | None = None,
         manual_ack: bool = False,
         receive_maximum: int | None = None,
+        tls: Identity | None = None,
     ) -> None:
         self.host, self.port = host, port
         self._keepalive = keepalive_s
@@ -56,6 +70,8 @@ class MqttSession:
             protocol=mqtt.MQTTv5,
             manual_ack=manual_ack,
         )
+        if tls is not None:
+            use_tls(self.client, tls)
         # A bug in a callback is logged by paho instead of ending its network thread.
         self.client.suppress_exceptions = True
         self.client.reconnect_delay_set(min_delay=1, max_delay=5)

@@ -27,6 +27,8 @@ from chaos.target import DrillTarget
 from citypost.errors import FailedPreconditionError, InfrastructureError
 from console.failover_cli import AdminCalls, Handover, plan_switchover, took_over
 from protos.citypost.v1 import admin_pb2, admin_pb2_grpc
+from security import identities
+from security.pki import Kind
 
 
 @dataclass(frozen=True)
@@ -339,8 +341,11 @@ class MalformedStorm(Fault):
         self._before = dict(post_status(self.drilled.address(self.post)).dead_letters_by_reason)
         target = self.drilled.target
         config = target.config
+        # A network server gone wrong: only a network server's certificate may publish
+        # device events on the city's broker.
+        tls = identities.tls_identity(config, Kind.NETWORK_SERVER, identities.NETWORK_SERVER)
         self._publisher = StormPublisher(
-            config.mqtt, target.city, storm, edge=config.edge, seed=self.drilled.seed
+            config.mqtt, target.city, storm, edge=config.edge, seed=self.drilled.seed, tls=tls
         )
         self._publisher.start()
 

@@ -38,6 +38,7 @@ from bridges import chirpstack
 from bridges.layouts import Layout, layout_of
 from bridges.lpp import LppType, LppValue
 from bridges.lpp import encode as lpp_encode
+from bridges.mqtt_session import use_tls
 from bridges.registry import Device
 from chaos.scenarios import Storm
 from citypost.config import CityConfig, EdgeConfig, MqttConfig
@@ -51,6 +52,7 @@ from citypost.errors import (
 from fleet.pacing import TokenBucket
 from fleet.population import City, build_city
 from protos.citypost.v1 import assets_pb2
+from security.pki_store import Identity
 
 log = logging.getLogger(__name__)
 
@@ -421,6 +423,7 @@ class StormPublisher:
         qos: Literal[0, 1] = 1,
         client_id: str | None = None,
         now_ms: Callable[[], int] = _wall_ms,
+        tls: Identity | None = None,
     ) -> None:
         if mqtt_config.port is None:
             raise ConfigError("mqtt.port must be resolved (the broker started) before the storm")
@@ -455,6 +458,8 @@ class StormPublisher:
             client_id=client_id or f"citypost-storm-{uuid.uuid4().hex[:12]}",
             protocol=mqtt.MQTTv5,
         )
+        if tls is not None:
+            use_tls(self.client, tls)
         self.client.suppress_exceptions = True
         self.client.reconnect_delay_set(min_delay=1, max_delay=5)
         self.client.max_inflight_messages_set(1000)

@@ -12,6 +12,7 @@ from typing import Any
 from citypost.config import Config, load_config, parse_override
 from citypost.errors import CitypostError, DecodeError
 from cluster.drill_cli import add_drill_parser
+from cluster.pki_cli import add_pki_parser
 from console.cli import add_console_parser
 from console.failover_cli import add_failover_parser
 
@@ -48,6 +49,12 @@ def _cmd_post(args: argparse.Namespace) -> int:
 
     config = _config(args, {"post.name": args.name})
     return asyncio.run(run_post(config, ready_file=args.ready_file))
+
+
+def _cmd_pki(args: argparse.Namespace) -> int:
+    from cluster.pki_cli import run_pki
+
+    return run_pki(args, _config(args, {}))
 
 
 def _cmd_edge_decode(args: argparse.Namespace) -> int:
@@ -111,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_console_parser(commands)
     add_failover_parser(commands)
     add_drill_parser(commands)
+    add_pki_parser(commands, _add_config_flags, _cmd_pki)
     return parser
 
 

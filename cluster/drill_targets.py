@@ -42,6 +42,9 @@ from cluster.processes import signal_session
 from cluster.system import MANIFEST_NAME, CitySystem
 from fleet.network_server import Execution, executions_topic
 from fleet.population import build_city
+from security import identities
+from security.pki import Kind
+from security.pki_store import Identity
 
 
 class OwnTarget(DrillTarget):
@@ -176,6 +179,9 @@ class AttachedTarget(DrillTarget):
         self._log: list[Execution] = []
         self._session: MqttSession | None = None
 
+    def _identity(self) -> Identity | None:
+        return identities.tls_identity(self.config, Kind.CHAOS, identities.CHAOS)
+
     def _manifest(self) -> Manifest:
         return Manifest.read(self._path)
 
@@ -255,7 +261,7 @@ class AttachedTarget(DrillTarget):
         port = mqtt_config.port or 0
         wait_until(
             "the broker restarted by the system",
-            lambda: mqtt_connects(mqtt_config.host, port),
+            lambda: mqtt_connects(mqtt_config.host, port, tls=self._identity()),
             timeout_s,
         )
 
@@ -270,6 +276,7 @@ class AttachedTarget(DrillTarget):
             port=mqtt_config.port,
             subscriptions=[(topic, 1)],
             on_message=self._on_execution,
+            tls=self._identity(),
         )
         self._session.start()
 

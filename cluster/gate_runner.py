@@ -33,6 +33,8 @@ from failover.election import leader_key, watch_leader
 from failover.etcd_client import etcd_client
 from fleet.network_server import device_link
 from fleet.population import City, build_city
+from security import identities
+from security.pki import Kind
 
 CHECK_INTERVAL_S = 0.5
 MULTICAST_TIMEOUT_S = 5.0  # one enqueue, the gate's MQTT thread waiting
@@ -78,6 +80,7 @@ class GateRunner:
         self._city = config.city.name
         self._endpoints = list(config.etcd.endpoints)
         self._radio = config.radio
+        self._identity = identities.tls_identity(config, Kind.GATE, identities.GATE)
         # The registry and the devices' radio links come from the city model, as the posts'
         # registry does; with a real ChirpStack they would come from its device list and
         # the gateways of each device's last uplinks.
@@ -131,7 +134,9 @@ class GateRunner:
     async def _main(self) -> None:
         if self._radio.network_server_api:
             self._multicast = MulticastClient(
-                self._radio.network_server_api, api_token=self._radio.network_server_api_token
+                self._radio.network_server_api,
+                api_token=self._radio.network_server_api_token,
+                identity=self._identity,
             )
         try:
             if self._endpoints:

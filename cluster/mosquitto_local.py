@@ -2,6 +2,14 @@
 
 The broker's config, log and persistence live in its run dir:
 run_dir/mosquitto.conf, run_dir/mosquitto.log, run_dir/mosquitto-data/.
+
+With `BrokerSecurity` (the demo, the city's tests) its one listener is TLS
+with a client certificate required from the city's CA (revoked ones refused
+by the CRL), the certificate's CN as the user name, no anonymous access, and
+the ACL generated from the PKI's principals (run_dir/mosquitto.acl,
+security.mqtt_acl). `reload()` rewrites the ACL and sends SIGHUP: mosquitto
+then reloads it, the CRL and its own certificate without dropping a client.
+Without it (infrastructure tests of the broker alone) the listener is plain.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ import signal
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -19,9 +28,13 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from bridges.mqtt_session import use_tls
 from citypost.errors import ConfigError, InfrastructureError
 from cluster.ports import free_port, port_is_bindable
 from cluster.processes import ManagedProcess, find_binary
+from security.mqtt_acl import acl_text
+from security.pki import Kind, Principal
+from security.pki_store import Identity, PkiStore
 
 LOOPBACK = "127.0.0.1"
 
@@ -40,7 +53,24 @@ MAX_INFLIGHT_MESSAGES = 1_000
 AUTOSAVE_INTERVAL_S = 1
 
 
-def mqtt_connects(host: str, port: int, timeout: float = 1.0) -> bool:
+BROKER_NAME = "mosquitto"
+
+
+@dataclass(frozen=True)
+class BrokerSecurity:
+    """The city's PKI the broker takes its certificate, CRL and ACL from."""
+
+    store: PkiStore
+    city: str
+
+    @property
+    def principal(self) -> Principal:
+        return Principal(self.city, Kind.BROKER, BROKER_NAME)
+
+
+def mqtt_connects(
+    host: str, port: int, timeout: float = 1.0, *, tls: Identity | None = None
+) -> bool:
     """True when an MQTT v5 client gets a successful CONNACK from host:port."""
     done = threading.Event()
     accepted: list[bool] = []
@@ -57,6 +87,8 @@ def mqtt_connects(host: str, port: int, timeout: float = 1.0) -> bool:
         protocol=mqtt.MQTTv5,
     )
     client.on_connect = on_connect
+    if tls is not None:
+        use_tls(client, tls)
     try:
         client.connect(host, port, keepalive=10)
         deadline = time.monotonic() + timeout
@@ -83,6 +115,7 @@ class LocalMosquitto:
         *,
         autosave_interval_s: int = AUTOSAVE_INTERVAL_S,
         start_timeout_s: float = 15.0,
+        security: BrokerSecurity | None = None,
     ) -> None:
         if port is not None and not 1 <= port <= 65535:
             raise ConfigError(f"port must be 1..65535, got {port}")
@@ -103,6 +136,11 @@ class LocalMosquitto:
         self.config_path = self.run_dir / "mosquitto.conf"
         self.log_path = self.run_dir / "mosquitto.log"
         self.persistence_dir = self.run_dir / "mosquitto-data"
+        self.acl_path = self.run_dir / "mosquitto.acl"
+        self.security = security
+        # The broker's own certificate; it also serves the readiness probe (a client
+        # with no rights in the ACL: a CONNACK is all it needs).
+        self.identity = None if security is None else security.store.ensure(security.principal)
         self._process: ManagedProcess | None = None
         self._lock = threading.RLock()
 
@@ -124,7 +162,7 @@ class LocalMosquitto:
             # Must precede the listener: it decides whether the options below are global.
             "per_listener_settings false",
             f"listener {self.port} {LOOPBACK}",
-            "allow_anonymous true",
+            *self._access_lines(),
             "set_tcp_nodelay true",
             f"max_queued_messages {self.max_queued_messages}",
             f"max_inflight_messages {self.max_inflight_messages}",
@@ -146,6 +184,57 @@ class LocalMosquitto:
             lines.append("user root")
         return "\n".join(lines) + "\n"
 
+    def _access_lines(self) -> list[str]:
+        if self.identity is None:
+            return ["allow_anonymous true"]
+        return [
+            f"cafile {self.identity.trust}",
+            f"certfile {self.identity.cert}",
+            f"keyfile {self.identity.key}",
+            f"crlfile {self.identity.crl}",
+            "tls_version tlsv1.2",
+            "require_certificate true",
+            "use_identity_as_username true",
+            "allow_anonymous false",
+            f"acl_file {self.acl_path}",
+        ]
+
+    def _write_acl(self) -> None:
+        if self.security is None:
+            return
+        text = acl_text(self.security.city, self.security.store.principals())
+        temp = self.acl_path.with_suffix(".acl.tmp")
+        temp.write_text(text)
+        temp.replace(self.acl_path)
+
+    def reload(self) -> None:
+        """Rewrite the ACL from the PKI's current principals and have the broker reload
+        it, the CRL and its certificate (SIGHUP); connected clients stay connected."""
+        with self._lock:
+            self._write_acl()
+            process = self._process
+            if process is None or not process.alive:
+                raise InfrastructureError(f"mosquitto on port {self.port} is not running")
+            before = self._reloads()
+            process.kill(signal.SIGHUP)
+            # The signal is handled in the broker's loop: wait until it says it reloaded,
+            # so a connection made after reload() returns meets the new rules.
+            deadline = time.monotonic() + self.start_timeout_s
+            while self._reloads() == before:
+                if time.monotonic() >= deadline:
+                    raise InfrastructureError(f"mosquitto (pid {process.pid}) did not reload")
+                time.sleep(0.02)
+
+    def _reloads(self) -> int:
+        try:
+            return self.log_path.read_text(errors="replace").count("Reloading config.")
+        except FileNotFoundError:
+            return 0
+
+    def connects(self, timeout: float = 1.0) -> bool:
+        """A CONNACK from this broker now (with its own certificate when secured)."""
+        return mqtt_connects(self.host, self.port, timeout, tls=self.identity)
+
     def start(self) -> LocalMosquitto:
         """Write the config, start the broker and wait for a real MQTT v5 CONNACK."""
         with self._lock:
@@ -156,6 +245,7 @@ class LocalMosquitto:
             if self.persistence:
                 self.persistence_dir.mkdir(parents=True, exist_ok=True)
             self.config_path.write_text(self.config_text())
+            self._write_acl()
             self._wait_port_free()
             process = ManagedProcess(
                 f"mosquitto on {self.host}:{self.port}",
@@ -166,9 +256,7 @@ class LocalMosquitto:
             self._process = process
             process.start()
             try:
-                process.wait_ready(
-                    lambda: mqtt_connects(self.host, self.port), self.start_timeout_s
-                )
+                process.wait_ready(self.connects, self.start_timeout_s)
             except BaseException:
                 process.stop()
                 raise

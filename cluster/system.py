@@ -40,7 +40,7 @@ from citypost.clock import SimClock
 from citypost.config import Config
 from cluster.etcd_local import LocalEtcd
 from cluster.gate_runner import GateRunner
-from cluster.mosquitto_local import LocalMosquitto
+from cluster.mosquitto_local import BrokerSecurity, LocalMosquitto
 from cluster.ports import free_ports
 from cluster.post_process import PostProcess
 from failover.election import leader_key
@@ -49,6 +49,9 @@ from failover.leadership import LeaderValue
 from fleet.network_server import NetworkServer
 from fleet.pacing import fitting_speed
 from fleet.population import City, build_city
+from security import identities
+from security.pki import Kind
+from security.pki_store import PkiStore
 
 POST_NAMES = ("primary", "backup")
 MANIFEST_NAME = "system.json"
@@ -134,6 +137,7 @@ class CitySystem:
         self._post_configs: dict[str, Config] = {}
         self.network_server: NetworkServer | None = None
         self.city: City | None = None
+        self.pki: PkiStore | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -153,6 +157,9 @@ class CitySystem:
                 self.config.sim,
                 self.config.city.name,
                 radio=self.config.radio,
+                tls=identities.tls_identity(
+                    self.config, Kind.NETWORK_SERVER, identities.NETWORK_SERVER
+                ),
             )
             self._stack.callback(self.network_server.stop)
             if self.config.radio.network_server_api is None:
@@ -195,6 +202,9 @@ class CitySystem:
 
     def _start_infrastructure(self, say: Callable[[str], None]) -> None:
         config = self.config
+        if config.security.tls:
+            say(f"preparing the city's certificates ({config.pki_dir})")
+            self.pki = identities.prepare(config, POST_NAMES)
         endpoints = list(config.etcd.endpoints)
         if config.etcd.mode == "local":
             say(f"starting etcd ({config.etcd.members} members)")
@@ -211,7 +221,10 @@ class CitySystem:
         if mqtt.mode == "local":
             say("starting the MQTT broker")
             self.broker = LocalMosquitto(
-                self.run_dir / "mosquitto", port=mqtt.port, persistence=mqtt.persistence
+                self.run_dir / "mosquitto",
+                port=mqtt.port,
+                persistence=mqtt.persistence,
+                security=None if self.pki is None else BrokerSecurity(self.pki, config.city.name),
             )
             self.broker.start()
             self._stack.callback(self.broker.stop)

@@ -75,6 +75,8 @@ from fleet.multicast_service import MulticastGroupView, MulticastService, QueueI
 from fleet.pacing import TokenBucket, UplinkSchedule
 from fleet.population import City, SimDevice
 from fleet.uplinks import FCNT_MODULO, UplinkFactory
+from security.grpc_tls import server_credentials
+from security.pki_store import Identity
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +184,7 @@ class NetworkServer:
         radio: RadioConfig | None = None,
         seed: int | None = None,
         client_id: str | None = None,
+        tls: Identity | None = None,
     ) -> None:
         if mqtt_config.port is None:
             raise ConfigError("mqtt.port must be resolved before the network server starts")
@@ -222,6 +225,7 @@ class NetworkServer:
         )
         self._api_server: grpc.Server | None = None
         self.api_port: int | None = None
+        self._tls = tls
         self._session = MqttSession(
             client_id=client_id or f"citypost-fleet-{city_name}-{uuid.uuid4().hex[:8]}",
             host=mqtt_config.host,
@@ -229,6 +233,7 @@ class NetworkServer:
             keepalive_s=mqtt_config.keepalive_s,
             subscriptions=[(DOWNLINK_SUBSCRIPTION, 1)],
             on_message=self._on_message,
+            tls=tls,
         )
         self._session.client.on_publish = self._on_publish
 
@@ -257,7 +262,8 @@ class NetworkServer:
     def serve_api(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Serve ChirpStack's gRPC API (api.MulticastGroupService); returns the port.
         Stopped by `stop`."""
-        self._api_server, self.api_port = serve(self.multicast, host, port)
+        credentials = None if self._tls is None else server_credentials(self._tls)
+        self._api_server, self.api_port = serve(self.multicast, host, port, credentials=credentials)
         return self.api_port
 
     def stop(self) -> None:

@@ -18,6 +18,8 @@ from bridges.gate_status import GateAirtime, airtime_topic, parse_airtime
 from bridges.mqtt_session import MqttSession
 from citypost.config import Config
 from citypost.errors import ConfigError, DecodeError
+from security.identities import tls_identity
+from security.pki import Kind
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,7 @@ class RadioView:
             keepalive_s=config.mqtt.keepalive_s,
             subscriptions=[(airtime_topic(config.city.name), 0)],
             on_message=self._on_message,
+            tls=tls_identity(config, Kind.POST, post_name),
         )
 
     def _on_message(self, message: mqtt.MQTTMessage) -> None:

@@ -211,9 +211,10 @@ class PkiStore:
             )
 
     def _identity(self, principal: Principal) -> Identity:
-        stem = self.issued / principal.common_name
+        # Not with_suffix: a CN has a dot of its own (`gate.gate`).
+        cn = principal.common_name
         return Identity(
-            principal, self.trust, stem.with_suffix(".crt"), stem.with_suffix(".key"), self.crl
+            principal, self.trust, self.issued / f"{cn}.crt", self.issued / f"{cn}.key", self.crl
         )
 
     def _current(self, principal: Principal) -> IndexEntry | None:

@@ -26,6 +26,10 @@ from protos.citypost.v1 import admin_pb2, admin_pb2_grpc
 
 pytestmark = pytest.mark.integration
 
+# A component on its own against the plain test broker: the city's TLS and ACL are
+# tested with the whole city (CitySystem) and in test_mqtt_access.
+PLAIN = {"security.tls": False}
+
 RPC_TIMEOUT_S = 10.0
 
 
@@ -35,6 +39,7 @@ async def post(mqtt_broker: LocalMosquitto, tmp_path: Path) -> AsyncIterator[Pos
         overrides={
             "city.scale": 0.0005,  # the smallest city: one actor per class, few workers
             "mqtt.port": mqtt_broker.port,
+            **PLAIN,
             "post.name": f"pid-{os.getpid()}",
             "post.grpc_port": None,
             "run_dir": str(tmp_path),

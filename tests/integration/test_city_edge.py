@@ -26,6 +26,10 @@ from tests.integration.test_edge import wait_for
 
 pytestmark = pytest.mark.integration
 
+# A component on its own against the plain test broker: the city's TLS and ACL are
+# tested with the whole city (CitySystem) and in test_mqtt_access.
+PLAIN = {"security.tls": False}
+
 ROUNDS = 3
 
 
@@ -35,6 +39,7 @@ def test_edge_decodes_every_uplink_of_a_small_city(mqtt_broker: LocalMosquitto) 
         overrides={
             "city.scale": 0.002,
             "mqtt.port": mqtt_broker.port,
+            **PLAIN,
             "post.name": "city-edge",
             "edge.batch_interval_ms": 20,
         }
@@ -101,7 +106,7 @@ class AckList:
 @pytest.mark.timeout(60)
 def test_commands_reach_devices_and_their_acks_reach_the_edge(mqtt_broker: LocalMosquitto) -> None:
     config = load_config(
-        overrides={"city.scale": 0.002, "mqtt.port": mqtt_broker.port, "post.name": "acks"}
+        overrides={"city.scale": 0.002, "mqtt.port": mqtt_broker.port, **PLAIN, "post.name": "acks"}
     )
     city = build_city(config.city)
     observability = setup_observability(config.observability)

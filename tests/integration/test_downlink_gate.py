@@ -31,13 +31,17 @@ from protos.citypost.v1 import command_pb2
 
 pytestmark = pytest.mark.integration
 
+# A component on its own against the plain test broker: the city's TLS and ACL are
+# tested with the whole city (CitySystem) and in test_mqtt_access.
+PLAIN = {"security.tls": False}
+
 APP = "gate-test-app"
 DEV = "70b3d57e00000042"
 
 
 def _config(port: int, city: str) -> Config:
     # A city of its own per test: its own gate session, gate topics and dead-letter topic.
-    return load_config(overrides={"mqtt.port": port, "city.name": city})
+    return load_config(overrides={"mqtt.port": port, **PLAIN, "city.name": city})
 
 
 def _downlink(epoch: int, command_id: str | None = None) -> tuple[str, bytes, str]:

@@ -26,6 +26,10 @@ from protos.citypost.v1.telemetry_pb2 import Telemetry
 
 pytestmark = pytest.mark.integration
 
+# A component on its own against the plain test broker: the city's TLS and ACL are
+# tested with the whole city (CitySystem) and in test_mqtt_access.
+PLAIN = {"security.tls": False}
+
 AC = assets_pb2.AssetClass
 APP = application_id("dijon", AC.STREET_LAMP)
 
@@ -56,7 +60,7 @@ def _uplink(device: Device, f_cnt: int) -> tuple[str, bytes]:
 
 def _config(port: int, group: str, **overrides: object) -> Config:
     # A post (so a session) of its own per test: the session broker keeps other tests' sessions.
-    settings = {"mqtt.port": port, "post.name": group, "edge.batch_interval_ms": 20}
+    settings = {"mqtt.port": port, **PLAIN, "post.name": group, "edge.batch_interval_ms": 20}
     return load_config(overrides={**settings, **overrides})
 
 

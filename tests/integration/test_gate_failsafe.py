@@ -23,6 +23,10 @@ from tests.integration.test_downlink_gate import Watcher
 
 pytestmark = pytest.mark.integration
 
+# A component on its own against the plain test broker: the city's TLS and ACL are
+# tested with the whole city (CitySystem) and in test_mqtt_access.
+PLAIN = {"security.tls": False}
+
 
 async def _until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
@@ -42,6 +46,7 @@ async def test_no_leader_past_the_bound_puts_devices_in_fail_safe_once(
             "city.name": city,
             "city.scale": 0.002,
             "mqtt.port": mqtt_broker.port,
+            **PLAIN,
             "etcd.mode": "external",
             "etcd.endpoints": list(etcd.endpoints),
             "failover.lease_ttl_s": 1.0,

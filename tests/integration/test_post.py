@@ -41,6 +41,10 @@ from protos.citypost.v1 import admin_pb2, admin_pb2_grpc, assets_pb2, command_pb
 
 pytestmark = pytest.mark.integration
 
+# A component on its own against the plain test broker: the city's TLS and ACL are
+# tested with the whole city (CitySystem) and in test_mqtt_access.
+PLAIN = {"security.tls": False}
+
 START = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
 
 
@@ -64,6 +68,7 @@ async def post(
         overrides={
             "city.scale": 0.002,
             "mqtt.port": mqtt_broker.port,
+            **PLAIN,
             "post.name": f"e2e-{os.getpid()}",
             "edge.batch_interval_ms": 20,
             "run_dir": str(tmp_path),

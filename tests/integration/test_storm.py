@@ -27,6 +27,10 @@ from fleet.population import build_city
 
 pytestmark = pytest.mark.integration
 
+# A component on its own against the plain test broker: the city's TLS and ACL are
+# tested with the whole city (CitySystem) and in test_mqtt_access.
+PLAIN = {"security.tls": False}
+
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
@@ -75,7 +79,7 @@ class Counting:
 def test_storm_is_paced_at_its_rates_and_stop_stops_it(
     mqtt_broker: LocalMosquitto, qos: Literal[0, 1]
 ) -> None:
-    config = load_config(overrides={"city.scale": 0.002, "mqtt.port": mqtt_broker.port})
+    config = load_config(overrides={"city.scale": 0.002, "mqtt.port": mqtt_broker.port, **PLAIN})
     storm = Storm(malformed_per_s=200, oversized_per_s=20)
     watcher = Counting(mqtt_broker.port)
     publisher = StormPublisher(config.mqtt, config.city, storm, edge=config.edge, seed=3, qos=qos)
@@ -112,6 +116,7 @@ def test_a_real_edge_dead_letters_the_storm_by_reason_while_the_city_decodes(
         overrides={
             "city.scale": 0.002,
             "mqtt.port": mqtt_broker.port,
+            **PLAIN,
             "post.name": "storm-edge",
             "edge.batch_interval_ms": 20,
         }
