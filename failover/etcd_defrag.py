@@ -7,6 +7,10 @@ defragmentation rewrites the file without its free pages. It blocks the member i
 runs on (reads and writes) while it lasts, so members go one after the other,
 and only one whose file is mostly free space is worth it (etcd's operations
 guide; etcd-io's own defrag tool judges by the same two sizes).
+
+With mutual TLS (`tls`), etcd 3.4 lets only a user with the root role defragment
+(security/etcd_access.py gives it to the posts for this); any certificate of the
+city's CA may ask a member's status.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import grpc
 from aetcd import rpc
 
 from citypost.errors import InfrastructureError
+from failover.etcd_client import etcd_client
+from security.pki_store import Identity
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +52,9 @@ def worth_defragmenting(size: MemberSize, *, min_free_bytes: int, min_free_ratio
     return size.free >= min_free_bytes and size.free >= min_free_ratio * size.db_size
 
 
-def _client(endpoint: str, timeout: float) -> aetcd.Client:
-    host, _, port = endpoint.rpartition(":")
-    return aetcd.Client(host=host, port=int(port), timeout=timeout)
+def _client(endpoint: str, timeout: float, tls: Identity | None) -> aetcd.Client:
+    # One member only: a defragmentation and its sizes are per member.
+    return etcd_client([endpoint], timeout=timeout, tls=tls)
 
 
 async def _size(client: aetcd.Client, endpoint: str, timeout: float) -> MemberSize:
@@ -57,9 +63,11 @@ async def _size(client: aetcd.Client, endpoint: str, timeout: float) -> MemberSi
     return MemberSize(endpoint, int(answer.dbSize), int(answer.dbSizeInUse))
 
 
-async def member_size(endpoint: str, *, timeout: float = 5.0) -> MemberSize:
+async def member_size(
+    endpoint: str, *, timeout: float = 5.0, tls: Identity | None = None
+) -> MemberSize:
     try:
-        async with _client(endpoint, timeout) as client:
+        async with _client(endpoint, timeout, tls) as client:
             return await _size(client, endpoint, timeout)
     except (aetcd.exceptions.ClientError, grpc.RpcError, OSError) as error:
         raise InfrastructureError(f"etcd member {endpoint}: no status ({error})") from error
@@ -71,13 +79,14 @@ async def defragment_members(
     min_free_bytes: int,
     min_free_ratio: float,
     timeout: float = 60.0,
+    tls: Identity | None = None,
 ) -> list[Defragmented]:
     """Defragment, one after the other, the members worth it; what each one gave back.
     A member that cannot be reached is logged and skipped: the next round tries again."""
     done: list[Defragmented] = []
     for endpoint in endpoints:
         try:
-            async with _client(endpoint, timeout) as client:
+            async with _client(endpoint, timeout, tls) as client:
                 before = await _size(client, endpoint, timeout)
                 if not worth_defragmenting(
                     before, min_free_bytes=min_free_bytes, min_free_ratio=min_free_ratio
