@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import aetcd
 import grpc
 
 from bench.harness import parse_overrides
@@ -48,9 +47,12 @@ from citypost.config import Config, load_config
 from cluster.system import CitySystem, fit_speed
 from failover.control_state import LEDGER, list_all
 from failover.etcd_control_state import EtcdControlState
-from failover.etcd_defrag import member_size
+from failover.etcd_defrag import MemberSize, member_size
 from fleet.population import build_city
 from protos.citypost.v1 import admin_pb2, admin_pb2_grpc, assets_pb2, command_pb2, control_state_pb2
+from security import identities
+from security.pki import Kind
+from security.pki_store import Identity
 
 TARGET_APPLIED = 0.999
 TARGET_P99_LAG_MS = 2000
@@ -111,27 +113,28 @@ def status_of(stub: Any) -> admin_pb2.PostStatus | None:
     return status
 
 
-async def etcd_db_bytes(endpoints: list[str]) -> int:
+async def etcd_sizes(endpoints: list[str], tls: Identity | None) -> list[MemberSize]:
+    return [await member_size(endpoint, tls=tls) for endpoint in endpoints]
+
+
+def etcd_db_bytes(endpoints: list[str], tls: Identity | None) -> int:
     """The largest database of the members (they hold the same data)."""
-    sizes = []
-    for endpoint in endpoints:
-        host, _, port = endpoint.rpartition(":")
-        async with aetcd.Client(host=host, port=int(port), timeout=5) as client:
-            sizes.append(int((await client.status()).db_size))
-    return max(sizes)
+    return max(m.db_size for m in asyncio.run(etcd_sizes(endpoints, tls)))
 
 
-async def etcd_in_use_bytes(endpoints: list[str]) -> int:
+def etcd_in_use_bytes(endpoints: list[str], tls: Identity | None) -> int:
     """What the live pages of the largest member hold: what retention bounds (the file
     itself keeps its freed pages until a defragmentation)."""
-    return max([(await member_size(endpoint)).in_use for endpoint in endpoints])
+    return max(m.in_use for m in asyncio.run(etcd_sizes(endpoints, tls)))
 
 
 ETCD_SAMPLE_EVERY = 30  # seconds between samples of etcd's live size
 
 
-async def ledger(endpoints: list[str], city: str) -> list[control_state_pb2.CommandRecord]:
-    state = EtcdControlState.from_endpoints(endpoints, city)
+async def ledger(
+    endpoints: list[str], city: str, tls: Identity | None
+) -> list[control_state_pb2.CommandRecord]:
+    state = EtcdControlState.from_endpoints(endpoints, city, tls=tls)
     try:
         return [e.value for e in await list_all(state, LEDGER, control_state_pb2.CommandRecord)]
     finally:
@@ -189,11 +192,12 @@ def observe(system: CitySystem, args: argparse.Namespace, *, startup_s: float) -
     assert system.network_server is not None and system.city is not None
     config = system.config
     endpoints = list(system.endpoints)
+    tls = identities.tls_identity(config, Kind.CHAOS, identities.CHAOS)
     channels = {name: grpc.insecure_channel(p.address) for name, p in system.posts.items()}
     stubs = {name: admin_pb2_grpc.PostAdminStub(ch) for name, ch in channels.items()}
     try:
         live_ms = int(time.time() * 1000)
-        db_start = asyncio.run(etcd_db_bytes(endpoints))
+        db_start = etcd_db_bytes(endpoints, tls)
         sim_start = system.network_server.clock.now_ts()
         samples = Samples()
         leader = ""
@@ -204,7 +208,7 @@ def observe(system: CitySystem, args: argparse.Namespace, *, startup_s: float) -
             time.sleep(1.0)
             if len(samples.load) % ETCD_SAMPLE_EVERY == 0:
                 sim_h = (system.network_server.clock.now_ts() - sim_start) / 3600
-                in_use.append((round(sim_h, 2), asyncio.run(etcd_in_use_bytes(endpoints))))
+                in_use.append((round(sim_h, 2), etcd_in_use_bytes(endpoints, tls)))
             statuses = {name: status_of(stub) for name, stub in stubs.items()}
             for name, status in statuses.items():
                 if status is None:
@@ -232,8 +236,8 @@ def observe(system: CitySystem, args: argparse.Namespace, *, startup_s: float) -
             time.sleep(1.0)
         if final is not None:
             applied = final.readings_applied
-        records = asyncio.run(ledger(endpoints, config.city.name))
-        db_end = asyncio.run(etcd_db_bytes(endpoints))
+        records = asyncio.run(ledger(endpoints, config.city.name, tls))
+        db_end = etcd_db_bytes(endpoints, tls)
     finally:
         for channel in channels.values():
             channel.close()

@@ -47,6 +47,8 @@ def bench_config(
             "mqtt.port": broker_port,
             "post.name": post_name,
             "run_dir": str(run_dir),
+            # The bench's own plain broker (bench.ingest_actors measures TLS apart).
+            "security.tls": False,
             **overrides,
         }
     )

@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                     "city.scale": args.scale,
                     "mqtt.port": broker.port,
                     "mqtt.host": "127.0.0.1",
+                    "security.tls": False,  # the bench's own plain broker
                 }
             )
             city = build_city(config.city)

@@ -28,6 +28,7 @@ from failover.election import watch_leader
 from failover.etcd_client import etcd_client
 from failover.etcd_control_state import EtcdControlState
 from protos.citypost.v1 import admin_pb2, admin_pb2_grpc, command_pb2, control_state_pb2
+from security.pki_store import Identity
 
 
 def now_ms() -> int:
@@ -37,8 +38,9 @@ def now_ms() -> int:
 class LeaderTrail:
     """The leader key's history while the drill runs (a `TermBook`)."""
 
-    def __init__(self, endpoints: Sequence[str], city: str) -> None:
+    def __init__(self, endpoints: Sequence[str], city: str, *, tls: Identity | None = None) -> None:
         self._endpoints = list(endpoints)
+        self._tls = tls
         self._city = city
         self.book = TermBook()
         self._lock = threading.Lock()
@@ -75,7 +77,7 @@ class LeaderTrail:
         self._loop.close()
 
     async def _follow(self) -> None:
-        client = etcd_client(self._endpoints, timeout=2.0)
+        client = etcd_client(self._endpoints, timeout=2.0, tls=self._tls)
         try:
             async for seen in watch_leader(client, self._city, max_backoff_s=0.5):
                 leader = seen.leader
@@ -168,11 +170,13 @@ def ledger_entry(record: control_state_pb2.CommandRecord) -> LedgerEntry:
     )
 
 
-def read_ledger(endpoints: Sequence[str], city: str) -> list[LedgerEntry]:
+def read_ledger(
+    endpoints: Sequence[str], city: str, *, tls: Identity | None = None
+) -> list[LedgerEntry]:
     """Every command ledger entry, read straight from etcd (its own client and loop)."""
 
     async def read() -> list[LedgerEntry]:
-        client = etcd_client(endpoints, timeout=5.0)
+        client = etcd_client(endpoints, timeout=5.0, tls=tls)
         try:
             state = EtcdControlState(client, city)
             entries = await list_all(state, LEDGER, control_state_pb2.CommandRecord)

@@ -123,7 +123,7 @@ class DrillRunner:
         self.lease_ttl_s = self.target.lease_ttl_s
         # Posts keep their addresses across restarts (their ports are fixed per post).
         self._addresses = self.target.addresses()
-        self.trail = LeaderTrail(self.target.endpoints, self.city)
+        self.trail = LeaderTrail(self.target.endpoints, self.city, tls=self.target.identity)
         self.sampler = CounterSampler(self._addresses)
 
     def start(self) -> DrillRunner:
@@ -180,7 +180,7 @@ class DrillRunner:
                 self.sampler.samples(at - window_ms), leader_name, window_ms, at
             )
         current = self.trail.current()
-        ledger = read_ledger(self.target.endpoints, self.city)
+        ledger = read_ledger(self.target.endpoints, self.city, tls=self.target.identity)
         return Snapshot(
             at_ms=at,
             posts=tuple(posts),
@@ -322,7 +322,7 @@ class DrillRunner:
             if t.from_ms <= observed_to and (t.to_ms is None or t.to_ms >= observed_from)
         )
         acked = [AcknowledgedWrite(a.ledger_key, a.at_ms) for a in sender.acked]
-        ledger = read_ledger(self.target.endpoints, self.city)
+        ledger = read_ledger(self.target.endpoints, self.city, tls=self.target.identity)
         return Evidence(
             fault=window,
             observed_from_ms=observed_from,

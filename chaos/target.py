@@ -17,6 +17,9 @@ from citypost.config import Config
 from citypost.errors import FailedPreconditionError
 from fleet.network_server import Execution
 from fleet.population import City
+from security import identities
+from security.pki import Kind
+from security.pki_store import Identity
 
 
 class Link(Protocol):
@@ -35,6 +38,12 @@ class DrillTarget(ABC):
     @property
     def endpoints(self) -> list[str]:
         return list(self.config.etcd.endpoints)
+
+    @property
+    def identity(self) -> Identity | None:
+        """What the drill presents to etcd and the broker: the chaos tools' certificate
+        (read-only everywhere), None in a city without TLS."""
+        return identities.tls_identity(self.config, Kind.CHAOS, identities.CHAOS)
 
     @property
     def lease_ttl_s(self) -> float:

@@ -130,6 +130,11 @@ def run_demo(config: Config, *, duration_s: float | None = None) -> int:
                 f"etcd: {', '.join(system.endpoints)}; mqtt: {config.mqtt.host}:{config.mqtt.port}"
             )
             console.print(f"city: {config.city.name}, {len(system.city.registry):,} devices")
+            if config.security.tls:
+                console.print(
+                    f"certificates: {config.pki_dir} (etcd and the broker take only these; "
+                    f"citypost pki list --dir {config.pki_dir})"
+                )
             admins = {}
             for post in system.posts.values():
                 console.print(

@@ -42,9 +42,6 @@ from cluster.processes import signal_session
 from cluster.system import MANIFEST_NAME, CitySystem
 from fleet.network_server import Execution, executions_topic
 from fleet.population import build_city
-from security import identities
-from security.pki import Kind
-from security.pki_store import Identity
 
 
 class OwnTarget(DrillTarget):
@@ -179,8 +176,9 @@ class AttachedTarget(DrillTarget):
         self._log: list[Execution] = []
         self._session: MqttSession | None = None
 
-    def _identity(self) -> Identity | None:
-        return identities.tls_identity(self.config, Kind.CHAOS, identities.CHAOS)
+    def _etcd_url(self, member: Mapping[str, Any]) -> str:
+        scheme = "https" if self.identity is not None else "http"
+        return f"{scheme}://{member['endpoint']}"
 
     def _manifest(self) -> Manifest:
         return Manifest.read(self._path)
@@ -228,7 +226,9 @@ class AttachedTarget(DrillTarget):
         return len(self._members())
 
     def raft_leader(self) -> int | None:
-        return raft_leader_of({int(m["index"]): f"http://{m['endpoint']}" for m in self._members()})
+        return raft_leader_of(
+            {int(m["index"]): self._etcd_url(m) for m in self._members()}, tls=self.identity
+        )
 
     def take_etcd_members(self, indices: Sequence[int]) -> None:
         members = {int(m["index"]): m for m in self._members()}
@@ -244,7 +244,9 @@ class AttachedTarget(DrillTarget):
                 os.kill(pid, signal.SIGCONT)
         wait_until(
             "every etcd member healthy",
-            lambda: all(member_is_healthy(f"http://{m['endpoint']}") for m in self._members()),
+            lambda: all(
+                member_is_healthy(self._etcd_url(m), tls=self.identity) for m in self._members()
+            ),
             timeout_s,
         )
 
@@ -261,7 +263,7 @@ class AttachedTarget(DrillTarget):
         port = mqtt_config.port or 0
         wait_until(
             "the broker restarted by the system",
-            lambda: mqtt_connects(mqtt_config.host, port, tls=self._identity()),
+            lambda: mqtt_connects(mqtt_config.host, port, tls=self.identity),
             timeout_s,
         )
 
@@ -276,7 +278,7 @@ class AttachedTarget(DrillTarget):
             port=mqtt_config.port,
             subscriptions=[(topic, 1)],
             on_message=self._on_execution,
-            tls=self._identity(),
+            tls=self.identity,
         )
         self._session.start()
 

@@ -174,7 +174,7 @@ class GateRunner:
             ) from exc
 
     async def _follow(self) -> None:
-        client = etcd_client(self._endpoints)
+        client = etcd_client(self._endpoints, tls=self._identity)
         check = asyncio.create_task(self._check_loop(client))
         try:
             async for seen in watch_leader(client, self._city):

@@ -39,6 +39,8 @@ from failover.roles import Leadership, SoleLeadership
 from fleet.population import build_city
 from post.audit_file import AuditFile
 from post.post import Post, wall_ms
+from security.identities import tls_identity
+from security.pki import Kind
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +99,8 @@ async def run_post(config: Config, *, ready_file: Path | None = None) -> int:
         state: ControlState | None = None
         leadership: Leadership
         if endpoints:
-            etcd_state = EtcdControlState.from_endpoints(endpoints, config.city.name)
+            etcd_tls = tls_identity(config, Kind.POST, name)
+            etcd_state = EtcdControlState.from_endpoints(endpoints, config.city.name, tls=etcd_tls)
             stack.push_async_callback(etcd_state.close)
             state = etcd_state
             election = Election(
@@ -106,6 +109,7 @@ async def run_post(config: Config, *, ready_file: Path | None = None) -> int:
                 name=name,
                 address=address,
                 config=config.failover,
+                tls=etcd_tls,
             )
             leadership = election
         else:

@@ -38,7 +38,7 @@ import aetcd
 
 from citypost.clock import SimClock
 from citypost.config import Config
-from cluster.etcd_local import LocalEtcd
+from cluster.etcd_local import EtcdSecurity, LocalEtcd
 from cluster.gate_runner import GateRunner
 from cluster.mosquitto_local import BrokerSecurity, LocalMosquitto
 from cluster.ports import free_ports
@@ -213,6 +213,7 @@ class CitySystem:
                 members=config.etcd.members,
                 heartbeat_interval_ms=config.etcd.heartbeat_interval_ms,
                 election_timeout_ms=config.etcd.election_timeout_ms,
+                security=None if self.pki is None else EtcdSecurity(self.pki),
             )
             self.etcd.start()
             self._stack.callback(self.etcd.stop)
@@ -263,7 +264,9 @@ class CitySystem:
         return [post.address for post in self.posts.values()]
 
     def etcd_client(self) -> aetcd.Client:
-        return etcd_client(self.endpoints)
+        """A client for observers (tests, benchmarks): the chaos tools' read-only identity."""
+        tls = identities.tls_identity(self.config, Kind.CHAOS, identities.CHAOS)
+        return etcd_client(self.endpoints, tls=tls)
 
     async def leader(self, client: aetcd.Client) -> LeaderNow | None:
         got = await client.get(leader_key(self.config.city.name))

@@ -66,6 +66,7 @@ from failover.leadership import (
     LeaseView,
     decide,
 )
+from security.pki_store import Identity
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -240,6 +241,7 @@ class Election:
         auto_campaign: bool = True,
         clock: Callable[[], float] = time.monotonic,
         rpc_timeout_s: float = 5.0,
+        tls: Identity | None = None,
     ) -> None:
         self.name = name
         self.city = city
@@ -248,7 +250,7 @@ class Election:
         self.auto_campaign = auto_campaign
         self._key = leader_key(city)
         self._clock = clock
-        self._client = etcd_client(endpoints, timeout=rpc_timeout_s)
+        self._client = etcd_client(endpoints, timeout=rpc_timeout_s, tls=tls)
         self._ttl = int(config.lease_ttl_s)
         if self._ttl != config.lease_ttl_s or self._ttl < 1:
             raise ConfigError(

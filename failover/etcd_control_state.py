@@ -65,6 +65,7 @@ from failover.control_state import (
     namespace_of,
 )
 from failover.etcd_client import etcd_client
+from security.pki_store import Identity
 
 log = logging.getLogger(__name__)
 
@@ -176,10 +177,11 @@ class EtcdControlState(StoreBase):
         call_timeout_s: float = 5.0,
         retry_for_s: float = 10.0,
         max_txn_ops: int = DEFAULT_MAX_TXN_OPS,
+        tls: Identity | None = None,
     ) -> EtcdControlState:
         """A state with its own client on every member; `close()` closes the client too."""
         return cls(
-            etcd_client(endpoints, timeout=call_timeout_s),
+            etcd_client(endpoints, timeout=call_timeout_s, tls=tls),
             city,
             endpoints=endpoints,
             call_timeout_s=call_timeout_s,

@@ -60,6 +60,8 @@ from post.dispatcher import Dispatcher
 from post.footprint import FootprintSampler
 from post.radio_view import RadioView
 from protos.citypost.v1 import control_state_pb2
+from security.identities import tls_identity
+from security.pki import Kind
 
 log = logging.getLogger(__name__)
 
@@ -415,6 +417,7 @@ class Post:
                 etcd.endpoints,
                 min_free_bytes=int(etcd.defrag_min_free_mb * 1e6),
                 min_free_ratio=etcd.defrag_min_free_ratio,
+                tls=tls_identity(self.config, Kind.POST, self.config.post.name),
             )
 
     async def _resume_policy(self, key: ActorKey) -> None:
