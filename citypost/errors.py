@@ -108,6 +108,24 @@ class ResourceExhaustedError(CitypostError):
     grpc_status = "RESOURCE_EXHAUSTED"
 
 
+class UnauthenticatedError(CitypostError):
+    """Who is calling is not established: no or a bad credential, an expired token, an
+    unknown user, a wrong password. The message names what was missing or wrong (never
+    which of user name or password was wrong to the caller: see security.accounts)."""
+
+    grpc_status = "UNAUTHENTICATED"
+
+
+class PermissionDeniedError(CitypostError):
+    """The caller is known but may not do this; the message names the permission."""
+
+    grpc_status = "PERMISSION_DENIED"
+
+    def __init__(self, message: str, permission: str = "") -> None:
+        super().__init__(message)
+        self.permission = permission
+
+
 class UnimplementedError(CitypostError):
     """A valid request for something this post does not do yet."""
 
