@@ -193,7 +193,7 @@ def observe(system: CitySystem, args: argparse.Namespace, *, startup_s: float) -
     config = system.config
     endpoints = list(system.endpoints)
     tls = identities.tls_identity(config, Kind.CHAOS, identities.CHAOS)
-    channels = {name: grpc.insecure_channel(p.address) for name, p in system.posts.items()}
+    channels = {name: system.channel(p.address) for name, p in system.posts.items()}
     stubs = {name: admin_pb2_grpc.PostAdminStub(ch) for name, ch in channels.items()}
     try:
         live_ms = int(time.time() * 1000)

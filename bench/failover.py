@@ -37,7 +37,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,7 +91,7 @@ def ready_pair(system: CitySystem, timeout_s: float = READY_TIMEOUT_S) -> Pair:
     """Wait until one post leads and the other is a standby that could take over now."""
     deadline = time.monotonic() + timeout_s
     last = ""
-    with AdminCalls() as calls:
+    with AdminCalls(channel_factory=system.channel_factory()) as calls:
         while time.monotonic() < deadline:
             views = calls.statuses(system.addresses())
             leaders = [v for v in views if v.leads]
@@ -123,7 +123,13 @@ def lamp_groups(system: CitySystem) -> list[str]:
 
 def start_sender(system: CitySystem, groups: Sequence[str], prefix: str, epoch: int) -> Sender:
     """A running sender, once it has had a command acknowledged under `epoch`."""
-    sender = Sender(system.addresses(), groups, prefix).start()
+    sender = Sender(
+        system.addresses(),
+        groups,
+        prefix,
+        system.channel_factory(),
+        system.operator("urban-supervision"),
+    ).start()
     ack = sender.log.wait_first(above_epoch=epoch - 1, timeout_s=TAKEOVER_TIMEOUT_S)
     if ack is None or ack.epoch != epoch:
         sender.stop()
@@ -135,8 +141,14 @@ def start_sender(system: CitySystem, groups: Sequence[str], prefix: str, epoch: 
 class StatusWatch:
     """Polls a post's GetFailoverStatus on a thread: when it first leads above an epoch."""
 
-    def __init__(self, address: str, name: str, from_epoch: int) -> None:
-        self._calls = AdminCalls()
+    def __init__(
+        self,
+        address: str,
+        name: str,
+        from_epoch: int,
+        channel_factory: Callable[[str], grpc.Channel],
+    ) -> None:
+        self._calls = AdminCalls(channel_factory=channel_factory)
         self._address, self._name, self._from = address, name, from_epoch
         self._stop = threading.Event()
         self.led_at: float | None = None
@@ -170,9 +182,9 @@ def switchover_trial(
     pair = ready_pair(system)
     old = pair.epoch
     sender = start_sender(system, groups, f"switch-{i}", old)
-    watch = StatusWatch(pair.standby.address, pair.standby.name, old)
+    watch = StatusWatch(pair.standby.address, pair.standby.name, old, system.channel_factory())
     try:
-        with AdminCalls() as calls:
+        with AdminCalls(channel_factory=system.channel_factory()) as calls:
             started = time.monotonic()
             reply = calls.resign(pair.leader.address, hold_off_ms=hold_off_ms)
             resigned = time.monotonic()

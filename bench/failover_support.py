@@ -12,9 +12,11 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import grpc
 
 from bench.harness import percentiles_ms
 from console.client import CallFailedError, PostClient, PostUnreachableError, RetryPolicy
@@ -81,9 +83,21 @@ def group_command(group: str, pct: float) -> command_pb2.Command:
 class Sender:
     """Sends lamp group commands one at a time on a thread until stopped."""
 
-    def __init__(self, addresses: Sequence[str], groups: Sequence[str], prefix: str) -> None:
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        groups: Sequence[str],
+        prefix: str,
+        channel_factory: Callable[[str], grpc.Channel],
+        token: Callable[[], str] | None = None,
+    ) -> None:
         self._client = PostClient(
-            addresses, operator="op-bench-failover", timeout_s=CALL_TIMEOUT_S, retry=FAST_RETRY
+            addresses,
+            operator="op-bench-failover",
+            timeout_s=CALL_TIMEOUT_S,
+            retry=FAST_RETRY,
+            channel_factory=channel_factory,
+            token=token,
         )
         self._groups = list(groups)
         self._prefix = prefix

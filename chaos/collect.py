@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import grpc
 
@@ -96,8 +96,15 @@ class CounterSampler:
     """Every post's GetStatus once per `interval_s`: uplink counters for the evidence,
     and the last answer of each post for the steady state."""
 
-    def __init__(self, addresses: dict[str, str], interval_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        addresses: dict[str, str],
+        interval_s: float = 1.0,
+        *,
+        channel_factory: Callable[[str], grpc.Channel] = grpc.insecure_channel,
+    ) -> None:
         self._addresses = addresses  # post name -> address (the system's, kept current)
+        self._channel_factory = channel_factory
         self._interval_s = interval_s
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -134,7 +141,7 @@ class CounterSampler:
                 for post, address in list(self._addresses.items()):
                     channel = channels.get(address)
                     if channel is None:
-                        channel = channels[address] = grpc.insecure_channel(address)
+                        channel = channels[address] = self._channel_factory(address)
                     stub = admin_pb2_grpc.PostAdminStub(channel)
                     request = admin_pb2.GetStatusRequest()
                     calls.append((post, stub.GetStatus.future(request, timeout=2.0)))

@@ -60,13 +60,12 @@ class Drilled:
     def addresses(self) -> list[str]:
         return list(self.target.addresses().values())
 
-
-def post_status(address: str, timeout_s: float = 3.0) -> admin_pb2.PostStatus:
-    with grpc.insecure_channel(address) as channel:
-        status: admin_pb2.PostStatus = admin_pb2_grpc.PostAdminStub(channel).GetStatus(
-            admin_pb2.GetStatusRequest(), timeout=timeout_s
-        )
-        return status
+    def status(self, post: str, timeout_s: float = 3.0) -> admin_pb2.PostStatus:
+        with self.target.channel_factory()(self.address(post)) as channel:
+            status: admin_pb2.PostStatus = admin_pb2_grpc.PostAdminStub(channel).GetStatus(
+                admin_pb2.GetStatusRequest(), timeout=timeout_s
+            )
+            return status
 
 
 class Fault(ABC):
@@ -119,7 +118,7 @@ class Switchover(Fault):
         self._hand_over(self.targets.leader, self.targets.standby)
 
     def heal(self) -> None:
-        with AdminCalls() as calls:
+        with AdminCalls(channel_factory=self.drilled.target.channel_factory()) as calls:
             views = calls.statuses(self.drilled.addresses())
         if any(v.leads and v.name == self.targets.leader for v in views):
             return  # never handed over, or already back
@@ -127,7 +126,7 @@ class Switchover(Fault):
 
     def _hand_over(self, leader: str, to: str) -> None:
         addresses = self.drilled.addresses()
-        with AdminCalls() as calls:
+        with AdminCalls(channel_factory=self.drilled.target.channel_factory()) as calls:
 
             def planned() -> Handover | None:
                 plan = plan_switchover(calls.statuses(addresses), to)
@@ -168,7 +167,7 @@ class ActorKill(Fault):
         return self.drilled.target.session(self.post)
 
     def _pick(self) -> admin_pb2.ActorStatus:
-        status = post_status(self.drilled.address(self.post))
+        status = self.drilled.status(self.post)
         live = sorted(
             (a for a in status.actors if a.healthy and a.worker_pid > 0),
             key=lambda a: (-a.devices, a.name),
@@ -190,7 +189,7 @@ class ActorKill(Fault):
 
     def wait_restarted(self) -> admin_pb2.ActorStatus:
         def back() -> admin_pb2.ActorStatus | None:
-            actor = _actor(post_status(self.drilled.address(self.post)), self.actor)
+            actor = _actor(self.drilled.status(self.post), self.actor)
             ok = actor is not None and actor.healthy and actor.worker_pid not in (0, self._pid)
             return actor if ok else None
 
@@ -225,7 +224,7 @@ class RestartIntensity(ActorKill):
         self.observations["kills"] = kills
 
         def unhealthy() -> str:
-            status = post_status(self.drilled.address(self.post))
+            status = self.drilled.status(self.post)
             return "" if status.healthy else status.unhealthy_reason or "unhealthy"
 
         try:
@@ -238,7 +237,7 @@ class RestartIntensity(ActorKill):
 
     def heal(self) -> None:
         try:
-            healthy = post_status(self.drilled.address(self.post)).healthy
+            healthy = self.drilled.status(self.post).healthy
         except grpc.RpcError:
             healthy = False
         if not healthy:
@@ -338,7 +337,7 @@ class MalformedStorm(Fault):
         storm = self.scenario.storm
         if storm is None:
             raise FailedPreconditionError(f"scenario {self.scenario.name} names no storm")
-        self._before = dict(post_status(self.drilled.address(self.post)).dead_letters_by_reason)
+        self._before = dict(self.drilled.status(self.post).dead_letters_by_reason)
         target = self.drilled.target
         config = target.config
         # A network server gone wrong: only a network server's certificate may publish
@@ -359,7 +358,7 @@ class MalformedStorm(Fault):
         counted: dict[str, int] = {}
 
         def all_counted() -> bool:
-            now = post_status(self.drilled.address(self.post)).dead_letters_by_reason
+            now = self.drilled.status(self.post).dead_letters_by_reason
             counted.update({r: now.get(r, 0) - self._before.get(r, 0) for r in sent})
             return all(counted[r] >= sent[r] for r in sent)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -81,12 +81,21 @@ class Sender:
         interval_s: float = 0.1,
         ttl_ms: int = 0,
         operator: str = OPERATOR,
+        channel_factory: Callable[[str], grpc.Channel] = grpc.insecure_channel,
+        token: Callable[[], str] | None = None,
     ) -> None:
         if not groups:
             raise ValueError("the sender needs at least one lamp group")
         policy = RetryPolicy(write_window_s=window_s)
         self._window_s = window_s
-        self._client = PostClient(list(addresses), operator=operator, timeout_s=5.0, retry=policy)
+        self._client = PostClient(
+            list(addresses),
+            operator=operator,
+            timeout_s=5.0,
+            retry=policy,
+            channel_factory=channel_factory,
+            token=token,
+        )
         self._prefix = prefix
         self._groups = tuple(groups)
         self._interval_s = interval_s

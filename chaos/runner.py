@@ -43,6 +43,7 @@ from chaos.steady_state import PostView, Role, Snapshot, check_steady_state
 from chaos.trails import recent_uplinks, telemetry_from_samples
 from citypost.errors import CitypostError, FailedPreconditionError
 from console import failover_cli
+from console.session import TokenSource
 from protos.citypost.v1 import admin_pb2, assets_pb2
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,9 @@ def scenario_bounds(scenario: Scenario, lease_ttl_s: float) -> Bounds:
     return Bounds(bounds.command_slack_ms + extra_ms, bounds.telemetry_gap_ms)
 
 
+LOAD_OPERATOR = "urban-supervision"
+
+
 class DrillRunner:
     """Drills on one `DrillTarget`; `start()` the collectors, `stop()` them."""
 
@@ -124,10 +128,15 @@ class DrillRunner:
         # Posts keep their addresses across restarts (their ports are fixed per post).
         self._addresses = self.target.addresses()
         self.trail = LeaderTrail(self.target.endpoints, self.city, tls=self.target.identity)
-        self.sampler = CounterSampler(self._addresses)
+        self._operator: TokenSource | None = None
+        self.sampler = CounterSampler(
+            self._addresses, channel_factory=self.target.channel_factory()
+        )
 
     def start(self) -> DrillRunner:
         self.target.start()
+        # The drill's operator load acts as the lamps' operators (urban supervision).
+        self._operator = self.target.operator_tokens(LOAD_OPERATOR)
         self.trail.start()
         self.sampler.start()
         return self
@@ -147,7 +156,7 @@ class DrillRunner:
 
     def snapshot(self) -> Snapshot:
         at = now_ms()
-        with failover_cli.AdminCalls(2.0) as calls:
+        with failover_cli.AdminCalls(2.0, channel_factory=self.target.channel_factory()) as calls:
             views = calls.statuses(list(self._addresses.values()))
         leader_applied = failover_cli.leader_applied(views)
         posts: list[PostView] = []
@@ -241,6 +250,8 @@ class DrillRunner:
             groups=self._lamp_groups(),
             interval_s=s.sender_interval_s,
             ttl_ms=ttl_ms,
+            channel_factory=self.target.channel_factory(),
+            token=self._operator,
         ).start()
         fault = fault_lib.fault_for(scenario, self.drilled, targets)
         try:

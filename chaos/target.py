@@ -10,14 +10,19 @@ knows what it breaks, not how the city is started.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
+
+import grpc
 
 from citypost.config import Config
 from citypost.errors import FailedPreconditionError
+from console.session import TokenSource
 from fleet.network_server import Execution
 from fleet.population import City
 from security import identities
+from security.demo_accounts import demo_password
+from security.grpc_tls import secure_channel_factory
 from security.pki import Kind
 from security.pki_store import Identity
 
@@ -44,6 +49,21 @@ class DrillTarget(ABC):
         """What the drill presents to etcd and the broker: the chaos tools' certificate
         (read-only everywhere), None in a city without TLS."""
         return identities.tls_identity(self.config, Kind.CHAOS, identities.CHAOS)
+
+    def channel_factory(self) -> Callable[[str], grpc.Channel]:
+        """gRPC channels to the posts, with the chaos tools' certificate (mutual TLS)."""
+        if self.identity is None:
+            return grpc.insecure_channel
+        return secure_channel_factory(self.identity)
+
+    def operator_tokens(self, user: str) -> TokenSource | None:
+        """A demo operator's tokens, for the drill's operator load (None without TLS):
+        operators' commands need an operator; the chaos certificate only reads."""
+        if self.identity is None:
+            return None
+        password = demo_password(self.config.accounts_file, user)
+        posts = list(self.addresses().values())
+        return TokenSource.logged_in(self.channel_factory(), posts, user, password)
 
     @property
     def lease_ttl_s(self) -> float:

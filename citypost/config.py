@@ -218,6 +218,17 @@ class SecurityConfig(_Section):
     tls: bool = True
     # The city's PKI (security.pki_store); None: run_dir/pki.
     pki_dir: Path | None = None
+    # Operators' local accounts (security.account_book); None: run_dir/accounts.json.
+    accounts_file: Path | None = None
+    # An operator's access token lives this long; the console renews it with the refresh
+    # token (a shift long) without asking for the password again.
+    access_token_s: float = Field(300.0, ge=30, le=3600)
+    refresh_token_s: float = Field(12 * 3600.0, ge=300, le=7 * 24 * 3600)
+    # Role -> permissions (security.policy); None: its defaults, the six former posts
+    # plus supervisor, administrator, auditor, wallboard and sre. Checked at start.
+    roles: dict[str, tuple[str, ...]] | None = None
+    # Certificate kind -> role, for calls without an operator token; None: chaos -> sre.
+    machine_roles: dict[str, str] | None = None
 
 
 class ObservabilityConfig(_Section):
@@ -249,6 +260,10 @@ class Config(_Section):
     @property
     def pki_dir(self) -> Path:
         return self.security.pki_dir or self.run_dir / "pki"
+
+    @property
+    def accounts_file(self) -> Path:
+        return self.security.accounts_file or self.run_dir / "accounts.json"
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -30,6 +30,7 @@ from citypost.config import Config
 from cluster.ports import port_is_bindable
 from cluster.system import CitySystem, post_configs
 from protos.citypost.v1 import admin_pb2, admin_pb2_grpc
+from security.demo_accounts import passwords_path
 
 EXIT_PORTS_TAKEN = 3  # another server (most likely another demo) holds a post's port
 
@@ -106,6 +107,17 @@ def run_demo(config: Config, *, duration_s: float | None = None) -> int:
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     run_dir = config.run_dir.resolve() / f"demo-{stamp}"
     run_dir.mkdir(parents=True, exist_ok=True)
+    if config.security.pki_dir is None:
+        # One CA for every demo (run/pki): a workstation's certificate, an integrator's
+        # network server and the console's default (console/workstation.py) outlive a run.
+        security = config.security.model_copy(
+            update={
+                "pki_dir": config.run_dir.resolve() / "pki",
+                "accounts_file": config.security.accounts_file
+                or config.run_dir.resolve() / "accounts.json",
+            }
+        )
+        config = config.model_copy(update={"security": security})
     console = Console()
     previous_handler = signal.signal(signal.SIGTERM, _terminate)
     try:
@@ -132,8 +144,14 @@ def run_demo(config: Config, *, duration_s: float | None = None) -> int:
             console.print(f"city: {config.city.name}, {len(system.city.registry):,} devices")
             if config.security.tls:
                 console.print(
-                    f"certificates: {config.pki_dir} (etcd and the broker take only these; "
-                    f"citypost pki list --dir {config.pki_dir})"
+                    f"certificates: {config.pki_dir} (etcd, the broker and the posts take "
+                    f"only these; citypost pki list --dir {config.pki_dir})"
+                )
+                console.print(
+                    f"operators: {', '.join(sorted(system.passwords))}; their passwords are "
+                    f"in {passwords_path(config.accounts_file)}. Log in with: citypost "
+                    "console login --user supervisor",
+                    highlight=False,
                 )
             admins = {}
             for post in system.posts.values():
@@ -141,7 +159,7 @@ def run_demo(config: Config, *, duration_s: float | None = None) -> int:
                     f"post {post.name}: gRPC on {post.address} "
                     f"(log: {run_dir}/post-{post.name}.log)"
                 )
-                channel = grpc.insecure_channel(post.address)
+                channel = system.channel(post.address)  # the screen reads as an observer
                 stack.callback(channel.close)
                 admins[post.name] = admin_pb2_grpc.PostAdminStub(channel)
             clock = SimClock.of(config.sim)

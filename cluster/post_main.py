@@ -22,7 +22,9 @@ from pathlib import Path
 from actors import ray_api
 from actors.ray_pool import RayActorPool
 from api.admin import admin_service
+from api.auth import auth_service
 from api.citizen import CitizenService, citizen_service, default_report_limiter
+from api.guard import build_guard
 from api.operator import operator_service
 from api.server import start_server
 from citypost.clock import SimClock
@@ -39,6 +41,7 @@ from failover.roles import Leadership, SoleLeadership
 from fleet.population import build_city
 from post.audit_file import AuditFile
 from post.post import Post, wall_ms
+from security.grpc_tls import server_credentials
 from security.identities import tls_identity
 from security.pki import Kind
 
@@ -95,12 +98,14 @@ async def run_post(config: Config, *, ready_file: Path | None = None) -> int:
         stack.callback(observability.shutdown)
         address = f"{config.post.grpc_host}:{port}"
         endpoints = list(config.etcd.endpoints)
+        # One certificate for everything the post reaches and serves: etcd, the broker
+        # (its edge), and its gRPC port (mutual TLS).
+        post_tls = tls_identity(config, Kind.POST, name)
         election: Election | None = None
         state: ControlState | None = None
         leadership: Leadership
         if endpoints:
-            etcd_tls = tls_identity(config, Kind.POST, name)
-            etcd_state = EtcdControlState.from_endpoints(endpoints, config.city.name, tls=etcd_tls)
+            etcd_state = EtcdControlState.from_endpoints(endpoints, config.city.name, tls=post_tls)
             stack.push_async_callback(etcd_state.close)
             state = etcd_state
             election = Election(
@@ -109,7 +114,7 @@ async def run_post(config: Config, *, ready_file: Path | None = None) -> int:
                 name=name,
                 address=address,
                 config=config.failover,
-                tls=etcd_tls,
+                tls=post_tls,
             )
             leadership = election
         else:
@@ -138,18 +143,25 @@ async def run_post(config: Config, *, ready_file: Path | None = None) -> int:
             limiter=default_report_limiter(),
             wall_ms=wall_ms,
         )
+        services = [
+            admin_service(post),
+            operator_service(
+                post.dispatcher, post.state, post.registry, post.latest, wall_ms=wall_ms
+            ),
+            citizen_service(citizen),
+        ]
+        # Who may call what: only where callers can be known (mutual TLS).
+        guard = None if post_tls is None else build_guard(config, post_tls, audit_file.append)
+        if guard is not None:
+            services.append(auth_service(guard.auth))
         held.close()
         server, _ = await start_server(
-            [
-                admin_service(post),
-                operator_service(
-                    post.dispatcher, post.state, post.registry, post.latest, wall_ms=wall_ms
-                ),
-                citizen_service(citizen),
-            ],
+            services,
             host=config.post.grpc_host,
             port=port,
             deadline_s=config.post.rpc_deadline_s,
+            credentials=None if post_tls is None else server_credentials(post_tls),
+            authorizer=None if guard is None else guard.authorizer,
         )
         stack.push_async_callback(server.stop, None)
         if election is not None:

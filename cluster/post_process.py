@@ -66,6 +66,16 @@ def post_overrides(config: Config) -> list[str]:
         "failover.keepalive_interval_s": repr(config.failover.keepalive_interval_s),
         "failover.safety_margin_s": repr(config.failover.safety_margin_s),
     }
+    security = config.security
+    values["security.tls"] = "true" if security.tls else "false"
+    values["security.pki_dir"] = json.dumps(str(config.pki_dir))
+    values["security.accounts_file"] = json.dumps(str(config.accounts_file))
+    values["security.access_token_s"] = repr(security.access_token_s)
+    values["security.refresh_token_s"] = repr(security.refresh_token_s)
+    for key, table in (("roles", security.roles), ("machine_roles", security.machine_roles)):
+        if table is not None:  # a TOML inline table; JSON strings and arrays are TOML
+            pairs = ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in table.items())
+            values[f"security.{key}"] = "{" + pairs + "}"
     if config.sim.origin is not None:
         values["sim.origin"] = config.sim.origin.isoformat()
     if config.etcd.endpoints:

@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import aetcd
+import grpc
 
 from citypost.clock import SimClock
 from citypost.config import Config
@@ -43,6 +44,7 @@ from cluster.gate_runner import GateRunner
 from cluster.mosquitto_local import BrokerSecurity, LocalMosquitto
 from cluster.ports import free_ports
 from cluster.post_process import PostProcess
+from console.session import TokenSource
 from failover.election import leader_key
 from failover.etcd_client import etcd_client
 from failover.leadership import LeaderValue
@@ -50,8 +52,11 @@ from fleet.network_server import NetworkServer
 from fleet.pacing import fitting_speed
 from fleet.population import City, build_city
 from security import identities
+from security.demo_accounts import ensure_demo_accounts
+from security.grpc_tls import secure_channel_factory
 from security.pki import Kind
 from security.pki_store import PkiStore
+from security.policy import DEFAULT_ROLES
 
 POST_NAMES = ("primary", "backup")
 MANIFEST_NAME = "system.json"
@@ -138,6 +143,7 @@ class CitySystem:
         self.network_server: NetworkServer | None = None
         self.city: City | None = None
         self.pki: PkiStore | None = None
+        self.passwords: dict[str, str] = {}  # the demo accounts': user -> password
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -203,8 +209,10 @@ class CitySystem:
     def _start_infrastructure(self, say: Callable[[str], None]) -> None:
         config = self.config
         if config.security.tls:
-            say(f"preparing the city's certificates ({config.pki_dir})")
+            say(f"preparing the city's certificates ({config.pki_dir}) and accounts")
             self.pki = identities.prepare(config, POST_NAMES)
+            roles = config.security.roles or DEFAULT_ROLES
+            self.passwords = ensure_demo_accounts(config.accounts_file, roles)
         endpoints = list(config.etcd.endpoints)
         if config.etcd.mode == "local":
             say(f"starting etcd ({config.etcd.members} members)")
@@ -262,6 +270,23 @@ class CitySystem:
 
     def addresses(self) -> list[str]:
         return [post.address for post in self.posts.values()]
+
+    def channel_factory(self) -> Callable[[str], grpc.Channel]:
+        """gRPC channels to the posts for observers (tests, benchmarks, the demo's
+        screen): the chaos tools' certificate, whose machine role reads and hands over."""
+        tls = identities.tls_identity(self.config, Kind.CHAOS, identities.CHAOS)
+        return grpc.insecure_channel if tls is None else secure_channel_factory(tls)
+
+    def operator(self, user: str = "supervisor") -> TokenSource | None:
+        """A logged-in demo operator's tokens (None in a city without TLS)."""
+        if not self.config.security.tls:
+            return None
+        return TokenSource.logged_in(
+            self.channel_factory(), self.addresses(), user, self.passwords[user]
+        )
+
+    def channel(self, address: str) -> grpc.Channel:
+        return self.channel_factory()(address)
 
     def etcd_client(self) -> aetcd.Client:
         """A client for observers (tests, benchmarks): the chaos tools' read-only identity."""

@@ -13,6 +13,7 @@ through a failover (console/client.py).
 from __future__ import annotations
 
 import argparse
+import getpass
 import math
 import os
 import sys
@@ -24,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import Message
 
-from citypost.errors import CitypostError, ConfigError
-from console import render
+from citypost.errors import CitypostError, ConfigError, UnauthenticatedError
+from console import render, workstation
 from console.names import (
     ALARM_STATE,
     ASSET_CLASS,
@@ -38,6 +39,7 @@ from console.names import (
 )
 from protos.citypost.v1 import (
     admin_pb2,
+    auth_pb2,
     command_pb2,
     operations_pb2,
     operator_pb2,
@@ -48,11 +50,43 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from console.client import PostClient
-
 DEFAULT_POST = "127.0.0.1:50051"
 POSTS_ENV = "CITYPOST_POSTS"  # every post, comma separated, when --post is not given
 DEFAULT_TIMEOUT_S = 10.0
 PROG = "citypost console"
+
+
+def _cmd_login(args: argparse.Namespace) -> int:
+    """Ask for the password (and a one-time code if the account has one), log in at the
+    first post that answers, keep the session for the next commands."""
+    from console.session import login, session_file
+
+    posts = posts_to_ask(args.posts, os.environ)
+    factory = workstation.from_environment(args)
+    user = args.user or input("user: ").strip()
+    password = getpass.getpass("password: ")
+    try:
+        try:
+            session = login(factory, posts, user, password, args.otp)
+        except UnauthenticatedError as error:
+            if "second factor" not in error.message or args.otp:
+                raise
+            session = login(factory, posts, user, password, input("one-time code: ").strip())
+    except CitypostError as error:
+        print(f"{PROG}: {error.message}", file=sys.stderr)
+        return 1
+    session_file(args).save(session)
+    until = time.strftime("%H:%M", time.localtime(session.refresh_expires_at))
+    print(f"logged in as {session.user} ({', '.join(session.roles)}) until {until}")
+    return 0
+
+
+def _cmd_logout(args: argparse.Namespace) -> int:
+    from console.session import session_file
+
+    gone = session_file(args).remove()
+    print("logged out" if gone else "nobody was logged in on this workstation")
+    return 0
 
 
 # --- argument types -------------------------------------------------------------------------
@@ -152,7 +186,17 @@ def _run(handler: Handler, args: argparse.Namespace) -> int:
         print(f"{PROG}: ${POSTS_ENV}: {error.message}", file=sys.stderr)
         return 2
     try:
-        with PostClient(posts, operator=args.operator, timeout_s=args.timeout) as client:
+        from console.session import token_source
+
+        factory = workstation.from_environment(args)
+        token = token_source(args, factory, posts)
+        with PostClient(
+            posts,
+            operator=args.operator,
+            timeout_s=args.timeout,
+            channel_factory=factory,
+            token=token,
+        ) as client:
             handler(args, client, output)
     except PostUnreachableError as error:
         print(f"{PROG}: {error.message}", file=sys.stderr)
@@ -183,6 +227,18 @@ def _token(reply: Any) -> str:
 
 
 # --- handlers -------------------------------------------------------------------------------
+
+
+def _whoami(args: argparse.Namespace, client: PostClient, out: Output) -> None:
+    reply = client.read("WhoAmI", auth_pb2.WhoAmIRequest(), service="auth")
+    if out.json:
+        print(render.json_document(reply), flush=True)
+        return
+    out.console.print(f"{reply.caller} ({', '.join(reply.roles) or 'no role'})")
+    if reply.expires_at_ms:
+        until = time.strftime("%H:%M:%S", time.localtime(reply.expires_at_ms / 1000))
+        out.console.print(f"access token until {until}, renewed by itself")
+    out.console.print("may: " + ", ".join(reply.permissions))
 
 
 def _assets(args: argparse.Namespace, client: PostClient, out: Output) -> None:
@@ -391,6 +447,7 @@ def _status(args: argparse.Namespace, client: PostClient, out: Output) -> None:
 
 def _common_flags(parser: argparse.ArgumentParser, *, default: Any) -> None:
     """The console's own flags; sub-commands take them too (after their name) without defaults."""
+    workstation.add_workstation_flags(parser, default=default)
     parser.add_argument(
         "--post",
         dest="posts",
@@ -490,6 +547,16 @@ def add_console_parser(commands: argparse._SubParsersAction) -> None:
     def group(name: str, help: str) -> Any:
         parser = sub.add_parser(name, help=help, description=help)
         return parser.add_subparsers(dest=f"{name}_command", required=True, metavar="COMMAND")
+
+    login_parser = sub.add_parser(
+        "login", help="log in: the next commands act as you", parents=[common]
+    )
+    login_parser.add_argument("--user", help="your user name (asked if not given)")
+    login_parser.add_argument("--otp", help="the one-time code, if your account has one")
+    login_parser.set_defaults(handler=_cmd_login)
+    logout = sub.add_parser("logout", help="forget this workstation's session", parents=[common])
+    logout.set_defaults(handler=_cmd_logout)
+    command(sub, "whoami", _whoami, "who the posts see: user, roles, permissions")
 
     assets = command(sub, "assets", _assets, "list assets by class, commune, group or alarms")
     _enum_flag(assets, "--class", ASSET_CLASS, "CLASS", dest="asset_class")

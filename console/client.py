@@ -50,7 +50,13 @@ from failover.follow_client import (
     leader_of,
     new_idempotency_key,
 )
-from protos.citypost.v1 import admin_pb2, admin_pb2_grpc, operator_pb2, operator_pb2_grpc
+from protos.citypost.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    auth_pb2_grpc,
+    operator_pb2,
+    operator_pb2_grpc,
+)
 from protos.metadata import OPERATOR_METADATA
 
 __all__ = [
@@ -61,7 +67,7 @@ __all__ = [
     "new_idempotency_key",
 ]
 
-Service = Literal["operator", "admin"]
+Service = Literal["operator", "admin", "auth"]
 ChannelFactory = Callable[[str], grpc.Channel]
 
 
@@ -85,15 +91,23 @@ class PostClient:
         timeout_s: float = 10.0,
         retry: RetryPolicy | None = None,
         channel_factory: ChannelFactory = grpc.insecure_channel,
+        token: Callable[[], str] | None = None,
     ) -> None:
         if timeout_s <= 0:
             raise ConfigError(f"timeout: must be positive, got {timeout_s}")
         self._directory = PostDirectory(posts)  # keeps the order, drops repeats
-        self._metadata = ((OPERATOR_METADATA, operator),) if operator else ()
+        self._operator_metadata = ((OPERATOR_METADATA, operator),) if operator else ()
+        # The operator's access token, asked before each call: the source renews it.
+        self._token = token
         self._timeout_s = timeout_s
         self._retry = retry or RetryPolicy()
         self._channel_factory = channel_factory
         self._channels: dict[str, grpc.Channel] = {}
+
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        if self._token is None:
+            return self._operator_metadata
+        return (*self._operator_metadata, ("authorization", f"Bearer {self._token()}"))
 
     @property
     def posts(self) -> list[str]:
@@ -193,16 +207,18 @@ class PostClient:
         channel = self._channel(address)
         if service == "admin":
             return admin_pb2_grpc.PostAdminStub(channel)
+        if service == "auth":
+            return auth_pb2_grpc.AuthServiceStub(channel)
         return operator_pb2_grpc.OperatorServiceStub(channel)
 
     def _unary(self, address: str, service: Service, rpc: str, request: Message, kind: Kind) -> Any:
         method = getattr(self._stub(address, service), rpc)
         if kind is not Kind.WRITE:
-            return method(request, timeout=self._timeout_s, metadata=self._metadata)
+            return method(request, timeout=self._timeout_s, metadata=self._metadata())
         # A write's answer, as long as the post answers health checks meanwhile
         # (failover/follow_client.py, RetryPolicy.write_probe_after_s).
         every = self._retry.write_probe_after_s
-        future = method.future(request, timeout=self._timeout_s, metadata=self._metadata)
+        future = method.future(request, timeout=self._timeout_s, metadata=self._metadata())
         started = time.monotonic()
         while True:
             try:
@@ -216,7 +232,7 @@ class PostClient:
         failures: list[tuple[str, grpc.RpcError]] = []
         for address in self._directory.order(Kind.READ):
             stub = operator_pb2_grpc.OperatorServiceStub(self._channel(address))
-            call: Any = stub.WatchEvents(request, metadata=self._metadata)
+            call: Any = stub.WatchEvents(request, metadata=self._metadata())
             # The post sends its initial metadata once the stream is set up: waiting for it
             # tells a stream that started from one that failed at once.
             call.initial_metadata()

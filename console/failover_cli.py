@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from console import workstation
 from console.render import TableData, rich_table, to_json
 from protos.citypost.v1 import admin_pb2
 
@@ -301,9 +302,22 @@ def describe(error: grpc.RpcError) -> str:
 class AdminCalls:
     """PostAdmin calls to several posts, one channel each; close() when done."""
 
-    def __init__(self, call_timeout_s: float = CALL_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        call_timeout_s: float = CALL_TIMEOUT_S,
+        *,
+        channel_factory: Callable[[str], grpc.Channel] | None = None,
+        token: Callable[[], str] | None = None,
+    ) -> None:
         self._timeout_s = call_timeout_s
+        self._token = token
         self._channels: dict[str, grpc.Channel] = {}
+        self._channel_factory = channel_factory
+
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        if self._token is None:
+            return ()
+        return (("authorization", f"Bearer {self._token()}"),)
 
     def _stub(self, address: str) -> Any:
         import grpc
@@ -312,7 +326,8 @@ class AdminCalls:
 
         channel = self._channels.get(address)
         if channel is None:
-            channel = grpc.insecure_channel(address)
+            factory = self._channel_factory or grpc.insecure_channel
+            channel = factory(address)
             self._channels[address] = channel
         return admin_pb2_grpc.PostAdminStub(channel)
 
@@ -322,7 +337,12 @@ class AdminCalls:
 
         request = admin_pb2.GetFailoverStatusRequest()
         futures = [
-            (a, self._stub(a).GetFailoverStatus.future(request, timeout=self._timeout_s))
+            (
+                a,
+                self._stub(a).GetFailoverStatus.future(
+                    request, timeout=self._timeout_s, metadata=self._metadata()
+                ),
+            )
             for a in addresses
         ]
         views = []
@@ -346,7 +366,7 @@ class AdminCalls:
         for attempt in range(1, RESIGN_ATTEMPTS + 1):
             try:
                 reply: admin_pb2.ResignResponse = self._stub(address).Resign(
-                    request, timeout=self._timeout_s
+                    request, timeout=self._timeout_s, metadata=self._metadata()
                 )
                 return reply
             except grpc.RpcError as error:
@@ -386,8 +406,18 @@ def posts_to_ask(args: argparse.Namespace) -> list[str]:
     return list(dict.fromkeys(args.posts or DEFAULT_POSTS))
 
 
+def _calls(args: argparse.Namespace) -> AdminCalls:
+    """Calls as this workstation, with the logged-in operator's token if any (a
+    switchover needs failover.operate: the room supervisor)."""
+    from console.session import token_source
+
+    factory = workstation.from_environment(args)
+    token = token_source(args, factory, posts_to_ask(args))
+    return AdminCalls(min(args.timeout, CALL_TIMEOUT_S), channel_factory=factory, token=token)
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
-    with AdminCalls(min(args.timeout, CALL_TIMEOUT_S)) as calls:
+    with _calls(args) as calls:
         views = calls.statuses(posts_to_ask(args))
     if args.json:
         _say(status_json(views))
@@ -419,7 +449,7 @@ def _cmd_switchover(args: argparse.Namespace) -> int:
     import grpc
 
     clock = time.monotonic
-    with AdminCalls(min(args.timeout, CALL_TIMEOUT_S)) as calls:
+    with _calls(args) as calls:
         views = calls.statuses(posts_to_ask(args))
         if not any(v.status is not None for v in views):
             for view in views:
@@ -489,6 +519,7 @@ def _seconds(low: float, high: float) -> Callable[[str], float]:
 
 
 def _post_flags(parser: argparse.ArgumentParser) -> None:
+    workstation.add_workstation_flags(parser, session=True)
     parser.add_argument(
         "--post",
         dest="posts",

@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from citypost.errors import ConfigError, InvalidArgumentError
 from security import pki
@@ -97,8 +98,24 @@ class PkiStore:
         self.crl = self.directory / "crl.pem"
         self.index_path = self.directory / "index.json"
         self.issued = self.directory / "issued"
+        self._revoked: tuple[tuple[int, int, int], frozenset[int]] | None = None
 
     # --- reading -------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, directory: Path) -> PkiStore:
+        """The PKI in `directory`, its city read from the issuing CA (what a workstation
+        that knows only the directory needs)."""
+        ca = Path(directory) / "ca.crt"
+        try:
+            cert = x509.load_pem_x509_certificate(ca.read_bytes())
+        except FileNotFoundError:
+            raise ConfigError(f"{directory} holds no city PKI (no ca.crt)") from None
+        names = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+        org = str(names[0].value) if names else ""
+        if not org.startswith("citypost "):
+            raise ConfigError(f"{ca} is not a citypost CA (organisation {org!r})")
+        return cls(Path(directory), org.removeprefix("citypost "))
 
     @property
     def initialized(self) -> bool:
@@ -123,7 +140,17 @@ class PkiStore:
         return [IndexEntry(**item) for item in raw]
 
     def revoked_serials(self) -> frozenset[int]:
-        return frozenset(e.serial for e in self.entries() if e.revoked)
+        """Serials revoked so far; re-read only when the index changed (servers ask on
+        every call: gRPC's Python TLS has no CRL of its own)."""
+        try:
+            found = self.index_path.stat()
+        except FileNotFoundError:
+            return frozenset()
+        stamp = (found.st_ino, found.st_mtime_ns, found.st_size)
+        if self._revoked is None or self._revoked[0] != stamp:
+            serials = frozenset(e.serial for e in self.entries() if e.revoked)
+            self._revoked = (stamp, serials)
+        return self._revoked[1]
 
     def principals(self) -> list[Principal]:
         """Every principal with a current, unrevoked certificate, in issue order."""

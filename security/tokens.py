@@ -54,6 +54,9 @@ from security.pki import Kind, Principal, principal_of
 from security.pki_store import IdentityPem
 
 ALGORITHM = "ES256"
+# What a token is for: calls (short) or getting a new access token (a shift long).
+ACCESS = "access"
+REFRESH = "refresh"
 DEFAULT_LIFETIME_S = 300.0
 DEFAULT_LEEWAY_S = 5.0
 # Verified signer certificates kept: a city has two posts, each rotating now and then.
@@ -180,7 +183,14 @@ class TokenIssuer:
         amr: Sequence[str],
         now: float,
         workstation_thumbprint: str | None = None,
+        use: str = ACCESS,
+        lifetime_s: float | None = None,
     ) -> str:
+        """An access token (`use` ACCESS, the issuer's lifetime) or a refresh token (REFRESH,
+        with the session's longer `lifetime_s`): the same signature, told apart by `use`, so
+        one can never stand for the other."""
+        if use not in (ACCESS, REFRESH):
+            raise InvalidArgumentError(f"use must be {ACCESS!r} or {REFRESH!r}, got {use!r}")
         if not subject or not session_id:
             raise InvalidArgumentError("a token needs a subject and a session id")
         claims: dict[str, Any] = {
@@ -192,8 +202,9 @@ class TokenIssuer:
             "jti": uuid.uuid4().hex,
             "iat": now,
             "nbf": now,
-            "exp": now + self.lifetime_s,
+            "exp": now + (self.lifetime_s if lifetime_s is None else lifetime_s),
             "amr": _strings("amr", amr),
+            "use": use,
         }
         if not claims["amr"]:
             raise InvalidArgumentError("amr must name at least one authentication method")
@@ -249,7 +260,12 @@ class TokenVerifier:
         return (*self._roots, *self._intermediates)
 
     def verify(
-        self, token: str, *, now: float, workstation_thumbprint: str | None = None
+        self,
+        token: str,
+        *,
+        now: float,
+        workstation_thumbprint: str | None = None,
+        use: str = ACCESS,
     ) -> Claims:
         header_part, payload_part, signature_part = _segments(token)
         header = self._header(header_part)
@@ -271,7 +287,7 @@ class TokenVerifier:
             raise UnauthenticatedError("token malformed: the payload is not JSON") from None
         if not isinstance(claims, dict):
             raise UnauthenticatedError("token malformed: the payload is not a JSON object")
-        return self._claims(claims, signer, now, workstation_thumbprint)
+        return self._claims(claims, signer, now, workstation_thumbprint, use)
 
     # --- inside --------------------------------------------------------------------------
 
@@ -368,7 +384,10 @@ class TokenVerifier:
         signer: _Signer,
         now: float,
         workstation_thumbprint: str | None,
+        use: str,
     ) -> Claims:
+        if claims.get("use", ACCESS) != use:
+            raise UnauthenticatedError(f"the token is for {claims.get('use')}, not {use}")
         aud = claims.get("aud")
         if aud != self.audience:
             raise UnauthenticatedError(

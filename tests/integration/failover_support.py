@@ -41,9 +41,15 @@ EXECUTION_BOUND_S = 45.0  # a command sent is executed by every device of its gr
 OPERATOR = "op-failover"
 
 
-async def send_some(addresses: Sequence[str], prefix: str, n: int, pct: float) -> list[Acked]:
+async def send_some(system: CitySystem, prefix: str, n: int, pct: float) -> list[Acked]:
     """`n` commands through a leader-following client, one after the other."""
-    client = PostClient(list(addresses), operator=OPERATOR, timeout_s=5.0)
+    client = PostClient(
+        system.addresses(),
+        operator=OPERATOR,
+        timeout_s=5.0,
+        channel_factory=system.channel_factory(),
+        token=system.operator(),
+    )
     try:
         return [
             await asyncio.to_thread(send, client, f"{prefix}-{i}", GROUPS[i % 2], pct + i)
@@ -79,8 +85,10 @@ async def wait_leader(
 # --- what the posts say ---------------------------------------------------------------------
 
 
-def failover_status(address: str, timeout_s: float = 3.0) -> admin_pb2.FailoverStatus:
-    with grpc.insecure_channel(address) as channel:
+def failover_status(
+    system: CitySystem, address: str, timeout_s: float = 3.0
+) -> admin_pb2.FailoverStatus:
+    with system.channel(address) as channel:
         stub = admin_pb2_grpc.PostAdminStub(channel)
         status: admin_pb2.FailoverStatus = stub.GetFailoverStatus(
             admin_pb2.GetFailoverStatusRequest(), timeout=timeout_s
@@ -88,13 +96,15 @@ def failover_status(address: str, timeout_s: float = 3.0) -> admin_pb2.FailoverS
         return status
 
 
-async def wait_role(address: str, role: int, timeout_s: float) -> admin_pb2.FailoverStatus:
+async def wait_role(
+    system: CitySystem, address: str, role: int, timeout_s: float
+) -> admin_pb2.FailoverStatus:
     """The post's status once it reports `role` (PostRole)."""
     deadline = time.monotonic() + timeout_s
     last: object = None
     while True:
         try:
-            status = await asyncio.to_thread(failover_status, address)
+            status = await asyncio.to_thread(failover_status, system, address)
             if status.role == role:
                 return status
             last = status
@@ -171,7 +181,7 @@ class RolePoller:
                         continue
                     channel = channels.get(post.address)
                     if channel is None:
-                        channel = channels[post.address] = grpc.insecure_channel(post.address)
+                        channel = channels[post.address] = self.system.channel(post.address)
                     stub = admin_pb2_grpc.PostAdminStub(channel)
                     try:
                         statuses[name] = stub.GetFailoverStatus(
@@ -218,10 +228,12 @@ def check_execution_log(log: Sequence[Execution]) -> None:
     assert not broken, "\n".join(f"{v.invariant}: {v.detail}" for v in broken[:20])
 
 
-def lost_commands(address: str, acked: Sequence[Acked]) -> list[tuple[Acked, str]]:
+def lost_commands(
+    system: CitySystem, address: str, acked: Sequence[Acked]
+) -> list[tuple[Acked, str]]:
     """The acknowledged commands the post at `address` does not know (GetCommand)."""
     lost = []
-    with grpc.insecure_channel(address) as channel:
+    with system.channel(address) as channel:
         operator = operator_pb2_grpc.OperatorServiceStub(channel)
         for command in acked:
             try:

@@ -91,7 +91,8 @@ class LivePost:
     sink: MemorySink
 
     async def console(self, *argv: str) -> int:
-        return await asyncio.to_thread(run, ["--post", self.address, *argv])
+        # A stand-in post on a plaintext port (TLS is tested with the city).
+        return await asyncio.to_thread(run, ["--insecure", "--post", self.address, *argv])
 
     async def ledger(self) -> list[control_state_pb2.CommandRecord]:
         page = await self.state.list(LEDGER, control_state_pb2.CommandRecord, limit=1000)
@@ -336,12 +337,12 @@ async def test_unreachable_post_exits_2_naming_the_address(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     address = f"127.0.0.1:{free_port()}"
-    assert await asyncio.to_thread(run, ["--post", address, "assets"]) == 2
+    assert await asyncio.to_thread(run, ["--insecure", "--post", address, "assets"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.endswith(f"no post answers at {address}: is `citypost post` running? (UNAVAILABLE)")
     assert len(err.splitlines()) == 1
     # A write is refused the same way, after its retries.
-    code = await asyncio.to_thread(run, ["--post", address, "alarm", "ack", "a-1"])
+    code = await asyncio.to_thread(run, ["--insecure", "--post", address, "alarm", "ack", "a-1"])
     assert code == 2
     assert f"no post answers at {address}" in capsys.readouterr().err
 
@@ -351,7 +352,7 @@ async def test_reads_go_to_the_first_post_that_answers(
     post: LivePost, capsys: pytest.CaptureFixture[str]
 ) -> None:
     dead = f"127.0.0.1:{free_port()}"
-    argv = ["--post", dead, "--post", post.address, "assets", "--json"]
+    argv = ["--insecure", "--post", dead, "--post", post.address, "assets", "--json"]
     assert await asyncio.to_thread(run, argv) == 0
     assert len(_json(capsys.readouterr().out)) == len(LAMPS) + len(BOLLARDS) + len(SIGNALS)
 
@@ -376,10 +377,12 @@ async def test_a_post_that_answers_unavailable_or_slowly_is_not_called_unreachab
     address = f"127.0.0.1:{port}"
     server, _ = await start_server([service], port=port)
     try:
-        assert await asyncio.to_thread(run, ["--post", address, "assets"]) == 1
+        assert await asyncio.to_thread(run, ["--insecure", "--post", address, "assets"]) == 1
         err = capsys.readouterr().err
         assert "UNAVAILABLE: the asset index is reloading" in err and "no post answers" not in err
-        code = await asyncio.to_thread(run, ["--post", address, "--timeout", "0.2", "alarms"])
+        code = await asyncio.to_thread(
+            run, ["--insecure", "--post", address, "--timeout", "0.2", "alarms"]
+        )
         assert code == 1
         err = capsys.readouterr().err
         assert f"DEADLINE_EXCEEDED: no answer from {address} within 0.2 s" in err

@@ -22,8 +22,8 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
-import grpc
 import psutil
 import pytest
 
@@ -33,12 +33,15 @@ from citypost.errors import InfrastructureError
 from cluster.etcd_local import LocalEtcd
 from cluster.system import CitySystem, LeaderNow
 from console import failover_cli
+from console.session import SessionFile, login
 from fleet.network_server import NetworkServer
 from protos.citypost.v1 import admin_pb2, assets_pb2, operator_pb2, operator_pb2_grpc
-from protos.metadata import OPERATOR_METADATA
+from security import identities
+from security.grpc_tls import secure_channel_factory
+from security.identities import tls_identity
+from security.pki import Kind
 from tests.integration.failover_support import (
     GROUPS,
-    OPERATOR,
     TAKEOVER_BOUND_S,
     Acked,
     RolePoller,
@@ -64,6 +67,10 @@ STANDBY = admin_pb2.POST_ROLE_STANDBY
 LEADER = admin_pb2.POST_ROLE_LEADER
 
 
+# The lamps' operators: the urban supervision post.
+LAMPS = "urban-supervision"
+
+
 class City:
     """The module's system, its role poller, and the Ray temp dirs its posts used."""
 
@@ -71,6 +78,25 @@ class City:
         self.system = system
         self.poller = poller
         self.ray_dirs: set[str] = set()
+        self._session: Path | None = None
+
+    @property
+    def session(self) -> Path:
+        """The room supervisor's console session (failover switchover needs one), logged
+        in from the control room's workstation certificate."""
+        if self._session is None:
+            config = self.system.config
+            room = tls_identity(config, Kind.CONSOLE, identities.CONSOLE)
+            assert room is not None
+            logged = login(
+                secure_channel_factory(room),
+                self.addresses(),
+                "supervisor",
+                self.system.passwords["supervisor"],
+            )
+            self._session = config.run_dir / "supervisor-session.json"
+            SessionFile(self._session).save(logged)
+        return self._session
 
     @property
     def network_server(self) -> NetworkServer:
@@ -163,13 +189,13 @@ async def settled(city: City, *, timeout_s: float = 60.0) -> tuple[LeaderNow, st
     assert leader.name in city.system.posts, leader
     assert leader.address == city.address(leader.name)
     standby = next(name for name in city.system.posts if name != leader.name)
-    await wait_role(city.address(leader.name), LEADER, timeout_s)
-    status = await wait_role(city.address(standby), STANDBY, timeout_s)
+    await wait_role(city.system, city.address(leader.name), LEADER, timeout_s)
+    status = await wait_role(city.system, city.address(standby), STANDBY, timeout_s)
     deadline = time.monotonic() + timeout_s
     while status.leader_name != leader.name or status.epoch != leader.epoch:
         assert time.monotonic() < deadline, f"{standby} does not see {leader}: {status}"
         await asyncio.sleep(0.1)
-        status = await asyncio.to_thread(failover_status, city.address(standby))
+        status = await asyncio.to_thread(failover_status, city.system, city.address(standby))
     return leader, standby
 
 
@@ -196,11 +222,17 @@ def assert_no_split_brain(city: City, since: float) -> None:
 async def final_checks(city: City, acked: list[Acked], leader_address: str) -> None:
     """Every acknowledged command known to the leader and executed by its whole group;
     nothing executed twice; no older epoch executed after a newer one's first execution."""
-    lost = await asyncio.to_thread(lost_commands, leader_address, acked)
+    lost = await asyncio.to_thread(lost_commands, city.system, leader_address, acked)
     assert not lost, f"acknowledged but not in the leader's control state: {lost}"
     missing = await wait_executed(city.network_server, acked)
     assert not missing, f"acknowledged, never executed by every lamp of its group: {missing}"
     check_execution_log(city.network_server.executions())
+
+
+def _bearer(system: CitySystem) -> tuple[tuple[str, str], ...]:
+    token = system.operator()
+    assert token is not None
+    return (("authorization", f"Bearer {token()}"),)
 
 
 async def switchover(city: City, to: str) -> float:
@@ -209,6 +241,7 @@ async def switchover(city: City, to: str) -> float:
     Retried while it refuses (exit 1): the target may still be taking its new lease
     after an earlier handover."""
     argv = ["switchover", "--to", to, "--timeout", str(SWITCHOVER_BOUND_S)]
+    argv += ["--pki-dir", str(city.system.config.pki_dir), "--session", str(city.session)]
     for address in city.addresses():
         argv += ["--post", address]
     deadline = time.monotonic() + TAKEOVER_BOUND_S
@@ -234,14 +267,19 @@ async def test_crash_failover_loses_nothing_and_executes_once(city: City) -> Non
     victim = old.name
 
     # A few commands to the leader, executed by the devices.
-    before = await send_some(city.addresses(), "crash-before", 3, 20.0)
+    before = await send_some(city.system, "crash-before", 3, 20.0)
     assert all(c.epoch == old.epoch for c in before), before
     missing = await wait_executed(city.network_server, before)
     assert not missing, f"not executed before the kill: {missing}"
 
     # Commands in flight; SIGKILL of the leader's whole session (post, Ray head, workers).
     sender = Sender(
-        city.addresses(), "crash-during", window_s=TAKEOVER_BOUND_S + 5, groups=GROUPS
+        city.addresses(),
+        "crash-during",
+        window_s=TAKEOVER_BOUND_S + 5,
+        groups=GROUPS,
+        channel_factory=city.system.channel_factory(),
+        token=city.system.operator(LAMPS),
     ).start()
     city.note_ray_dirs()
     async with system.etcd_client() as etcd:
@@ -263,7 +301,7 @@ async def test_crash_failover_loses_nothing_and_executes_once(city: City) -> Non
     assert system.posts[victim].process.signal_session(0) == 0
 
     # Commands sent after the takeover are acknowledged under the new epoch.
-    after = await send_some(city.addresses(), "crash-after", 3, 60.0)
+    after = await send_some(city.system, "crash-after", 3, 60.0)
     assert all(c.epoch == new.epoch for c in after), after
 
     acknowledged = before + sender.acked + after
@@ -294,7 +332,12 @@ async def test_frozen_leader_is_fenced_and_wakes_as_standby(city: City) -> None:
     log_before = len(city.network_server.executions())
 
     sender = Sender(
-        city.addresses(), "frozen", window_s=TAKEOVER_BOUND_S + 10, groups=GROUPS
+        city.addresses(),
+        "frozen",
+        window_s=TAKEOVER_BOUND_S + 10,
+        groups=GROUPS,
+        channel_factory=city.system.channel_factory(),
+        token=city.system.operator(LAMPS),
     ).start()
     thawed = False
     async with system.etcd_client() as etcd:
@@ -310,7 +353,7 @@ async def test_frozen_leader_is_fenced_and_wakes_as_standby(city: City) -> None:
             await asyncio.sleep(max(0.0, frozen_at + TTL_S + 2.0 - time.monotonic()))
             await asyncio.to_thread(system.thaw_post, frozen)
             thawed = True
-            status = await wait_role(city.address(frozen), STANDBY, TAKEOVER_BOUND_S)
+            status = await wait_role(city.system, city.address(frozen), STANDBY, TAKEOVER_BOUND_S)
             assert (status.leader_name, status.epoch) == (new.name, new.epoch), status
             await asyncio.sleep(3.0)  # the thawed post has had time to do harm, if it would
         finally:
@@ -321,7 +364,7 @@ async def test_frozen_leader_is_fenced_and_wakes_as_standby(city: City) -> None:
     assert now == new, f"leadership moved after the thaw: {now} (was {new})"
     assert sender.acked, f"nothing acknowledged around the freeze: {sender.failed}"
 
-    after = await send_some(city.addresses(), "frozen-after", 3, 40.0)
+    after = await send_some(city.system, "frozen-after", 3, 40.0)
     assert all(c.epoch == new.epoch for c in after), after
     await final_checks(city, sender.acked + after, city.address(new.name))
     # The thawed post executed nothing under its old epoch after the new epoch's first.
@@ -347,7 +390,12 @@ async def test_planned_switchover_and_back(city: City) -> None:
     started = time.monotonic()
     first, standby = await settled(city)
     sender = Sender(
-        city.addresses(), "switch", window_s=TAKEOVER_BOUND_S + 5, groups=GROUPS
+        city.addresses(),
+        "switch",
+        window_s=TAKEOVER_BOUND_S + 5,
+        groups=GROUPS,
+        channel_factory=city.system.channel_factory(),
+        token=city.system.operator(LAMPS),
     ).start()
     async with system.etcd_client() as etcd:
         try:
@@ -392,7 +440,12 @@ async def test_losing_one_etcd_member_changes_nothing(city: City) -> None:
     print(f"etcd: Raft leader member {raft}, killing member {victim}")
 
     sender = Sender(
-        city.addresses(), "member", window_s=TAKEOVER_BOUND_S + 5, groups=GROUPS
+        city.addresses(),
+        "member",
+        window_s=TAKEOVER_BOUND_S + 5,
+        groups=GROUPS,
+        channel_factory=city.system.channel_factory(),
+        token=city.system.operator(LAMPS),
     ).start()
     seen: list[LeaderNow | None] = []
     restarted = False
@@ -434,7 +487,14 @@ async def test_quorum_loss_stops_commanding_and_return_restores_one_leader(city:
     started = time.monotonic()
     old, _ = await settled(city)
     victims = [m.index for m in etcd_cluster.members][:2]
-    sender = Sender(city.addresses(), "quorum", window_s=40.0, groups=GROUPS).start()
+    sender = Sender(
+        city.addresses(),
+        "quorum",
+        window_s=40.0,
+        groups=GROUPS,
+        channel_factory=city.system.channel_factory(),
+        token=city.system.operator(LAMPS),
+    ).start()
     restarted = False
     try:
         await asyncio.sleep(1.0)
@@ -443,7 +503,7 @@ async def test_quorum_loss_stops_commanding_and_return_restores_one_leader(city:
             await asyncio.to_thread(etcd_cluster.kill_member, i)
         # The leader demotes itself once its lease may have expired (its status call
         # itself waits up to 2 s for the store, hence the slack).
-        status = await wait_role(city.address(old.name), STANDBY, TTL_S + 5.0)
+        status = await wait_role(city.system, city.address(old.name), STANDBY, TTL_S + 5.0)
         print(f"quorum lost: {old.name} reported standby {time.monotonic() - killed_at:.2f} s on")
         assert status.role == STANDBY
         # After a margin for downlinks already on their way, the devices execute nothing.
@@ -465,7 +525,7 @@ async def test_quorum_loss_stops_commanding_and_return_restores_one_leader(city:
                 system, etcd, TAKEOVER_BOUND_S, newer_than=old.epoch - 1
             )
         print(f"quorum back: {new.name} leads (epoch {new.epoch}) {seen_at - returned_at:.2f} s on")
-        await wait_role(city.address(new.name), LEADER, TAKEOVER_BOUND_S)
+        await wait_role(city.system, city.address(new.name), LEADER, TAKEOVER_BOUND_S)
         await asyncio.sleep(2.0)
     finally:
         if not restarted:
@@ -477,7 +537,7 @@ async def test_quorum_loss_stops_commanding_and_return_restores_one_leader(city:
     assert not leading, f"a post said it leads while etcd had no quorum: {leading[:5]}"
     assert new.epoch >= old.epoch
 
-    after = await send_some(city.addresses(), "quorum-after", 3, 30.0)
+    after = await send_some(city.system, "quorum-after", 3, 30.0)
     assert all(c.epoch == new.epoch for c in after), after
     await final_checks(city, sender.acked + after, city.address(new.name))
     now, _ = await settled(city)
@@ -496,7 +556,7 @@ async def test_restarted_standby_catches_up(city: City) -> None:
     assert await settled(city) == (leader, standby)
 
     # Operator writes on the leader once the standby is back.
-    acked = await send_some(city.addresses(), "restart", 3, 50.0)
+    acked = await send_some(city.system, "restart", 3, 50.0)
     assert all(c.epoch == leader.epoch for c in acked), acked
     request = operator_pb2.SetOverrideRequest(
         idempotency_key=str(uuid.uuid4()),
@@ -506,19 +566,19 @@ async def test_restarted_standby_catches_up(city: City) -> None:
         duration_ms=120_000,
         reason="failover test: standby catch-up",
     )
-    with grpc.insecure_channel(city.address(leader.name)) as channel:
+    with city.system.channel(city.address(leader.name)) as channel:
         operator = operator_pb2_grpc.OperatorServiceStub(channel)
-        override = operator.SetOverride(
-            request, timeout=10, metadata=((OPERATOR_METADATA, OPERATOR),)
-        )
+        override = operator.SetOverride(request, timeout=10, metadata=_bearer(city.system))
     assert override.override_id
 
     # The standby applies up to the store's revision after those writes, and its lag
     # is small (the leader keeps writing: ledger updates, policy commands).
-    written = (await asyncio.to_thread(failover_status, city.address(leader.name))).store_revision
+    written = (
+        await asyncio.to_thread(failover_status, city.system, city.address(leader.name))
+    ).store_revision
     deadline = time.monotonic() + TAKEOVER_BOUND_S
     while True:
-        status = await asyncio.to_thread(failover_status, city.address(standby))
+        status = await asyncio.to_thread(failover_status, city.system, city.address(standby))
         if (
             status.HasField("applied_revision")
             and status.applied_revision >= written
@@ -533,7 +593,7 @@ async def test_restarted_standby_catches_up(city: City) -> None:
     # Leading, the restarted post has every write.
     await switchover(city, standby)
     address = city.address(standby)
-    with grpc.insecure_channel(address) as channel:
+    with city.system.channel(address) as channel:
         operator = operator_pb2_grpc.OperatorServiceStub(channel)
         overrides = operator.ListOverrides(operator_pb2.ListOverridesRequest(), timeout=10)
     assert override.override_id in {o.override_id for o in overrides.overrides}

@@ -267,14 +267,16 @@ async def test_the_console_given_both_posts_follows_the_leader(
     posts: Posts, capsys: pytest.CaptureFixture[str]
 ) -> None:
     both = f"{posts.backup},{posts.primary}"
-    code = await asyncio.to_thread(run, ["--post", both, "alarm", "ack", "a-1", "--json"])
+    code = await asyncio.to_thread(
+        run, ["--insecure", "--post", both, "alarm", "ack", "a-1", "--json"]
+    )
     assert code == 0, capsys.readouterr().err
     assert json.loads(capsys.readouterr().out)["acknowledgedBy"] == posts.primary
     (_, key), (post, _, acted_key) = posts.city.refused[0], posts.city.acted[0]
     assert post == posts.primary and key == acted_key != ""
 
     # Repeated --post works the same; reads come from the first post that answers.
-    argv = ["--post", posts.backup, "--post", posts.primary, "alarms", "--json"]
+    argv = ["--insecure", "--post", posts.backup, "--post", posts.primary, "alarms", "--json"]
     assert await asyncio.to_thread(run, argv) == 0
     assert json.loads(capsys.readouterr().out)[0]["detail"] == f"from {posts.backup}"
 
@@ -290,7 +292,17 @@ async def test_a_console_write_during_a_failover_succeeds_on_the_new_leader(
         posts.city.leader = posts.backup
 
     election = asyncio.create_task(elect())
-    argv = ["--post", posts.primary, "--post", posts.backup, "alarm", "ack", "a-3", "--json"]
+    argv = [
+        "--insecure",
+        "--post",
+        posts.primary,
+        "--post",
+        posts.backup,
+        "alarm",
+        "ack",
+        "a-3",
+        "--json",
+    ]
     assert await asyncio.to_thread(run, argv) == 0, capsys.readouterr().err
     await election
     assert json.loads(capsys.readouterr().out)["acknowledgedBy"] == posts.backup
@@ -304,11 +316,11 @@ async def test_the_console_finds_the_posts_in_the_environment(
 ) -> None:
     monkeypatch.setenv(POSTS_ENV, f"{posts.backup},{posts.primary}")
     await posts.stop(posts.backup)
-    assert await asyncio.to_thread(run, ["alarm", "ack", "a-7", "--json"]) == 0
+    assert await asyncio.to_thread(run, ["--insecure", "alarm", "ack", "a-7", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["acknowledgedBy"] == posts.primary
 
     monkeypatch.setenv(POSTS_ENV, "primary")
-    assert await asyncio.to_thread(run, ["alarms"]) == 2
+    assert await asyncio.to_thread(run, ["--insecure", "alarms"]) == 2
     assert "CITYPOST_POSTS" in capsys.readouterr().err
 
 
@@ -317,7 +329,7 @@ async def test_the_console_names_every_post_it_could_not_reach(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     dead = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
-    assert await asyncio.to_thread(run, ["--post", ",".join(dead), "alarms"]) == 2
+    assert await asyncio.to_thread(run, ["--insecure", "--post", ",".join(dead), "alarms"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert f"no post answers at {dead[0]}, {dead[1]}" in err

@@ -53,8 +53,8 @@ def system(tmp_path: Path) -> Iterator[CitySystem]:
         the_system.stop()
 
 
-def _status(address: str) -> admin_pb2.PostStatus | None:
-    with grpc.insecure_channel(address) as channel:
+def _status(system: CitySystem, address: str) -> admin_pb2.PostStatus | None:
+    with system.channel(address) as channel:
         try:
             status: admin_pb2.PostStatus = admin_pb2_grpc.PostAdminStub(channel).GetStatus(
                 admin_pb2.GetStatusRequest(), timeout=5
@@ -89,7 +89,7 @@ async def test_the_whole_city_through_a_transition_and_a_leader_crash(
         for name, post in system.posts.items():
             if name == old.name and crashed_at is not None:
                 continue
-            status = await asyncio.to_thread(_status, post.address)
+            status = await asyncio.to_thread(_status, system, post.address)
             if status is None:
                 continue
             pss[name] = max(pss[name], status.memory_pss_bytes)

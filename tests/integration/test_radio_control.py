@@ -129,7 +129,13 @@ async def test_profiles_converge_floods_are_paced_and_safety_goes_first(
     registry = system.city.registry
     async with system.etcd_client() as etcd:
         await wait_leader(system, etcd, 90.0)
-    client = PostClient(system.addresses(), operator="op-radio", timeout_s=10.0)
+    client = PostClient(
+        system.addresses(),
+        operator="op-radio",
+        timeout_s=10.0,
+        channel_factory=system.channel_factory(),
+        token=system.operator(),
+    )
     try:
         # 1. The lighting policy's profile changes converge by the lamps' reports: every
         # lamp group gets the evening profile when the posts start (unless they start after

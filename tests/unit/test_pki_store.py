@@ -95,3 +95,10 @@ def test_device_common_name_is_its_dev_eui() -> None:
     assert Principal("dijon", Kind.DEVICE, "0011223344556677").common_name == "0011223344556677"
     with pytest.raises(InvalidArgumentError, match="DevEUI"):
         Principal("dijon", Kind.DEVICE, "bus-12")
+
+
+def test_open_reads_the_city_from_the_ca(tmp_path: Path) -> None:
+    PkiStore(tmp_path, "dijon").init(now=NOW)
+    assert PkiStore.open(tmp_path).city == "dijon"
+    with pytest.raises(ConfigError, match="no city PKI"):
+        PkiStore.open(tmp_path / "elsewhere")

@@ -29,6 +29,7 @@ def post() -> Iterator[tuple[Post, InProcessPool]]:
             "mqtt.port": 1,  # never connected to: the post is not started
             "post.max_restarts": 2,
             "post.restart_window_s": 300.0,
+            "security.tls": False,
         }
     )
     city = build_city(config.city)

@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 
 @pytest.fixture
 def post() -> Iterator[Post]:
-    config = load_config(overrides={"city.scale": 0.0005, "mqtt.port": 1})
+    config = load_config(overrides={"city.scale": 0.0005, "mqtt.port": 1, "security.tls": False})
     city = build_city(config.city)
     observability = setup_observability(config.observability)
     try:

@@ -18,7 +18,7 @@ from citypost.errors import InvalidArgumentError, UnauthenticatedError
 from security import pki, tokens
 from security.pki import KeyPair, Kind, Principal
 from security.pki_store import IdentityPem, PkiStore
-from security.tokens import Claims, TokenIssuer, TokenVerifier
+from security.tokens import REFRESH, Claims, TokenIssuer, TokenVerifier
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 
@@ -483,3 +483,15 @@ def test_decode_unverified_expiry(post_a: IdentityPem) -> None:
     assert tokens.decode_unverified_expiry("nope") is None
     assert tokens.decode_unverified_expiry("a.!!!.c") is None
     assert tokens.decode_unverified_expiry(f"a.{_b64url(b'{}')}.c") is None
+
+
+def test_a_refresh_token_is_not_an_access_token_and_back(city: City, post_a: IdentityPem) -> None:
+    verifier = TokenVerifier(city.trust, CITY)
+    refresh = _issue(post_a, use=REFRESH, lifetime_s=8 * 3600)
+    with pytest.raises(UnauthenticatedError, match="the token is for refresh, not access"):
+        verifier.verify(refresh, now=NOW)
+    claims = verifier.verify(refresh, now=NOW + 4 * 3600, use=REFRESH)
+    assert claims.expires_at == NOW + 8 * 3600
+    access = _issue(post_a)
+    with pytest.raises(UnauthenticatedError, match="the token is for access, not refresh"):
+        verifier.verify(access, now=NOW, use=REFRESH)

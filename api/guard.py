@@ -1,0 +1,71 @@
+"""The post's guard, assembled from the config: the policy, the token verifier and
+issuer, the operators' accounts, the authorizer every call passes and the
+AuthService operators log in at.
+
+Only for a city with TLS: the policy needs to know who calls, which a
+plaintext port cannot say.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from api.auth import AuthService
+from api.authorization import Audit, Authorizer
+from citypost.config import Config
+from security.account_book import AccountBook
+from security.accounts import LocalAccounts
+from security.pki_store import Identity, PkiStore
+from security.policy import DEFAULT_MACHINE_ROLES, DEFAULT_ROLES, Policy
+from security.tokens import TokenIssuer, TokenVerifier
+
+
+@dataclass(frozen=True)
+class Guard:
+    authorizer: Authorizer
+    auth: AuthService
+
+
+def _issuer_of(identity: Identity, city: str, lifetime_s: float) -> Callable[[], TokenIssuer]:
+    """The post's token issuer, made again when its certificate file changes (rotation)."""
+    made: list[tuple[tuple[int, int], TokenIssuer]] = []
+
+    def issuer() -> TokenIssuer:
+        found = os.stat(identity.cert)
+        stamp = (found.st_ino, found.st_mtime_ns)
+        if not made or made[0][0] != stamp:
+            made[:] = [(stamp, TokenIssuer(identity.read(), city, lifetime_s=lifetime_s))]
+        return made[0][1]
+
+    return issuer
+
+
+def build_guard(config: Config, identity: Identity, audit: Audit) -> Guard:
+    security = config.security
+    city = config.city.name
+    store = PkiStore(config.pki_dir, city)
+    policy = Policy(
+        security.roles if security.roles is not None else DEFAULT_ROLES,
+        security.machine_roles if security.machine_roles is not None else DEFAULT_MACHINE_ROLES,
+    )
+    verifier = TokenVerifier(identity.read().trust, city, revoked=store.revoked_serials)
+    book = AccountBook(config.accounts_file)
+    accounts = LocalAccounts(book)
+
+    def roles_of(user: str) -> tuple[str, ...] | None:
+        account = book.get(user)
+        return None if account is None or account.disabled else account.roles
+
+    auth = AuthService(
+        accounts,
+        roles_of,
+        _issuer_of(identity, city, security.access_token_s),
+        verifier,
+        policy,
+        audit=audit,
+        refresh_lifetime_s=security.refresh_token_s,
+    )
+    authorizer = Authorizer(policy, verifier, revoked=store.revoked_serials, audit=audit)
+    return Guard(authorizer, auth)

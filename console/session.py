@@ -1,0 +1,221 @@
+"""An operator's session at the posts: log in once, carry a short access token,
+renew it with the refresh token before it ends.
+
+`TokenSource` hands PostClient the current access token before each call and
+renews it (AuthService.Refresh) when it has less than `RENEW_BEFORE_S` left;
+programs that hold a password (the drills' operator load, the tests) may log
+in again when the refresh token itself ends. `SessionFile` keeps the console's
+session between commands (0600; tokens are bound to this workstation's
+certificate, so a copied file is useless elsewhere).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from citypost.errors import ConfigError, InfrastructureError, UnauthenticatedError
+from console.workstation import DEFAULT_WORKSTATION, SESSION_ENV, WORKSTATION_ENV
+from protos.citypost.v1 import auth_pb2, auth_pb2_grpc
+
+RENEW_BEFORE_S = 60.0
+
+
+@dataclass(frozen=True)
+class Session:
+    user: str
+    roles: tuple[str, ...]
+    session_id: str
+    access_token: str
+    access_expires_at: float
+    refresh_token: str
+    refresh_expires_at: float
+
+    @classmethod
+    def of(cls, reply: auth_pb2.LoginResponse) -> Session:
+        return cls(
+            user=reply.user,
+            roles=tuple(reply.roles),
+            session_id=reply.session_id,
+            access_token=reply.access_token,
+            access_expires_at=reply.access_expires_at_ms / 1000,
+            refresh_token=reply.refresh_token,
+            refresh_expires_at=reply.refresh_expires_at_ms / 1000,
+        )
+
+
+def _call(
+    channel_factory: Callable[[str], grpc.Channel],
+    posts: Sequence[str],
+    call: Callable[[Any], auth_pb2.LoginResponse],
+) -> Session:
+    """The first post that answers: any post logs in (tokens hold at every post)."""
+    unreachable = []
+    for address in posts:
+        with channel_factory(address) as channel:
+            try:
+                return Session.of(call(auth_pb2_grpc.AuthServiceStub(channel)))
+            except grpc.RpcError as error:
+                code = error.code()
+                if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    unreachable.append(address)
+                    continue
+                if code == grpc.StatusCode.UNAUTHENTICATED:
+                    raise UnauthenticatedError(error.details() or "refused") from None
+                raise InfrastructureError(f"{address}: {code.name}: {error.details()}") from None
+    raise InfrastructureError(f"no post answers at {', '.join(unreachable)}")
+
+
+def login(
+    channel_factory: Callable[[str], grpc.Channel],
+    posts: Sequence[str],
+    user: str,
+    password: str,
+    otp: str | None = None,
+    *,
+    timeout_s: float = 10.0,
+) -> Session:
+    request = auth_pb2.LoginRequest(user=user, password=password, otp=otp or "")
+    return _call(channel_factory, posts, lambda stub: stub.Login(request, timeout=timeout_s))
+
+
+def refresh(
+    channel_factory: Callable[[str], grpc.Channel],
+    posts: Sequence[str],
+    session: Session,
+    *,
+    timeout_s: float = 10.0,
+) -> Session:
+    request = auth_pb2.RefreshRequest(refresh_token=session.refresh_token)
+    return _call(channel_factory, posts, lambda stub: stub.Refresh(request, timeout=timeout_s))
+
+
+class TokenSource:
+    """The current access token, renewed on demand; thread-safe."""
+
+    def __init__(
+        self,
+        channel_factory: Callable[[str], grpc.Channel],
+        posts: Sequence[str],
+        session: Session,
+        *,
+        password: str | None = None,
+        on_renew: Callable[[Session], None] | None = None,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self._factory = channel_factory
+        self._posts = list(posts)
+        self._session = session
+        self._password = password
+        self._on_renew = on_renew
+        self._now = now
+        self._lock = threading.Lock()
+
+    @classmethod
+    def logged_in(
+        cls,
+        channel_factory: Callable[[str], grpc.Channel],
+        posts: Sequence[str],
+        user: str,
+        password: str,
+    ) -> TokenSource:
+        """A program's session: it may log in again with its password when the refresh
+        token ends."""
+        session = login(channel_factory, posts, user, password)
+        return cls(channel_factory, posts, session, password=password)
+
+    @property
+    def session(self) -> Session:
+        return self._session
+
+    def __call__(self) -> str:
+        with self._lock:
+            now = self._now()
+            session = self._session
+            if session.access_expires_at - now > RENEW_BEFORE_S:
+                return session.access_token
+            if session.refresh_expires_at - now > RENEW_BEFORE_S:
+                renewed = refresh(self._factory, self._posts, session)
+            elif self._password is not None:
+                renewed = login(self._factory, self._posts, session.user, self._password)
+            else:
+                raise UnauthenticatedError(
+                    "the session has ended: log in again (citypost console login)"
+                )
+            self._session = renewed
+            if self._on_renew is not None:
+                self._on_renew(renewed)
+            return renewed.access_token
+
+
+class SessionFile:
+    """The console's session on disk, between commands."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @classmethod
+    def default(cls, flag: Path | None, workstation: str) -> SessionFile:
+        if flag is not None:
+            return cls(flag)
+        env = os.environ.get(SESSION_ENV)
+        if env:
+            return cls(Path(env))
+        base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+        return cls(base / "citypost" / f"session-{workstation}.json")
+
+    def load(self) -> Session | None:
+        try:
+            raw = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"session file {self.path} is unreadable: {error}") from None
+        raw["roles"] = tuple(raw.get("roles", ()))
+        try:
+            return Session(**raw)
+        except TypeError:
+            raise ConfigError(f"session file {self.path} is not a session: log in again") from None
+
+    def save(self, session: Session) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        temp = self.path.with_name(self.path.name + ".tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(asdict(session), out)
+        temp.replace(self.path)
+
+    def remove(self) -> bool:
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+
+def session_file(args: Any) -> SessionFile:
+    """The session file of the console's flags (--session, --workstation)."""
+    name = args.workstation or os.environ.get(WORKSTATION_ENV)
+    return SessionFile.default(args.session, name or DEFAULT_WORKSTATION)
+
+
+def token_source(
+    args: Any, factory: Callable[[str], grpc.Channel], posts: Sequence[str]
+) -> TokenSource | None:
+    """The logged-in operator's tokens, renewed and saved as they are used; None when
+    nobody logged in on this workstation (or the city runs without TLS)."""
+    if args.insecure:
+        return None
+    file = session_file(args)
+    session = file.load()
+    if session is None:
+        return None
+    return TokenSource(factory, posts, session, on_renew=file.save)

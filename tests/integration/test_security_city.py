@@ -1,0 +1,282 @@
+"""The attack catalogue against a whole small city with security on (issue 13):
+each attempt is refused with a reason naming what was missing, audited, and
+changes nothing; the operators who may act still can.
+
+One CitySystem (TLS etcd and broker, both posts on mutual TLS with the
+authorizer) serves every test of the module.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from citypost.config import CityConfig, Config, PostConfig, SimConfig
+from cluster.system import CitySystem
+from console.cli import run
+from console.session import SessionFile, login
+from protos.citypost.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    assets_pb2,
+    auth_pb2,
+    auth_pb2_grpc,
+    command_pb2,
+    operator_pb2,
+    operator_pb2_grpc,
+)
+from security import identities
+from security.grpc_tls import secure_channel_factory
+from security.pki import Kind, Principal
+from security.pki_store import PkiStore
+from security.tokens import TokenIssuer
+from tests.integration.failover_support import free_port_pair
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+CITY = "dijon"
+
+
+@pytest.fixture(scope="module")
+def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CitySystem]:
+    run_dir = tmp_path_factory.mktemp("secure")
+    config = Config(
+        city=CityConfig(name=CITY, scale=0.002),
+        sim=SimConfig(speed=60.0),
+        post=PostConfig(grpc_port=free_port_pair()),
+        run_dir=run_dir,
+    )
+    system = CitySystem(config, run_dir)
+    try:
+        system.start()
+        yield system
+    finally:
+        system.stop()
+
+
+def _store(city: CitySystem) -> PkiStore:
+    return PkiStore(city.config.pki_dir, CITY)
+
+
+def _console(city: CitySystem, name: str = identities.CONSOLE) -> Callable[[str], grpc.Channel]:
+    store = _store(city)
+    return secure_channel_factory(store.ensure(Principal(CITY, Kind.CONSOLE, name)))
+
+
+def _code(call: Callable[[], Any]) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    error: Any = caught.value
+    return error.code(), error.details() or ""
+
+
+def _bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+def _lamp_group(city: CitySystem) -> str:
+    assert city.city is not None
+    for device in city.city.registry:
+        if device.asset_class == assets_pb2.STREET_LAMP:
+            return device.group
+    raise AssertionError("no lamp in the city")
+
+
+def _send_lamps(city: CitySystem, group: str) -> operator_pb2.SendCommandRequest:
+    return operator_pb2.SendCommandRequest(
+        idempotency_key=str(uuid.uuid4()),
+        command=command_pb2.Command(
+            asset_class=assets_pb2.STREET_LAMP,
+            target=command_pb2.Target(group=group),
+            set_brightness=command_pb2.SetBrightness(brightness_pct=42.0),
+        ),
+    )
+
+
+def _audit(city: CitySystem) -> list[dict[str, Any]]:
+    lines = []
+    for path in city.run_dir.glob("audit-*.jsonl"):
+        lines += [json.loads(line) for line in path.read_text().splitlines() if line]
+    return lines
+
+
+def _ledger_size(city: CitySystem) -> int:
+    with city.channel(city.addresses()[0]) as channel:
+        stub = operator_pb2_grpc.OperatorServiceStub(channel)
+        reply = stub.ListCommands(operator_pb2.ListCommandsRequest(page_size=1000), timeout=10)
+        return len(reply.commands)
+
+
+def test_no_certificate_is_refused_at_the_handshake(city: CitySystem) -> None:
+    address = city.addresses()[0]
+    with grpc.insecure_channel(address) as channel:
+        code, _ = _code(
+            lambda: admin_pb2_grpc.PostAdminStub(channel).GetStatus(
+                admin_pb2.GetStatusRequest(), timeout=5
+            )
+        )
+    assert code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_workstation_without_a_login_reads_nothing_and_is_audited(city: CitySystem) -> None:
+    address = city.addresses()[0]
+    with _console(city)(address) as channel:
+        code, details = _code(
+            lambda: operator_pb2_grpc.OperatorServiceStub(channel).ListAlarms(
+                operator_pb2.ListAlarmsRequest(), timeout=5
+            )
+        )
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+    assert "no operator token" in details
+    refused = [
+        e
+        for e in _audit(city)
+        if e.get("action") == "rpc.refused" and e.get("target", "").endswith("/ListAlarms")
+    ]
+    assert refused and refused[-1]["actor"] == "console.room"
+
+
+def test_a_bad_password_is_refused_without_saying_which_and_audited(city: CitySystem) -> None:
+    posts = city.addresses()
+    with pytest.raises(Exception, match="user name or password is wrong"):
+        login(_console(city), posts, "supervisor", "not-the-password-at-all")
+    with pytest.raises(Exception, match="user name or password is wrong"):
+        login(_console(city), posts, "mallory", "not-the-password-at-all")
+    reasons = {e.get("detail") for e in _audit(city) if e.get("action") == "auth.login"}
+    assert {"bad_password", "unknown_user"} <= reasons
+
+
+def test_a_role_lacking_the_permission_is_told_which(city: CitySystem) -> None:
+    posts = city.addresses()
+    before = _ledger_size(city)
+    session = login(_console(city), posts, "help-line", city.passwords["help-line"])
+    leader = _leader(city)
+    with _console(city)(leader) as channel:
+        code, details = _code(
+            lambda: operator_pb2_grpc.OperatorServiceStub(channel).SendCommand(
+                _send_lamps(city, _lamp_group(city)),
+                timeout=10,
+                metadata=_bearer(session.access_token),
+            )
+        )
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert "commands.send:street_lamp" in details
+    assert _ledger_size(city) == before  # nothing was written
+
+
+def test_the_operator_whose_post_it_is_commands(city: CitySystem) -> None:
+    session = login(
+        _console(city), city.addresses(), "urban-supervision", city.passwords["urban-supervision"]
+    )
+    with _console(city)(_leader(city)) as channel:
+        record = operator_pb2_grpc.OperatorServiceStub(channel).SendCommand(
+            _send_lamps(city, _lamp_group(city)),
+            timeout=10,
+            metadata=_bearer(session.access_token),
+        )
+    assert record.command.issued_by == "urban-supervision"  # the token's, not a header's
+
+
+def test_expired_foreign_and_stolen_tokens(city: CitySystem, tmp_path: Path) -> None:
+    store = _store(city)
+    address = city.addresses()[0]
+    post = store.identity(Principal(CITY, Kind.POST, "primary")).read()
+    expired = TokenIssuer(post, CITY, lifetime_s=60).issue(
+        subject="supervisor",
+        roles=["supervisor"],
+        session_id="s-old",
+        amr=["pwd"],
+        now=time.time() - 3600,
+    )
+    other = PkiStore(tmp_path / "lyon", "lyon")
+    other.init()
+    foreign_post = other.issue(Principal("lyon", Kind.POST, "primary")).read()
+    foreign = TokenIssuer(foreign_post, "lyon").issue(
+        subject="supervisor", roles=["supervisor"], session_id="s-x", amr=["pwd"], now=time.time()
+    )
+    # Logged in at one workstation, replayed from another.
+    session = login(_console(city), city.addresses(), "supervisor", city.passwords["supervisor"])
+    cases = {
+        expired: "token expired at",
+        foreign: "chain",
+        session.access_token: "bound to another workstation",
+    }
+    for token, reason in cases.items():
+        with _console(city, "thief")(address) as channel:
+            code, details = _code(
+                lambda token=token, channel=channel: admin_pb2_grpc.PostAdminStub(
+                    channel
+                ).GetStatus(admin_pb2.GetStatusRequest(), timeout=5, metadata=_bearer(token))
+            )
+        assert code == grpc.StatusCode.UNAUTHENTICATED, reason
+        assert reason in details
+
+
+def test_a_revoked_workstation_is_refused(city: CitySystem) -> None:
+    store = _store(city)
+    principal = Principal(CITY, Kind.CONSOLE, "lost-laptop")
+    store.issue(principal)
+    factory = _console(city, "lost-laptop")
+    session = login(factory, city.addresses(), "wallboard", city.passwords["wallboard"])
+    store.revoke(principal)
+    with factory(city.addresses()[0]) as channel:
+        code, details = _code(
+            lambda: admin_pb2_grpc.PostAdminStub(channel).GetStatus(
+                admin_pb2.GetStatusRequest(), timeout=5, metadata=_bearer(session.access_token)
+            )
+        )
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+    assert "revoked" in details
+
+
+def test_a_token_from_one_post_holds_at_the_other(city: CitySystem) -> None:
+    primary, backup = city.addresses()
+    with _console(city)(primary) as channel:
+        reply = auth_pb2_grpc.AuthServiceStub(channel).Login(
+            auth_pb2.LoginRequest(user="auditor", password=city.passwords["auditor"]), timeout=10
+        )
+    with _console(city)(backup) as channel:
+        who = auth_pb2_grpc.AuthServiceStub(channel).WhoAmI(
+            auth_pb2.WhoAmIRequest(), timeout=5, metadata=_bearer(reply.access_token)
+        )
+    assert who.caller == "auditor" and list(who.roles) == ["auditor"]
+    assert "audit.read" in who.permissions and "commands.send:street_lamp" not in who.permissions
+
+
+def test_the_console_logs_in_and_acts(
+    city: CitySystem, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session = tmp_path / "session.json"
+    flags = ["--pki-dir", str(city.config.pki_dir), "--session", str(session)]
+    posts = ["--post", ",".join(city.addresses())]
+    monkeypatch.setattr("getpass.getpass", lambda _prompt: city.passwords["supervisor"])
+    assert run([*posts, *flags, "login", "--user", "supervisor"]) == 0
+    assert SessionFile(session).load() is not None
+    assert run([*posts, *flags, "whoami", "--json"]) == 0
+    assert run([*posts, *flags, "alarms"]) == 0
+    assert run([*posts, *flags, "logout"]) == 0
+    assert run([*posts, *flags, "alarms"]) == 1  # refused: nobody logged in
+
+
+def _leader(city: CitySystem) -> str:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for address in city.addresses():
+            with city.channel(address) as channel:
+                try:
+                    status = admin_pb2_grpc.PostAdminStub(channel).GetFailoverStatus(
+                        admin_pb2.GetFailoverStatusRequest(), timeout=5
+                    )
+                except grpc.RpcError:
+                    continue
+                if status.role == admin_pb2.POST_ROLE_LEADER:
+                    return address
+        time.sleep(0.2)
+    raise AssertionError("no post leads")
