@@ -33,8 +33,8 @@ from citypost.errors import ConfigError, InvalidArgumentError
 from security import pki
 from security.pki import KeyPair, Kind, Principal
 
-# A certificate this close to its end is replaced by `ensure` (a third of a 90-day life).
-RENEW_BEFORE = timedelta(days=30)
+# `ensure` replaces a certificate once less than this share of its life remains.
+RENEW_SHARE = 1 / 3
 # The CRL is signed again this close to its next update: past it, OpenSSL (mosquitto)
 # refuses every certificate of the CA.
 CRL_RENEW_BEFORE = timedelta(days=3)
@@ -86,6 +86,12 @@ def _write(path: Path, data: bytes, *, private: bool = False) -> None:
     with os.fdopen(fd, "wb") as out:
         out.write(data)
     temp.replace(path)
+
+
+def _ageing(entry: IndexEntry, now: datetime) -> bool:
+    issued = datetime.fromisoformat(entry.issued_at)
+    ends = datetime.fromisoformat(entry.not_after)
+    return ends - now < (ends - issued) * RENEW_SHARE
 
 
 class PkiStore:
@@ -192,20 +198,15 @@ class PkiStore:
             return self._issue(principal, now or datetime.now(UTC), lifetime)
 
     def ensure(self, principal: Principal, *, now: datetime | None = None) -> Identity:
-        """The principal's identity, issued now if it has none, a revoked one, or one
-        ending within RENEW_BEFORE."""
+        """The principal's identity, issued now if it has none, a revoked one, or one in
+        the last third of its life (RENEW_SHARE)."""
         self._check_city(principal)
         now = now or datetime.now(UTC)
         with self._locked():
             self._refresh_crl(now)
             entry = self._current(principal)
             paths = self._identity(principal)
-            if (
-                entry is None
-                or entry.revoked
-                or datetime.fromisoformat(entry.not_after) - now < RENEW_BEFORE
-                or not paths.cert.exists()
-            ):
+            if entry is None or entry.revoked or not paths.cert.exists() or _ageing(entry, now):
                 return self._issue(principal, now, None)
             return paths
 

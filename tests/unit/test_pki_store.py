@@ -55,6 +55,12 @@ def test_ensure_keeps_a_fresh_certificate_and_renews_an_old_one(tmp_path: Path) 
     assert _serial(store.ensure(GATE, now=NOW + timedelta(days=1)).cert) == serial
     # 90-day life: at day 70 fewer than 30 days remain
     assert _serial(store.ensure(GATE, now=NOW + timedelta(days=70)).cert) != serial
+    # a 30-day workstation certificate is kept through its first 20 days (a bug renewed
+    # it on every call, which broke the tokens bound to it)
+    room = Principal("dijon", Kind.CONSOLE, "room")
+    first = _serial(store.ensure(room, now=NOW).cert)
+    assert _serial(store.ensure(room, now=NOW + timedelta(days=19)).cert) == first
+    assert _serial(store.ensure(room, now=NOW + timedelta(days=21)).cert) != first
 
 
 def test_revoke_lists_serial_in_crl_and_ensure_reissues(tmp_path: Path) -> None:
