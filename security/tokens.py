@@ -46,12 +46,12 @@ import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 from jwt.algorithms import get_default_algorithms
 
 from citypost.errors import InvalidArgumentError, UnauthenticatedError
 from security.pki import Kind, Principal, principal_of
 from security.pki_store import IdentityPem
+from security.post_signers import PostSigners, Signer
 
 ALGORITHM = "ES256"
 # What a token is for: calls (short) or getting a new access token (a shift long).
@@ -60,7 +60,6 @@ REFRESH = "refresh"
 DEFAULT_LIFETIME_S = 300.0
 DEFAULT_LEEWAY_S = 5.0
 # Verified signer certificates kept: a city has two posts, each rotating now and then.
-CACHE_SIZE = 64
 # Unpadded base64url, as JWS compact serialization writes it (RFC 7515 section 2).
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 _ES256 = get_default_algorithms()[ALGORITHM]
@@ -213,18 +212,6 @@ class TokenIssuer:
         return jwt.encode(claims, self._key, algorithm=ALGORITHM, headers=self._headers)
 
 
-@dataclass(frozen=True)
-class _Signer:
-    """A signer certificate whose chain was verified; valid for [not_before, not_after]."""
-
-    x5c: str
-    key: ec.EllipticCurvePublicKey
-    principal: Principal
-    serial: int
-    not_before: float
-    not_after: float
-
-
 class TokenVerifier:
     """Verifies any post's tokens against the city's trust bundle (issuing CA + root).
 
@@ -240,24 +227,21 @@ class TokenVerifier:
         revoked: Callable[[], Collection[int]] = frozenset,
         leeway_s: float = DEFAULT_LEEWAY_S,
     ) -> None:
-        certs = x509.load_pem_x509_certificates(trust_pem)
-        # Self-signed certificates are the anchors; the rest (the issuing CA) only link.
-        self._roots = [c for c in certs if c.subject == c.issuer]
-        self._intermediates = [c for c in certs if c.subject != c.issuer]
-        if not self._roots:
-            raise InvalidArgumentError("the trust bundle holds no root certificate")
+        self._post_signers = PostSigners(trust_pem, city, what="token")
         self.city = city
         self.audience = audience(city)
         self.leeway_s = leeway_s
         self._revoked = revoked
-        self._store = Store(self._roots)
-        self._signers: dict[str, _Signer] = {}
-        self.chain_verifications = 0  # how often the cold path ran (tests, metrics)
 
     @property
     def trusted(self) -> tuple[x509.Certificate, ...]:
         """Every certificate loaded from the bundle: the anchors, then the links."""
-        return (*self._roots, *self._intermediates)
+        return self._post_signers.trusted
+
+    @property
+    def chain_verifications(self) -> int:
+        """How often the cold path (the chain check) ran: tests, metrics."""
+        return self._post_signers.chain_verifications
 
     def verify(
         self,
@@ -318,70 +302,13 @@ class TokenVerifier:
             raise UnauthenticatedError("token has no key id (kid)")
         return header
 
-    def _signer(self, header: dict[str, Any], now: float) -> _Signer:
-        """The verified signer of a token: from the cache if its exact certificate was
-        verified before and is in its validity period, else through the chain check."""
-        kid: str = header["kid"]
-        x5c: str = header["x5c"][0]
-        known = self._signers.get(kid)
-        if known is not None and known.x5c == x5c and known.not_before <= now <= known.not_after:
-            return known
-        signer = self._verify_chain(kid, x5c, now)
-        if len(self._signers) >= CACHE_SIZE and kid not in self._signers:
-            del self._signers[next(iter(self._signers))]  # the oldest entry
-        self._signers[kid] = signer
-        return signer
-
-    def _verify_chain(self, kid: str, x5c: str, now: float) -> _Signer:
-        self.chain_verifications += 1
-        try:
-            der = base64.b64decode(x5c, validate=True)
-            cert = x509.load_der_x509_certificate(der)
-        except ValueError:
-            raise UnauthenticatedError(
-                "token signer certificate (x5c) is not a DER certificate"
-            ) from None
-        if not hmac.compare_digest(kid, _b64url(hashlib.sha256(der).digest())):
-            raise UnauthenticatedError("token key id (kid) does not match its signer certificate")
-        at = datetime.fromtimestamp(now, UTC)
-        verifier = PolicyBuilder().store(self._store).time(at).build_client_verifier()
-        try:
-            chain = verifier.verify(cert, self._intermediates).chain
-        except VerificationError as error:
-            raise UnauthenticatedError(
-                f"token signer certificate does not chain to the city's trust ({error})"
-            ) from None
-        try:
-            principal = principal_of(cert)
-        except InvalidArgumentError as error:
-            raise UnauthenticatedError(f"token signer certificate: {error.message}") from None
-        if principal.city != self.city:
-            raise UnauthenticatedError(
-                f"token signed by {principal.common_name} of city {principal.city!r}, "
-                f"not of {self.city!r}"
-            )
-        if principal.kind is not Kind.POST:
-            raise UnauthenticatedError(
-                f"token signed by {principal.common_name}, which is not a post"
-            )
-        key = cert.public_key()
-        if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(
-            key.curve, ec.SECP256R1
-        ):
-            raise UnauthenticatedError(f"token signer {principal.common_name} has no EC P-256 key")
-        return _Signer(
-            x5c=x5c,
-            key=key,
-            principal=principal,
-            serial=cert.serial_number,
-            not_before=max(c.not_valid_before_utc.timestamp() for c in chain),
-            not_after=min(c.not_valid_after_utc.timestamp() for c in chain),
-        )
+    def _signer(self, header: dict[str, Any], now: float) -> Signer:
+        return self._post_signers.signer(header["kid"], header["x5c"][0], now)
 
     def _claims(
         self,
         claims: dict[str, Any],
-        signer: _Signer,
+        signer: Signer,
         now: float,
         workstation_thumbprint: str | None,
         use: str,

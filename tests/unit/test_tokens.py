@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from citypost.errors import InvalidArgumentError, UnauthenticatedError
-from security import pki, tokens
+from security import pki, post_signers, tokens
 from security.pki import KeyPair, Kind, Principal
 from security.pki_store import IdentityPem, PkiStore
 from security.tokens import REFRESH, Claims, TokenIssuer, TokenVerifier
@@ -465,12 +465,12 @@ def test_a_cached_kid_with_another_certificate_is_checked_again(
 
 
 def test_the_cache_is_bounded(city: City, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tokens, "CACHE_SIZE", 2)
+    monkeypatch.setattr(post_signers, "CACHE_SIZE", 2)
     verifier = TokenVerifier(city.trust, CITY)
     posts = [city.identity(Kind.POST, f"p{i}")[0] for i in range(3)]
     for post in posts:
         verifier.verify(_issue(post), now=NOW)
-    assert len(verifier._signers) == 2
+    assert len(verifier._post_signers._signers) == 2
     verifier.verify(_issue(posts[0]), now=NOW)  # evicted first, so checked again
     assert verifier.chain_verifications == 4
 
