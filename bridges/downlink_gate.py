@@ -63,8 +63,10 @@ from citypost.errors import (
     DecodeError,
     InfrastructureError,
     InvalidArgumentError,
+    UnauthenticatedError,
 )
 from security import identities
+from security.command_signing import CommandSigner, CommandVerifier
 from security.pki import Kind
 
 log = logging.getLogger(__name__)
@@ -82,10 +84,22 @@ PRIORITY_PROPERTY = "citypost-priority"
 DEADLINE_PROPERTY = "citypost-deadline-ms"
 
 
-def plan_properties(priority: int, deadline_ms: int) -> Properties:
-    """The user properties that tell the gate's airtime plan who goes first, and until when."""
+def plan_properties(
+    priority: int,
+    deadline_ms: int,
+    *,
+    signer: CommandSigner | None = None,
+    topic: str = "",
+    payload: bytes = b"",
+) -> Properties:
+    """The user properties that tell the gate's airtime plan who goes first, and until
+    when; with a signer, also the post's signature over them, the gate `topic` and the
+    `payload` (security.command_signing)."""
     props = Properties(PacketTypes.PUBLISH)
-    props.UserProperty = [(PRIORITY_PROPERTY, str(priority)), (DEADLINE_PROPERTY, str(deadline_ms))]
+    pairs = [(PRIORITY_PROPERTY, str(priority)), (DEADLINE_PROPERTY, str(deadline_ms))]
+    if signer is not None:
+        pairs += signer.properties(topic, str(priority), str(deadline_ms), payload)
+    props.UserProperty = pairs
     return props
 
 
@@ -221,6 +235,16 @@ class DownlinkGate:
         self._prefix = gate_prefix(city)
         self._dead_letter_topic = config.edge.dead_letter_topic(city)
         self._max_bytes = config.edge.max_message_bytes
+        # Without TLS (the benchmarks' baseline) nothing is signed, so nothing is checked.
+        gate_tls = identities.tls_identity(config, Kind.GATE, identities.GATE)
+        self._verifier = (
+            None
+            if gate_tls is None
+            else CommandVerifier(
+                gate_tls.read().trust, city, revoked=identities.store(config).revoked_serials
+            )
+        )
+        self.unsigned_dropped = 0  # refused for a missing or bad signature
         self._keep_bytes = config.edge.dead_letter_payload_bytes
         self._now_ms = now_ms
         self.state_path = state_path if state_path is not None else default_state_path(config)
@@ -278,6 +302,7 @@ class DownlinkGate:
             return
         try:
             parsed = self._parse(topic, payload)
+            self._check_signature(topic, payload, message)
         except DecodeError as error:
             self._reject(error, topic, payload, generation, message)
             return
@@ -290,6 +315,25 @@ class DownlinkGate:
             self._fence(parsed, payload, generation, message)
         except Exception:  # a bug: left unacknowledged, the broker re-delivers it on reconnect
             log.exception("gate: unexpected error fencing a downlink on %s", topic)
+
+    def _check_signature(self, topic: str, payload: bytes, message: mqtt.MQTTMessage) -> None:
+        """A post of the city signed exactly this (security.command_signing), or
+        DecodeError(BAD_SIGNATURE): dropped and counted, never forwarded."""
+        if self._verifier is None:
+            return
+        found = dict(getattr(message.properties, "UserProperty", None) or ())
+        try:
+            self._verifier.verify(
+                topic,
+                found.get(PRIORITY_PROPERTY, ""),
+                found.get(DEADLINE_PROPERTY, ""),
+                payload,
+                found,
+                now=time.time(),
+            )
+        except (UnauthenticatedError, InvalidArgumentError) as error:
+            self.unsigned_dropped += 1
+            raise DecodeError(DeadLetterReason.BAD_SIGNATURE, error.message) from None
 
     def _parse(self, topic: str, payload: bytes) -> _Parsed:
         """The network server's topic, the frame header and more; DecodeError if malformed."""

@@ -22,6 +22,7 @@ class DeadLetterReason(StrEnum):
     UNKNOWN_DEVICE = "unknown_device"
     WRONG_FPORT = "wrong_fport"
     OVERSIZED = "oversized"
+    BAD_SIGNATURE = "bad_signature"  # at the gate: not signed by a post of the city
     INTERNAL_ERROR = "internal_error"  # a bug in the edge; the message is kept for replay
 
 

@@ -60,6 +60,7 @@ from post.dispatcher import Dispatcher
 from post.footprint import FootprintSampler
 from post.radio_view import RadioView
 from protos.citypost.v1 import control_state_pb2
+from security.command_signing import CommandSigner
 from security.identities import tls_identity
 from security.pki import Kind
 
@@ -160,6 +161,9 @@ class Post:
         self.config = config
         self.audit_file = audit_file
         self.name = name
+        # Signs what the post hands the gate, which forwards only a post's signed commands.
+        tls = tls_identity(config, Kind.POST, name)
+        self._signer = None if tls is None else CommandSigner(tls.read())
         self.registry = registry
         self.pool = pool
         self.clock = clock
@@ -250,11 +254,18 @@ class Post:
         if not self.leadership.may_command():
             self.fenced_downlinks += 1
             return
+        topic = gate_topic(self.config.city.name, downlink.topic)
         self.edge.session.client.publish(
-            gate_topic(self.config.city.name, downlink.topic),
+            topic,
             downlink.payload,
             qos=1,
-            properties=plan_properties(downlink.priority, downlink.deadline_ms),
+            properties=plan_properties(
+                downlink.priority,
+                downlink.deadline_ms,
+                signer=self._signer,
+                topic=topic,
+                payload=downlink.payload,
+            ),
         )
 
     # --- lifecycle -----------------------------------------------------------------------

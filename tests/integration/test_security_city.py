@@ -8,6 +8,7 @@ authorizer) serves every test of the module.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
@@ -17,7 +18,13 @@ from typing import Any
 
 import grpc
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
+from bridges.chirpstack import build_downlink, downlink_topic
+from bridges.downlink_frame import COMMAND_F_PORT, encode_command
+from bridges.downlink_gate import gate_topic, plan_properties
+from bridges.mqtt_session import MqttSession
 from citypost.config import CityConfig, Config, PostConfig, SimConfig
 from cluster.system import CitySystem
 from console.cli import run
@@ -33,6 +40,7 @@ from protos.citypost.v1 import (
     operator_pb2_grpc,
 )
 from security import identities
+from security.command_signing import CommandSigner
 from security.grpc_tls import secure_channel_factory
 from security.pki import Kind, Principal
 from security.pki_store import PkiStore
@@ -280,3 +288,67 @@ def _leader(city: CitySystem) -> str:
                     return address
         time.sleep(0.2)
     raise AssertionError("no post leads")
+
+
+def test_the_gate_forwards_only_commands_a_post_signed(city: CitySystem) -> None:
+    """Forged commands with a valid topic reach the gate's inbox (a post's broker
+    identity publishes them): unsigned, signed by a workstation, or signed by a post
+    and altered after. The gate drops each and counts it; no device executes them."""
+    assert city.city is not None and city.gate is not None and city.network_server is not None
+    store = _store(city)
+    lamp = next(d for d in city.city.registry if d.asset_class == assets_pb2.STREET_LAMP)
+    forged_ids = []
+    payloads = []
+    for i in range(3):
+        command_id = str(uuid.uuid4())
+        forged_ids.append(command_id)
+        frame = encode_command(
+            command_pb2.Command(
+                command_id=command_id,
+                epoch=10**15,  # the attack of the issue: an epoch far above the leader's
+                asset_class=assets_pb2.STREET_LAMP,
+                target=command_pb2.Target(dev_eui=lamp.dev_eui),
+                set_brightness=command_pb2.SetBrightness(brightness_pct=float(i)),
+            )
+        )
+        payloads.append(build_downlink(lamp.dev_eui, COMMAND_F_PORT, frame, id=command_id))
+    topic = gate_topic(CITY, downlink_topic(lamp.application_id, lamp.dev_eui))
+    post = store.identity(Principal(CITY, Kind.POST, "primary"))
+    thief = CommandSigner.__new__(CommandSigner)  # a workstation's key posing as a signer
+    room = store.identity(Principal(CITY, Kind.CONSOLE, identities.CONSOLE)).read()
+    thief._key = serialization.load_pem_private_key(room.key, password=None)  # type: ignore[assignment]
+    thief.x5c = base64.b64encode(
+        x509.load_pem_x509_certificate(room.cert).public_bytes(serialization.Encoding.DER)
+    ).decode()
+    signed = plan_properties(
+        1, 0, signer=CommandSigner(post.read()), topic=topic, payload=payloads[2]
+    )
+    before = city.gate.gate.unsigned_dropped
+    highest = city.gate.gate.stats().highest_epoch
+    session = MqttSession(
+        client_id=f"forger-{uuid.uuid4().hex[:8]}",
+        host=city.config.mqtt.host,
+        port=city.config.mqtt.port or 0,
+        tls=post,
+    )
+    session.start()
+    try:
+        session.client.publish(topic, payloads[0], qos=1).wait_for_publish(5)
+        session.client.publish(
+            topic,
+            payloads[1],
+            qos=1,
+            properties=plan_properties(1, 0, signer=thief, topic=topic, payload=payloads[1]),
+        ).wait_for_publish(5)
+        altered = payloads[2].replace(b'"confirmed":true', b'"confirmed":false')
+        session.client.publish(topic, altered, qos=1, properties=signed).wait_for_publish(5)
+    finally:
+        session.stop(end_session=True)
+    deadline = time.monotonic() + 20
+    while city.gate.gate.unsigned_dropped < before + 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert city.gate.gate.unsigned_dropped == before + 3
+    assert city.gate.gate.stats().highest_epoch == highest  # the fence was not moved
+    time.sleep(2)
+    executed = {e.command_id for e in city.network_server.executions()}
+    assert not executed & set(forged_ids)
