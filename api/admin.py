@@ -12,6 +12,13 @@ Failover RPCs (`citypost failover status|switchover`):
   the trailing metadata) when it does not lead. Its idempotency key is kept
   in a bounded in-memory map: a retry after a lost answer returns the first
   answer instead of a "does not lead" refusal. Resigns run one at a time.
+
+ListAudit reads the post's own audit file (post/audit_file.py) backwards, newest
+first, in a worker thread, at most AUDIT_SCAN_BYTES a call: a selective filter over a
+long file then answers with a short (even empty) page and a token instead of holding
+the call; `--all` in the console pages on. A page token is a byte offset in this
+post's file: the other post's file differs (its own refusals and logins), so a token
+is refused there.
 """
 
 from __future__ import annotations
@@ -19,13 +26,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from actors.catalog import actor_name
+from api import pagination
 from api.server import Service
-from citypost.errors import CitypostError, InvalidArgumentError
+from citypost.errors import CitypostError, FailedPreconditionError, InvalidArgumentError
 from failover.election import ElectionStatus, Role
-from protos.citypost.v1 import admin_pb2, admin_pb2_grpc
+from post.audit_file import complete_end, entry_of, lines_backwards
+from protos.citypost.v1 import admin_pb2, admin_pb2_grpc, control_state_pb2
+from security.audit_chain import parse_line
 
 if TYPE_CHECKING:
     from post.post import Post
@@ -36,6 +48,9 @@ STATE_TIMEOUT_S = 2.0
 MAX_HOLD_OFF_MS = 60_000
 MAX_KEY_CHARS = 128
 REMEMBERED_RESIGNS = 256
+# Read per ListAudit call, at most (about 13,000 lines of ~300 bytes, ~50 ms).
+AUDIT_SCAN_BYTES = 4 << 20
+_AUDIT_TOKEN = "audit/"
 
 SERVICE_NAME = admin_pb2.DESCRIPTOR.services_by_name["PostAdmin"].full_name
 
@@ -96,6 +111,100 @@ def check_resign(request: admin_pb2.ResignRequest) -> tuple[str, float | None]:
             f"got {hold_off_ms}"
         )
     return key, (hold_off_ms / 1000 if hold_off_ms else None)
+
+
+AuditRecord = Mapping[str, Any]
+
+
+def audit_filter(request: admin_pb2.ListAuditRequest) -> Callable[[AuditRecord], bool]:
+    """Whether a file record passes the request's filters, on the record's JSON (the
+    protobuf mapping: at_ms a string, the outcome by name) so only matches are parsed."""
+    since, until = request.since_ms, request.until_ms
+    if since < 0 or until < 0:
+        raise InvalidArgumentError("since_ms and until_ms: ms since the Unix epoch, 0 for none")
+    if since and until and until <= since:
+        raise InvalidArgumentError(f"until_ms ({until}) must be after since_ms ({since})")
+    outcome: str | int | None = None
+    if request.outcome:
+        if request.outcome not in control_state_pb2.AuditOutcome.values():
+            raise InvalidArgumentError(f"outcome: no AuditOutcome {request.outcome}")
+        outcome = control_state_pb2.AuditOutcome.Name(request.outcome)
+    actor, action, target = request.actor, request.action_prefix, request.target_prefix
+
+    def keep(record: AuditRecord) -> bool:
+        if actor and record.get("actor") != actor:
+            return False
+        if action and not str(record.get("action", "")).startswith(action):
+            return False
+        if target and not str(record.get("target", "")).startswith(target):
+            return False
+        if outcome is not None and record.get("outcome") != outcome:
+            return False
+        if since or until:
+            try:
+                at_ms = int(record.get("at_ms", 0))
+            except (TypeError, ValueError):
+                return False
+            if at_ms < since or (until and at_ms >= until):
+                return False
+        return True
+
+    return keep
+
+
+def _audit_end(token: str, post: str, size: int) -> int | None:
+    """The offset a page token resumes before; None: from the file's end."""
+    key = pagination.decode_token(token)
+    if not key:
+        return None
+    issuer, _, offset = key.removeprefix(_AUDIT_TOKEN).rpartition("/")
+    if not key.startswith(_AUDIT_TOKEN) or not offset.isdigit():
+        raise InvalidArgumentError(
+            "page_token: it belongs to another list: pass next_page_token back unchanged"
+        )
+    if issuer != post:
+        raise InvalidArgumentError(
+            f"page_token: post {issuer!r} issued it, for its own audit file: ask that post "
+            f"(this is {post!r})"
+        )
+    end = int(offset)
+    if not 0 < end <= size:
+        raise InvalidArgumentError("page_token: not an offset of this post's audit file")
+    return end
+
+
+def audit_page(
+    path: Path, post: str, request: admin_pb2.ListAuditRequest
+) -> admin_pb2.ListAuditResponse:
+    """One page of ListAudit from an audit file, newest first (blocking: run in a thread)."""
+    size = pagination.page_size(request.page_size)
+    keep = audit_filter(request)
+    response = admin_pb2.ListAuditResponse(post=post)
+    if not path.exists():
+        return response  # nothing audited yet
+    end = _audit_end(request.page_token, post, path.stat().st_size)
+    if end is None:
+        end = complete_end(path)  # a line being written past it waits for the next call
+    else:
+        with path.open("rb") as file:  # a token is plain text: it must name a line's start
+            file.seek(end - 1)
+            if file.read(1) != b"\n":
+                raise InvalidArgumentError("page_token: not an offset of this post's audit file")
+    scanned = 0
+    for start, line in lines_backwards(path, end):
+        scanned += len(line) + 1
+        try:
+            record = parse_line(line.decode("utf-8"))
+        except ValueError:
+            record = None  # an unparsable line lists as nothing (`audit verify` names it)
+        entry = entry_of(record) if record is not None and keep(record) else None
+        if entry is not None:
+            response.entries.append(entry)
+        if len(response.entries) == size or scanned >= AUDIT_SCAN_BYTES:
+            if start > 0:
+                response.next_page_token = pagination.encode_token(f"{_AUDIT_TOKEN}{post}/{start}")
+            break
+    return response
 
 
 class PostAdminService(admin_pb2_grpc.PostAdminServicer):
@@ -174,6 +283,14 @@ class PostAdminService(admin_pb2_grpc.PostAdminServicer):
             held=report.held,
             refused=report.refused,
         )
+
+    async def ListAudit(
+        self, request: admin_pb2.ListAuditRequest, context: Any
+    ) -> admin_pb2.ListAuditResponse:
+        audit = self._post.audit_file
+        if audit is None:
+            raise FailedPreconditionError(f"post {self._post.name} keeps no audit file")
+        return await asyncio.to_thread(audit_page, audit.path, self._post.name, request)
 
     async def GetFailoverStatus(
         self, request: admin_pb2.GetFailoverStatusRequest, context: Any

@@ -119,7 +119,10 @@ async def run_post(config: Config, *, ready_file: Path | None = None) -> int:
             leadership = election
         else:
             leadership = SoleLeadership(name, address)
-        audit_file = AuditFile(config.run_dir.resolve() / f"audit-{name}.jsonl")
+        audit_file = AuditFile(
+            config.run_dir.resolve() / f"audit-{name}.jsonl",
+            signer=None if post_tls is None else post_tls.read(),
+        )
         stack.callback(audit_file.close)
         post = Post(
             config,

@@ -41,6 +41,7 @@ from protos.citypost.v1 import (
     admin_pb2,
     auth_pb2,
     command_pb2,
+    control_state_pb2,
     operations_pb2,
     operator_pb2,
     telemetry_pb2,
@@ -54,6 +55,8 @@ DEFAULT_POST = "127.0.0.1:50051"
 POSTS_ENV = "CITYPOST_POSTS"  # every post, comma separated, when --post is not given
 DEFAULT_TIMEOUT_S = 10.0
 PROG = "citypost console"
+AUDIT_OUTCOME = Vocabulary(control_state_pb2.AuditOutcome.DESCRIPTOR, prefix="AUDIT_")
+AUDIT_PAGE = 50  # entries a page of `console audit`, unless --page-size
 
 
 def _cmd_login(args: argparse.Namespace) -> int:
@@ -442,6 +445,58 @@ def _status(args: argparse.Namespace, client: PostClient, out: Output) -> None:
             out.console.print(render.rich_table(table))
 
 
+def _audit_table(
+    entries: Sequence[control_state_pb2.AuditEntry], post: str, next_page_token: str
+) -> render.TableData:
+    rows = [
+        (
+            render.when(e.at_ms),
+            e.actor,
+            e.action,
+            e.target,
+            AUDIT_OUTCOME.label(e.outcome),
+            e.detail,
+        )
+        for e in entries
+    ]
+    footer = f"{len(rows)} entr{'y' if len(rows) == 1 else 'ies'} from post {post}'s audit file"
+    if next_page_token:
+        footer += "; more exist: --all lists them all"
+    return render.TableData(
+        f"audit of post {post}, newest first",
+        ("at", "actor", "action", "target", "outcome", "detail"),
+        rows,
+        footer,
+    )
+
+
+def _audit(args: argparse.Namespace, client: PostClient, out: Output) -> None:
+    """The audit from the file of the post that answers (each post keeps its own)."""
+    size = args.page_size or AUDIT_PAGE
+    request = admin_pb2.ListAuditRequest(
+        actor=args.actor or "",
+        action_prefix=args.action or "",
+        target_prefix=args.target or "",
+        outcome=args.outcome,
+        page_size=size,
+    )
+    if args.since is not None:
+        request.since_ms = _now_ms() - round(args.since * 60_000)
+    entries: list[control_state_pb2.AuditEntry] = []
+    post = ""
+    while True:
+        reply = client.read("ListAudit", request, service="admin")
+        entries.extend(reply.entries)
+        post = reply.post
+        # A post reads a bounded part of its file a call: a short page may have more after.
+        if not reply.next_page_token or (not args.all and len(entries) >= size):
+            break
+        request.page_token = reply.next_page_token
+        if not args.all:
+            request.page_size = size - len(entries)
+    out.many(entries, _audit_table(entries, post, reply.next_page_token))
+
+
 # --- the parser -----------------------------------------------------------------------------
 
 
@@ -675,6 +730,18 @@ def add_console_parser(commands: argparse._SubParsersAction) -> None:
         help="repeatable",
     )
     _add_list_flags(listing)
+
+    audit = command(
+        sub, "audit", _audit, "the audit, newest first, from one post's file (needs audit.read)"
+    )
+    audit.add_argument("--actor", help="exactly this actor, e.g. supervisor or console.room")
+    audit.add_argument("--action", metavar="PREFIX", help="actions starting so, e.g. auth.")
+    audit.add_argument("--target", metavar="PREFIX", help="targets starting so, e.g. alarm/")
+    _enum_flag(audit, "--outcome", AUDIT_OUTCOME, "OUTCOME")
+    audit.add_argument(
+        "--since", type=_positive(float), metavar="MINUTES", help="only the last MINUTES"
+    )
+    _add_list_flags(audit)
 
     command(sub, "status", _status, "the post's status: role, epoch, actors, rates, dead letters")
     command(

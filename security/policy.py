@@ -149,6 +149,7 @@ RULES: Mapping[str, Rule] = {
     _ADMIN + "GetFailoverStatus": Rule("status.read"),
     _ADMIN + "GetAirtime": Rule("status.read"),
     _ADMIN + "Resign": Rule("failover.operate"),
+    _ADMIN + "ListAudit": Rule("audit.read"),
     _OP + "ListAssets": Rule("assets.read"),
     _OP + "GetAsset": Rule("assets.read"),
     _OP + "WatchEvents": Rule("assets.read"),

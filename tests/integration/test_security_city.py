@@ -36,10 +36,12 @@ from protos.citypost.v1 import (
     auth_pb2,
     auth_pb2_grpc,
     command_pb2,
+    control_state_pb2,
     operator_pb2,
     operator_pb2_grpc,
 )
 from security import identities
+from security.audit_chain import verify
 from security.command_signing import CommandSigner
 from security.grpc_tls import secure_channel_factory
 from security.pki import Kind, Principal
@@ -271,6 +273,61 @@ def test_the_console_logs_in_and_acts(
     assert run([*posts, *flags, "alarms"]) == 0
     assert run([*posts, *flags, "logout"]) == 0
     assert run([*posts, *flags, "alarms"]) == 1  # refused: nobody logged in
+
+
+def test_the_auditor_lists_the_audit_and_the_wallboard_may_not(
+    city: CitySystem,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    primary, backup = city.addresses()
+    with _console(city)(primary) as channel:  # a refusal to find: no login
+        _code(
+            lambda: operator_pb2_grpc.OperatorServiceStub(channel).ListTasks(
+                operator_pb2.ListTasksRequest(), timeout=5
+            )
+        )
+    auditor = login(_console(city), city.addresses(), "auditor", city.passwords["auditor"])
+    request = admin_pb2.ListAuditRequest(
+        action_prefix="rpc.refused", target_prefix="/citypost.v1.OperatorService/ListTasks"
+    )
+    answers = {}
+    for address in (primary, backup):  # both posts answer, each from its own file
+        with _console(city)(address) as channel:
+            answers[address] = admin_pb2_grpc.PostAdminStub(channel).ListAudit(
+                request, timeout=10, metadata=_bearer(auditor.access_token)
+            )
+    refused = answers[primary].entries
+    assert refused and refused[0].actor == "console.room"
+    assert refused[0].outcome == control_state_pb2.AUDIT_REFUSED
+    assert answers[primary].post != answers[backup].post
+    wallboard = login(_console(city), city.addresses(), "wallboard", city.passwords["wallboard"])
+    with _console(city)(primary) as channel:
+        code, details = _code(
+            lambda: admin_pb2_grpc.PostAdminStub(channel).ListAudit(
+                request, timeout=10, metadata=_bearer(wallboard.access_token)
+            )
+        )
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "audit.read" in details
+    # The console, as the auditor.
+    session = tmp_path / "session.json"
+    flags = ["--pki-dir", str(city.config.pki_dir), "--session", str(session)]
+    monkeypatch.setattr("getpass.getpass", lambda _prompt: city.passwords["auditor"])
+    assert run(["--post", primary, *flags, "login", "--user", "auditor"]) == 0
+    capsys.readouterr()
+    assert run(["--post", primary, *flags, "audit", "--action", "rpc.", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert any(e.get("target", "").endswith("/ListTasks") for e in listed)
+    # Each post's file is one intact chain, its signers checked against the city's trust.
+    trust = _store(city).trust.read_bytes()
+    files = sorted(city.run_dir.glob("audit-*.jsonl"))
+    assert len(files) == 2
+    for path in files:
+        with path.open() as lines:
+            report = verify(lines, trust)
+        assert report.intact, f"{path.name}: {report.first_break}"
+        assert report.records > 0
 
 
 def _leader(city: CitySystem) -> str:

@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from protos.citypost.v1 import assets_pb2 as _assets_pb2
+from protos.citypost.v1 import control_state_pb2 as _control_state_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -480,3 +481,85 @@ class Airtime(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Airtime: _TypeAlias = Airtime  # noqa: Y015
+
+@_typing.final
+class ListAuditRequest(_message.Message):
+    """Every filter is optional; an entry is listed when it passes all that are given."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTOR_FIELD_NUMBER: _builtins.int
+    ACTION_PREFIX_FIELD_NUMBER: _builtins.int
+    TARGET_PREFIX_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    SINCE_MS_FIELD_NUMBER: _builtins.int
+    UNTIL_MS_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    actor: _builtins.str
+    """exactly this actor, e.g. "supervisor", "console.room" """
+    action_prefix: _builtins.str
+    """e.g. "auth." or "rpc.refused" """
+    target_prefix: _builtins.str
+    """e.g. "/citypost.v1.OperatorService/" or "alarm/" """
+    outcome: _control_state_pb2.AuditOutcome.ValueType
+    """UNSPECIFIED: any"""
+    since_ms: _builtins.int
+    """at_ms >= since_ms (0: from the start)"""
+    until_ms: _builtins.int
+    """at_ms < until_ms (0: until now)"""
+    page_size: _builtins.int
+    """0: the default (100); at most 1000"""
+    page_token: _builtins.str
+    """a next_page_token of the same post"""
+    def __init__(
+        self,
+        *,
+        actor: _builtins.str = ...,
+        action_prefix: _builtins.str = ...,
+        target_prefix: _builtins.str = ...,
+        outcome: _control_state_pb2.AuditOutcome.ValueType = ...,
+        since_ms: _builtins.int = ...,
+        until_ms: _builtins.int = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_prefix", b"action_prefix", "actor", b"actor", "outcome", b"outcome", "page_size", b"page_size", "page_token", b"page_token", "since_ms", b"since_ms", "target_prefix", b"target_prefix", "until_ms", b"until_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditRequest: _TypeAlias = ListAuditRequest  # noqa: Y015
+
+@_typing.final
+class ListAuditResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    POST_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Each call reads a bounded part of the file: a page can be short, even empty, and
+    still carry a token. Empty: the file's beginning was reached.
+    """
+    post: _builtins.str
+    """the post whose file answered (tokens are its own)"""
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[_control_state_pb2.AuditEntry]:
+        """newest first"""
+
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[_control_state_pb2.AuditEntry] | None = ...,
+        next_page_token: _builtins.str = ...,
+        post: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "next_page_token", b"next_page_token", "post", b"post"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditResponse: _TypeAlias = ListAuditResponse  # noqa: Y015

@@ -55,6 +55,11 @@ class PostAdminStub:
                 request_serializer=protos_dot_citypost_dot_v1_dot_admin__pb2.GetAirtimeRequest.SerializeToString,
                 response_deserializer=protos_dot_citypost_dot_v1_dot_admin__pb2.Airtime.FromString,
                 _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/citypost.v1.PostAdmin/ListAudit',
+                request_serializer=protos_dot_citypost_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=protos_dot_citypost_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
 
 
 class PostAdminServicer:
@@ -94,6 +99,16 @@ class PostAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAudit(self, request, context):
+        """The audit as this post's own file holds it (all of it, not etcd's last hour),
+        newest first; start markers included, checkpoints not. Both posts answer, each
+        from its file: they hold the same leader entries, and each its own refusals and
+        logins. Needs audit.read.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PostAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -116,6 +131,11 @@ def add_PostAdminServicer_to_server(servicer, server):
                     servicer.GetAirtime,
                     request_deserializer=protos_dot_citypost_dot_v1_dot_admin__pb2.GetAirtimeRequest.FromString,
                     response_serializer=protos_dot_citypost_dot_v1_dot_admin__pb2.Airtime.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=protos_dot_citypost_dot_v1_dot_admin__pb2.ListAuditRequest.FromString,
+                    response_serializer=protos_dot_citypost_dot_v1_dot_admin__pb2.ListAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -227,6 +247,33 @@ class PostAdmin:
             '/citypost.v1.PostAdmin/GetAirtime',
             protos_dot_citypost_dot_v1_dot_admin__pb2.GetAirtimeRequest.SerializeToString,
             protos_dot_citypost_dot_v1_dot_admin__pb2.Airtime.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/citypost.v1.PostAdmin/ListAudit',
+            protos_dot_citypost_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
+            protos_dot_citypost_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,12 @@ class PostAdminStub:
     """The radio's airtime per gateway and sub-band over the last hour against its duty
     cycle, as the downlink gate counts it (its latest report; `known` false before one).
     """
+    ListAudit: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAuditRequest, _admin_pb2.ListAuditResponse]
+    """The audit as this post's own file holds it (all of it, not etcd's last hour),
+    newest first; start markers included, checkpoints not. Both posts answer, each
+    from its file: they hold the same leader entries, and each its own refusals and
+    logins. Needs audit.read.
+    """
 
 @_typing.type_check_only
 class PostAdminAsyncStub(PostAdminStub):
@@ -70,6 +76,12 @@ class PostAdminAsyncStub(PostAdminStub):
     GetAirtime: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetAirtimeRequest, _admin_pb2.Airtime]  # type: ignore[assignment]
     """The radio's airtime per gateway and sub-band over the last hour against its duty
     cycle, as the downlink gate counts it (its latest report; `known` false before one).
+    """
+    ListAudit: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAuditRequest, _admin_pb2.ListAuditResponse]  # type: ignore[assignment]
+    """The audit as this post's own file holds it (all of it, not etcd's last hour),
+    newest first; start markers included, checkpoints not. Both posts answer, each
+    from its file: they hold the same leader entries, and each its own refusals and
+    logins. Needs audit.read.
     """
 
 class PostAdminServicer(metaclass=_abc_1.ABCMeta):
@@ -113,6 +125,18 @@ class PostAdminServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_admin_pb2.Airtime, _abc.Awaitable[_admin_pb2.Airtime]]:
         """The radio's airtime per gateway and sub-band over the last hour against its duty
         cycle, as the downlink gate counts it (its latest report; `known` false before one).
+        """
+
+    @_abc_1.abstractmethod
+    def ListAudit(
+        self,
+        request: _admin_pb2.ListAuditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListAuditResponse, _abc.Awaitable[_admin_pb2.ListAuditResponse]]:
+        """The audit as this post's own file holds it (all of it, not etcd's last hour),
+        newest first; start markers included, checkpoints not. Both posts answer, each
+        from its file: they hold the same leader entries, and each its own refusals and
+        logins. Needs audit.read.
         """
 
 def add_PostAdminServicer_to_server(servicer: PostAdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
