@@ -30,6 +30,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from bridges.edge import UPLINK_FILTER, Edge
+from bridges.mqtt_session import use_tls
 from bridges.router import UplinkRouter
 from citypost.config import Config, load_config
 from citypost.observability import setup_observability
@@ -37,6 +38,7 @@ from cluster.mosquitto_local import LocalMosquitto
 from fleet.population import City, build_city
 from fleet.uplinks import UplinkFactory
 from protos.citypost.v1 import telemetry_pb2
+from security.pki_store import Identity
 
 Uplink = tuple[str, bytes]
 
@@ -76,8 +78,12 @@ def _end_session() -> Properties:
     return props
 
 
-def publish_all(port: int, uplinks: Sequence[Uplink]) -> None:
+def publish_all(port: int, uplinks: Sequence[Uplink], *, tls: Identity | None = None) -> None:
+    """Publish every uplink (QoS 1) and wait for the broker to take them all; `tls`: as
+    a network server of the city (the only kind its ACL lets publish device events)."""
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    if tls is not None:
+        use_tls(client, tls)
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
     client.connect("127.0.0.1", port)

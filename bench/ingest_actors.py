@@ -11,7 +11,12 @@ go to the traffic-signal actors, so more readings are applied than uplinks
 arrive; the rate counts uplinks). Actors are spawned fresh and ready before
 each trial, so their start-up is out of the measure. Prints one JSON object.
 
-    python -m bench.ingest_actors [--uplinks N] [--scale S] [--trials T]
+With `--tls` each trial also runs (3) the same post against a second broker
+that takes only the city's certificates, with its ACL (a PKI made in the
+run's temp dir): the cost of TLS on ingest, as the ratio of (3) to (2) in the
+same run (target: within 10 %).
+
+    python -m bench.ingest_actors [--uplinks N] [--scale S] [--trials T] [--tls]
 """
 
 from __future__ import annotations
@@ -39,10 +44,15 @@ from bench.harness import (
 from bench.ingest import Uplink, city_uplinks, publish_all, raw_drain_rate
 from citypost.clock import SimClock
 from citypost.config import Config
-from cluster.mosquitto_local import LocalMosquitto
+from cluster.mosquitto_local import BrokerSecurity, LocalMosquitto
 from fleet.population import City, build_city
+from security import identities
+from security.identities import tls_identity
+from security.pki import Kind, Principal
+from security.pki_store import PkiStore
 
 TARGET_RATIO = 0.5
+TLS_MAX_COST = 0.10  # the post's ingest over TLS within 10 % of it in plaintext
 # city_uplinks stamps its uplinks from here: the post's clock starts there too.
 UPLINKS_AT = datetime(2026, 11, 25, 18, 0, tzinfo=UTC)
 POLL_S = 0.01
@@ -60,7 +70,8 @@ async def post_drain(
     await asyncio.to_thread(rig.spawn_actors, city.registry)
     post = rig.make_post(config, city.registry, SimClock(UPLINKS_AT, 1.0))
     await asyncio.to_thread(open_post_session, config, city.registry)
-    await asyncio.to_thread(publish_all, config.mqtt.port or 0, uplinks)
+    publisher = tls_identity(config, Kind.NETWORK_SERVER, identities.NETWORK_SERVER)
+    await asyncio.to_thread(publish_all, config.mqtt.port or 0, uplinks, tls=publisher)
     # Restore the fresh actors before the clock starts (post.start does it again,
     # then only a health round): the drain is what is measured.
     await asyncio.to_thread(post.feed.start)
@@ -104,13 +115,30 @@ async def post_drain(
     }
 
 
+def _secured(base: Config, tmp: Path, trials: int) -> tuple[PkiStore, Config]:
+    """The city's PKI in the run's temp dir, with a certificate for each trial's post
+    and the publisher, and the post config that uses it."""
+    config = base.model_copy(
+        update={"security": base.security.model_copy(update={"tls": True, "pki_dir": tmp / "pki"})}
+    )
+    store = identities.store(config)
+    store.init()
+    city = config.city.name
+    store.ensure(Principal(city, Kind.NETWORK_SERVER, identities.NETWORK_SERVER))
+    for trial in range(trials):
+        store.ensure(Principal(city, Kind.POST, f"bench-actors-tls{trial}"))
+    return store, config
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="citypost-bench-") as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="citypost-bench-")))
         broker = LocalMosquitto(
-            Path(tmp) / "mosquitto", max_queued_messages=args.uplinks * 2, persistence=False
+            tmp / "mosquitto", max_queued_messages=args.uplinks * 2, persistence=False
         )
         broker.start()
-        rig = PostRig(Path(tmp), name="bench-ingest")
+        stack.callback(broker.stop)
+        rig = PostRig(tmp, name="bench-ingest")
         try:
             port = broker.port
             base = bench_config(
@@ -120,12 +148,27 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 run_dir=Path(tmp),
                 **parse_overrides(args.set),
             )
+            secure: Config | None = None
+            if args.tls:
+                store, secure = _secured(base, tmp, args.trials)
+                tls_broker = LocalMosquitto(
+                    tmp / "mosquitto-tls",
+                    max_queued_messages=args.uplinks * 2,
+                    persistence=False,
+                    security=BrokerSecurity(store, base.city.name),
+                )
+                tls_broker.start()
+                stack.callback(tls_broker.stop)
+                secure = secure.model_copy(
+                    update={"mqtt": secure.mqtt.model_copy(update={"port": tls_broker.port})}
+                )
             city = build_city(base.city)
             uplinks = city_uplinks(city, args.uplinks)
             expected = expected_applied(city.registry, [topic for topic, _ in uplinks])
             await rig.start_ray()
             raw: list[float] = []
             trials: list[dict[str, Any]] = []
+            tls_trials: list[dict[str, Any]] = []
             for trial in range(args.trials):
                 # Alternate so drift on a noisy machine hits both alike.
                 raw.append(await asyncio.to_thread(raw_drain_rate, port, uplinks))
@@ -133,14 +176,27 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     update={"post": base.post.model_copy(update={"name": f"bench-actors{trial}"})}
                 )
                 trials.append(await post_drain(rig, config, city, uplinks, expected, args.timeout))
+                if secure is not None:
+                    post = secure.post.model_copy(update={"name": f"bench-actors-tls{trial}"})
+                    tls_config = secure.model_copy(update={"post": post})
+                    tls_trials.append(
+                        await post_drain(rig, tls_config, city, uplinks, expected, args.timeout)
+                    )
         finally:
-            try:
-                await rig.close()
-            finally:
-                broker.stop()
+            await rig.close()
     raw_rate = statistics.median(raw)
     post_rate = statistics.median(t["per_s"] for t in trials)
     ratio = round(post_rate / raw_rate, 3)
+    tls: dict[str, Any] = {}
+    if tls_trials:
+        tls_rate = statistics.median(t["per_s"] for t in tls_trials)
+        tls_ratio = tls_rate / post_rate
+        tls = {
+            "post_over_tls_per_s": round(tls_rate),
+            "tls_to_plain_ratio": round(tls_ratio, 3),
+            "tls_trials_per_s": [round(t["per_s"]) for t in tls_trials],
+            "tls_meets_target": tls_ratio >= 1 - TLS_MAX_COST,
+        }
     return {
         "benchmark": "ingest_actors",
         "uplinks": args.uplinks,
@@ -158,6 +214,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         ],
         "targets": {"post_to_raw_ratio": TARGET_RATIO},
         "meets_targets": ratio >= TARGET_RATIO,
+        **tls,
     }
 
 
@@ -166,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--uplinks", type=int, default=60_000)
     parser.add_argument("--scale", type=float, default=0.05)
     parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument(
+        "--tls", action="store_true", help="also time the post against a TLS broker with ACL"
+    )
     parser.add_argument(
         "--timeout", type=float, default=180.0, help="seconds a post may take to drain"
     )
