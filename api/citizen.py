@@ -2,10 +2,24 @@
 
 Reads are anonymous and answer from what the post already holds: the latest
 telemetry per device (the edge's `MemorySink.latest`) and the control state.
-A report carries a pseudonymous reporter id; it is validated, rate-limited per
-reporter, and becomes an incident through the dispatcher (the one writer),
-which also opens the departments' tasks. Nothing personal is answered: areas
-are communes, parking spaces are sensors.
+A report carries a pseudonymous reporter id; it is validated, rate-limited, and
+becomes an incident through the dispatcher (the one writer), which also opens
+the departments' tasks. Nothing personal is answered: areas are communes,
+parking spaces are sensors.
+
+Rate limits: per reporter (a courtesy: the id is the caller's to choose), and,
+given `limits` (api.citizen_guard.ReportLimits), per (app, address), per app
+and per post, which the caller cannot choose. One token from each or from
+none; invalid reports and retries of answered ones take none.
+
+Duplicates: given `duplicates` (RecentReports), a report of the same kind in
+the same commune within 150 m and 30 minutes of one that opened an incident,
+still open, is attached to it: the answer is that incident's id with
+`merged`, and the post's audit file gets `citizen.report.merged` with the
+report's place and text. The incident record itself is unchanged (the
+dispatcher, the one writer, has no call to add a report to an incident yet).
+The memory of recent reports is this post's: a restart or a failover forgets
+it, and a report there opens a new incident.
 
 Traffic level from the mean queue at a commune's signals (vehicles waiting on
 the controlled approach, as the controllers report it): below 3 FLUID, below 6
@@ -13,8 +27,8 @@ DENSE, else CONGESTED; no signal heard in the commune: TRAFFIC_LEVEL_UNSPECIFIED
 (unknown). A simulated junction averages about 0.5 at night, 3 at midday and
 6-7 at the rush hours.
 
-Idempotency: a bounded in-memory map (reporter_id, idempotency_key) ->
-incident_id, least recently used forgotten first. It does not survive a
+Idempotency: a bounded in-memory map (app, reporter_id, idempotency_key) ->
+(incident_id, merged), least recently used forgotten first. It does not survive a
 restart or a failover; the control state's `idempotency/` records will, once
 the dispatcher writes one in the incident's own transaction.
 """
@@ -35,27 +49,30 @@ from typing import Any
 from actors.decisions import OpenIncident
 from actors.geo import haversine_m
 from actors.incidents import nearest_commune, validate_citizen_report
-from api.rate_limit import KeyedRateLimiter
+from api.authorization import Audit
+from api.citizen_guard import AppCaller, RefusalAudit, ReportLimits, app_caller, exhausted, peer_key
+from api.rate_limit import KeyedRateLimiter, Limit, acquire_all
 from api.server import Service
 from bridges.registry import Device, DeviceRegistry
 from citypost.errors import (
     InfrastructureError,
     InvalidArgumentError,
     NotFoundError,
-    ResourceExhaustedError,
 )
-from failover.control_state import INCIDENTS, ControlState, FencedError
+from failover.control_state import INCIDENTS, ControlState, FencedError, incident_key
 from fleet.dijon import BOUNDS, COMMUNES
 from post.dispatcher import Dispatcher
 from protos.citypost.v1 import (
     assets_pb2,
     citizen_pb2,
     citizen_pb2_grpc,
+    control_state_pb2,
     operations_pb2,
     telemetry_pb2,
 )
 
 SERVICE_NAME = citizen_pb2.DESCRIPTOR.services_by_name["CitizenService"].full_name
+REPORT_METHOD = f"/{SERVICE_NAME}/ReportIncident"
 
 # Traffic levels by mean queue length at the signals (vehicles).
 DENSE_FROM_QUEUE = 3.0
@@ -65,6 +82,12 @@ CONGESTED_FROM_QUEUE = 6.0
 REPORTS_PER_WINDOW = 5
 REPORT_WINDOW_S = 600.0
 REPORT_BURST = 3
+
+# Duplicates: the same kind, commune and place (this close to the first report) within
+# this long of it are one incident. 150 m is a crossing and its approaches; 30 minutes
+# is how long the first witnesses of an accident keep reporting it.
+MERGE_RADIUS_M = 150.0
+MERGE_WINDOW_MS = 30 * 60 * 1000
 
 MAX_REPORTER_ID_CHARS = 64
 MAX_IDEMPOTENCY_KEY_CHARS = 128
@@ -241,9 +264,17 @@ def report_originator(reporter_id: str, idempotency_key: str) -> str:
     return f"{reporter_id}#{digest}"
 
 
-def validate_report(request: citizen_pb2.ReportIncidentRequest) -> OpenIncident:
+def reporter_of(app: str, reporter_id: str) -> str:
+    """A reporter as the post knows it: its id within its app (two apps may both have an
+    "alice"); the bare id on a post without TLS, where no app is known."""
+    return f"{app}/{reporter_id}" if app else reporter_id
+
+
+def validate_report(request: citizen_pb2.ReportIncidentRequest, app: str = "") -> OpenIncident:
     """The request checked and turned into an incident; InvalidArgumentError names the field."""
-    reporter = check_token("reporter_id", request.reporter_id, MAX_REPORTER_ID_CHARS)
+    reporter = reporter_of(
+        app, check_token("reporter_id", request.reporter_id, MAX_REPORTER_ID_CHARS)
+    )
     key = check_token("idempotency_key", request.idempotency_key, MAX_IDEMPOTENCY_KEY_CHARS)
     if not request.HasField("location"):
         raise InvalidArgumentError("location: required")
@@ -260,6 +291,82 @@ def validate_report(request: citizen_pb2.ReportIncidentRequest) -> OpenIncident:
         if error.message.startswith(("latitude:", "longitude:")):
             raise InvalidArgumentError(f"location.{error.message}") from error
         raise
+
+
+@dataclass(frozen=True)
+class _Opened:
+    incident_id: str
+    kind: int
+    commune: str
+    latitude: float
+    longitude: float
+    at_ms: int
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    incident_id: str
+    distance_m: float
+    age_ms: int
+
+
+class RecentReports:
+    """The incidents citizens' reports opened lately, to merge a report of the same thing
+    into them: the same kind, the same commune, within `radius_m` of the report that
+    opened it and within `window_ms` after it (not chained: a slow trickle of reports
+    along a street does not stretch one incident for ever).
+
+    In this post's memory, at most `max_remembered` (oldest forgotten first).
+    """
+
+    def __init__(
+        self,
+        *,
+        radius_m: float = MERGE_RADIUS_M,
+        window_ms: int = MERGE_WINDOW_MS,
+        max_remembered: int = MAX_REMEMBERED_REPORTS,
+    ) -> None:
+        if radius_m <= 0 or window_ms <= 0 or max_remembered < 1:
+            raise InvalidArgumentError("radius_m, window_ms must be > 0, max_remembered >= 1")
+        self.radius_m, self.window_ms = radius_m, window_ms
+        self._max = max_remembered
+        self._opened: OrderedDict[str, _Opened] = OrderedDict()  # by incident id, oldest first
+
+    def __len__(self) -> int:
+        return len(self._opened)
+
+    def _expire(self, now_ms: int) -> None:
+        while self._opened:
+            oldest = next(iter(self._opened.values()))
+            if now_ms - oldest.at_ms <= self.window_ms and len(self._opened) <= self._max:
+                return
+            self._opened.popitem(last=False)
+
+    def match(self, report: OpenIncident, now_ms: int) -> Duplicate | None:
+        """The nearest incident this report duplicates, or None."""
+        self._expire(now_ms)
+        best: Duplicate | None = None
+        for opened in self._opened.values():
+            if opened.kind != report.kind or opened.commune != report.commune:
+                continue
+            if not 0 <= now_ms - opened.at_ms <= self.window_ms:
+                continue
+            distance = haversine_m(
+                report.latitude, report.longitude, opened.latitude, opened.longitude
+            )
+            if distance <= self.radius_m and (best is None or distance < best.distance_m):
+                best = Duplicate(opened.incident_id, distance, now_ms - opened.at_ms)
+        return best
+
+    def remember(self, report: OpenIncident, incident_id: str, now_ms: int) -> None:
+        self._opened.pop(incident_id, None)
+        self._opened[incident_id] = _Opened(
+            incident_id, report.kind, report.commune, report.latitude, report.longitude, now_ms
+        )
+        self._expire(now_ms)
+
+    def forget(self, incident_id: str) -> None:
+        self._opened.pop(incident_id, None)
 
 
 # --- the service ----------------------------------------------------------------------
@@ -280,18 +387,30 @@ class CitizenService(citizen_pb2_grpc.CitizenServiceServicer):
         limiter: KeyedRateLimiter,
         wall_ms: Callable[[], int],
         max_remembered_reports: int = MAX_REMEMBERED_REPORTS,
+        limits: ReportLimits | None = None,
+        duplicates: RecentReports | None = None,
+        refusals: RefusalAudit | None = None,
+        audit: Audit | None = None,
     ) -> None:
+        """`limiter` is the per-reporter courtesy; `limits` the ones keyed on the caller
+        (none: the reporter's alone, as before the citizen listener); `duplicates` the
+        memory that merges reports (none: every report its own incident); `refusals`
+        audits refused reports, `audit` the merged ones (the post's audit file)."""
         if max_remembered_reports < 1:
             raise InvalidArgumentError("max_remembered_reports: must be >= 1")
         self._dispatcher = dispatcher
         self._state = state
         self._latest = latest
         self._limiter = limiter
+        self._limits = limits
+        self._duplicates = duplicates
+        self._refusals = refusals
+        self._audit = audit
         self._wall_ms = wall_ms
         self._signals = _of_class(registry, assets_pb2.TRAFFIC_SIGNAL)
         self._buses = _of_class(registry, assets_pb2.BUS)
         self._spots = _of_class(registry, assets_pb2.PARKING_SPOT)
-        self._reports: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._reports: OrderedDict[tuple[str, str, str], tuple[str, bool]] = OrderedDict()
         self._max_reports = max_remembered_reports
         # One report at a time: an idempotent retry never races its first attempt.
         self._report_lock = asyncio.Lock()
@@ -326,45 +445,118 @@ class CitizenService(citizen_pb2_grpc.CitizenServiceServicer):
     async def ReportIncident(
         self, request: citizen_pb2.ReportIncidentRequest, context: Any
     ) -> citizen_pb2.ReportIncidentResponse:
-        incident = validate_report(request)
+        # The guard of the citizen listener says who; without one (no TLS), the address.
+        caller = app_caller.get() or AppCaller("", peer_key(context.peer()))
+        incident = validate_report(request, caller.app)
         # Shielded: a caller's deadline must not cut a report between its write and the
         # idempotency map, or the retry would open a second incident.
         task = asyncio.create_task(
-            self._report(request.reporter_id, request.idempotency_key, incident)
+            self._report(caller, request.reporter_id, request.idempotency_key, incident)
         )
         task.add_done_callback(_retrieve)
-        incident_id = await asyncio.shield(task)
-        return citizen_pb2.ReportIncidentResponse(incident_id=incident_id)
+        incident_id, merged = await asyncio.shield(task)
+        return citizen_pb2.ReportIncidentResponse(incident_id=incident_id, merged=merged)
 
-    async def _report(self, reporter_id: str, key: str, incident: OpenIncident) -> str:
+    async def _report(
+        self,
+        caller: AppCaller,
+        reporter_id: str,
+        key: str,
+        incident: OpenIncident,
+    ) -> tuple[str, bool]:
+        reporter = reporter_of(caller.app, reporter_id)
         async with self._report_lock:
-            known = self._reports.get((reporter_id, key))
+            known = self._reports.get((caller.app, reporter_id, key))
             if known is not None:
                 # A retry answers as the first time did, rate limit or not.
-                self._reports.move_to_end((reporter_id, key))
+                self._reports.move_to_end((caller.app, reporter_id, key))
                 return known
-            wait_s = self._limiter.try_acquire(reporter_id)
-            if wait_s > 0:
-                raise ResourceExhaustedError(
-                    f"reporter_id: too many reports from this reporter; "
-                    f"retry in {math.ceil(wait_s)} s"
-                )
-            try:
-                # Durable idempotency too: the same key after a restart finds the incident.
-                opened = await self._dispatcher.open_incident(
-                    incident,
-                    opened_by=f"citizen:{reporter_id}",
-                    idempotency_key=f"citizen:{reporter_id}:{key}",
-                )
-            except FencedError as exc:
-                raise InfrastructureError(
-                    "the report could not be recorded now; retry with the same idempotency_key"
-                ) from exc
-            incident_id = opened.incident_id
-            self._reports[(reporter_id, key)] = incident_id
+            self._acquire(caller, reporter)
+            now = self._wall_ms()
+            merged = await self._merge(caller, reporter, incident, now)
+            if merged is not None:
+                answer = (merged, True)
+            else:
+                answer = (await self._open(reporter, key, incident), False)
+                if self._duplicates is not None:
+                    self._duplicates.remember(incident, answer[0], now)
+            self._reports[(caller.app, reporter_id, key)] = answer
             while len(self._reports) > self._max_reports:
                 self._reports.popitem(last=False)
-            return incident_id
+            return answer
+
+    def _acquire(self, caller: AppCaller, reporter: str) -> None:
+        """A token of every limit (the reporter's first), or ResourceExhaustedError naming
+        the narrowest that has none, audited."""
+        limits = [
+            Limit("reporter_id: too many reports from this reporter", self._limiter, reporter)
+        ]
+        if self._limits is not None:
+            limits += self._limits.limits(caller)
+        refusal = acquire_all(limits)
+        if refusal is None:
+            return
+        error = exhausted(refusal)
+        if self._refusals is not None:
+            self._refusals.record(
+                caller=caller, target=REPORT_METHOD, error=error, reason=error.message
+            )
+        raise error
+
+    async def _merge(
+        self,
+        caller: AppCaller,
+        reporter: str,
+        incident: OpenIncident,
+        now: int,
+    ) -> str | None:
+        """The open incident this report is attached to, or None to open one."""
+        if self._duplicates is None:
+            return None
+        duplicate = self._duplicates.match(incident, now)
+        if duplicate is None:
+            return None
+        current = await self._state.get(
+            incident_key(duplicate.incident_id), operations_pb2.Incident
+        )
+        if current is None or current.closed:
+            # Closed by the room (or gone): a new report is news again.
+            self._duplicates.forget(duplicate.incident_id)
+            return None
+        if self._audit is not None:
+            # The app, not the address: an honest citizen's address is not the audit's.
+            through = f" through app {caller.app}" if caller.app else ""
+            self._audit(
+                control_state_pb2.AuditEntry(
+                    at_ms=now,
+                    actor=f"citizen:{reporter}",
+                    action="citizen.report.merged",
+                    target=f"incident/{duplicate.incident_id}",
+                    outcome=control_state_pb2.AUDIT_OK,
+                    detail=(
+                        f"{operations_pb2.IncidentKind.Name(incident.kind)} at "
+                        f"{incident.latitude:.5f},{incident.longitude:.5f} "
+                        f"({incident.commune}), {duplicate.distance_m:.0f} m and "
+                        f"{duplicate.age_ms // 1000} s from the report that opened it"
+                        f"{through}: {incident.detail}"
+                    ),
+                )
+            )
+        return duplicate.incident_id
+
+    async def _open(self, reporter: str, key: str, incident: OpenIncident) -> str:
+        try:
+            # Durable idempotency too: the same key after a restart finds the incident.
+            opened = await self._dispatcher.open_incident(
+                incident,
+                opened_by=f"citizen:{reporter}",
+                idempotency_key=f"citizen:{reporter}:{key}",
+            )
+        except FencedError as exc:
+            raise InfrastructureError(
+                "the report could not be recorded now; retry with the same idempotency_key"
+            ) from exc
+        return opened.incident_id
 
     # --- parking ---
 
@@ -385,7 +577,7 @@ def _of_class(
     return [d for d in registry if d.asset_class == asset_class]
 
 
-def _retrieve(task: asyncio.Task[str]) -> None:
+def _retrieve(task: asyncio.Task[tuple[str, bool]]) -> None:
     # A report whose caller gave up still finishes; its outcome was only for that caller.
     if not task.cancelled():
         task.exception()

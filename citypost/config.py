@@ -179,6 +179,10 @@ class PostConfig(_Section):
     grpc_host: str = "127.0.0.1"
     # The console's default address is 127.0.0.1:50051. None: a free loopback port.
     grpc_port: int | None = Field(50051, ge=1, le=65535)
+    # The citizen app's listener (CitizenService only, server-only TLS, an app credential),
+    # on grpc_host. None: a free loopback port. Without security.tls there is no such
+    # listener: CitizenService stays on grpc_port, plaintext (the benchmarks' baseline).
+    citizen_port: int | None = Field(None, ge=1, le=65535)
     rpc_deadline_s: float = Field(10.0, gt=0)
     command_ttl_s: float = Field(60.0, gt=0)
     command_max_attempts: int = Field(3, ge=1, le=20)
@@ -220,6 +224,9 @@ class SecurityConfig(_Section):
     pki_dir: Path | None = None
     # Operators' local accounts (security.account_book); None: run_dir/accounts.json.
     accounts_file: Path | None = None
+    # Apps allowed on the citizen listener (security.apps: id, SHA-256 of the secret);
+    # None: run_dir/apps.json.
+    apps_file: Path | None = None
     # An operator's access token lives this long; the console renews it with the refresh
     # token (a shift long) without asking for the password again.
     access_token_s: float = Field(300.0, ge=30, le=3600)

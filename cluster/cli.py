@@ -11,6 +11,7 @@ from typing import Any
 
 from citypost.config import Config, load_config, parse_override
 from citypost.errors import CitypostError, DecodeError
+from cluster.apps_cli import add_apps_parser
 from cluster.audit_cli import add_audit_parser
 from cluster.drill_cli import add_drill_parser
 from cluster.pki_cli import add_pki_parser
@@ -56,6 +57,12 @@ def _cmd_pki(args: argparse.Namespace) -> int:
     from cluster.pki_cli import run_pki
 
     return run_pki(args, _config(args, {}))
+
+
+def _cmd_apps(args: argparse.Namespace) -> int:
+    from cluster.apps_cli import run_apps
+
+    return run_apps(args, _config(args, {}))
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
@@ -126,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_failover_parser(commands)
     add_drill_parser(commands)
     add_pki_parser(commands, _add_config_flags, _cmd_pki)
+    add_apps_parser(commands, _add_config_flags, _cmd_apps)
     add_audit_parser(commands, _cmd_audit)
     return parser
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from citypost.config import Config
 from cluster.ports import free_port
 from cluster.processes import ManagedProcess
+from security.apps import apps_path
 
 START_TIMEOUT_S = 180.0  # a Ray head and one worker per actor on a small machine
 
@@ -24,6 +25,12 @@ START_TIMEOUT_S = 180.0  # a Ray head and one worker per actor on a small machin
 def ray_temp_file(ready_file: Path) -> Path:
     """Where a post records its Ray temp dir, beside its ready file."""
     return ready_file.with_suffix(".ray-temp")
+
+
+def citizen_file(ready_file: Path) -> Path:
+    """Where a post writes the address of its citizen service (its citizen listener
+    with TLS, its one port without), beside its ready file and before it."""
+    return ready_file.with_suffix(".citizen")
 
 
 def phase_file(ready_file: Path) -> Path:
@@ -70,6 +77,7 @@ def post_overrides(config: Config) -> list[str]:
     values["security.tls"] = "true" if security.tls else "false"
     values["security.pki_dir"] = json.dumps(str(config.pki_dir))
     values["security.accounts_file"] = json.dumps(str(config.accounts_file))
+    values["security.apps_file"] = json.dumps(str(apps_path(config)))
     values["security.access_token_s"] = repr(security.access_token_s)
     values["security.refresh_token_s"] = repr(security.refresh_token_s)
     for key, table in (("roles", security.roles), ("machine_roles", security.machine_roles)):
@@ -84,6 +92,7 @@ def post_overrides(config: Config) -> list[str]:
         values["etcd.endpoints"] = json.dumps(list(config.etcd.endpoints))
     # Chosen here when unset: two children would both fall back to the default port.
     values["post.grpc_port"] = str(config.post.grpc_port or free_port())
+    values["post.citizen_port"] = str(config.post.citizen_port or free_port())
     flags: list[str] = []
     for key, value in values.items():
         flags += ["--set", f"{key}={value}"]
@@ -105,6 +114,7 @@ class PostProcess:
         ]
         self.process = ManagedProcess(f"post {self.name}", argv, run_dir / f"post-{self.name}.log")
         self.address = ""
+        self.citizen_address = ""  # where its CitizenService answers, once ready
 
     def start(self) -> PostProcess:
         return self.launch().wait_ready()
@@ -113,6 +123,7 @@ class PostProcess:
         """Start the process without waiting (start several, then wait for each)."""
         self._ready_file.unlink(missing_ok=True)
         phase_file(self._ready_file).unlink(missing_ok=True)
+        citizen_file(self._ready_file).unlink(missing_ok=True)
         self.process.start()
         return self
 
@@ -134,6 +145,7 @@ class PostProcess:
 
         self.process.wait_ready(ready, START_TIMEOUT_S, interval=0.2)
         self.address = self._ready_file.read_text().strip()
+        self.citizen_address = citizen_file(self._ready_file).read_text().strip()
         return self
 
     def stop(self) -> None:

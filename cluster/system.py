@@ -52,6 +52,7 @@ from fleet.network_server import NetworkServer
 from fleet.pacing import fitting_speed
 from fleet.population import City, build_city
 from security import identities
+from security.apps import AppCredential, apps_path, ensure_demo_app
 from security.demo_accounts import ensure_demo_accounts
 from security.grpc_tls import secure_channel_factory
 from security.pki import Kind
@@ -144,6 +145,7 @@ class CitySystem:
         self.city: City | None = None
         self.pki: PkiStore | None = None
         self.passwords: dict[str, str] = {}  # the demo accounts': user -> password
+        self.citizen_app: AppCredential | None = None  # the demo's citizen app, with TLS
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -213,6 +215,7 @@ class CitySystem:
             self.pki = identities.prepare(config, POST_NAMES)
             roles = config.security.roles or DEFAULT_ROLES
             self.passwords = ensure_demo_accounts(config.accounts_file, roles)
+            self.citizen_app = ensure_demo_app(apps_path(config))
         endpoints = list(config.etcd.endpoints)
         if config.etcd.mode == "local":
             say(f"starting etcd ({config.etcd.members} members)")

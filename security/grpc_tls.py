@@ -2,8 +2,9 @@
 peer's principal as the server sees it.
 
 Every gRPC server of the city asks for a client certificate of the city's PKI and
-every client shows one (DESIGN.md, Security in layers). This is transport only:
-who may call what is decided later, from `peer_principal`.
+every client shows one (DESIGN.md, Security in layers), except the posts' citizen
+listeners, whose callers are phones (`server_only_credentials`). This is transport
+only: who may call what is decided later, from `peer_principal`.
 
 - Servers re-read their certificate when its files change (`citypost pki issue`
   rotates by replacing them): grpc asks the fetcher before every new
@@ -143,6 +144,18 @@ def server_credentials(identity: Identity) -> grpc.ServerCredentials:
     typed = cast("Callable[[], grpc.ServerCertificateConfiguration]", fetcher)
     return grpc.dynamic_ssl_server_credentials(
         fetcher.initial, typed, require_client_authentication=True
+    )
+
+
+def server_only_credentials(identity: Identity) -> grpc.ServerCredentials:
+    """TLS for a server whose clients have no certificate of the city (the citizen
+    listener: phones): its certificate, reloaded when its files change, and no client
+    certificate asked for. Who calls is then the listener's own business
+    (api.citizen_guard)."""
+    fetcher = CertificateFetcher(identity)
+    typed = cast("Callable[[], grpc.ServerCertificateConfiguration]", fetcher)
+    return grpc.dynamic_ssl_server_credentials(
+        fetcher.initial, typed, require_client_authentication=False
     )
 
 

@@ -43,7 +43,11 @@ PERMISSIONS: frozenset[str] = frozenset(
         "audit.read",
         "accounts.admin",
         "certificates.admin",
-        "citizen.use",  # the citizen app's service
+        # The citizen app's service. It is served on each post's citizen listener, whose
+        # own guard (api.citizen_guard: an app credential) decides; the operators' port
+        # does not serve it with TLS on. No role grants it: were a server to register the
+        # service on the operators' port, its rules below would refuse every caller.
+        "citizen.use",
     }
 )
 SCOPED: frozenset[str] = frozenset({"commands.send", "overrides.set"})
@@ -169,6 +173,7 @@ RULES: Mapping[str, Rule] = {
     _OP + "AssignTask": Rule("tasks.write"),
     _OP + "CloseTask": Rule("tasks.write"),
     _OP + "ListTasks": Rule("tasks.read"),
+    # Not served here with TLS (see citizen.use): kept so such a server would refuse.
     _CITIZEN + "GetTrafficConditions": Rule("citizen.use"),
     _CITIZEN + "ReportIncident": Rule("citizen.use"),
     _CITIZEN + "FindParking": Rule("citizen.use"),

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from protos.citypost.v1 import operations_pb2 as protos_dot_citypost_dot_v1_dot_operations__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n protos/citypost/v1/citizen.proto\x12\x0b\x63itypost.v1\x1a#protos/citypost/v1/operations.proto\"+\n\x18TrafficConditionsRequest\x12\x0f\n\x07\x63ommune\x18\x01 \x01(\t\"\x95\x01\n\x0b\x41reaTraffic\x12\x0f\n\x07\x63ommune\x18\x01 \x01(\t\x12(\n\x05level\x18\x02 \x01(\x0e\x32\x19.citypost.v1.TrafficLevel\x12\x19\n\x11mean_queue_length\x18\x03 \x01(\x01\x12\x18\n\x10mean_bus_delay_s\x18\x04 \x01(\x01\x12\x16\n\x0eopen_incidents\x18\x05 \x01(\x05\"N\n\x11TrafficConditions\x12\'\n\x05\x61reas\x18\x01 \x03(\x0b\x32\x18.citypost.v1.AreaTraffic\x12\x10\n\x08\x61s_of_ms\x18\x02 \x01(\x03\"\xa5\x01\n\x15ReportIncidentRequest\x12\x13\n\x0breporter_id\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\x12\'\n\x04kind\x18\x03 \x01(\x0e\x32\x19.citypost.v1.IncidentKind\x12\'\n\x08location\x18\x04 \x01(\x0b\x32\x15.citypost.v1.GeoPoint\x12\x0c\n\x04text\x18\x05 \x01(\t\"-\n\x16ReportIncidentResponse\x12\x13\n\x0bincident_id\x18\x01 \x01(\t\"H\n\x12\x46indParkingRequest\x12#\n\x04near\x18\x01 \x01(\x0b\x32\x15.citypost.v1.GeoPoint\x12\r\n\x05limit\x18\x02 \x01(\x05\"j\n\x0cParkingSpace\x12\x0f\n\x07spot_id\x18\x01 \x01(\t\x12\x0c\n\x04zone\x18\x02 \x01(\t\x12\'\n\x08location\x18\x03 \x01(\x0b\x32\x15.citypost.v1.GeoPoint\x12\x12\n\ndistance_m\x18\x04 \x01(\x01\"V\n\x13\x46indParkingResponse\x12)\n\x06spaces\x18\x01 \x03(\x0b\x32\x19.citypost.v1.ParkingSpace\x12\x14\n\x0c\x66ree_in_zone\x18\x02 \x01(\x05*R\n\x0cTrafficLevel\x12\x1d\n\x19TRAFFIC_LEVEL_UNSPECIFIED\x10\x00\x12\t\n\x05\x46LUID\x10\x01\x12\t\n\x05\x44\x45NSE\x10\x02\x12\r\n\tCONGESTED\x10\x03\x32\x9c\x02\n\x0e\x43itizenService\x12]\n\x14GetTrafficConditions\x12%.citypost.v1.TrafficConditionsRequest\x1a\x1e.citypost.v1.TrafficConditions\x12Y\n\x0eReportIncident\x12\".citypost.v1.ReportIncidentRequest\x1a#.citypost.v1.ReportIncidentResponse\x12P\n\x0b\x46indParking\x12\x1f.citypost.v1.FindParkingRequest\x1a .citypost.v1.FindParkingResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n protos/citypost/v1/citizen.proto\x12\x0b\x63itypost.v1\x1a#protos/citypost/v1/operations.proto\"+\n\x18TrafficConditionsRequest\x12\x0f\n\x07\x63ommune\x18\x01 \x01(\t\"\x95\x01\n\x0b\x41reaTraffic\x12\x0f\n\x07\x63ommune\x18\x01 \x01(\t\x12(\n\x05level\x18\x02 \x01(\x0e\x32\x19.citypost.v1.TrafficLevel\x12\x19\n\x11mean_queue_length\x18\x03 \x01(\x01\x12\x18\n\x10mean_bus_delay_s\x18\x04 \x01(\x01\x12\x16\n\x0eopen_incidents\x18\x05 \x01(\x05\"N\n\x11TrafficConditions\x12\'\n\x05\x61reas\x18\x01 \x03(\x0b\x32\x18.citypost.v1.AreaTraffic\x12\x10\n\x08\x61s_of_ms\x18\x02 \x01(\x03\"\xa5\x01\n\x15ReportIncidentRequest\x12\x13\n\x0breporter_id\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\x12\'\n\x04kind\x18\x03 \x01(\x0e\x32\x19.citypost.v1.IncidentKind\x12\'\n\x08location\x18\x04 \x01(\x0b\x32\x15.citypost.v1.GeoPoint\x12\x0c\n\x04text\x18\x05 \x01(\t\"=\n\x16ReportIncidentResponse\x12\x13\n\x0bincident_id\x18\x01 \x01(\t\x12\x0e\n\x06merged\x18\x02 \x01(\x08\"H\n\x12\x46indParkingRequest\x12#\n\x04near\x18\x01 \x01(\x0b\x32\x15.citypost.v1.GeoPoint\x12\r\n\x05limit\x18\x02 \x01(\x05\"j\n\x0cParkingSpace\x12\x0f\n\x07spot_id\x18\x01 \x01(\t\x12\x0c\n\x04zone\x18\x02 \x01(\t\x12\'\n\x08location\x18\x03 \x01(\x0b\x32\x15.citypost.v1.GeoPoint\x12\x12\n\ndistance_m\x18\x04 \x01(\x01\"V\n\x13\x46indParkingResponse\x12)\n\x06spaces\x18\x01 \x03(\x0b\x32\x19.citypost.v1.ParkingSpace\x12\x14\n\x0c\x66ree_in_zone\x18\x02 \x01(\x05*R\n\x0cTrafficLevel\x12\x1d\n\x19TRAFFIC_LEVEL_UNSPECIFIED\x10\x00\x12\t\n\x05\x46LUID\x10\x01\x12\t\n\x05\x44\x45NSE\x10\x02\x12\r\n\tCONGESTED\x10\x03\x32\x9c\x02\n\x0e\x43itizenService\x12]\n\x14GetTrafficConditions\x12%.citypost.v1.TrafficConditionsRequest\x1a\x1e.citypost.v1.TrafficConditions\x12Y\n\x0eReportIncident\x12\".citypost.v1.ReportIncidentRequest\x1a#.citypost.v1.ReportIncidentResponse\x12P\n\x0b\x46indParking\x12\x1f.citypost.v1.FindParkingRequest\x1a .citypost.v1.FindParkingResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.citypost.v1.citizen_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TRAFFICLEVEL']._serialized_start=848
-  _globals['_TRAFFICLEVEL']._serialized_end=930
+  _globals['_TRAFFICLEVEL']._serialized_start=864
+  _globals['_TRAFFICLEVEL']._serialized_end=946
   _globals['_TRAFFICCONDITIONSREQUEST']._serialized_start=86
   _globals['_TRAFFICCONDITIONSREQUEST']._serialized_end=129
   _globals['_AREATRAFFIC']._serialized_start=132
@@ -43,13 +43,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REPORTINCIDENTREQUEST']._serialized_start=364
   _globals['_REPORTINCIDENTREQUEST']._serialized_end=529
   _globals['_REPORTINCIDENTRESPONSE']._serialized_start=531
-  _globals['_REPORTINCIDENTRESPONSE']._serialized_end=576
-  _globals['_FINDPARKINGREQUEST']._serialized_start=578
-  _globals['_FINDPARKINGREQUEST']._serialized_end=650
-  _globals['_PARKINGSPACE']._serialized_start=652
-  _globals['_PARKINGSPACE']._serialized_end=758
-  _globals['_FINDPARKINGRESPONSE']._serialized_start=760
-  _globals['_FINDPARKINGRESPONSE']._serialized_end=846
-  _globals['_CITIZENSERVICE']._serialized_start=933
-  _globals['_CITIZENSERVICE']._serialized_end=1217
+  _globals['_REPORTINCIDENTRESPONSE']._serialized_end=592
+  _globals['_FINDPARKINGREQUEST']._serialized_start=594
+  _globals['_FINDPARKINGREQUEST']._serialized_end=666
+  _globals['_PARKINGSPACE']._serialized_start=668
+  _globals['_PARKINGSPACE']._serialized_end=774
+  _globals['_FINDPARKINGRESPONSE']._serialized_start=776
+  _globals['_FINDPARKINGRESPONSE']._serialized_end=862
+  _globals['_CITIZENSERVICE']._serialized_start=949
+  _globals['_CITIZENSERVICE']._serialized_end=1233
 # @@protoc_insertion_point(module_scope)

@@ -153,15 +153,21 @@ class ReportIncidentResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     INCIDENT_ID_FIELD_NUMBER: _builtins.int
+    MERGED_FIELD_NUMBER: _builtins.int
     incident_id: _builtins.str
+    merged: _builtins.bool
+    """True: a report of the same kind in the same commune, within 150 m and 30 minutes,
+    had already opened `incident_id`; this one was attached to it, not a new incident.
+    """
     def __init__(
         self,
         *,
         incident_id: _builtins.str = ...,
+        merged: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["incident_id", b"incident_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["incident_id", b"incident_id", "merged", b"merged"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

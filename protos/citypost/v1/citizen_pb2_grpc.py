@@ -26,8 +26,12 @@ if _version_not_supported:
 
 
 class CitizenServiceStub:
-    """What the citizens' app may ask. Reads are anonymous; a report carries a
-    pseudonymous reporter id (rate-limited per reporter).
+    """What the citizens' app may ask, on the post's citizen listener (server-only
+    TLS; every call carries the app's credential, metadata
+    `x-citypost-app: <app id>:<secret>`). Reads name no person; a report carries a
+    pseudonymous reporter id. Reports are rate-limited per app and peer address, per
+    app, per post, and per reporter; a report of the same kind near an incident
+    citizens opened lately is merged into it.
     """
 
     def __init__(self, channel):
@@ -54,8 +58,12 @@ class CitizenServiceStub:
 
 
 class CitizenServiceServicer:
-    """What the citizens' app may ask. Reads are anonymous; a report carries a
-    pseudonymous reporter id (rate-limited per reporter).
+    """What the citizens' app may ask, on the post's citizen listener (server-only
+    TLS; every call carries the app's credential, metadata
+    `x-citypost-app: <app id>:<secret>`). Reads name no person; a report carries a
+    pseudonymous reporter id. Reports are rate-limited per app and peer address, per
+    app, per post, and per reporter; a report of the same kind near an incident
+    citizens opened lately is merged into it.
     """
 
     def GetTrafficConditions(self, request, context):
@@ -103,8 +111,12 @@ def add_CitizenServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class CitizenService:
-    """What the citizens' app may ask. Reads are anonymous; a report carries a
-    pseudonymous reporter id (rate-limited per reporter).
+    """What the citizens' app may ask, on the post's citizen listener (server-only
+    TLS; every call carries the app's credential, metadata
+    `x-citypost-app: <app id>:<secret>`). Reads name no person; a report carries a
+    pseudonymous reporter id. Reports are rate-limited per app and peer address, per
+    app, per post, and per reporter; a report of the same kind near an incident
+    citizens opened lately is merged into it.
     """
 
     @staticmethod

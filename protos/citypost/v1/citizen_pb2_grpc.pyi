@@ -27,8 +27,12 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class CitizenServiceStub:
-    """What the citizens' app may ask. Reads are anonymous; a report carries a
-    pseudonymous reporter id (rate-limited per reporter).
+    """What the citizens' app may ask, on the post's citizen listener (server-only
+    TLS; every call carries the app's credential, metadata
+    `x-citypost-app: <app id>:<secret>`). Reads name no person; a report carries a
+    pseudonymous reporter id. Reports are rate-limited per app and peer address, per
+    app, per post, and per reporter; a report of the same kind near an incident
+    citizens opened lately is merged into it.
     """
 
     @_typing.overload
@@ -41,8 +45,12 @@ class CitizenServiceStub:
 
 @_typing.type_check_only
 class CitizenServiceAsyncStub(CitizenServiceStub):
-    """What the citizens' app may ask. Reads are anonymous; a report carries a
-    pseudonymous reporter id (rate-limited per reporter).
+    """What the citizens' app may ask, on the post's citizen listener (server-only
+    TLS; every call carries the app's credential, metadata
+    `x-citypost-app: <app id>:<secret>`). Reads name no person; a report carries a
+    pseudonymous reporter id. Reports are rate-limited per app and peer address, per
+    app, per post, and per reporter; a report of the same kind near an incident
+    citizens opened lately is merged into it.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -51,8 +59,12 @@ class CitizenServiceAsyncStub(CitizenServiceStub):
     FindParking: _aio.UnaryUnaryMultiCallable[_citizen_pb2.FindParkingRequest, _citizen_pb2.FindParkingResponse]  # type: ignore[assignment]
 
 class CitizenServiceServicer(metaclass=_abc_1.ABCMeta):
-    """What the citizens' app may ask. Reads are anonymous; a report carries a
-    pseudonymous reporter id (rate-limited per reporter).
+    """What the citizens' app may ask, on the post's citizen listener (server-only
+    TLS; every call carries the app's credential, metadata
+    `x-citypost-app: <app id>:<secret>`). Reads name no person; a report carries a
+    pseudonymous reporter id. Reports are rate-limited per app and peer address, per
+    app, per post, and per reporter; a report of the same kind near an incident
+    citizens opened lately is merged into it.
     """
 
     @_abc_1.abstractmethod

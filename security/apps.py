@@ -1,0 +1,274 @@
+"""The citizen apps file: which apps may call a post's citizen listener, by credential.
+
+A phone has no certificate of the city, so the citizen listener is server-only
+TLS and each call names its app with `x-citypost-app: <app id>:<secret>`. This
+file (JSON, by default `run_dir/apps.json`, beside the operators' accounts)
+holds every app: its id, the SHA-256 of its secret, whether it is disabled,
+when it was made. `citypost apps` changes it; the posts read it and see a
+change without a restart.
+
+Why SHA-256 and not argon2 (the operators' passwords): the secret is 32 random
+bytes made here, not something a person chose, so no guessing beats 2^256 work
+whatever the hash's speed; argon2 would only make every citizen call cost tens
+of milliseconds of a 2-core post's CPU, and a flood of wrong credentials a way
+to exhaust it. Compared in constant time.
+
+What the credential is not: a secret from a determined attacker. It ships in
+every copy of the app, so anyone can extract it; it keeps out casual scripts
+and anything that is not the city's app, and names the app, so a leaked one is
+rotated (`citypost apps rotate`) or removed. The limits keyed on it and on the
+peer's address are what hold an abuser back (api.citizen_guard).
+
+The same file discipline as security.account_book: writes under an exclusive
+flock, the file replaced atomically with mode 0600, readers re-reading when
+the file's inode, mtime or size changed (and always within 2 s of a write).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from citypost.config import Config
+from citypost.errors import ConfigError, InvalidArgumentError, NotFoundError
+
+APP_ID = re.compile(r"[a-z][a-z0-9-]{1,63}")
+FORMAT_VERSION = 1
+HASH_PREFIX = "sha256:"
+# The demo's one app (CitySystem creates it, its secret kept beside the demo passwords).
+DEMO_APP = "citizen-app"
+# As security.account_book: a file changed this recently is read again whatever its stat.
+_RACY_NS = 2_000_000_000
+
+
+def apps_path(config: Config) -> Path:
+    """The apps file of a config: `security.apps_file`, else `run_dir/apps.json`."""
+    return config.security.apps_file or config.run_dir / "apps.json"
+
+
+@dataclass(frozen=True)
+class App:
+    """One app allowed on the citizen listener. The hash stays out of repr (logs)."""
+
+    app: str
+    secret_hash: str = field(repr=False)
+    disabled: bool = False
+    created_at: str = ""
+
+
+@dataclass(frozen=True)
+class AppCredential:
+    """What an app presents (and what `apps add` prints once)."""
+
+    app: str
+    secret: str = field(repr=False)
+
+    @property
+    def header(self) -> str:
+        """The `x-citypost-app` metadata value."""
+        return f"{self.app}:{self.secret}"
+
+
+def check_app_id(app: str) -> None:
+    if not APP_ID.fullmatch(app):
+        raise InvalidArgumentError(
+            f"app id {app!r} is not valid: a lower-case letter, then 1 to 63 of a-z 0-9 -"
+        )
+
+
+def hash_secret(secret: str) -> str:
+    return HASH_PREFIX + hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_secret() -> str:
+    # 32 random bytes, URL-safe: 43 characters, no ':' (the header's separator).
+    return secrets.token_urlsafe(32)
+
+
+class AppBook:
+    """The apps file at `path`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self._cache: dict[str, App] = {}
+        self._cache_key: tuple[int, int, int] | None = None  # (inode, mtime_ns, size)
+        self._guard = threading.Lock()
+
+    # --- reading -------------------------------------------------------------------------
+
+    def get(self, app: str) -> App | None:
+        return self._current().get(app)
+
+    def apps(self) -> list[App]:
+        return sorted(self._current().values(), key=lambda a: a.app)
+
+    def refusal(self, app: str, secret: str) -> str | None:
+        """None if `secret` is the app's and the app is enabled; else the precise reason
+        (for the audit: the caller hears one message for all of them)."""
+        found = self.get(app)
+        # Hashed whatever happens, so an unknown app takes as long as a wrong secret.
+        presented = hash_secret(secret)
+        if found is None:
+            return f"unknown app {app!r}"
+        if not hmac.compare_digest(presented, found.secret_hash):
+            return f"wrong secret for app {app!r}"
+        if found.disabled:
+            return f"app {app!r} is disabled"
+        return None
+
+    # --- changing ------------------------------------------------------------------------
+
+    def add(self, app: str, *, now: float) -> AppCredential:
+        """A new app and its secret (shown once: only its hash is kept)."""
+        check_app_id(app)
+        secret = new_secret()
+        record = App(
+            app, hash_secret(secret), created_at=datetime.fromtimestamp(now, UTC).isoformat()
+        )
+        with self._changing() as apps:
+            if app in apps:
+                raise InvalidArgumentError(f"app {app!r} already exists (rotate its secret?)")
+            apps[app] = record
+        return AppCredential(app, secret)
+
+    def rotate(self, app: str) -> AppCredential:
+        """A new secret for an existing app; the old one stops working at once."""
+        secret = new_secret()
+        self._update(app, secret_hash=hash_secret(secret))
+        return AppCredential(app, secret)
+
+    def disable(self, app: str) -> None:
+        self._update(app, disabled=True)
+
+    def enable(self, app: str) -> None:
+        self._update(app, disabled=False)
+
+    def remove(self, app: str) -> None:
+        with self._changing() as apps:
+            if apps.pop(app, None) is None:
+                raise NotFoundError(f"no app {app!r} in {self.path}")
+
+    # --- inside --------------------------------------------------------------------------
+
+    def _update(self, app: str, **changes: Any) -> None:
+        with self._changing() as apps:
+            found = apps.get(app)
+            if found is None:
+                raise NotFoundError(f"no app {app!r} in {self.path}")
+            apps[app] = replace(found, **changes)
+
+    def _current(self) -> dict[str, App]:
+        with self._guard:
+            try:
+                fd = os.open(self.path, os.O_RDONLY)
+            except FileNotFoundError:
+                self._cache, self._cache_key = {}, None
+                return self._cache
+            with os.fdopen(fd, "rb") as file:
+                st = os.fstat(file.fileno())
+                key = (st.st_ino, st.st_mtime_ns, st.st_size)
+                racy = time.time_ns() - st.st_mtime_ns < _RACY_NS
+                if key != self._cache_key or racy:
+                    self._cache = self._parse(file.read())
+                    self._cache_key = key
+            return self._cache
+
+    def _parse(self, data: bytes) -> dict[str, App]:
+        try:
+            raw = json.loads(data)
+            if raw.get("version") != FORMAT_VERSION:
+                raise ValueError(f"unknown format version {raw.get('version')!r}")
+            apps = {}
+            for item in raw["apps"]:
+                app = App(**item)
+                if not app.secret_hash.startswith(HASH_PREFIX):
+                    raise ValueError(f"app {app.app!r}: the secret's hash is not {HASH_PREFIX}…")
+                apps[app.app] = app
+            return apps
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ConfigError(f"the apps file {self.path} cannot be read: {error}") from error
+
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[dict[str, App]]:
+        """The apps read afresh under the file lock; saved if the block ends normally."""
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "r+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                with self._guard:
+                    self._cache_key = None  # another process may have written since
+                apps = dict(self._current())
+                yield apps
+                self._save(apps)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _save(self, apps: dict[str, App]) -> None:
+        body = {"version": FORMAT_VERSION, "apps": [asdict(apps[a]) for a in sorted(apps)]}
+        _write_private(self.path, json.dumps(body, indent=1) + "\n")
+        with self._guard:
+            self._cache_key = None
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Replace `path` atomically with `text`, readable by its owner only."""
+    temp = path.with_name(path.name + ".tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        os.fchmod(out.fileno(), 0o600)  # a temp file left by a crash may have kept another mode
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(temp, path)
+
+
+# --- the demo's app ----------------------------------------------------------------------
+
+
+def secrets_path(apps_file: Path) -> Path:
+    """Where the demo keeps its apps' secrets: beside the apps file (and the demo's
+    passwords), `<apps>.secrets.json`, mode 0600. A real city has no such file."""
+    return apps_file.with_name(apps_file.stem + ".secrets.json")
+
+
+def load_demo_secrets(apps_file: Path) -> dict[str, str]:
+    path = secrets_path(apps_file)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"{path} is unreadable: {error}") from None
+    return {str(k): str(v) for k, v in raw.items()}
+
+
+def ensure_demo_app(apps_file: Path, app: str = DEMO_APP) -> AppCredential:
+    """The demo's app with its secret: made (or its secret made again, if the kept one
+    was lost) on first use; the same afterwards."""
+    book = AppBook(apps_file)
+    known = load_demo_secrets(apps_file)
+    secret = known.get(app)
+    if secret is None or book.refusal(app, secret) is not None:
+        existing = book.get(app)
+        if existing is not None and existing.disabled:
+            book.enable(app)
+        credential = book.rotate(app) if existing is not None else book.add(app, now=time.time())
+        known[app] = credential.secret
+        _write_private(secrets_path(apps_file), json.dumps(known, indent=1, sort_keys=True))
+        return credential
+    return AppCredential(app, secret)
