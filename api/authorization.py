@@ -22,7 +22,7 @@ import contextvars
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -65,6 +65,17 @@ def _bearer(metadata: Sequence[tuple[str, Any]]) -> str | None:
                 raise UnauthenticatedError("authorization metadata is not 'Bearer <token>'")
             return text[len(BEARER) :].strip()
     return None
+
+
+class Guard(Protocol):
+    """What a server asks of whoever decides who may call it: the operators' port has
+    the Authorizer below, the citizens' listener its own (api.citizen_guard)."""
+
+    def check_methods(self, methods: Collection[str]) -> None: ...
+
+    def admit(
+        self, method: str, metadata: Sequence[tuple[str, Any]], context: Any, request: Any
+    ) -> Caller: ...
 
 
 class Authorizer:

@@ -48,7 +48,7 @@ from urllib.parse import unquote
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection
 
-from api.authorization import NOBODY, Audit, Authorizer, Caller
+from api.authorization import NOBODY, Audit, Caller
 from api.rate_limit import KeyedRateLimiter, Limit, Refusal
 from citypost.errors import CitypostError, ConfigError, ResourceExhaustedError, UnauthenticatedError
 from protos.citypost.v1 import citizen_pb2, control_state_pb2
@@ -283,7 +283,7 @@ class _Refused(Exception):
         self.reason = reason
 
 
-class CitizenGuard(Authorizer):
+class CitizenGuard:
     """Every call of the citizen listener: the app credential, then the calls budget of
     its (app, address). Sets `app_caller` for the servicer."""
 
@@ -295,7 +295,6 @@ class CitizenGuard(Authorizer):
         calls: Budget = CALLS_PER_ADDRESS,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        # Not the operators' policy nor tokens: nothing of Authorizer.__init__ applies.
         self._apps = apps
         self._refusals = refusals
         self._calls_budget = calls

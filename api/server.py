@@ -24,7 +24,7 @@ from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from api.authorization import Authorizer, current
+from api.authorization import Guard, current
 from citypost.errors import CitypostError, NotLeaderError
 from protos.metadata import LEADER_METADATA, OPERATOR_METADATA
 
@@ -54,7 +54,7 @@ async def _abort(context: grpc.aio.ServicerContext, error: CitypostError) -> Non
 
 
 class _CommonInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, deadline_s: float, authorizer: Authorizer | None) -> None:
+    def __init__(self, deadline_s: float, authorizer: Guard | None) -> None:
         self._deadline_s = deadline_s
         self._authorizer = authorizer
 
@@ -164,7 +164,7 @@ async def start_server(
     port: int,
     deadline_s: float = 10.0,
     credentials: grpc.ServerCredentials | None = None,
-    authorizer: Authorizer | None = None,
+    authorizer: Guard | None = None,
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     """Start serving; health reports SERVING for every service (and "").
 
