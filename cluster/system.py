@@ -77,12 +77,18 @@ class LeaderNow:
 
 def post_configs(config: Config) -> list[Config]:
     """primary and backup: the same city and infrastructure, their own names and ports
-    (chosen now when unset, so a restarted post keeps its address)."""
+    (chosen now when unset, so a restarted post keeps its addresses)."""
+    n = len(POST_NAMES)
     port = config.post.grpc_port
-    chosen = [port + i for i in range(len(POST_NAMES))] if port else free_ports(len(POST_NAMES))
+    chosen = [port + i for i in range(n)] if port else free_ports(n)
+    # The citizens' listeners too: the app keeps its address across a post's restart.
+    citizens = config.post.citizen_port
+    chosen_citizens = [citizens + i for i in range(n)] if citizens else free_ports(n)
     out = []
-    for name, grpc_port in zip(POST_NAMES, chosen, strict=True):
-        post = config.post.model_copy(update={"name": name, "grpc_port": grpc_port})
+    for name, grpc_port, citizen_port in zip(POST_NAMES, chosen, chosen_citizens, strict=True):
+        post = config.post.model_copy(
+            update={"name": name, "grpc_port": grpc_port, "citizen_port": citizen_port}
+        )
         out.append(config.model_copy(update={"post": post}))
     return out
 
