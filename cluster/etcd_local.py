@@ -36,6 +36,7 @@ from cluster.ports import free_ports
 from cluster.processes import ManagedProcess, find_binary
 from failover.etcd_client import etcd_client
 from security.etcd_access import ROOT, EtcdAccess, etcd_access
+from security.files import replace_file
 from security.pki import Kind, Principal
 from security.pki_store import Identity, PkiStore
 
@@ -482,7 +483,7 @@ class LocalEtcd:
             for name in user.roles:
                 self._etcdctl(tls, "user", "grant-role", user.name, name)
         password = secrets.token_urlsafe(32)
-        _write_private(self.root_password_file, password + "\n")
+        replace_file(self.root_password_file, password + "\n")
         # The password goes by stdin, never on a command line (ps shows those).
         if ROOT in users:
             self._etcdctl(tls, "user", "passwd", ROOT, "--interactive=false", stdin=password)
@@ -550,13 +551,3 @@ class LocalEtcd:
         if not 0 <= i < len(self.members):
             raise InvalidArgumentError(f"member index must be 0..{len(self.members) - 1}, got {i}")
         return i
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write `text` readable by its owner only (0600), replacing the file whole."""
-    temp = path.with_name(path.name + ".tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # also if a left-over temporary file had another mode
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
-    temp.replace(path)

@@ -25,6 +25,7 @@ import grpc
 from citypost.errors import ConfigError, InfrastructureError, UnauthenticatedError
 from console.workstation import DEFAULT_WORKSTATION, SESSION_ENV, WORKSTATION_ENV
 from protos.citypost.v1 import auth_pb2, auth_pb2_grpc
+from security.files import replace_file
 
 RENEW_BEFORE_S = 60.0
 
@@ -187,11 +188,7 @@ class SessionFile:
 
     def save(self, session: Session) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        temp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(asdict(session), out)
-        temp.replace(self.path)
+        replace_file(self.path, json.dumps(asdict(session)))
 
     def remove(self) -> bool:
         try:

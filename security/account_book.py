@@ -38,6 +38,7 @@ from argon2 import PasswordHasher
 
 from citypost.errors import ConfigError, InvalidArgumentError, NotFoundError
 from security.accounts import check_password
+from security.files import replace_file
 
 USER_NAME = re.compile(r"[a-z][a-z0-9._-]{1,63}")
 FORMAT_VERSION = 1
@@ -232,15 +233,7 @@ class AccountBook:
             "version": FORMAT_VERSION,
             "accounts": [asdict(accounts[user]) for user in sorted(accounts)],
         }
-        data = (json.dumps(body, indent=1) + "\n").encode()
-        temp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            os.fchmod(out.fileno(), 0o600)  # a temp file left by a crash may have kept another mode
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, self.path)
+        replace_file(self.path, json.dumps(body, indent=1) + "\n")
         with self._guard:
             self._cache_key = None  # the next read takes the file just written
 

@@ -44,6 +44,7 @@ from typing import Any
 
 from citypost.config import Config
 from citypost.errors import ConfigError, InvalidArgumentError, NotFoundError
+from security.files import replace_file
 
 APP_ID = re.compile(r"[a-z][a-z0-9-]{1,63}")
 FORMAT_VERSION = 1
@@ -220,21 +221,9 @@ class AppBook:
 
     def _save(self, apps: dict[str, App]) -> None:
         body = {"version": FORMAT_VERSION, "apps": [asdict(apps[a]) for a in sorted(apps)]}
-        _write_private(self.path, json.dumps(body, indent=1) + "\n")
+        replace_file(self.path, json.dumps(body, indent=1) + "\n")
         with self._guard:
             self._cache_key = None
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Replace `path` atomically with `text`, readable by its owner only."""
-    temp = path.with_name(path.name + ".tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        os.fchmod(out.fileno(), 0o600)  # a temp file left by a crash may have kept another mode
-        out.write(text)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(temp, path)
 
 
 # --- the demo's app ----------------------------------------------------------------------
@@ -269,6 +258,6 @@ def ensure_demo_app(apps_file: Path, app: str = DEMO_APP) -> AppCredential:
             book.enable(app)
         credential = book.rotate(app) if existing is not None else book.add(app, now=time.time())
         known[app] = credential.secret
-        _write_private(secrets_path(apps_file), json.dumps(known, indent=1, sort_keys=True))
+        replace_file(secrets_path(apps_file), json.dumps(known, indent=1, sort_keys=True))
         return credential
     return AppCredential(app, secret)

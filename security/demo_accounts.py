@@ -10,7 +10,6 @@ accounts with its own passwords and has no such file.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import time
 from collections.abc import Iterable
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from citypost.errors import ConfigError
 from security.account_book import AccountBook
+from security.files import replace_file
 
 # Roles no person logs in with: machines hold them by certificate.
 MACHINE_ONLY = frozenset({"sre"})
@@ -48,11 +48,7 @@ def ensure_demo_accounts(accounts_file: Path, roles: Iterable[str]) -> dict[str,
         else:
             book.set_password(role, password)
         known[role] = password
-    temp = path.with_name(path.name + ".tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        json.dump(known, out, indent=1, sort_keys=True)
-    temp.replace(path)
+    replace_file(path, json.dumps(known, indent=1, sort_keys=True))
     return {user: known[user] for user in wanted}
 
 

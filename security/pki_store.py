@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
@@ -31,6 +30,7 @@ from cryptography.x509.oid import NameOID
 
 from citypost.errors import ConfigError, InvalidArgumentError
 from security import pki
+from security.files import PRIVATE, PUBLIC, replace_file
 from security.pki import KeyPair, Kind, Principal
 
 # `ensure` replaces a certificate once less than this share of its life remains.
@@ -79,13 +79,8 @@ class IndexEntry:
         return self.revoked_at is not None
 
 
-def _write(path: Path, data: bytes, *, private: bool = False) -> None:
-    """Write-then-rename, so a reader sees the old file or the new one, never half."""
-    temp = path.with_name(path.name + ".tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-    temp.replace(path)
+def _put(path: Path, data: bytes, *, private: bool = False) -> None:
+    replace_file(path, data, mode=PRIVATE if private else PUBLIC)
 
 
 def _ageing(entry: IndexEntry, now: datetime) -> bool:
@@ -177,11 +172,11 @@ class PkiStore:
             now = now or datetime.now(UTC)
             root = pki.create_root(self.city, now=now)
             issuing = pki.create_issuing(root, self.city, now=now)
-            _write(self.root_cert, root.cert_pem)
-            _write(self.directory / "root.key", root.key_pem, private=True)
-            _write(self.directory / "ca.key", issuing.key_pem, private=True)
-            _write(self.ca_cert, issuing.cert_pem)
-            _write(self.trust, issuing.cert_pem + root.cert_pem)
+            _put(self.root_cert, root.cert_pem)
+            _put(self.directory / "root.key", root.key_pem, private=True)
+            _put(self.directory / "ca.key", issuing.key_pem, private=True)
+            _put(self.ca_cert, issuing.cert_pem)
+            _put(self.trust, issuing.cert_pem + root.cert_pem)
             self._write_crl(issuing, [], now)
             return True
 
@@ -262,8 +257,8 @@ class PkiStore:
         self.issued.mkdir(parents=True, exist_ok=True)
         paths = self._identity(principal)
         # The key first: a reader pairing the new certificate with the old key would fail.
-        _write(paths.key, issued.key_pem, private=True)
-        _write(paths.cert, issued.cert_pem)
+        _put(paths.key, issued.key_pem, private=True)
+        _put(paths.cert, issued.cert_pem)
         entry = IndexEntry(
             serial=cert.serial_number,
             common_name=principal.common_name,
@@ -277,13 +272,13 @@ class PkiStore:
 
     def _save_index(self, entries: list[IndexEntry]) -> None:
         data = json.dumps([asdict(e) for e in entries], indent=1) + "\n"
-        _write(self.index_path, data.encode())
+        _put(self.index_path, data.encode())
 
     def _write_crl(self, issuing: KeyPair, entries: list[IndexEntry], now: datetime) -> None:
         revoked = [
             (e.serial, datetime.fromisoformat(e.revoked_at)) for e in entries if e.revoked_at
         ]
-        _write(self.crl, pki.revocation_list(issuing, revoked, now=now))
+        _put(self.crl, pki.revocation_list(issuing, revoked, now=now))
 
     def _refresh_crl(self, now: datetime) -> None:
         current = x509.load_pem_x509_crl(self.crl.read_bytes()) if self.crl.exists() else None
