@@ -66,8 +66,14 @@ def _cmd_login(args: argparse.Namespace) -> int:
 
     posts = posts_to_ask(args.posts, os.environ)
     factory = workstation.from_environment(args)
-    user = args.user or input("user: ").strip()
-    password = getpass.getpass("password: ")
+    try:
+        user = args.user or input("user: ").strip()
+        # From the terminal, else the first line of stdin (scripts); never a flag, which
+        # would stay in the shell's history and the process list.
+        password = getpass.getpass("password: ")
+    except EOFError:
+        print(f"{PROG}: no password given", file=sys.stderr)
+        return 2
     try:
         try:
             session = login(factory, posts, user, password, args.otp)

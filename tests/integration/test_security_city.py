@@ -409,3 +409,18 @@ def test_the_gate_forwards_only_commands_a_post_signed(city: CitySystem) -> None
     time.sleep(2)
     executed = {e.command_id for e in city.network_server.executions()}
     assert not executed & set(forged_ids)
+
+
+def test_a_login_without_a_password_says_so(
+    city: CitySystem,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def no_input(_prompt: str) -> str:
+        raise EOFError
+
+    monkeypatch.setattr("getpass.getpass", no_input)
+    flags = ["--pki-dir", str(city.config.pki_dir), "--session", str(tmp_path / "s.json")]
+    assert run(["--post", ",".join(city.addresses()), *flags, "login", "--user", "auditor"]) == 2
+    assert "no password given" in capsys.readouterr().err
