@@ -22,6 +22,9 @@ from bench.city import anchored, ledger
 from citypost.config import load_config
 from cluster.system import CitySystem
 from protos.citypost.v1 import admin_pb2, admin_pb2_grpc, command_pb2, control_state_pb2
+from security import identities
+from security.identities import tls_identity
+from security.pki import Kind
 from tests.integration.failover_support import check_execution_log, wait_leader
 
 pytestmark = pytest.mark.integration
@@ -110,7 +113,8 @@ async def test_the_whole_city_through_a_transition_and_a_leader_crash(
     assert not stalled, f"no uplink for longer than {FLOWING_WINDOW_S:g} s at the end: {stalled}"
     assert all(0 < b <= POST_PSS_BOUND for b in pss.values()), f"post memory (PSS): {dict(pss)}"
 
-    records = await ledger(system.endpoints, system.config.city.name)
+    observer = tls_identity(system.config, Kind.CHAOS, identities.CHAOS)
+    records = await ledger(system.endpoints, system.config.city.name, observer)
     crash_ms = int((time.time() - (time.monotonic() - crashed_at)) * 1000)
 
     def described(r: control_state_pb2.CommandRecord) -> tuple[str, ...]:
