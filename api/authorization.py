@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from citypost.errors import ConfigError, PermissionDeniedError, UnauthenticatedError
 from protos.citypost.v1 import control_state_pb2
 from security.grpc_tls import peer_certificate, peer_principal, peer_serial
-from security.policy import Policy, missing_rules
+from security.policy import Grants, Policy, missing_rules
 from security.tokens import TokenVerifier, thumbprint
 
 AUTHORIZATION = "authorization"
@@ -45,6 +45,10 @@ class Caller:
     session_id: str = ""
     expires_at: float = 0.0  # the access token's end; 0 for a machine
     machine: bool = False
+    # What the roles allow; None where no authorization is in force (a plaintext port,
+    # the benchmarks' baseline). For the checks a servicer makes on what it reads: a
+    # rule that needs the record, not only the request (ending an override).
+    grants: Grants | None = None
 
     @property
     def known(self) -> bool:
@@ -113,12 +117,23 @@ class Authorizer:
             cert = peer_certificate(context)
             presented = None if cert is None else thumbprint(cert.public_bytes(Encoding.DER))
             claims = self.verifier.verify(token, now=self._now(), workstation_thumbprint=presented)
-            return Caller(claims.subject, claims.roles, claims.session_id, claims.expires_at)
+            return Caller(
+                claims.subject,
+                claims.roles,
+                claims.session_id,
+                claims.expires_at,
+                grants=self.policy.grants(claims.roles),
+            )
         principal = peer_principal(context)
         if principal is not None:
             role = self.policy.machine_roles.get(principal.kind.value)
             if role is not None:
-                return Caller(principal.common_name, (role,), machine=True)
+                return Caller(
+                    principal.common_name,
+                    (role,),
+                    machine=True,
+                    grants=self.policy.grants((role,)),
+                )
         return NOBODY
 
     def admit(

@@ -25,6 +25,7 @@ from bridges.chirpstack import build_downlink, downlink_topic
 from bridges.downlink_frame import COMMAND_F_PORT, encode_command
 from bridges.downlink_gate import gate_topic, plan_properties
 from bridges.mqtt_session import MqttSession
+from chaos.operator_load import lamp_command
 from citypost.config import CityConfig, Config, PostConfig, SimConfig
 from cluster.system import CitySystem
 from console.cli import run
@@ -424,3 +425,40 @@ def test_a_login_without_a_password_says_so(
     flags = ["--pki-dir", str(city.config.pki_dir), "--session", str(tmp_path / "s.json")]
     assert run(["--post", ",".join(city.addresses()), *flags, "login", "--user", "auditor"]) == 2
     assert "no password given" in capsys.readouterr().err
+
+
+def test_ending_an_override_needs_its_class(city: CitySystem) -> None:
+    """EndOverride names only the override: the post checks the override's own class."""
+    posts = city.addresses()
+    lamps = login(_console(city), posts, "urban-supervision", city.passwords["urban-supervision"])
+    signals = login(_console(city), posts, "traffic-control", city.passwords["traffic-control"])
+    group = _lamp_group(city)
+    with _console(city)(_leader(city)) as channel:
+        stub = operator_pb2_grpc.OperatorServiceStub(channel)
+        override = stub.SetOverride(
+            operator_pb2.SetOverrideRequest(
+                idempotency_key=str(uuid.uuid4()),
+                asset_class=assets_pb2.STREET_LAMP,
+                group=group,
+                action=lamp_command(group, 60.0),
+                duration_ms=600_000,
+                reason="security test",
+            ),
+            timeout=10,
+            metadata=_bearer(lamps.access_token),
+        )
+
+        def end(token: str) -> Any:
+            return stub.EndOverride(
+                operator_pb2.EndOverrideRequest(
+                    idempotency_key=str(uuid.uuid4()), override_id=override.override_id
+                ),
+                timeout=10,
+                metadata=_bearer(token),
+            )
+
+        code, details = _code(lambda: end(signals.access_token))
+        assert code == grpc.StatusCode.PERMISSION_DENIED
+        assert "overrides.set:street_lamp" in details
+        ended = end(lamps.access_token)
+    assert ended.override_id == override.override_id
