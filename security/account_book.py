@@ -3,15 +3,10 @@
 One JSON file (by default beside the PKI) holds every local account: its user
 name, roles, argon2id password hash, TOTP secret (if it has a second factor),
 whether it is disabled and when it was made. The `citypost` CLI changes it and
-both posts read it, so:
-
-- every read-modify-write holds an exclusive `flock` on a sibling lock file and
-  reads the file afresh under it, so no writer loses another's change;
-- the file is replaced atomically (written to a temporary file, synced, renamed)
-  with mode 0600: a reader sees the old book or the new one, never half, and
-  nobody but the owner reads the hashes and TOTP secrets;
-- readers re-read when the file changed (inode, mtime, size), so a running post
-  sees a new account without a restart.
+both posts read it, so it is a security.json_book: changed under an exclusive
+`flock`, replaced atomically with mode 0600 (nobody but the owner reads the
+hashes and TOTP secrets), and re-read by a running post when it changed, so a
+new account needs no restart.
 
 Passwords set here must pass `security.accounts.check_password`. Roles are free
 strings here; the authorization policy owns the roles table, and passes it as
@@ -20,15 +15,9 @@ strings here; the authorization policy owns the roles table, and passes it as
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
-import os
 import re
-import threading
-import time
-from collections.abc import Collection, Iterable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,16 +25,11 @@ from typing import Any
 import pyotp
 from argon2 import PasswordHasher
 
-from citypost.errors import ConfigError, InvalidArgumentError, NotFoundError
+from citypost.errors import InvalidArgumentError
 from security.accounts import check_password
-from security.files import replace_file
+from security.json_book import JsonBook
 
 USER_NAME = re.compile(r"[a-z][a-z0-9._-]{1,63}")
-FORMAT_VERSION = 1
-# File times come from a coarse kernel clock (one tick): two writes within a tick can
-# leave the same mtime (and, after a rename, a reused inode and the same size). A file
-# changed this recently is read again whatever its stat says (git's "racy" rule).
-_RACY_NS = 2_000_000_000
 
 
 @dataclass(frozen=True)
@@ -91,17 +75,16 @@ def _checked_roles(roles: Iterable[str], known_roles: Collection[str] | None) ->
     return result
 
 
-class AccountBook:
+class AccountBook(JsonBook[Account]):
     """The accounts file at `path`; `hasher` hashes new passwords (argon2id, RFC 9106
     parameters by default; tests pass a cheap one)."""
 
+    section = "accounts"
+    noun = "account"
+
     def __init__(self, path: Path, *, hasher: PasswordHasher | None = None) -> None:
-        self.path = Path(path)
-        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        super().__init__(path)
         self.hasher = hasher if hasher is not None else PasswordHasher()
-        self._cache: dict[str, Account] = {}
-        self._cache_key: tuple[int, int, int] | None = None  # (inode, mtime_ns, size)
-        self._guard = threading.Lock()  # the cache, between threads of one process
 
     # --- reading -------------------------------------------------------------------------
 
@@ -163,9 +146,7 @@ class AccountBook:
         self._update(user, disabled=False)
 
     def remove(self, user: str) -> None:
-        with self._changing() as accounts:
-            if accounts.pop(user, None) is None:
-                raise NotFoundError(f"no account {user!r} in {self.path}")
+        self._remove(user)
 
     def replace_hash(self, user: str, new_hash: str, *, previous: str | None = None) -> bool:
         """Store a new hash of the same password (a rehash to current parameters).
@@ -180,70 +161,8 @@ class AccountBook:
 
     # --- inside --------------------------------------------------------------------------
 
-    def _update(self, user: str, **changes: Any) -> None:
-        with self._changing() as accounts:
-            account = accounts.get(user)
-            if account is None:
-                raise NotFoundError(f"no account {user!r} in {self.path}")
-            accounts[user] = replace(account, **changes)
+    def _record(self, item: dict[str, Any]) -> Account:
+        return Account(**{**item, "roles": tuple(item["roles"])})
 
-    def _current(self) -> dict[str, Account]:
-        """The accounts, read again only if the file changed since the last read."""
-        with self._guard:
-            try:
-                fd = os.open(self.path, os.O_RDONLY)
-            except FileNotFoundError:
-                self._cache, self._cache_key = {}, None
-                return self._cache
-            # Stat and read the same open file, so the key always matches the content.
-            with os.fdopen(fd, "rb") as file:
-                st = os.fstat(file.fileno())
-                key = (st.st_ino, st.st_mtime_ns, st.st_size)
-                racy = time.time_ns() - st.st_mtime_ns < _RACY_NS
-                if key != self._cache_key or racy:
-                    self._cache = self._parse(file.read())
-                    self._cache_key = key
-            return self._cache
-
-    def _parse(self, data: bytes) -> dict[str, Account]:
-        try:
-            raw = json.loads(data)
-            if raw.get("version") != FORMAT_VERSION:
-                raise ValueError(f"unknown format version {raw.get('version')!r}")
-            accounts = {}
-            for item in raw["accounts"]:
-                account = Account(**{**item, "roles": tuple(item["roles"])})
-                accounts[account.user] = account
-            return accounts
-        except (ValueError, KeyError, TypeError, AttributeError) as error:
-            raise ConfigError(f"the accounts file {self.path} cannot be read: {error}") from error
-
-    @contextlib.contextmanager
-    def _changing(self) -> Iterator[dict[str, Account]]:
-        """The accounts read afresh under the file lock; saved if the block ends normally."""
-        with self._locked():
-            with self._guard:
-                self._cache_key = None  # another process may have written since
-            accounts = dict(self._current())
-            yield accounts
-            self._save(accounts)
-
-    def _save(self, accounts: dict[str, Account]) -> None:
-        body = {
-            "version": FORMAT_VERSION,
-            "accounts": [asdict(accounts[user]) for user in sorted(accounts)],
-        }
-        replace_file(self.path, json.dumps(body, indent=1) + "\n")
-        with self._guard:
-            self._cache_key = None  # the next read takes the file just written
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        with os.fdopen(fd, "r+b") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+    def _name(self, record: Account) -> str:
+        return record.user
