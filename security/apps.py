@@ -19,40 +19,33 @@ and anything that is not the city's app, and names the app, so a leaked one is
 rotated (`citypost apps rotate`) or removed. The limits keyed on it and on the
 peer's address are what hold an abuser back (api.citizen_guard).
 
-The same file discipline as security.account_book: writes under an exclusive
-flock, the file replaced atomically with mode 0600, readers re-reading when
-the file's inode, mtime or size changed (and always within 2 s of a write).
+The same file discipline as security.account_book (both are a
+security.json_book): writes under an exclusive flock, the file replaced
+atomically with mode 0600, readers re-reading when the file's inode, mtime or
+size changed (and always within 2 s of a write).
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import hmac
-import json
-import os
 import re
 import secrets
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from citypost.config import Config
-from citypost.errors import ConfigError, InvalidArgumentError, NotFoundError
-from security.files import replace_file
+from citypost.errors import InvalidArgumentError
+from security.files import load_secrets, save_secrets
+from security.json_book import JsonBook
 
 APP_ID = re.compile(r"[a-z][a-z0-9-]{1,63}")
-FORMAT_VERSION = 1
 HASH_PREFIX = "sha256:"
 # The demo's one app (CitySystem creates it, its secret kept beside the demo passwords).
 DEMO_APP = "citizen-app"
-# As security.account_book: a file changed this recently is read again whatever its stat.
-_RACY_NS = 2_000_000_000
 
 
 def apps_path(config: Config) -> Path:
@@ -99,15 +92,11 @@ def new_secret() -> str:
     return secrets.token_urlsafe(32)
 
 
-class AppBook:
+class AppBook(JsonBook[App]):
     """The apps file at `path`."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.lock_path = self.path.with_name(self.path.name + ".lock")
-        self._cache: dict[str, App] = {}
-        self._cache_key: tuple[int, int, int] | None = None  # (inode, mtime_ns, size)
-        self._guard = threading.Lock()
+    section = "apps"
+    noun = "app"
 
     # --- reading -------------------------------------------------------------------------
 
@@ -159,71 +148,18 @@ class AppBook:
         self._update(app, disabled=False)
 
     def remove(self, app: str) -> None:
-        with self._changing() as apps:
-            if apps.pop(app, None) is None:
-                raise NotFoundError(f"no app {app!r} in {self.path}")
+        self._remove(app)
 
     # --- inside --------------------------------------------------------------------------
 
-    def _update(self, app: str, **changes: Any) -> None:
-        with self._changing() as apps:
-            found = apps.get(app)
-            if found is None:
-                raise NotFoundError(f"no app {app!r} in {self.path}")
-            apps[app] = replace(found, **changes)
+    def _record(self, item: dict[str, Any]) -> App:
+        app = App(**item)
+        if not app.secret_hash.startswith(HASH_PREFIX):
+            raise ValueError(f"app {app.app!r}: the secret's hash is not {HASH_PREFIX}…")
+        return app
 
-    def _current(self) -> dict[str, App]:
-        with self._guard:
-            try:
-                fd = os.open(self.path, os.O_RDONLY)
-            except FileNotFoundError:
-                self._cache, self._cache_key = {}, None
-                return self._cache
-            with os.fdopen(fd, "rb") as file:
-                st = os.fstat(file.fileno())
-                key = (st.st_ino, st.st_mtime_ns, st.st_size)
-                racy = time.time_ns() - st.st_mtime_ns < _RACY_NS
-                if key != self._cache_key or racy:
-                    self._cache = self._parse(file.read())
-                    self._cache_key = key
-            return self._cache
-
-    def _parse(self, data: bytes) -> dict[str, App]:
-        try:
-            raw = json.loads(data)
-            if raw.get("version") != FORMAT_VERSION:
-                raise ValueError(f"unknown format version {raw.get('version')!r}")
-            apps = {}
-            for item in raw["apps"]:
-                app = App(**item)
-                if not app.secret_hash.startswith(HASH_PREFIX):
-                    raise ValueError(f"app {app.app!r}: the secret's hash is not {HASH_PREFIX}…")
-                apps[app.app] = app
-            return apps
-        except (ValueError, KeyError, TypeError, AttributeError) as error:
-            raise ConfigError(f"the apps file {self.path} cannot be read: {error}") from error
-
-    @contextlib.contextmanager
-    def _changing(self) -> Iterator[dict[str, App]]:
-        """The apps read afresh under the file lock; saved if the block ends normally."""
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        with os.fdopen(fd, "r+b") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                with self._guard:
-                    self._cache_key = None  # another process may have written since
-                apps = dict(self._current())
-                yield apps
-                self._save(apps)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-
-    def _save(self, apps: dict[str, App]) -> None:
-        body = {"version": FORMAT_VERSION, "apps": [asdict(apps[a]) for a in sorted(apps)]}
-        replace_file(self.path, json.dumps(body, indent=1) + "\n")
-        with self._guard:
-            self._cache_key = None
+    def _name(self, record: App) -> str:
+        return record.app
 
 
 # --- the demo's app ----------------------------------------------------------------------
@@ -235,22 +171,11 @@ def secrets_path(apps_file: Path) -> Path:
     return apps_file.with_name(apps_file.stem + ".secrets.json")
 
 
-def load_demo_secrets(apps_file: Path) -> dict[str, str]:
-    path = secrets_path(apps_file)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"{path} is unreadable: {error}") from None
-    return {str(k): str(v) for k, v in raw.items()}
-
-
 def ensure_demo_app(apps_file: Path, app: str = DEMO_APP) -> AppCredential:
     """The demo's app with its secret: made (or its secret made again, if the kept one
     was lost) on first use; the same afterwards."""
     book = AppBook(apps_file)
-    known = load_demo_secrets(apps_file)
+    known = load_secrets(secrets_path(apps_file))
     secret = known.get(app)
     if secret is None or book.refusal(app, secret) is not None:
         existing = book.get(app)
@@ -258,6 +183,6 @@ def ensure_demo_app(apps_file: Path, app: str = DEMO_APP) -> AppCredential:
             book.enable(app)
         credential = book.rotate(app) if existing is not None else book.add(app, now=time.time())
         known[app] = credential.secret
-        replace_file(secrets_path(apps_file), json.dumps(known, indent=1, sort_keys=True))
+        save_secrets(secrets_path(apps_file), known)
         return credential
     return AppCredential(app, secret)

@@ -9,7 +9,6 @@ accounts with its own passwords and has no such file.
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from collections.abc import Iterable
@@ -17,7 +16,7 @@ from pathlib import Path
 
 from citypost.errors import ConfigError
 from security.account_book import AccountBook
-from security.files import replace_file
+from security.files import load_secrets, save_secrets
 
 # Roles no person logs in with: machines hold them by certificate.
 MACHINE_ONLY = frozenset({"sre"})
@@ -37,7 +36,7 @@ def ensure_demo_accounts(accounts_file: Path, roles: Iterable[str]) -> dict[str,
     already there keep theirs. Returns user -> password."""
     book = AccountBook(accounts_file)
     path = passwords_path(accounts_file)
-    known = load_passwords(accounts_file)
+    known = load_secrets(path)
     wanted = [role for role in roles if role not in MACHINE_ONLY]
     for role in wanted:
         if book.get(role) is not None and role in known:
@@ -48,23 +47,12 @@ def ensure_demo_accounts(accounts_file: Path, roles: Iterable[str]) -> dict[str,
         else:
             book.set_password(role, password)
         known[role] = password
-    replace_file(path, json.dumps(known, indent=1, sort_keys=True))
+    save_secrets(path, known)
     return {user: known[user] for user in wanted}
 
 
-def load_passwords(accounts_file: Path) -> dict[str, str]:
-    path = passwords_path(accounts_file)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"{path} is unreadable: {error}") from None
-    return {str(k): str(v) for k, v in raw.items()}
-
-
 def demo_password(accounts_file: Path, user: str) -> str:
-    found = load_passwords(accounts_file).get(user)
+    found = load_secrets(passwords_path(accounts_file)).get(user)
     if found is None:
         raise ConfigError(
             f"no demo password for {user!r} beside {accounts_file} (a city with its own "
