@@ -1,463 +1,380 @@
-"""Command round trip: an operator's command to the device's ack, at idle and under load.
+"""Command round trip on the whole city: an operator's command to the device's ack,
+on the secured city and, in the same run, on the same city without security.
 
-A real post (its own Ray head, the city's actors, edge, dispatcher) and the
-simulated network server (in a child process, as it would be a separate
-machine) on one broker started here. K unicast commands go one at a time
-through `post.dispatcher.issue_command` (a street lamp each, rotating), timed
-from the call until the ledger record turns ACKED, observed by wrapping the
-dispatcher's `on_acks` in this benchmark. Baseline in the same run,
-interleaved sample by sample: a raw round trip on the same broker and
-network server: publish the same `command/down` a command makes (QoS 1) and
-wait for the network server's `event/ack`, with a plain paho client.
+Each city is a `CitySystem` as `make demo` runs it: a 3-member etcd, the
+broker, the downlink gate, the posts `primary` and `backup` (each its own
+process and Ray cluster) and the simulated network server (in this process),
+its clock in daylight so that the lighting policy issues nothing of its own.
+The secured city is the default one (`security.tls`): mutual TLS to the posts,
+etcd and the broker, commands signed for the gate, and an operator logged in
+(`urban-supervision`, the demo's password) whose bearer token every call
+carries. The plain one (`security.tls=false`, skipped with `--no-plain`) is
+the baseline: the ratio of the two is what TLS and tokens cost.
 
-Two phases: idle (the network server answers downlinks, publishes no
-uplinks), then under telemetry load: its scheduler runs with the city's
-uplink intervals shortened (`--interval-factor`) so that the rate cap
-(`--uplinks-per-s`) binds, while the simulated clock keeps the demo's speed:
-a fast clock would race through dusk and dawn and the lamps' group commands
-of those moments would swamp the measure. Prints one JSON object.
+The operator sends unicast lamp commands one at a time through the console's
+client (`SendCommand` to the leader), each after a random pause: a command
+comes at any moment, and one sent right after the previous ack would always
+land at the same phase of the edge's flush timer. A sample runs from the call
+until the command's record shows ACKED on a `WatchEvents` stream from the
+leader, opened with the same credentials: what an operator's screen sees.
 
-    python -m bench.command [--commands K] [--load-commands K] [--uplinks-per-s R]
+Two phases per city: under load (the city publishing `--uplinks-per-s`, its
+uplink intervals shortened to that rate at the demo's clock speed; skipped
+with `--load-commands 0`), then its uplinks stop, the posts drain, and idle.
+Prints one JSON object.
+
+    python -m bench.command [--commands K] [--load-commands K] [--scale S] [--no-plain]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
-import multiprocessing
-import multiprocessing.connection
 import random
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import asdict
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
-
-from bench.harness import PostRig, bench_config, parse_overrides, percentiles_ms
-from bridges import chirpstack
-from bridges.downlinks import downlinks
-from bridges.edge import ACK_FILTER
-from bridges.mqtt_session import tcp_no_delay
-from bridges.registry import Device, DeviceRegistry
-from citypost.clock import SimClock
-from citypost.config import load_config
-from cluster.mosquitto_local import LocalMosquitto
-from failover.control_state import ledger_key
-from fleet.network_server import NetworkServer
+from bench.city import status_of
+from bench.harness import parse_overrides, percentiles_ms
+from citypost.config import Config, load_config
+from cluster.system import CitySystem
+from console.client import CallFailedError, PostClient, PostUnreachableError
+from fleet.pacing import SPEED_HEADROOM
 from fleet.population import build_city
-from post.post import Post
-from protos.citypost.v1 import assets_pb2, command_pb2, control_state_pb2
+from protos.citypost.v1 import admin_pb2_grpc, assets_pb2, command_pb2, operator_pb2
 
 TARGET_IDLE_P99_MS = 50.0
 # Daylight in Dijon for the whole run at the demo's speed: the lighting policy
 # holds its lamps off and issues nothing of its own.
 SIM_START = datetime(2026, 6, 21, 7, 0, tzinfo=UTC)
+USER = "urban-supervision"  # a demo operator who may command the lamps
 ACK_TIMEOUT_S = 30.0
+CALL_TIMEOUT_S = 10.0
 WARMUP = 10
 RAMP_S = 5.0
-
-# --- the network server, in a child process -------------------------------------------------
-
-
-def _network_server_child(
-    conn: multiprocessing.connection.Connection,
-    overrides: dict[str, Any],
-    wall_origin: float,
-    uplinks: bool,
-) -> None:
-    """Run the simulated network server until told to stop; answer stats requests."""
-    config = load_config(overrides=overrides)
-    city = build_city(config.city)
-    # The post's clock, rebuilt here from wall time (the same in both processes).
-    elapsed = (time.time() - wall_origin) * config.sim.speed
-    start = config.sim.start_or_now() + timedelta(seconds=elapsed)
-    clock = SimClock(start, config.sim.speed)
-    server = NetworkServer(city, config.mqtt, clock, config.sim, config.city.name)
-    try:
-        server.start(uplinks=uplinks)
-        conn.send("ready")
-        while conn.recv() != "stop":
-            conn.send(asdict(server.stats()))
-    finally:
-        server.stop()
-    conn.send(asdict(server.stats()))
+DRAIN_S = 30.0  # after the city stops publishing, for the leader to apply what is queued
 
 
-class NetworkServerProcess:
-    """The child process above, started and stopped by PID."""
-
-    def __init__(self, overrides: dict[str, Any], wall_origin: float, *, uplinks: bool) -> None:
-        context = multiprocessing.get_context("spawn")
-        self._conn, child = context.Pipe()
-        self._proc = context.Process(
-            target=_network_server_child,
-            args=(child, overrides, wall_origin, uplinks),
-            name="bench-network-server",
-            daemon=True,
-        )
-
-    def start(self, timeout_s: float = 60.0) -> None:
-        self._proc.start()
-        if not self._conn.poll(timeout_s):
-            self.kill()
-            raise RuntimeError(f"the network server did not start within {timeout_s:.0f} s")
-        self._conn.recv()
-
-    def stats(self) -> dict[str, Any]:
-        self._conn.send("stats")
-        reply: dict[str, Any] = self._conn.recv()
-        return reply
-
-    def stop(self) -> dict[str, Any]:
-        self._conn.send("stop")
-        final: dict[str, Any] = self._conn.recv() if self._conn.poll(30) else {}
-        self._proc.join(15)
-        self.kill()
-        return final
-
-    def kill(self) -> None:
-        if self._proc.is_alive():
-            self._proc.kill()
-            self._proc.join(5)
+def city_config(args: argparse.Namespace, run_dir: Path, *, tls: bool) -> Config:
+    """The city's config: `--scale`, daylight, security on or off, and with a load phase
+    its uplink intervals shortened so that the city publishes `--uplinks-per-s` at
+    `--speed` (under a cap just above it: the clock's speed is kept)."""
+    overrides: dict[str, Any] = {
+        "city.scale": args.scale,
+        "sim.speed": args.speed,
+        "sim.start": SIM_START.isoformat(),
+        "run_dir": str(run_dir),
+        "post.grpc_port": None,
+        **parse_overrides(args.set),
+        "security.tls": tls,
+    }
+    if args.load_commands:
+        config = load_config(overrides=overrides)
+        demand = build_city(config.city).uplinks_per_sim_s()
+        overrides["sim.interval_factor"] = demand * config.sim.speed / args.uplinks_per_s
+        overrides["sim.max_uplinks_per_s"] = args.uplinks_per_s / SPEED_HEADROOM * 1.01
+    return load_config(overrides=overrides)
 
 
-# --- the two round trips ---------------------------------------------------------------------
-
-
-class RawRoundTrip:
-    """A plain paho client: publish a command's `command/down`, wait for its `event/ack`."""
-
-    def __init__(self, port: int, registry: DeviceRegistry) -> None:
-        self._registry = registry
-        self._waiting: dict[str, threading.Event] = {}
-        self._arrived: dict[str, float] = {}
-        self._lock = threading.Lock()
-        self._client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=f"bench-rtt-{uuid.uuid4().hex[:8]}",
-            protocol=mqtt.MQTTv5,
-        )
-        self._client.on_message = self._on_message
-        # Without TCP_NODELAY a publish that follows a PUBACK waits for the broker's
-        # delayed ACK (~40 ms): the baseline is the round trip without that stall.
-        self._client.on_socket_open = tcp_no_delay
-        self._subscribed = threading.Event()
-        self._client.on_subscribe = lambda *_a: self._subscribed.set()
-        self._client.connect("127.0.0.1", port)
-        self._client.loop_start()
-        self._client.subscribe(ACK_FILTER, qos=1)
-        if not self._subscribed.wait(10):
-            self.close()
-            raise RuntimeError("the raw round-trip client could not subscribe")
-
-    def _on_message(self, _c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
-        now = time.perf_counter()
-        try:
-            ack = chirpstack.parse_ack(bytes(message.payload))
-        except Exception:
-            return  # not an ack this client is waiting for
-        with self._lock:
-            event = self._waiting.pop(ack.queue_item_id, None)
-            if event is not None:
-                self._arrived[ack.queue_item_id] = now
-        if event is not None:
-            event.set()
-
-    def sample(self, command: command_pb2.Command) -> float | None:
-        """Seconds from publish to the device's ack; None past the timeout."""
-        [downlink] = downlinks(command, self._registry)
-        event = threading.Event()
-        with self._lock:
-            self._waiting[command.command_id] = event
-        start = time.perf_counter()
-        self._client.publish(downlink.topic, downlink.payload, qos=1)
-        if not event.wait(ACK_TIMEOUT_S):
-            with self._lock:
-                self._waiting.pop(command.command_id, None)
-            return None
-        with self._lock:
-            return self._arrived.pop(command.command_id) - start
-
-    def close(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
-
-
-class AckWatch:
-    """Wraps the dispatcher's `on_acks`: the moment a watched command's record is ACKED."""
-
-    def __init__(self, post: Post) -> None:
-        self._post = post
-        self._inner = post.dispatcher.on_acks
-        self.waiting: dict[str, asyncio.Future[float]] = {}
-        post.dispatcher.on_acks = self.on_acks  # type: ignore[method-assign]
-
-    async def on_acks(self, acks: Sequence[chirpstack.Ack | chirpstack.LogEvent]) -> None:
-        await self._inner(acks)
-        now = time.perf_counter()
-        for ack in acks:
-            if not isinstance(ack, chirpstack.Ack):
-                continue  # a log about a frame: not the device's ack
-            future = self.waiting.get(ack.queue_item_id)
-            if future is None or future.done():
-                continue
-            record = await self._post.state.get(
-                ledger_key(ack.queue_item_id), control_state_pb2.CommandRecord
-            )
-            if record is not None and record.status == command_pb2.ACKED:
-                future.set_result(now)
-
-    async def sample(self, command: command_pb2.Command) -> float | None:
-        """Seconds from `issue_command` to the ledger's ACKED; None past the timeout."""
-        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        self.waiting[command.command_id] = future
-        start = time.perf_counter()
-        try:
-            await self._post.dispatcher.issue_command(command, issued_by="operator:bench")
-            return await asyncio.wait_for(future, ACK_TIMEOUT_S) - start
-        except TimeoutError:
-            return None
-        finally:
-            self.waiting.pop(command.command_id, None)
-
-
-def lamp_command(lamp: Device, i: int, epoch: int) -> command_pb2.Command:
+def lamp_command(dev_eui: str, i: int) -> command_pb2.Command:
     return command_pb2.Command(
-        command_id=str(uuid.uuid4()),
-        epoch=epoch,
         asset_class=assets_pb2.STREET_LAMP,
-        target=command_pb2.Target(dev_eui=lamp.dev_eui),
+        target=command_pb2.Target(dev_eui=dev_eui),
         set_brightness=command_pb2.SetBrightness(brightness_pct=30 + i % 60),
     )
 
 
-async def measure(
-    watch: AckWatch,
-    raw: RawRoundTrip,
-    lamps: Sequence[Device],
-    count: int,
-    budget_s: float,
-    offset: int,
-    gap_s: float,
-) -> dict[str, Any]:
-    """`count` post samples and as many raw ones, interleaved, within `budget_s`.
+class AckedWatch:
+    """The lamps' events from one post (`WatchEvents`) on a thread: when each command's
+    record first showed ACKED. `close` ends the stream."""
 
-    A random pause before each post command: an operator's command comes at any
-    moment, while one sent right after the previous ack would always land at the
-    same phase of the edge's flush timer and measure only its worst case.
-    """
+    def __init__(self, client: PostClient) -> None:
+        self._client = client
+        self._stream = client.watch(
+            operator_pb2.WatchEventsRequest(asset_classes=[assets_pb2.STREET_LAMP])
+        )
+        self._acked: dict[str, float] = {}
+        self._cond = threading.Condition()
+        self.error: str | None = None
+        self._thread = threading.Thread(target=self._run, name="bench-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for event in self._stream:
+                now = time.perf_counter()
+                if event.WhichOneof("kind") != "command":
+                    continue
+                if event.command.status != command_pb2.ACKED:
+                    continue
+                with self._cond:
+                    self._acked.setdefault(event.command.command.command_id, now)
+                    self._cond.notify_all()
+        except (CallFailedError, PostUnreachableError) as error:
+            self.error = str(error)
+
+    def acked_at(self, command_id: str, timeout_s: float) -> float | None:
+        """The perf_counter instant the command was seen ACKED; None past the timeout."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while command_id not in self._acked:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(left)
+            return self._acked.pop(command_id)
+
+    def close(self) -> None:
+        self._client.close()  # cancels the stream: the generator ends
+        self._thread.join(10)
+
+
+class Operator:
+    """Sends one command at a time to the leader and times it to its ACKED event."""
+
+    def __init__(self, system: CitySystem, token: Callable[[], str] | None) -> None:
+        def client(posts: Sequence[str]) -> PostClient:
+            return PostClient(
+                posts,
+                operator=f"op-{USER}",
+                timeout_s=CALL_TIMEOUT_S,
+                channel_factory=system.channel_factory(),
+                token=token,
+            )
+
+        self._client = client(system.addresses())
+        self.send(lamp_command(lamps_of(system)[0], 0))  # finds the leader
+        leader = self._client.leader
+        assert leader is not None
+        self.leader = leader
+        self._watch = AckedWatch(client([leader]))
+
+    def send(self, command: command_pb2.Command) -> str:
+        request = operator_pb2.SendCommandRequest(
+            idempotency_key=uuid.uuid4().hex, command=command, reason="command benchmark"
+        )
+        record = self._client.write("SendCommand", request)
+        return str(record.command.command_id)
+
+    def sample(self, command: command_pb2.Command) -> tuple[float, float | None]:
+        """Seconds to the SendCommand reply, and to the ACKED event (None: none came)."""
+        start = time.perf_counter()
+        command_id = self.send(command)
+        replied = time.perf_counter() - start
+        acked = self._watch.acked_at(command_id, ACK_TIMEOUT_S)
+        return replied, None if acked is None else acked - start
+
+    @property
+    def watch_error(self) -> str | None:
+        return self._watch.error
+
+    def close(self) -> None:
+        self._watch.close()
+        self._client.close()
+
+
+def lamps_of(system: CitySystem) -> list[str]:
+    assert system.city is not None
+    return [
+        d.device.dev_eui
+        for d in system.city.devices
+        if d.device.asset_class == assets_pb2.STREET_LAMP
+    ]
+
+
+def measure(
+    operator: Operator, lamps: Sequence[str], count: int, budget_s: float, offset: int, gap_s: float
+) -> dict[str, Any]:
+    """`count` samples within `budget_s`, each after a uniform random pause of up to `gap_s`."""
     rng = random.Random(offset)
-    post_s: list[float] = []
-    raw_s: list[float] = []
-    lost = {"post": 0, "raw": 0}
+    acked_s: list[float] = []
+    replied_s: list[float] = []
+    timeouts = failed = 0
     deadline = time.monotonic() + budget_s
     for i in range(offset, offset + count):
         if time.monotonic() > deadline:
             break
-        # Raw commands carry epoch 1, the post's: a device fences lower epochs.
-        sample = await asyncio.to_thread(raw.sample, lamp_command(lamps[i % len(lamps)], i, 1))
-        if sample is None:
-            lost["raw"] += 1
-        else:
-            raw_s.append(sample)
-        # A different lamp than the raw one, so neither waits on the other's device.
-        lamp = lamps[(i + len(lamps) // 2) % len(lamps)]
-        await asyncio.sleep(rng.uniform(0, gap_s))
-        sample = await watch.sample(lamp_command(lamp, i, 0))
-        if sample is None:
-            lost["post"] += 1
-        else:
-            post_s.append(sample)
-    post, base = percentiles_ms(post_s), percentiles_ms(raw_s)
-    return {
-        "post": post,
-        "raw_mqtt": base,
-        "timeouts": lost,
-        "p50_ratio": round(post["p50_ms"] / base["p50_ms"], 2) if post and base else None,
-        "p99_ratio": round(post["p99_ms"] / base["p99_ms"], 2) if post and base else None,
-    }
-
-
-def _load_figures(
-    before: dict[str, Any], after: dict[str, Any], post: Post, edge_before: int, seconds: float
-) -> dict[str, Any]:
-    published = after["uplinks_by_class"]
-    earlier = before["uplinks_by_class"]
-    sent = sum(published.values()) - sum(earlier.values())
-    decoded = post.edge.stats().decoded - edge_before
-    return {
-        "window_s": round(seconds, 1),
-        "fleet_uplinks_per_s": round(sent / seconds),
-        "post_decoded_per_s": round(decoded / seconds),
-        "fleet_behind_s": round(after["behind_s"], 1),
-        "fleet_outstanding": after["outstanding"],
-        "post_buffered_events": post.feed.stats().buffered_events,
-    }
-
-
-async def run(args: argparse.Namespace) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="citypost-bench-") as tmp:
-        broker = LocalMosquitto(Path(tmp) / "mosquitto", persistence=False)
-        broker.start()
-        rig = PostRig(Path(tmp), name="bench-command")
-        servers: list[NetworkServerProcess] = []
-        raw: RawRoundTrip | None = None
+        time.sleep(rng.uniform(0, gap_s))
         try:
-            port = broker.port
-            sim = {
-                "sim.speed": args.speed,
-                "sim.start": SIM_START.isoformat(),
-                "sim.max_uplinks_per_s": args.uplinks_per_s,
-                "sim.interval_factor": args.interval_factor,
-                **parse_overrides(args.set),
-            }
-            config = bench_config(
-                broker_port=port,
-                scale=args.scale,
-                post_name="bench-command",
-                run_dir=Path(tmp),
-                **sim,
-            )
-            shared = {
-                "city.scale": args.scale,
-                "mqtt.host": "127.0.0.1",
-                "mqtt.port": port,
-                **sim,
-            }
-            city = build_city(config.city)
-            lamps = [d for d in city.devices if d.device.asset_class == assets_pb2.STREET_LAMP]
-            lamp_devices = [d.device for d in lamps]
-            if len(lamp_devices) < 2:
-                raise RuntimeError("the city at this scale has fewer than 2 street lamps")
-
-            await rig.start_ray()
-            await asyncio.to_thread(rig.spawn_actors, city.registry)
-            wall_origin = time.time()
-            clock = SimClock.of(config.sim)
-            post = rig.make_post(config, city.registry, clock)
-            await rig.start_post(post)
-            watch = AckWatch(post)
-            raw = RawRoundTrip(port, city.registry)
-
-            idle_server = NetworkServerProcess(shared, wall_origin, uplinks=False)
-            servers.append(idle_server)
-            await asyncio.to_thread(idle_server.start)
-            gap_s = args.max_gap_ms / 1000
-            await measure(watch, raw, lamp_devices, WARMUP, args.phase_budget, 0, gap_s)
-            idle = await measure(
-                watch, raw, lamp_devices, args.commands, args.phase_budget, WARMUP, gap_s
-            )
-            await asyncio.to_thread(idle_server.stop)
-
-            load_server = NetworkServerProcess(shared, wall_origin, uplinks=True)
-            servers.append(load_server)
-            await asyncio.to_thread(load_server.start)
-            await asyncio.sleep(RAMP_S)
-            before = await asyncio.to_thread(load_server.stats)
-            edge_before = post.edge.stats().decoded
-            started = time.perf_counter()
-            load = await measure(
-                watch,
-                raw,
-                lamp_devices,
-                args.load_commands,
-                args.phase_budget,
-                WARMUP + args.commands,
-                gap_s,
-            )
-            after = await asyncio.to_thread(load_server.stats)
-            load["telemetry"] = _load_figures(
-                before, after, post, edge_before, time.perf_counter() - started
-            )
-            await asyncio.to_thread(load_server.stop)
-            dispatcher = post.dispatcher.stats
-            feed = post.feed.stats()
-        finally:
-            try:
-                if raw is not None:
-                    raw.close()
-                for server in servers:
-                    await asyncio.to_thread(server.kill)
-                await rig.close()
-            finally:
-                broker.stop()
-    idle_p99 = idle["post"].get("p99_ms")
+            replied, acked = operator.sample(lamp_command(lamps[i % len(lamps)], i))
+        except (CallFailedError, PostUnreachableError):
+            failed += 1
+            continue
+        replied_s.append(replied)
+        if acked is None:
+            timeouts += 1
+        else:
+            acked_s.append(acked)
     return {
-        "benchmark": "command",
-        "devices": len(city.registry),
-        "actors": len(city.registry.groups()),
-        "lamps": len(lamp_devices),
-        "edge_batch_interval_ms": config.edge.batch_interval_ms,
-        "max_gap_ms": args.max_gap_ms,
-        "sim": {
-            "speed": config.sim.speed,
-            "interval_factor": config.sim.interval_factor,
-            "max_uplinks_per_s": config.sim.max_uplinks_per_s,
-            "demanded_uplinks_per_s": round(
-                sum(1 / d.behaviour.interval_s for d in city.devices)
-                * config.sim.speed
-                / config.sim.interval_factor
-            ),
-        },
-        "idle": idle,
-        "under_load": load,
-        "post_totals": {
-            "commands_issued": dispatcher.commands_issued,
-            "downlinks_sent": dispatcher.downlinks_sent,
-            "acks": dispatcher.acks,
-            "actor_restarts": sum(feed.restarts.values()),
-        },
-        "targets": {"idle_post_p99_ms": TARGET_IDLE_P99_MS},
-        "meets_targets": idle_p99 is not None and idle_p99 < TARGET_IDLE_P99_MS,
+        "command_to_ack": percentiles_ms(acked_s),
+        "send_command_reply": percentiles_ms(replied_s),
+        "timeouts": timeouts,
+        "failed": failed,
     }
+
+
+def drain(system: CitySystem, leader: str) -> dict[str, Any]:
+    """Stop the city's uplinks; wait (at most DRAIN_S) until the leader applied them."""
+    assert system.network_server is not None
+    system.network_server.stop_uplinks()
+    published = system.network_server.stats().uplinks
+    channel = system.channel(leader)
+    try:
+        stub = admin_pb2_grpc.PostAdminStub(channel)
+        began = time.monotonic()
+        applied = 0
+        while time.monotonic() - began < DRAIN_S:
+            status = status_of(stub)
+            applied = status.readings_applied if status is not None else applied
+            if applied >= published:
+                break
+            time.sleep(0.5)
+        return {"published": published, "applied": applied, "s": round(time.monotonic() - began, 1)}
+    finally:
+        channel.close()
+
+
+def run_city(args: argparse.Namespace, *, tls: bool) -> dict[str, Any]:
+    """One city, started, measured (under load, then idle) and stopped."""
+    with tempfile.TemporaryDirectory(prefix="citypost-bench-command-") as tmp:
+        config = city_config(args, Path(tmp), tls=tls)
+        system = CitySystem(config, Path(tmp) / "run", uplinks=args.load_commands > 0)
+        began = time.monotonic()
+        operator: Operator | None = None
+        try:
+            system.start(lambda step: print(f"bench.command: {step}", file=sys.stderr))
+            startup_s = time.monotonic() - began
+            token = system.operator(USER)  # None without TLS: no authorization either
+            operator = Operator(system, token)
+            lamps = lamps_of(system)
+            gap_s = args.max_gap_ms / 1000
+            result: dict[str, Any] = {
+                "tls": system.config.security.tls,
+                "bearer_token": token is not None,
+                "startup_s": round(startup_s, 1),
+                "devices": len(system.city.registry) if system.city is not None else 0,
+                "lamps": len(lamps),
+                "leader": operator.leader,
+                "speed": system.config.sim.speed,
+            }
+            if args.load_commands:
+                result["under_load"] = load_phase(system, operator, lamps, args, gap_s)
+                result["drain"] = drain(system, operator.leader)
+            measure(operator, lamps, WARMUP, args.phase_budget, 0, gap_s)
+            result["idle"] = measure(
+                operator, lamps, args.commands, args.phase_budget, WARMUP, gap_s
+            )
+            result["watch_error"] = operator.watch_error
+            return result
+        finally:
+            if operator is not None:
+                operator.close()
+            system.stop()
+
+
+def load_phase(
+    system: CitySystem,
+    operator: Operator,
+    lamps: Sequence[str],
+    args: argparse.Namespace,
+    gap_s: float,
+) -> dict[str, Any]:
+    assert system.network_server is not None
+    time.sleep(RAMP_S)
+    before = system.network_server.stats()
+    started = time.perf_counter()
+    offset = WARMUP + args.commands
+    phase = measure(operator, lamps, args.load_commands, args.phase_budget, offset, gap_s)
+    seconds = time.perf_counter() - started
+    after = system.network_server.stats()
+    phase["telemetry"] = {
+        "window_s": round(seconds, 1),
+        "fleet_uplinks_per_s": round((after.uplinks - before.uplinks) / seconds),
+        "fleet_behind_s": round(after.behind_s, 1),
+        "fleet_outstanding": after.outstanding,
+        "interval_factor": round(system.config.sim.interval_factor, 4),
+    }
+    return phase
+
+
+def ratios(secured: dict[str, Any], plain: dict[str, Any]) -> dict[str, Any]:
+    """Secured ÷ plain, per phase, of the command-to-ack p50 and p99 (None where a side
+    has no samples)."""
+    out: dict[str, Any] = {}
+    for phase in ("idle", "under_load"):
+        if phase not in secured or phase not in plain:
+            continue
+        a, b = secured[phase]["command_to_ack"], plain[phase]["command_to_ack"]
+        out[phase] = {
+            key: round(a[f"{key}_ms"] / b[f"{key}_ms"], 2) if a and b else None
+            for key in ("p50", "p99")
+        }
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--commands", type=int, default=200, help="samples at idle")
-    parser.add_argument("--load-commands", type=int, default=200, help="samples under load")
-    parser.add_argument("--scale", type=float, default=0.05)
-    parser.add_argument("--uplinks-per-s", type=float, default=2_000.0, help="the rate cap")
-    parser.add_argument("--speed", type=float, default=60.0, help="simulated clock speed")
-    parser.add_argument(
-        "--interval-factor",
-        type=float,
-        default=0.05,
-        help="multiplies uplink intervals: small enough that the rate cap binds",
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--commands", type=int, default=200, help="samples at idle")
+    parser.add_argument(
+        "--load-commands", type=int, default=200, help="samples under load (0: no load phase)"
+    )
+    parser.add_argument("--scale", type=float, default=0.05)
+    parser.add_argument(
+        "--uplinks-per-s", type=float, default=2_000.0, help="the city's rate under load"
+    )
+    parser.add_argument("--speed", type=float, default=60.0, help="simulated clock speed")
     parser.add_argument(
         "--max-gap-ms",
         type=float,
         default=100.0,
-        help="a uniform random pause of up to this before each post command",
+        help="a uniform random pause of up to this before each command",
     )
     parser.add_argument(
         "--phase-budget", type=float, default=90.0, help="seconds of sampling per phase, at most"
+    )
+    parser.add_argument(
+        "--plain",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure the same city without TLS and tokens, for the ratio",
     )
     parser.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a config override for the post, e.g. edge.batch_interval_ms=20",
+        help="a config override for both cities, e.g. edge.batch_interval_ms=20",
     )
     args = parser.parse_args(argv)
-    if args.commands < 1 or args.load_commands < 1:
-        parser.error("--commands and --load-commands must be >= 1")
+    if args.commands < 1 or args.load_commands < 0:
+        parser.error("--commands must be >= 1 and --load-commands >= 0")
     # Ray prints its raylet's warnings on stdout: keep stdout for the JSON alone.
     with contextlib.redirect_stdout(sys.stderr):
-        result = asyncio.run(run(args))
-    json.dump(result, sys.stdout, indent=2)
-    print()
+        secured = run_city(args, tls=True)
+        plain = run_city(args, tls=False) if args.plain else None
+    idle_p99 = secured["idle"]["command_to_ack"].get("p99_ms")
+    result = {
+        "benchmark": "command",
+        "scale": args.scale,
+        "max_gap_ms": args.max_gap_ms,
+        "operator": USER,
+        "secured": secured,
+        "plain": plain,
+        "secured_over_plain": ratios(secured, plain) if plain is not None else None,
+        "targets": {"idle_secured_p99_ms": TARGET_IDLE_P99_MS},
+        "meets_targets": idle_p99 is not None and idle_p99 < TARGET_IDLE_P99_MS,
+    }
+    print(json.dumps(result, indent=2))
     return 0
 
 
