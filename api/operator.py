@@ -45,6 +45,7 @@ from api import pagination
 from api.authorization import current
 from api.server import Service, caller
 from bridges.registry import Device, DeviceRegistry, class_name
+from citypost.config import ApprovalConfig
 from citypost.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -77,6 +78,14 @@ from protos.citypost.v1 import (
     telemetry_pb2,
 )
 from protos.metadata import OPERATOR_METADATA, WATCH_REVISION_METADATA
+from security.approval import (
+    APPROVE_PERMISSION,
+    EMERGENCY_PERMISSION,
+    Approver,
+    Danger,
+    check_approver,
+    danger_of,
+)
 
 M = TypeVar("M", bound=Message)
 AssetClass: TypeAlias = assets_pb2.AssetClass.ValueType
@@ -125,7 +134,10 @@ class OperatorService(operator_pb2_grpc.OperatorServiceServicer):
         latest: LatestTelemetry,
         *,
         wall_ms: Callable[[], int],
+        approval: ApprovalConfig | None = None,
     ) -> None:
+        self._approval = approval or ApprovalConfig()
+        self._dangers = frozenset(Danger(d) for d in self._approval.require_for)
         self._dispatcher = dispatcher
         self._state = state
         self._registry = registry
@@ -275,21 +287,103 @@ class OperatorService(operator_pb2_grpc.OperatorServiceServicer):
                 )
             asset_class = device.asset_class
             command.target.dev_eui = dev_eui
+            devices = 1
         else:
             group = _id("command.target.group", given.target.group)
             if not asset_class:
                 raise InvalidArgumentError(
                     "command.asset_class: a group command names the asset class of its group"
                 )
-            if not self._registry.group(asset_class, group):
+            members = self._registry.group(asset_class, group)
+            if not members:
                 raise NotFoundError(
                     f"command.target.group: no group {group!r} of {class_name(asset_class)}"
                 )
             command.target.group = group
+            devices = len(members)
         command.asset_class = asset_class
         _copy_action("command", given, command, asset_class, class_field="command.asset_class")
         return await self._dispatcher.issue_command(
-            command, issued_by=operator, ttl_ms=request.ttl_ms, reason=reason, idempotency_key=key
+            command,
+            issued_by=operator,
+            ttl_ms=request.ttl_ms,
+            reason=reason,
+            idempotency_key=key,
+            approval=self._approval_for(command, devices, request.emergency, reason),
+        )
+
+    def _approval_for(
+        self, command: command_pb2.Command, devices: int, emergency: bool, reason: str
+    ) -> control_state_pb2.Approval | None:
+        """The two-person rule on a dangerous command: it waits for a second person, or,
+        an emergency, goes at once and is marked (security.approval)."""
+        danger = danger_of(command, devices, self._dangers)
+        if not danger:
+            return None  # `emergency` changes nothing on a command that would not wait
+        now = self._wall_ms()
+        who = current.get()
+        if emergency:
+            if who.grants is not None and not who.grants.allows(EMERGENCY_PERMISSION):
+                raise PermissionDeniedError(
+                    f"permission {EMERGENCY_PERMISSION} is needed to send this without "
+                    f"approval ({danger}); send it without --emergency to ask for approval",
+                    EMERGENCY_PERMISSION,
+                )
+            if not reason:
+                raise InvalidArgumentError(
+                    "reason: an emergency command says why it cannot wait for approval"
+                )
+            return control_state_pb2.Approval(
+                danger=danger, emergency=True, requester_roles=who.roles, decided_at_ms=now
+            )
+        return control_state_pb2.Approval(
+            danger=danger,
+            approve_by_ms=now + int(self._approval.window_s * 1000),
+            requester_roles=who.roles,
+        )
+
+    async def ApproveCommand(
+        self, request: operator_pb2.DecideCommandRequest, context: Any
+    ) -> control_state_pb2.CommandRecord:
+        return await self._decide(request, approve=True)
+
+    async def RejectCommand(
+        self, request: operator_pb2.DecideCommandRequest, context: Any
+    ) -> control_state_pb2.CommandRecord:
+        return await self._decide(request, approve=False)
+
+    async def _decide(
+        self, request: operator_pb2.DecideCommandRequest, *, approve: bool
+    ) -> control_state_pb2.CommandRecord:
+        key = _idempotency_key(request.idempotency_key)
+        operator = _operator()
+        command_id = _id("command_id", request.command_id)
+        reason = _text("reason", request.reason)
+        if not approve and not reason:
+            raise InvalidArgumentError("reason: say why the command is rejected")
+        who = current.get()
+        rule = Approver(self._approval.approver)
+
+        def check(record: control_state_pb2.CommandRecord) -> None:
+            scope = class_name(record.command.asset_class)
+            grants = who.grants
+            check_approver(
+                requester=record.issued_by,
+                requester_roles=record.approval.requester_roles,
+                approver=operator,
+                approver_roles=who.roles,
+                may_approve=grants is None or grants.allows(APPROVE_PERMISSION),
+                may_command_class=grants is None or grants.allows("commands.send", scope),
+                rule=rule,
+            )
+
+        return await self._dispatcher.decide_approval(
+            command_id,
+            approve=approve,
+            by=operator,
+            reason=reason,
+            check=check,
+            idempotency_key=key,
         )
 
     async def GetCommand(
@@ -590,9 +684,12 @@ def operator_service(
     latest: LatestTelemetry,
     *,
     wall_ms: Callable[[], int],
+    approval: ApprovalConfig | None = None,
 ) -> Service:
     """The service, ready for `api.server.start_server`."""
-    servicer = OperatorService(dispatcher, state, registry, latest, wall_ms=wall_ms)
+    servicer = OperatorService(
+        dispatcher, state, registry, latest, wall_ms=wall_ms, approval=approval
+    )
     return Service(SERVICE_NAME, operator_pb2_grpc.add_OperatorServiceServicer_to_server, servicer)
 
 

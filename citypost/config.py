@@ -215,6 +215,22 @@ class PostConfig(_Section):
     retention_sweep_s: float = Field(60.0, gt=0)
 
 
+class ApprovalConfig(_Section):
+    # The two-person rule (security.approval): which dangerous commands wait for a
+    # second person, who that may be, and for how long before the command expires unsent.
+    require_for: tuple[
+        Literal[
+            "bollards_lowered_sector",
+            "bollards_raised_sector",
+            "lamps_off_group",
+            "signals_flashing",
+        ],
+        ...,
+    ] = ("bollards_lowered_sector", "bollards_raised_sector", "lamps_off_group", "signals_flashing")
+    approver: Literal["supervisor", "same_role"] = "supervisor"
+    window_s: float = Field(300.0, ge=10, le=3600)
+
+
 class SecurityConfig(_Section):
     # Mutual TLS with the city's certificates on etcd (clients and peers), the broker
     # and every gRPC server, with the access rules that key on them. Off only to
@@ -236,6 +252,7 @@ class SecurityConfig(_Section):
     roles: dict[str, tuple[str, ...]] | None = None
     # Certificate kind -> role, for calls without an operator token; None: chaos -> sre.
     machine_roles: dict[str, str] | None = None
+    approval: ApprovalConfig = ApprovalConfig()
 
 
 class ObservabilityConfig(_Section):

@@ -244,7 +244,12 @@ async def run_post(config: Config, *, ready_file: Path | None = None) -> int:
         services = [
             admin_service(post),
             operator_service(
-                post.dispatcher, post.state, post.registry, post.latest, wall_ms=wall_ms
+                post.dispatcher,
+                post.state,
+                post.registry,
+                post.latest,
+                wall_ms=wall_ms,
+                approval=config.security.approval,
             ),
         ]
         held.close()

@@ -80,6 +80,9 @@ def post_overrides(config: Config) -> list[str]:
     values["security.apps_file"] = json.dumps(str(apps_path(config)))
     values["security.access_token_s"] = repr(security.access_token_s)
     values["security.refresh_token_s"] = repr(security.refresh_token_s)
+    values["security.approval.window_s"] = repr(security.approval.window_s)
+    values["security.approval.approver"] = json.dumps(security.approval.approver)
+    values["security.approval.require_for"] = json.dumps(list(security.approval.require_for))
     for key, table in (("roles", security.roles), ("machine_roles", security.machine_roles)):
         if table is not None:  # a TOML inline table; JSON strings and arrays are TOML
             pairs = ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in table.items())

@@ -318,9 +318,22 @@ def _command_send(args: argparse.Namespace, client: PostClient, out: Output) -> 
         command=command,
         ttl_ms=round(args.ttl * 1000) if args.ttl else 0,
         reason=args.reason or "",
+        emergency=args.emergency,
     )
     record = client.write("SendCommand", request)
-    out.one(record, "command sent", render.command_detail(record))
+    title = "command sent"
+    if record.status == command_pb2.PENDING_APPROVAL:
+        title = "command waiting for approval (citypost console command approve ID)"
+    out.one(record, title, render.command_detail(record))
+
+
+def _command_decide(rpc: str, done: str) -> Handler:
+    def handler(args: argparse.Namespace, client: PostClient, out: Output) -> None:
+        request = operator_pb2.DecideCommandRequest(command_id=args.id, reason=args.reason or "")
+        record = client.write(rpc, request)
+        out.one(record, f"command {done}", render.command_detail(record))
+
+    return handler
 
 
 def _command_show(args: argparse.Namespace, client: PostClient, out: Output) -> None:
@@ -651,8 +664,25 @@ def add_console_parser(commands: argparse._SubParsersAction) -> None:
     _add_action_flags(send)
     send.add_argument("--ttl", type=_positive(float), metavar="S", help="give up after S seconds")
     send.add_argument("--reason", help="why, for the audit")
+    send.add_argument(
+        "--emergency",
+        action="store_true",
+        help="a dangerous command that cannot wait for a second person: sent at once, "
+        "with an alarm for the whole room (needs --reason)",
+    )
     show = command(command_group, "show", _command_show, "one command and its delivery")
     show.add_argument("id", metavar="ID")
+    for name, rpc, done in (
+        ("approve", "ApproveCommand", "approved"),
+        ("reject", "RejectCommand", "rejected"),
+    ):
+        decide = command(
+            command_group, name, _command_decide(rpc, done), f"{name} a command waiting for approval"
+        )
+        decide.add_argument("id", metavar="ID")
+        decide.add_argument(
+            "--reason", required=name == "reject", help="why, for the audit and the requester"
+        )
 
     commands_list = command(sub, "commands", _commands, "list the commands in the ledger")
     _enum_flag(commands_list, "--status", COMMAND_STATUS, "STATUS")

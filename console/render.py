@@ -471,6 +471,16 @@ def command_detail(record: control_state_pb2.CommandRecord) -> Pairs:
         )
     if record.waiting:
         pairs.append(("waiting", record.waiting))
+    approval = record.approval
+    if approval.emergency:
+        pairs.append(("EMERGENCY", f"sent without approval: {approval.danger}"))
+    elif approval.danger:
+        pairs.append(("needs approval", approval.danger))
+        if approval.decided_by:
+            verdict = "rejected" if record.status == command_pb2.REJECTED else "approved"
+            pairs.append((verdict, f"by {approval.decided_by}, {when(approval.decided_at_ms)}"))
+        else:
+            pairs.append(("approve by", when(approval.approve_by_ms)))
     if record.finished_at_ms:
         pairs.append(("finished", when(record.finished_at_ms)))
     if record.detail:

@@ -50,6 +50,10 @@ class Action(StrEnum):
     COMMAND_EXPIRE = "command.expire"
     COMMAND_FAIL = "command.fail"
     COMMAND_SUPERSEDE = "command.supersede"
+    COMMAND_APPROVAL_ASK = "command.approval_ask"  # a dangerous command waits for a second person
+    COMMAND_APPROVE = "command.approve"
+    COMMAND_REJECT = "command.reject"
+    COMMAND_EMERGENCY = "command.emergency"  # sent without approval: an emergency
     OVERRIDE_SET = "override.set"
     OVERRIDE_END = "override.end"
     INCIDENT_OPEN = "incident.open"

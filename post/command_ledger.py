@@ -3,6 +3,11 @@
     QUEUED -> SENT -> ACKED, or EXPIRED (TTL passed) / FAILED (attempts exhausted)
     / PARTIAL (a multicast some devices had not confirmed by its deadline).
 
+Approval: a dangerous command (security/approval.py) starts PENDING_APPROVAL
+with its deadline at the approval's: `approve` makes it QUEUED and starts its
+TTL then (the time on air is the TTL's, however long the decision took);
+`reject` makes it REJECTED; nobody deciding makes it EXPIRED, unsent.
+
 A driver loops: `decide(record, now)` says RESEND / EXPIRE / FAIL / WAIT / DONE;
 the driver writes the record the matching function returns (fenced) and
 publishes after the write, so a command is in the ledger before it is sent.
@@ -60,7 +65,11 @@ EXPIRED = command_pb2.EXPIRED
 FAILED = command_pb2.FAILED
 PARTIAL = command_pb2.PARTIAL
 SUPERSEDED = command_pb2.SUPERSEDED
-TERMINAL: frozenset[Status.ValueType] = frozenset({ACKED, EXPIRED, FAILED, PARTIAL, SUPERSEDED})
+PENDING_APPROVAL = command_pb2.PENDING_APPROVAL
+REJECTED = command_pb2.REJECTED
+TERMINAL: frozenset[Status.ValueType] = frozenset(
+    {ACKED, EXPIRED, FAILED, PARTIAL, SUPERSEDED, REJECTED}
+)
 # Actions that set a state the devices report (and so are confirmed by their uplinks).
 STATE_ACTIONS = frozenset({"set_lamp_profile", "set_brightness", "set_bollard_position"})
 MAX_LISTED_STRAGGLERS = 100  # the record names this many; straggler_count counts them all
@@ -126,8 +135,10 @@ def new_record(
     backoff_initial_ms: int = DEFAULT_BACKOFF_INITIAL_MS,
     backoff_max_ms: int = DEFAULT_BACKOFF_MAX_MS,
     multicast: bool = False,
+    approval: control_state_pb2.Approval | None = None,
 ) -> CommandRecord:
-    """A QUEUED entry whose first send is due at once and whose deadline is now + ttl_ms."""
+    """A QUEUED entry whose first send is due at once and whose deadline is now + ttl_ms;
+    with an `approval`, a PENDING_APPROVAL one whose deadline is the approval's."""
     if not command.command_id:
         raise InvalidArgumentError("command.command_id must not be empty")
     target = command.target.WhichOneof("kind")
@@ -165,12 +176,62 @@ def new_record(
     )
     if multicast and target != "group":
         raise InvalidArgumentError("only a command to a group goes by multicast")
+    if approval is not None:
+        if approval.approve_by_ms <= now:
+            raise InvalidArgumentError(
+                f"approval.approve_by_ms must be after now ({now}), got {approval.approve_by_ms}"
+            )
+        record.status = PENDING_APPROVAL
+        record.deadline_ms = record.next_retry_at_ms = approval.approve_by_ms
+        record.approval.CopyFrom(approval)
     record.command.CopyFrom(command)
     record.command.ttl_ms = ttl_ms
     record.command.issued_by = record.issued_by
     if not record.command.issued_at_ms:
         record.command.issued_at_ms = now
     return record
+
+
+def approve(record: CommandRecord, by: str, now: int, reason: str = "") -> CommandRecord:
+    """A second person approved it: QUEUED, first send due now, deadline now + its TTL."""
+    _check_pending(record, now, "approve")
+    approved = _copy(record)
+    approved.status = QUEUED
+    approved.deadline_ms = now + record.command.ttl_ms
+    approved.next_retry_at_ms = now
+    approved.approval.decided_by = by
+    approved.approval.decided_at_ms = now
+    approved.approval.decision_reason = reason
+    return approved
+
+
+def reject(record: CommandRecord, by: str, now: int, reason: str) -> CommandRecord:
+    """A second person refused it: REJECTED, never sent."""
+    _check_pending(record, now, "reject")
+    rejected = _finish(record, REJECTED, now, f"rejected by {by}: {reason}")
+    rejected.approval.decided_by = by
+    rejected.approval.decided_at_ms = now
+    rejected.approval.decision_reason = reason
+    return rejected
+
+
+def _check_pending(record: CommandRecord, now: int, what: str) -> None:
+    if record.status != PENDING_APPROVAL:
+        decided = record.approval.decided_by
+        raise FailedPreconditionError(
+            f"command {record.command.command_id}: cannot {what} when {status_name(record)}"
+            + (f" (decided by {decided})" if decided else " (it needed no approval)")
+        )
+    if now >= record.approval.approve_by_ms:
+        raise FailedPreconditionError(
+            f"command {record.command.command_id}: too late to {what}: its approval was due "
+            f"by {record.approval.approve_by_ms} (now {now}); it expires unsent"
+        )
+
+
+def sending_since(record: CommandRecord) -> int:
+    """When the command's TTL began: its approval if it needed one, else its creation."""
+    return record.approval.decided_at_ms or record.created_at_ms
 
 
 def backoff_ms(record: CommandRecord, attempt: int) -> int:
@@ -211,7 +272,8 @@ def on_sent(record: CommandRecord, now: int, *, epoch: int | None = None) -> Com
     if sent.multicast:
         # No ack to wait for: confirmed by state. Halfway to the deadline, the stragglers
         # get it again one by one (the caller's resend); after that, nothing until the end.
-        halfway = sent.created_at_ms + (sent.deadline_ms - sent.created_at_ms) // 2
+        start = sending_since(sent)
+        halfway = start + (sent.deadline_ms - start) // 2
         sent.next_retry_at_ms = (
             halfway if sent.attempts == 1 and now < halfway else sent.deadline_ms
         )
@@ -300,6 +362,8 @@ def decide(record: CommandRecord, now: int) -> Action:
         return Action.DONE
     if now >= record.deadline_ms:
         return Action.EXPIRE
+    if record.status == PENDING_APPROVAL:
+        return Action.WAIT  # nothing goes on air before a second person says so
     if now >= record.next_retry_at_ms:
         return Action.RESEND if record.attempts < record.max_attempts else Action.FAIL
     return Action.WAIT
@@ -319,6 +383,10 @@ def expire(record: CommandRecord, now: int) -> CommandRecord:
         raise FailedPreconditionError(
             f"command {record.command.command_id}: cannot expire before its deadline "
             f"{record.deadline_ms} (now {now})"
+        )
+    if record.status == PENDING_APPROVAL:
+        return _finish(
+            record, EXPIRED, now, f"nobody approved it by {record.approval.approve_by_ms}: not sent"
         )
     detail = f"TTL passed after {record.attempts} attempt(s)"
     if record.waiting:

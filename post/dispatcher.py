@@ -151,7 +151,7 @@ class Dispatcher:
             r.command.command_id: (r.finished_at_ms, r.idempotency_key) for r in finished
         }
         for record in self._pending.values():
-            if record.multicast:
+            if record.multicast and record.status != command_ledger.PENDING_APPROVAL:
                 self.confirmations.watch(record)
         overrides = await _all(self._state, "state/overrides/", control_state_pb2.Override)
         now = self._wall_ms()
@@ -202,14 +202,15 @@ class Dispatcher:
 
     async def replay_pending(self) -> int:
         """A new leader sends every unfinished command again, under its own epoch and
-        with the same command_id (devices execute a command_id once). Returns how many."""
+        with the same command_id (devices execute a command_id once). Returns how many.
+        A command waiting for approval still waits: it was never sent."""
         sent = 0
         for command_id in list(self._pending):
             # One at a time under the lock: operators' new commands need not wait for all.
             async with self._lock:
                 record = self._pending.get(command_id)
-                if record is None:
-                    continue  # finished meanwhile (an ack)
+                if record is None or record.status == command_ledger.PENDING_APPROVAL:
+                    continue  # finished meanwhile (an ack), or not to be sent yet
                 try:
                     await self._send(record)
                     sent += 1
@@ -269,11 +270,15 @@ class Dispatcher:
         reason: str = "",
         idempotency_key: str = "",
         from_policy: bool = False,
+        approval: control_state_pb2.Approval | None = None,
     ) -> control_state_pb2.CommandRecord:
         """Ledger first (queued and sent, in one transaction), then the downlinks.
 
         With an `idempotency_key` a repeated call answers with the ledger entry
-        of the first one (as it is now) and sends nothing.
+        of the first one (as it is now) and sends nothing. With an `approval` (a
+        dangerous command, security/approval.py) it is written PENDING_APPROVAL and
+        nothing is sent until `decide_approval`; an emergency's approval sends it at
+        once and raises an alarm for the room in the same transaction.
         """
         async with self._lock:
             if from_policy:
@@ -298,6 +303,7 @@ class Dispatcher:
                 # Confirmed by what the devices report, or sent in a class A device's
                 # receive windows: no sooner than its reports come.
                 issued.ttl_ms = max(issued.ttl_ms, self._report_ttl_ms(reached))
+            waits = approval is not None and not approval.emergency
             record = command_ledger.new_record(
                 issued,
                 issued.ttl_ms,
@@ -307,10 +313,21 @@ class Dispatcher:
                 issued_by,
                 expected_acks=expected,
                 multicast=by_multicast,
+                approval=approval if waits else None,
             )
+            if approval is not None and approval.emergency:
+                record.approval.CopyFrom(approval)
             note = audit.for_command(record, audit.Action.COMMAND_ISSUE, now, detail=reason)
             key = ledger_key(issued.command_id)
             index = self._index(idempotency_key, key, issued_by, now)
+            if waits:
+                asked = audit.for_command(
+                    record, audit.Action.COMMAND_APPROVAL_ASK, now, detail=record.approval.danger
+                )
+                return await self._write_first(
+                    record, [(key, record), *index], [note, asked], idempotency_key, issued_by
+                )
+            alarm = None
             # An older command still setting this group's state is over: re-sent, it
             # would undo this one (dusk's profile after the night's); in one transaction.
             superseded = [
@@ -318,38 +335,150 @@ class Dispatcher:
                 for older in self._pending.values()
                 if command_ledger.supersedes(issued, older.command)
             ]
+            notes: list[control_state_pb2.AuditEntry | None] = [
+                audit.for_command(s, audit.Action.COMMAND_SUPERSEDE, now, detail=s.detail)
+                for s in superseded
+            ]
+            writes: list[tuple[str, Message | None]] = [
+                (ledger_key(s.command.command_id), s) for s in superseded
+            ]
+            # Queued and sent in one transaction (one round trip to etcd, not two), still
+            # before any frame goes out: if this post dies in between, the next leader
+            # sends it, as it sends every unacknowledged command.
+            sent, frames, send_note = self._attempt(record)
+            if approval is not None and approval.emergency:
+                alarm, alarm_note = self._emergency_alarm(sent, now)
+                writes.append((alarm_key(alarm.alarm_id), alarm))
+                notes.extend([alarm_note, self._emergency_note(sent, now, reason)])
+            first = await self._write_first(
+                sent,
+                [(key, sent), *index, *writes],
+                [note, send_note, *notes],
+                idempotency_key,
+                issued_by,
+            )
+            if first is not sent:
+                return first  # a repeated request: nothing sent
+            if alarm is not None:
+                self._alarms = self._alarms.with_alarm(alarm)
+            for finished in superseded:
+                self._settle(finished)
+            self.stats.commands_issued += 1
+            self._publish_all(frames)
+            return sent
+
+    async def _write_first(
+        self,
+        record: control_state_pb2.CommandRecord,
+        items: list[tuple[str, Message | None]],
+        notes: list[control_state_pb2.AuditEntry | None],
+        idempotency_key: str,
+        issued_by: str,
+    ) -> control_state_pb2.CommandRecord:
+        """Write a new command's entry, only if its idempotency key is new (the check and
+        the write in one round trip to etcd); a repeated request gets the first one's
+        entry as it is now, and the caller acts no more."""
+        absent = [idempotency_index_key(idempotency_key)] if idempotency_key else []
+        try:
+            await self._write(items, notes, absent=absent)
+        except KeyExistsError:
+            prior = await self._prior(
+                idempotency_key, control_state_pb2.CommandRecord, LEDGER, actor=issued_by
+            )
+            if prior is None:  # the key expired in between: it cannot be told apart
+                raise FailedPreconditionError(
+                    f"idempotency_key {idempotency_key!r}: its record went away while "
+                    "this request was written; send it again"
+                ) from None
+            return prior
+        self._settle(record)
+        return record
+
+    def _emergency_alarm(
+        self, record: control_state_pb2.CommandRecord, now: int
+    ) -> tuple[operations_pb2.Alarm, control_state_pb2.AuditEntry | None]:
+        """The room sees every emergency: one critical alarm per command, raised with it."""
+        command = record.command
+        change = alarm_book.raise_alarm(
+            self._alarms,
+            f"command/{command.command_id}",
+            EMERGENCY_ALARM,
+            operations_pb2.CRITICAL,
+            f"{record.issued_by} sent without approval: {record.approval.danger}",
+            now,
+            asset_class=command.asset_class,
+            group=command.target.group,
+            actor=record.issued_by,
+        )
+        return change.alarm, change.audit
+
+    @staticmethod
+    def _emergency_note(
+        record: control_state_pb2.CommandRecord, now: int, reason: str
+    ) -> control_state_pb2.AuditEntry:
+        return audit.for_command(
+            record,
+            audit.Action.COMMAND_EMERGENCY,
+            now,
+            detail=f"{record.approval.danger}; without approval: {reason}",
+        )
+
+    async def decide_approval(
+        self,
+        command_id: str,
+        *,
+        approve: bool,
+        by: str,
+        reason: str = "",
+        check: Callable[[control_state_pb2.CommandRecord], None] = lambda _: None,
+        idempotency_key: str = "",
+    ) -> control_state_pb2.CommandRecord:
+        """A second person's decision on a PENDING_APPROVAL command; `check` raises if `by`
+        may not decide it (it sees the record). Approved, it is sent at once, in the same
+        way as any new command (ledger first); rejected, it is over."""
+        async with self._lock:
+            key = ledger_key(command_id)
+            if idempotency_key:
+                prior = await self._prior(
+                    idempotency_key, control_state_pb2.CommandRecord, LEDGER, actor=by
+                )
+                if prior is not None:
+                    return prior
+            record = self._pending.get(command_id)
+            if record is None:
+                record = await self._state.get(key, control_state_pb2.CommandRecord)
+            if record is None:
+                raise NotFoundError(f"command {command_id!r} does not exist")
+            check(record)
+            now = self._wall_ms()
+            index = self._index(idempotency_key, key, by, now)
+            if not approve:
+                rejected = command_ledger.reject(record, by, now, reason)
+                note = audit.for_command(
+                    rejected, audit.Action.COMMAND_REJECT, now, actor=by, detail=reason
+                )
+                await self._write([(key, rejected), *index], [note])
+                self._settle(rejected)
+                return rejected
+            approved = command_ledger.approve(record, by, now, reason)
+            note = audit.for_command(
+                approved, audit.Action.COMMAND_APPROVE, now, actor=by, detail=reason
+            )
+            superseded = [
+                command_ledger.supersede(older, now, approved)
+                for older in self._pending.values()
+                if command_ledger.supersedes(approved.command, older.command)
+            ]
             notes = [
                 audit.for_command(s, audit.Action.COMMAND_SUPERSEDE, now, detail=s.detail)
                 for s in superseded
             ]
             writes = [(ledger_key(s.command.command_id), s) for s in superseded]
-            # Queued and sent in one transaction (one round trip to etcd, not two), still
-            # before any frame goes out: if this post dies in between, the next leader
-            # sends it, as it sends every unacknowledged command.
-            sent, frames, send_note = self._attempt(record)
-            try:
-                # Written only if the idempotency key is new: its check and the write
-                # in one round trip to etcd.
-                await self._write(
-                    [(key, sent), *index, *writes],
-                    [note, send_note, *notes],
-                    absent=[k for k, _ in index],
-                )
-            except KeyExistsError:
-                # A repeated request: the first one's entry, as it is now; nothing sent.
-                prior = await self._prior(
-                    idempotency_key, control_state_pb2.CommandRecord, LEDGER, actor=issued_by
-                )
-                if prior is None:  # the key expired in between: it cannot be told apart
-                    raise FailedPreconditionError(
-                        f"idempotency_key {idempotency_key!r}: its record went away while "
-                        "this request was written; send it again"
-                    ) from None
-                return prior
+            sent, frames, send_note = self._attempt(approved)
+            await self._write([(key, sent), *index, *writes], [note, send_note, *notes])
             for finished in superseded:
                 self._settle(finished)
             self._settle(sent)
-            self.stats.commands_issued += 1
             self._publish_all(frames)
             return sent
 
@@ -467,7 +596,7 @@ class Dispatcher:
                 self._finished[command_id] = (record.finished_at_ms, record.idempotency_key)
         else:
             self._pending[command_id] = record
-            if record.multicast:
+            if record.multicast and record.status != command_ledger.PENDING_APPROVAL:
                 self.confirmations.watch(record)
 
     async def run_ledger(self) -> None:
@@ -486,7 +615,11 @@ class Dispatcher:
                     )
                     batch.add(sent, [note])
                     frames.extend(resent)
-                elif action is command_ledger.Action.EXPIRE and record.multicast:
+                elif (
+                    action is command_ledger.Action.EXPIRE
+                    and record.multicast
+                    and record.status != command_ledger.PENDING_APPROVAL
+                ):
                     batch.add(*self._settle_multicast(record, now))
                 elif action is command_ledger.Action.EXPIRE:
                     expired = command_ledger.expire(record, now)
@@ -1091,6 +1224,7 @@ EXPIRE_BATCH = 60
 # Ledger entries per transaction of a pass: with up to two audit notes each, within
 # etcd's 128 operations per transaction.
 LEDGER_BATCH = 40
+EMERGENCY_ALARM = "emergency_command"  # a dangerous command sent without a second person
 
 REPORTS_TO_WAIT = 2
 # Above this many stragglers a multicast's retry is the multicast again, not unicasts:

@@ -32,6 +32,9 @@ PERMISSIONS: frozenset[str] = frozenset(
         "commands.read",
         "commands.send",  # scoped by asset class
         "commands.approve",  # the second person of a dangerous command
+        # Send a dangerous command at once, without a second person: it raises an alarm
+        # for the room and is marked in the audit (security.approval).
+        "commands.emergency",
         "overrides.read",
         "overrides.set",  # scoped by asset class (set and end)
         "alarms.read",
@@ -71,8 +74,14 @@ DEFAULT_ROLES: Mapping[str, tuple[str, ...]] = {
         "commands.send:camera",
         "commands.send:bollard",
         "overrides.set:bollard",
+        "commands.emergency",
     ),
-    "municipal-police": (*_OPERATOR, "commands.send:bollard", "overrides.set:bollard"),
+    "municipal-police": (
+        *_OPERATOR,
+        "commands.send:bollard",
+        "overrides.set:bollard",
+        "commands.emergency",
+    ),
     "urban-supervision": (
         *_OPERATOR,
         "commands.send:street_lamp",
@@ -80,21 +89,24 @@ DEFAULT_ROLES: Mapping[str, tuple[str, ...]] = {
         "commands.send:parking_spot",
         "commands.send:air_quality",
         "commands.send:water_meter",
+        "commands.emergency",
     ),
     "traffic-control": (
         *_OPERATOR,
         "commands.send:traffic_signal",
         "overrides.set:traffic_signal",
         "commands.send:bus",
+        "commands.emergency",
     ),
     "help-line": _OPERATOR,  # citizens' reports, incidents, tasks; no device commands
-    "snow-control": (*_OPERATOR, "commands.send:road_weather"),
+    "snow-control": (*_OPERATOR, "commands.send:road_weather", "commands.emergency"),
     # The room's supervisor: every operator action, approvals, a planned switchover.
     "supervisor": (
         *_OPERATOR,
         "commands.send:*",
         "overrides.set:*",
         "commands.approve",
+        "commands.emergency",
         "failover.operate",
     ),
     "administrator": ("status.read", "accounts.admin", "certificates.admin"),
@@ -160,6 +172,10 @@ RULES: Mapping[str, Rule] = {
     _OP + "SendCommand": Rule("commands.send", _command_class),
     _OP + "GetCommand": Rule("commands.read"),
     _OP + "ListCommands": Rule("commands.read"),
+    # Who may be the second person depends on the command and its requester
+    # (security.approval, `security.approval.approver`): the post checks it.
+    _OP + "ApproveCommand": Rule("commands.read"),
+    _OP + "RejectCommand": Rule("commands.read"),
     _OP + "SetOverride": Rule("overrides.set", _override_class),
     # The override's class is known only from the override itself: the post checks it.
     _OP + "EndOverride": Rule("overrides.set"),

@@ -548,3 +548,36 @@ def test_bad_input_is_a_usage_error_before_any_call(capsys: pytest.CaptureFixtur
     assert "one of the arguments --brightness" in err
     err = _usage_exit(["--post", "nowhere", "assets"], capsys)
     assert "give HOST:PORT" in err
+
+
+@pytest.mark.timeout(30)
+async def test_a_dangerous_command_waits_then_a_second_person_approves_or_rejects_it(
+    post: LivePost, capsys: pytest.CaptureFixture[str], wide: None
+) -> None:
+    off = ("command", "send", "--group", "talant", "--class", "street_lamp", "--brightness", "0")
+    assert await post.console("--operator", "op-claire", *off) == 0
+    shown = capsys.readouterr().out
+    assert "waiting for approval" in shown and "switches off all 3 lamps" in shown
+    pending = [r for r in await post.ledger() if r.status == command_pb2.PENDING_APPROVAL]
+    assert len(pending) == 1
+    command_id = pending[0].command.command_id
+
+    # The requester is not a second person; then someone else approves, and it goes out.
+    assert await post.console("--operator", "op-claire", "command", "approve", command_id) == 1
+    assert "second person" in capsys.readouterr().err
+    code = await post.console("--operator", "op-marc", "--json", "command", "approve", command_id)
+    assert code == 0
+    approved = _json(capsys.readouterr().out)
+    assert approved["status"] == "SENT" and approved["approval"]["decidedBy"] == "op-marc"
+
+    assert await post.console("--operator", "op-claire", *off) == 0
+    capsys.readouterr()
+    second = [r for r in await post.ledger() if r.status == command_pb2.PENDING_APPROVAL]
+    assert len(second) == 1
+    reject = ("command", "reject", second[0].command.command_id)
+    with pytest.raises(SystemExit) as usage:  # --reason is required to reject
+        await post.console("--operator", "op-marc", *reject)
+    assert usage.value.code == 2
+    assert "--reason" in capsys.readouterr().err
+    assert await post.console("--operator", "op-marc", *reject, "--reason", "no works tonight") == 0
+    assert "rejected by op-marc: no works tonight" in capsys.readouterr().out

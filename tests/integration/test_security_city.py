@@ -26,7 +26,14 @@ from bridges.downlink_frame import COMMAND_F_PORT, encode_command
 from bridges.downlink_gate import gate_topic, plan_properties
 from bridges.mqtt_session import MqttSession
 from chaos.operator_load import lamp_command
-from citypost.config import CityConfig, Config, PostConfig, SimConfig
+from citypost.config import (
+    ApprovalConfig,
+    CityConfig,
+    Config,
+    PostConfig,
+    SecurityConfig,
+    SimConfig,
+)
 from cluster.system import CitySystem
 from console.cli import run
 from console.session import SessionFile, login
@@ -53,6 +60,7 @@ from tests.integration.failover_support import free_port_pair
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 CITY = "dijon"
+APPROVAL_WINDOW_S = 10.0
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +70,8 @@ def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CitySystem]:
         city=CityConfig(name=CITY, scale=0.002),
         sim=SimConfig(speed=60.0),
         post=PostConfig(grpc_port=free_port_pair()),
+        # A short approval window, so "approved too late" takes seconds, not minutes.
+        security=SecurityConfig(approval=ApprovalConfig(window_s=APPROVAL_WINDOW_S)),
         run_dir=run_dir,
     )
     system = CitySystem(config, run_dir)
@@ -462,3 +472,110 @@ def test_ending_an_override_needs_its_class(city: CitySystem) -> None:
         assert "overrides.set:street_lamp" in details
         ended = end(lamps.access_token)
     assert ended.override_id == override.override_id
+
+
+def _lamps_off(city: CitySystem, *, emergency: bool = False) -> operator_pb2.SendCommandRequest:
+    request = _send_lamps(city, _lamp_group(city))
+    request.command.set_brightness.brightness_pct = 0.0
+    request.emergency = emergency
+    request.reason = "security test" if emergency else ""
+    return request
+
+
+def _decide(stub: Any, rpc: str, command_id: str, token: str, reason: str = "") -> Any:
+    request = operator_pb2.DecideCommandRequest(
+        idempotency_key=str(uuid.uuid4()), command_id=command_id, reason=reason
+    )
+    return getattr(stub, rpc)(request, timeout=10, metadata=_bearer(token))
+
+
+def test_a_dangerous_command_waits_for_a_second_person(city: CitySystem) -> None:
+    posts = city.addresses()
+    lamps = login(_console(city), posts, "urban-supervision", city.passwords["urban-supervision"])
+    signals = login(_console(city), posts, "traffic-control", city.passwords["traffic-control"])
+    boss = login(_console(city), posts, "supervisor", city.passwords["supervisor"])
+    with _console(city)(_leader(city)) as channel:
+        stub = operator_pb2_grpc.OperatorServiceStub(channel)
+        pending = stub.SendCommand(
+            _lamps_off(city), timeout=10, metadata=_bearer(lamps.access_token)
+        )
+        command_id = pending.command.command_id
+        assert pending.status == command_pb2.PENDING_APPROVAL
+        assert "switches off" in pending.approval.danger and pending.attempts == 0
+        # The requester cannot be their own second person; another post's operator lacks
+        # commands.approve; neither changes the record.
+        code, details = _code(
+            lambda: _decide(stub, "ApproveCommand", command_id, lamps.access_token)
+        )
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and "second person" in details
+        code, details = _code(
+            lambda: _decide(stub, "ApproveCommand", command_id, signals.access_token)
+        )
+        assert code == grpc.StatusCode.PERMISSION_DENIED and "commands.approve" in details
+        still = stub.GetCommand(
+            operator_pb2.GetCommandRequest(command_id=command_id),
+            timeout=10,
+            metadata=_bearer(boss.access_token),
+        )
+        assert still.status == command_pb2.PENDING_APPROVAL and still.attempts == 0
+        approved = _decide(stub, "ApproveCommand", command_id, boss.access_token, "planned works")
+    assert approved.status == command_pb2.SENT and approved.attempts == 1
+    assert approved.approval.decided_by == "supervisor"
+    _await_audit(city, ("urban-supervision", "command.approval_ask"))
+    _await_audit(city, ("supervisor", "command.approve"))
+
+
+def test_approval_too_late_is_refused_and_the_command_expires_unsent(city: CitySystem) -> None:
+    posts = city.addresses()
+    lamps = login(_console(city), posts, "urban-supervision", city.passwords["urban-supervision"])
+    boss = login(_console(city), posts, "supervisor", city.passwords["supervisor"])
+    with _console(city)(_leader(city)) as channel:
+        stub = operator_pb2_grpc.OperatorServiceStub(channel)
+        pending = stub.SendCommand(
+            _lamps_off(city), timeout=10, metadata=_bearer(lamps.access_token)
+        )
+        command_id = pending.command.command_id
+        time.sleep(APPROVAL_WINDOW_S + 0.5)
+        code, details = _code(
+            lambda: _decide(stub, "ApproveCommand", command_id, boss.access_token)
+        )
+        assert code == grpc.StatusCode.FAILED_PRECONDITION
+        assert "too late" in details or "EXPIRED" in details
+        deadline = time.monotonic() + 30
+        while True:
+            record = stub.GetCommand(
+                operator_pb2.GetCommandRequest(command_id=command_id),
+                timeout=10,
+                metadata=_bearer(boss.access_token),
+            )
+            if record.status != command_pb2.PENDING_APPROVAL or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    assert record.status == command_pb2.EXPIRED and record.attempts == 0
+
+
+def test_an_emergency_skips_the_wait_and_alerts_the_room(city: CitySystem) -> None:
+    posts = city.addresses()
+    lamps = login(_console(city), posts, "urban-supervision", city.passwords["urban-supervision"])
+    with _console(city)(_leader(city)) as channel:
+        stub = operator_pb2_grpc.OperatorServiceStub(channel)
+        sent = stub.SendCommand(
+            _lamps_off(city, emergency=True), timeout=10, metadata=_bearer(lamps.access_token)
+        )
+        assert sent.status == command_pb2.SENT and sent.approval.emergency
+        alarms = stub.ListAlarms(
+            operator_pb2.ListAlarmsRequest(page_size=500),
+            timeout=10,
+            metadata=_bearer(lamps.access_token),
+        ).alarms
+    raised = [a for a in alarms if a.originator == f"command/{sent.command.command_id}"]
+    assert len(raised) == 1 and raised[0].type == "emergency_command"
+    _await_audit(city, ("urban-supervision", "command.emergency"))
+
+
+def _await_audit(city: CitySystem, actor_action: tuple[str, str]) -> None:
+    """The posts' audit files follow the control state: an entry lands within moments."""
+    deadline = time.monotonic() + 15
+    while actor_action not in {(r.get("actor"), r.get("action")) for r in _audit(city)}:
+        assert time.monotonic() < deadline, f"no {actor_action} in the audit"
+        time.sleep(0.2)

@@ -36,9 +36,17 @@ class _CommandStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Command
     """A newer command set the same group's state before this one was confirmed: it is
     neither sent again nor waited for (the devices report the newer state).
     """
+    PENDING_APPROVAL: _CommandStatus.ValueType  # 8
+    """A dangerous command waiting for a second person (CommandRecord.approval); nothing
+    goes on air before it is approved.
+    """
+    REJECTED: _CommandStatus.ValueType  # 9
+    """The second person refused it: it never went on air."""
 
 class CommandStatus(_CommandStatus, metaclass=_CommandStatusEnumTypeWrapper):
     """Lifecycle: QUEUED -> SENT -> ACKED, or EXPIRED / FAILED / PARTIAL.
+    A dangerous command waits first: PENDING_APPROVAL -> QUEUED once a second person
+    approves it, REJECTED if one refuses it, EXPIRED if nobody decides in time.
     A group command goes out as one multicast (unconfirmed): it is ACKED once every device
     of the group reported the commanded state, PARTIAL at its deadline when some did not
     (CommandRecord.stragglers names them).
@@ -55,6 +63,12 @@ SUPERSEDED: CommandStatus.ValueType  # 7
 """A newer command set the same group's state before this one was confirmed: it is
 neither sent again nor waited for (the devices report the newer state).
 """
+PENDING_APPROVAL: CommandStatus.ValueType  # 8
+"""A dangerous command waiting for a second person (CommandRecord.approval); nothing
+goes on air before it is approved.
+"""
+REJECTED: CommandStatus.ValueType  # 9
+"""The second person refused it: it never went on air."""
 Global___CommandStatus: _TypeAlias = CommandStatus  # noqa: Y015
 
 class _CommandPriority:

@@ -79,6 +79,7 @@ class CommandRecord(_message.Message):
     STRAGGLER_COUNT_FIELD_NUMBER: _builtins.int
     STRAGGLERS_FIELD_NUMBER: _builtins.int
     WAITING_FIELD_NUMBER: _builtins.int
+    APPROVAL_FIELD_NUMBER: _builtins.int
     status: _command_pb2.CommandStatus.ValueType
     attempts: _builtins.int
     """sends so far"""
@@ -119,6 +120,10 @@ class CommandRecord(_message.Message):
     def stragglers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """their devEuis, the first MAX_LISTED_STRAGGLERS"""
 
+    @_builtins.property
+    def approval(self) -> Global___Approval:
+        """set when the command needed a second person"""
+
     def __init__(
         self,
         *,
@@ -144,14 +149,63 @@ class CommandRecord(_message.Message):
         straggler_count: _builtins.int = ...,
         stragglers: _abc.Iterable[_builtins.str] | None = ...,
         waiting: _builtins.str = ...,
+        approval: Global___Approval | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "command", b"command"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acked_at_ms", b"acked_at_ms", "acked_count", b"acked_count", "attempts", b"attempts", "backoff_initial_ms", b"backoff_initial_ms", "backoff_max_ms", b"backoff_max_ms", "command", b"command", "created_at_ms", b"created_at_ms", "deadline_ms", b"deadline_ms", "detail", b"detail", "expected_acks", b"expected_acks", "finished_at_ms", b"finished_at_ms", "idempotency_key", b"idempotency_key", "issued_by", b"issued_by", "last_sent_at_ms", b"last_sent_at_ms", "max_attempts", b"max_attempts", "multicast", b"multicast", "nacked_count", b"nacked_count", "next_retry_at_ms", b"next_retry_at_ms", "status", b"status", "straggler_count", b"straggler_count", "stragglers", b"stragglers", "waiting", b"waiting"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acked_at_ms", b"acked_at_ms", "acked_count", b"acked_count", "approval", b"approval", "attempts", b"attempts", "backoff_initial_ms", b"backoff_initial_ms", "backoff_max_ms", b"backoff_max_ms", "command", b"command", "created_at_ms", b"created_at_ms", "deadline_ms", b"deadline_ms", "detail", b"detail", "expected_acks", b"expected_acks", "finished_at_ms", b"finished_at_ms", "idempotency_key", b"idempotency_key", "issued_by", b"issued_by", "last_sent_at_ms", b"last_sent_at_ms", "max_attempts", b"max_attempts", "multicast", b"multicast", "nacked_count", b"nacked_count", "next_retry_at_ms", b"next_retry_at_ms", "status", b"status", "straggler_count", b"straggler_count", "stragglers", b"stragglers", "waiting", b"waiting"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CommandRecord: _TypeAlias = CommandRecord  # noqa: Y015
+
+@_typing.final
+class Approval(_message.Message):
+    """The two-person rule on a dangerous command (security/approval.py says which are)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DANGER_FIELD_NUMBER: _builtins.int
+    APPROVE_BY_MS_FIELD_NUMBER: _builtins.int
+    REQUESTER_ROLES_FIELD_NUMBER: _builtins.int
+    DECIDED_BY_FIELD_NUMBER: _builtins.int
+    DECIDED_AT_MS_FIELD_NUMBER: _builtins.int
+    DECISION_REASON_FIELD_NUMBER: _builtins.int
+    EMERGENCY_FIELD_NUMBER: _builtins.int
+    danger: _builtins.str
+    """why it needs a second person, in an operator's words"""
+    approve_by_ms: _builtins.int
+    """no decision by then: the command EXPIRES unsent"""
+    decided_by: _builtins.str
+    """who approved or rejected it"""
+    decided_at_ms: _builtins.int
+    decision_reason: _builtins.str
+    emergency: _builtins.bool
+    """Sent at once by its requester, without a second person: an emergency. It raised an
+    alarm for the whole room and is marked so in the audit.
+    """
+    @_builtins.property
+    def requester_roles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the requester's roles when it was asked"""
+
+    def __init__(
+        self,
+        *,
+        danger: _builtins.str = ...,
+        approve_by_ms: _builtins.int = ...,
+        requester_roles: _abc.Iterable[_builtins.str] | None = ...,
+        decided_by: _builtins.str = ...,
+        decided_at_ms: _builtins.int = ...,
+        decision_reason: _builtins.str = ...,
+        emergency: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approve_by_ms", b"approve_by_ms", "danger", b"danger", "decided_at_ms", b"decided_at_ms", "decided_by", b"decided_by", "decision_reason", b"decision_reason", "emergency", b"emergency", "requester_roles", b"requester_roles"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Approval: _TypeAlias = Approval  # noqa: Y015
 
 @_typing.final
 class Override(_message.Message):

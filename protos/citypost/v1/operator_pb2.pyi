@@ -230,10 +230,15 @@ class SendCommandRequest(_message.Message):
     COMMAND_FIELD_NUMBER: _builtins.int
     TTL_MS_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    EMERGENCY_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
     ttl_ms: _builtins.int
     """0: the post's default"""
     reason: _builtins.str
+    emergency: _builtins.bool
+    """A dangerous command sent at once, without waiting for a second person: needs the
+    commands.emergency permission and a reason; it raises an alarm for the whole room.
+    """
     @_builtins.property
     def command(self) -> _command_pb2.Command:
         """target, asset_class and action; id and epoch are assigned"""
@@ -245,14 +250,41 @@ class SendCommandRequest(_message.Message):
         command: _command_pb2.Command | None = ...,
         ttl_ms: _builtins.int = ...,
         reason: _builtins.str = ...,
+        emergency: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "idempotency_key", b"idempotency_key", "reason", b"reason", "ttl_ms", b"ttl_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "emergency", b"emergency", "idempotency_key", b"idempotency_key", "reason", b"reason", "ttl_ms", b"ttl_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SendCommandRequest: _TypeAlias = SendCommandRequest  # noqa: Y015
+
+@_typing.final
+class DecideCommandRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    COMMAND_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    command_id: _builtins.str
+    reason: _builtins.str
+    """required to reject; optional to approve"""
+    def __init__(
+        self,
+        *,
+        idempotency_key: _builtins.str = ...,
+        command_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command_id", b"command_id", "idempotency_key", b"idempotency_key", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DecideCommandRequest: _TypeAlias = DecideCommandRequest  # noqa: Y015
 
 @_typing.final
 class GetCommandRequest(_message.Message):

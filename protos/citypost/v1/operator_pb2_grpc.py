@@ -71,6 +71,16 @@ class OperatorServiceStub:
                 request_serializer=protos_dot_citypost_dot_v1_dot_operator__pb2.ListCommandsRequest.SerializeToString,
                 response_deserializer=protos_dot_citypost_dot_v1_dot_operator__pb2.ListCommandsResponse.FromString,
                 _registered_method=True)
+        self.ApproveCommand = channel.unary_unary(
+                '/citypost.v1.OperatorService/ApproveCommand',
+                request_serializer=protos_dot_citypost_dot_v1_dot_operator__pb2.DecideCommandRequest.SerializeToString,
+                response_deserializer=protos_dot_citypost_dot_v1_dot_control__state__pb2.CommandRecord.FromString,
+                _registered_method=True)
+        self.RejectCommand = channel.unary_unary(
+                '/citypost.v1.OperatorService/RejectCommand',
+                request_serializer=protos_dot_citypost_dot_v1_dot_operator__pb2.DecideCommandRequest.SerializeToString,
+                response_deserializer=protos_dot_citypost_dot_v1_dot_control__state__pb2.CommandRecord.FromString,
+                _registered_method=True)
         self.SetOverride = channel.unary_unary(
                 '/citypost.v1.OperatorService/SetOverride',
                 request_serializer=protos_dot_citypost_dot_v1_dot_operator__pb2.SetOverrideRequest.SerializeToString,
@@ -172,6 +182,21 @@ class OperatorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListCommands(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApproveCommand(self, request, context):
+        """The second person on a PENDING_APPROVAL command: the room supervisor (or, per
+        config, another operator of the requester's role), never the requester, before the
+        approval's deadline.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RejectCommand(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -281,6 +306,16 @@ def add_OperatorServiceServicer_to_server(servicer, server):
                     servicer.ListCommands,
                     request_deserializer=protos_dot_citypost_dot_v1_dot_operator__pb2.ListCommandsRequest.FromString,
                     response_serializer=protos_dot_citypost_dot_v1_dot_operator__pb2.ListCommandsResponse.SerializeToString,
+            ),
+            'ApproveCommand': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveCommand,
+                    request_deserializer=protos_dot_citypost_dot_v1_dot_operator__pb2.DecideCommandRequest.FromString,
+                    response_serializer=protos_dot_citypost_dot_v1_dot_control__state__pb2.CommandRecord.SerializeToString,
+            ),
+            'RejectCommand': grpc.unary_unary_rpc_method_handler(
+                    servicer.RejectCommand,
+                    request_deserializer=protos_dot_citypost_dot_v1_dot_operator__pb2.DecideCommandRequest.FromString,
+                    response_serializer=protos_dot_citypost_dot_v1_dot_control__state__pb2.CommandRecord.SerializeToString,
             ),
             'SetOverride': grpc.unary_unary_rpc_method_handler(
                     servicer.SetOverride,
@@ -510,6 +545,60 @@ class OperatorService:
             '/citypost.v1.OperatorService/ListCommands',
             protos_dot_citypost_dot_v1_dot_operator__pb2.ListCommandsRequest.SerializeToString,
             protos_dot_citypost_dot_v1_dot_operator__pb2.ListCommandsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveCommand(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/citypost.v1.OperatorService/ApproveCommand',
+            protos_dot_citypost_dot_v1_dot_operator__pb2.DecideCommandRequest.SerializeToString,
+            protos_dot_citypost_dot_v1_dot_control__state__pb2.CommandRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RejectCommand(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/citypost.v1.OperatorService/RejectCommand',
+            protos_dot_citypost_dot_v1_dot_operator__pb2.DecideCommandRequest.SerializeToString,
+            protos_dot_citypost_dot_v1_dot_control__state__pb2.CommandRecord.FromString,
             options,
             channel_credentials,
             insecure,

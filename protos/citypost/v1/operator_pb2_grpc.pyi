@@ -46,6 +46,12 @@ class OperatorServiceStub:
     SendCommand: _grpc.UnaryUnaryMultiCallable[_operator_pb2.SendCommandRequest, _control_state_pb2.CommandRecord]
     GetCommand: _grpc.UnaryUnaryMultiCallable[_operator_pb2.GetCommandRequest, _control_state_pb2.CommandRecord]
     ListCommands: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ListCommandsRequest, _operator_pb2.ListCommandsResponse]
+    ApproveCommand: _grpc.UnaryUnaryMultiCallable[_operator_pb2.DecideCommandRequest, _control_state_pb2.CommandRecord]
+    """The second person on a PENDING_APPROVAL command: the room supervisor (or, per
+    config, another operator of the requester's role), never the requester, before the
+    approval's deadline.
+    """
+    RejectCommand: _grpc.UnaryUnaryMultiCallable[_operator_pb2.DecideCommandRequest, _control_state_pb2.CommandRecord]
     SetOverride: _grpc.UnaryUnaryMultiCallable[_operator_pb2.SetOverrideRequest, _control_state_pb2.Override]
     EndOverride: _grpc.UnaryUnaryMultiCallable[_operator_pb2.EndOverrideRequest, _control_state_pb2.Override]
     ListOverrides: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ListOverridesRequest, _operator_pb2.ListOverridesResponse]
@@ -75,6 +81,12 @@ class OperatorServiceAsyncStub(OperatorServiceStub):
     SendCommand: _aio.UnaryUnaryMultiCallable[_operator_pb2.SendCommandRequest, _control_state_pb2.CommandRecord]  # type: ignore[assignment]
     GetCommand: _aio.UnaryUnaryMultiCallable[_operator_pb2.GetCommandRequest, _control_state_pb2.CommandRecord]  # type: ignore[assignment]
     ListCommands: _aio.UnaryUnaryMultiCallable[_operator_pb2.ListCommandsRequest, _operator_pb2.ListCommandsResponse]  # type: ignore[assignment]
+    ApproveCommand: _aio.UnaryUnaryMultiCallable[_operator_pb2.DecideCommandRequest, _control_state_pb2.CommandRecord]  # type: ignore[assignment]
+    """The second person on a PENDING_APPROVAL command: the room supervisor (or, per
+    config, another operator of the requester's role), never the requester, before the
+    approval's deadline.
+    """
+    RejectCommand: _aio.UnaryUnaryMultiCallable[_operator_pb2.DecideCommandRequest, _control_state_pb2.CommandRecord]  # type: ignore[assignment]
     SetOverride: _aio.UnaryUnaryMultiCallable[_operator_pb2.SetOverrideRequest, _control_state_pb2.Override]  # type: ignore[assignment]
     EndOverride: _aio.UnaryUnaryMultiCallable[_operator_pb2.EndOverrideRequest, _control_state_pb2.Override]  # type: ignore[assignment]
     ListOverrides: _aio.UnaryUnaryMultiCallable[_operator_pb2.ListOverridesRequest, _operator_pb2.ListOverridesResponse]  # type: ignore[assignment]
@@ -137,6 +149,24 @@ class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _operator_pb2.ListCommandsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_operator_pb2.ListCommandsResponse, _abc.Awaitable[_operator_pb2.ListCommandsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ApproveCommand(
+        self,
+        request: _operator_pb2.DecideCommandRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_state_pb2.CommandRecord, _abc.Awaitable[_control_state_pb2.CommandRecord]]:
+        """The second person on a PENDING_APPROVAL command: the room supervisor (or, per
+        config, another operator of the requester's role), never the requester, before the
+        approval's deadline.
+        """
+
+    @_abc_1.abstractmethod
+    def RejectCommand(
+        self,
+        request: _operator_pb2.DecideCommandRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_state_pb2.CommandRecord, _abc.Awaitable[_control_state_pb2.CommandRecord]]: ...
 
     @_abc_1.abstractmethod
     def SetOverride(
