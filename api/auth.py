@@ -8,8 +8,13 @@ to another machine is refused. A refresh asks the identity source's book
 again: an account disabled or with changed roles takes effect at the next
 renewal, within the access token's lifetime.
 
-Every login, refused or not, is audited with the precise reason (the caller
-only hears "user name or password is wrong").
+A session ends at every post at once: Logout (the operator's) and RevokeSessions
+(the administrator's: named sessions, or all of a user's begun before now) write
+a revocation that both posts hold (failover.revoked_sessions); the authorizer
+then refuses the session's access tokens and Refresh its refresh tokens.
+
+Every login, logout and revocation, refused or not, is audited with the precise
+reason (the caller only hears "user name or password is wrong").
 """
 
 from __future__ import annotations
@@ -25,12 +30,13 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from api.authorization import Audit, current
 from api.server import Service
-from citypost.errors import UnauthenticatedError
+from citypost.errors import InvalidArgumentError, UnauthenticatedError
+from failover.revoked_sessions import InMemoryRevocations, SessionRevocations
 from protos.citypost.v1 import auth_pb2, auth_pb2_grpc, control_state_pb2
 from security.accounts import AuthenticationError, IdentitySource
 from security.grpc_tls import peer_certificate, peer_principal
 from security.policy import Policy
-from security.tokens import REFRESH, TokenIssuer, TokenVerifier, thumbprint
+from security.tokens import DEFAULT_LEEWAY_S, REFRESH, TokenIssuer, TokenVerifier, thumbprint
 
 SERVICE_NAME = "citypost.v1.AuthService"
 # A shift: the console renews its access token without a password until then.
@@ -38,6 +44,9 @@ REFRESH_LIFETIME_S = 12 * 3600.0
 
 # The user's current roles, or None if the account is gone or disabled.
 RolesOf = Callable[[str], tuple[str, ...] | None]
+# What one RevokeSessions call may name: an administrator's act, not a bulk import.
+MAX_REVOKED_PER_CALL = 100
+MAX_SESSION_ID = 128
 
 
 def _workstation(context: Any) -> str | None:
@@ -56,6 +65,7 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
         *,
         audit: Audit,
         refresh_lifetime_s: float = REFRESH_LIFETIME_S,
+        sessions: SessionRevocations | None = None,
         now: Callable[[], float] = time.time,
     ) -> None:
         self._source = source
@@ -65,9 +75,29 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
         self._policy = policy
         self._audit = audit
         self._refresh_lifetime_s = refresh_lifetime_s
+        # Without a city-wide store (tests, a post alone): this process's memory.
+        self._sessions: SessionRevocations = (
+            InMemoryRevocations(refresh_lifetime_s + DEFAULT_LEEWAY_S)
+            if sessions is None
+            else sessions
+        )
         self._now = now
 
-    def _note(self, actor: str, action: str, ok: bool, detail: str, context: Any) -> None:
+    @property
+    def sessions(self) -> SessionRevocations:
+        """Where this service records ended sessions (the authorizer checks the same)."""
+        return self._sessions
+
+    def _note(
+        self,
+        actor: str,
+        action: str,
+        ok: bool,
+        detail: str,
+        context: Any,
+        *,
+        target: str = "session",
+    ) -> None:
         principal = peer_principal(context)
         where = f" from {principal.common_name}" if principal is not None else ""
         self._audit(
@@ -75,7 +105,7 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
                 at_ms=int(self._now() * 1000),
                 actor=actor or "unknown",
                 action=action,
-                target=f"session{where}",
+                target=f"{target}{where}",
                 outcome=control_state_pb2.AUDIT_OK if ok else control_state_pb2.AUDIT_REFUSED,
                 detail=detail,
             )
@@ -149,6 +179,10 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
         except UnauthenticatedError as error:
             self._note("", "auth.refresh", False, error.message, context)
             raise
+        revoked = self._sessions.refusal(claims.session_id, claims.subject, claims.issued_at)
+        if revoked is not None:
+            self._note(claims.subject, "auth.refresh", False, revoked, context)
+            raise UnauthenticatedError(revoked)
         roles = self._roles_of(claims.subject)
         if roles is None:
             self._note(claims.subject, "auth.refresh", False, "account gone or disabled", context)
@@ -169,6 +203,81 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
             permissions=permissions,
             session_id=who.session_id,
             expires_at_ms=int(who.expires_at * 1000),
+        )
+
+    async def Logout(
+        self, request: auth_pb2.LogoutRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.LogoutResponse:
+        if request.refresh_token:
+            try:
+                claims = self._verifier.verify(
+                    request.refresh_token,
+                    now=self._now(),
+                    workstation_thumbprint=_workstation(context),
+                    use=REFRESH,
+                )
+            except UnauthenticatedError as error:
+                self._note("", "auth.logout", False, error.message, context)
+                raise
+            user, sid = claims.subject, claims.session_id
+        else:
+            who = current.get()  # the authorizer verified the call's access token
+            if not who.session_id:
+                self._note(who.name, "auth.logout", False, "no session named", context)
+                raise UnauthenticatedError(
+                    "log out with the session's refresh token, or its access token"
+                )
+            user, sid = who.name, who.session_id
+        await self._sessions.revoke(
+            auth_pb2.SessionRevocation(
+                session_id=sid, user=user, revoked_at_ms=int(self._now() * 1000), by=user
+            )
+        )
+        self._note(user, "auth.logout", True, f"session {sid} ended", context)
+        return auth_pb2.LogoutResponse(session_id=sid, user=user)
+
+    async def RevokeSessions(
+        self, request: auth_pb2.RevokeSessionsRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.RevokeSessionsResponse:
+        who = current.get()
+        sids = list(dict.fromkeys(request.session_ids))
+        if not sids and not request.user:
+            raise InvalidArgumentError("name the sessions to revoke, or a user")
+        if len(sids) > MAX_REVOKED_PER_CALL:
+            raise InvalidArgumentError(
+                f"at most {MAX_REVOKED_PER_CALL} sessions a call, got {len(sids)}"
+            )
+        bad = [s for s in sids if not s or len(s) > MAX_SESSION_ID or not s.isprintable()]
+        if bad or len(request.user) > MAX_SESSION_ID or not request.user.isprintable():
+            raise InvalidArgumentError(
+                "a session id or user name is empty, too long or unprintable"
+            )
+        at_ms = int(self._now() * 1000)
+        reason = request.reason[:200]
+        revocations = [
+            auth_pb2.SessionRevocation(
+                session_id=s, revoked_at_ms=at_ms, by=who.name, reason=reason
+            )
+            for s in sids
+        ]
+        if request.user:
+            revocations.append(
+                auth_pb2.SessionRevocation(
+                    user=request.user, revoked_at_ms=at_ms, by=who.name, reason=reason
+                )
+            )
+        for revocation in revocations:
+            await self._sessions.revoke(revocation)
+            target = (
+                f"session {revocation.session_id}"
+                if revocation.session_id
+                else f"every session of {revocation.user}"
+            )
+            self._note(
+                who.name, "auth.revoke", True, reason or "no reason given", context, target=target
+            )
+        return auth_pb2.RevokeSessionsResponse(
+            session_ids=sids, user=request.user, revoked_at_ms=at_ms
         )
 
 

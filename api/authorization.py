@@ -3,7 +3,9 @@
 The caller is established from, in order:
 1. an operator's access token (`authorization: Bearer …`), verified against the
    city's trust (security.tokens): signed by any post, not expired, of this
-   city, bound to the workstation certificate the call comes with;
+   city, bound to the workstation certificate the call comes with, and of a
+   session nobody ended (failover.revoked_sessions: logout, an administrator's
+   revocation; a set lookup, held at both posts);
 2. else the peer's certificate, when its kind has a machine role (the chaos
    tools: `sre`);
 3. else nobody, which only `PUBLIC` methods accept (health checks, logging in).
@@ -27,6 +29,7 @@ from typing import Any, Protocol
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from citypost.errors import ConfigError, PermissionDeniedError, UnauthenticatedError
+from failover.revoked_sessions import SessionRevocations
 from protos.citypost.v1 import control_state_pb2
 from security.grpc_tls import peer_certificate, peer_principal, peer_serial
 from security.policy import Grants, Policy, missing_rules
@@ -90,11 +93,13 @@ class Authorizer:
         *,
         revoked: Callable[[], Collection[int]],
         audit: Audit | None = None,
+        sessions: SessionRevocations | None = None,
         now: Callable[[], float] = time.time,
     ) -> None:
         self.policy = policy
         self.verifier = verifier
         self._revoked = revoked
+        self._sessions = sessions
         self._audit = audit
         self._now = now
 
@@ -117,6 +122,10 @@ class Authorizer:
             cert = peer_certificate(context)
             presented = None if cert is None else thumbprint(cert.public_bytes(Encoding.DER))
             claims = self.verifier.verify(token, now=self._now(), workstation_thumbprint=presented)
+            if self._sessions is not None:
+                ended = self._sessions.refusal(claims.session_id, claims.subject, claims.issued_at)
+                if ended is not None:
+                    raise UnauthenticatedError(ended)
             return Caller(
                 claims.subject,
                 claims.roles,

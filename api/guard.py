@@ -1,6 +1,7 @@
 """The post's guard, assembled from the config: the policy, the token verifier and
-issuer, the operators' accounts, the authorizer every call passes and the
-AuthService operators log in at.
+issuer, the operators' accounts, the ended sessions (the caller passes the
+city-wide store: failover.revoked_sessions), the authorizer every call passes and
+the AuthService operators log in at.
 
 Only for a city with TLS: the policy needs to know who calls, which a
 plaintext port cannot say.
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from api.auth import AuthService
 from api.authorization import Audit, Authorizer
 from citypost.config import Config
+from failover.revoked_sessions import SessionRevocations
 from security.account_book import AccountBook
 from security.accounts import LocalAccounts
 from security.pki_store import Identity, PkiStore
@@ -42,7 +44,13 @@ def _issuer_of(identity: Identity, city: str, lifetime_s: float) -> Callable[[],
     return issuer
 
 
-def build_guard(config: Config, identity: Identity, audit: Audit) -> Guard:
+def build_guard(
+    config: Config,
+    identity: Identity,
+    audit: Audit,
+    *,
+    sessions: SessionRevocations | None = None,
+) -> Guard:
     security = config.security
     city = config.city.name
     store = PkiStore(config.pki_dir, city)
@@ -66,6 +74,14 @@ def build_guard(config: Config, identity: Identity, audit: Audit) -> Guard:
         policy,
         audit=audit,
         refresh_lifetime_s=security.refresh_token_s,
+        sessions=sessions,
     )
-    authorizer = Authorizer(policy, verifier, revoked=store.revoked_serials, audit=audit)
+    authorizer = Authorizer(
+        policy,
+        verifier,
+        revoked=store.revoked_serials,
+        audit=audit,
+        # The AuthService's own store when none was given (in memory): the two must agree.
+        sessions=auth.sessions,
+    )
     return Guard(authorizer, auth)

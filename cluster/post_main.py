@@ -55,6 +55,7 @@ from cluster.ray_local import LocalRay
 from failover.control_state import ControlState
 from failover.election import Election
 from failover.etcd_control_state import EtcdControlState
+from failover.revoked_sessions import EtcdRevocations, SessionRevocations
 from failover.roles import Leadership, SoleLeadership
 from fleet.population import build_city
 from post.audit_file import AuditFile
@@ -64,6 +65,7 @@ from security.grpc_tls import server_credentials, server_only_credentials
 from security.identities import tls_identity
 from security.pki import Kind
 from security.pki_store import Identity
+from security.tokens import DEFAULT_LEEWAY_S
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +95,14 @@ async def start_listeners(
     refusals: RefusalAudit,
     port: int,
     citizen_port: int | None,
+    sessions: SessionRevocations | None = None,
 ) -> Listeners:
     """The operators' port with `services` (and AuthService with TLS) and, with TLS, the
     citizen listener on `citizen_port`; without TLS the citizens share the one port."""
     host = config.post.grpc_host
     served = list(services)
     # Who may call what: only where callers can be known (mutual TLS).
-    guard = None if post_tls is None else build_guard(config, post_tls, audit)
+    guard = None if post_tls is None else build_guard(config, post_tls, audit, sessions=sessions)
     if guard is not None:
         served.append(auth_service(guard.auth))
     else:
@@ -193,11 +196,22 @@ async def run_post(config: Config, *, ready_file: Path | None = None) -> int:
         post_tls = tls_identity(config, Kind.POST, name)
         election: Election | None = None
         state: ControlState | None = None
+        sessions: SessionRevocations | None = None  # None: in this process's memory
         leadership: Leadership
         if endpoints:
             etcd_state = EtcdControlState.from_endpoints(endpoints, config.city.name, tls=post_tls)
             stack.push_async_callback(etcd_state.close)
             state = etcd_state
+            # Ended sessions, held at both posts (read before the post serves).
+            revocations = EtcdRevocations.from_endpoints(
+                endpoints,
+                config.city.name,
+                keep_s=config.security.refresh_token_s + DEFAULT_LEEWAY_S,
+                tls=post_tls,
+            )
+            stack.push_async_callback(revocations.close)
+            await revocations.start()
+            sessions = revocations
             election = Election(
                 endpoints,
                 city=config.city.name,
@@ -264,6 +278,7 @@ async def run_post(config: Config, *, ready_file: Path | None = None) -> int:
             refusals=refusals,
             port=port,
             citizen_port=citizen_port,
+            sessions=sessions,
         )
         stack.push_async_callback(listeners.stop)
         citizen_address = listeners.citizen_address

@@ -6,13 +6,16 @@ renews it (AuthService.Refresh) when it has less than `RENEW_BEFORE_S` left;
 programs that hold a password (the drills' operator load, the tests) may log
 in again when the refresh token itself ends. `SessionFile` keeps the console's
 session between commands (0600; tokens are bound to this workstation's
-certificate, so a copied file is useless elsewhere).
+certificate, so a copied file is useless elsewhere). `logout` ends the session at
+the posts (AuthService.Logout: both posts refuse its tokens from then on) before
+the console forgets it (`end_session`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -97,6 +100,67 @@ def refresh(
 ) -> Session:
     request = auth_pb2.RefreshRequest(refresh_token=session.refresh_token)
     return _call(channel_factory, posts, lambda stub: stub.Refresh(request, timeout=timeout_s))
+
+
+def logout(
+    channel_factory: Callable[[str], grpc.Channel],
+    posts: Sequence[str],
+    session: Session,
+    *,
+    timeout_s: float = 10.0,
+) -> auth_pb2.LogoutResponse:
+    """End the session at the posts (any post: the revocation holds at every one).
+    UnauthenticatedError when the posts refuse the refresh token (it expired, or the
+    session was ended already elsewhere: nothing is left to end); InfrastructureError
+    when no post answers."""
+    request = auth_pb2.LogoutRequest(refresh_token=session.refresh_token)
+    unreachable = []
+    for address in posts:
+        with channel_factory(address) as channel:
+            try:
+                reply: auth_pb2.LogoutResponse = auth_pb2_grpc.AuthServiceStub(channel).Logout(
+                    request, timeout=timeout_s
+                )
+                return reply
+            except grpc.RpcError as error:
+                code = error.code()
+                if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    unreachable.append(address)
+                    continue
+                if code == grpc.StatusCode.UNAUTHENTICATED:
+                    raise UnauthenticatedError(error.details() or "refused") from None
+                raise InfrastructureError(f"{address}: {code.name}: {error.details()}") from None
+    raise InfrastructureError(f"no post answers at {', '.join(unreachable)}")
+
+
+def end_session(args: Any, factory: Callable[[str], grpc.Channel], posts: Sequence[str]) -> int:
+    """`citypost console logout`: end this workstation's session at the posts, then
+    forget it; says what happened and returns the exit status. 0 when the posts ended
+    it (or had ended it already: its refresh token expired or was revoked); 1 when no
+    post answered: the session is then kept, so that a later logout can end it (its
+    tokens hold until they expire)."""
+    file = session_file(args)
+    session = file.load()
+    if session is None:
+        print("nobody was logged in on this workstation")
+        return 0
+    if not getattr(args, "insecure", False):  # without TLS there are no tokens to end
+        try:
+            logout(factory, posts, session)
+        except UnauthenticatedError as error:
+            file.remove()
+            print(f"logged out (the posts had ended the session already: {error.message})")
+            return 0
+        except InfrastructureError as error:
+            print(
+                f"citypost console: not logged out: {error.message}; "
+                "the session is kept: try again",
+                file=sys.stderr,
+            )
+            return 1
+    file.remove()
+    print("logged out: the session is ended at every post")
+    return 0
 
 
 class TokenSource:

@@ -193,6 +193,8 @@ RULES: Mapping[str, Rule] = {
     _CITIZEN + "GetTrafficConditions": Rule("citizen.use"),
     _CITIZEN + "ReportIncident": Rule("citizen.use"),
     _CITIZEN + "FindParking": Rule("citizen.use"),
+    _AUTH + "Logout": PUBLIC,  # the refresh token it carries is the credential
+    _AUTH + "RevokeSessions": Rule("accounts.admin"),
 }
 
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dprotos/citypost/v1/auth.proto\x12\x0b\x63itypost.v1\";\n\x0cLoginRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x0b\n\x03otp\x18\x03 \x01(\t\"\xaa\x01\n\rLoginResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x1c\n\x14\x61\x63\x63\x65ss_expires_at_ms\x18\x02 \x01(\x03\x12\x15\n\rrefresh_token\x18\x03 \x01(\t\x12\x1d\n\x15refresh_expires_at_ms\x18\x04 \x01(\x03\x12\x0c\n\x04user\x18\x05 \x01(\t\x12\r\n\x05roles\x18\x06 \x03(\t\x12\x12\n\nsession_id\x18\x07 \x01(\t\"\'\n\x0eRefreshRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\"\x0f\n\rWhoAmIRequest\"o\n\x0eWhoAmIResponse\x12\x0e\n\x06\x63\x61ller\x18\x01 \x01(\t\x12\r\n\x05roles\x18\x02 \x03(\t\x12\x13\n\x0bpermissions\x18\x03 \x03(\t\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x15\n\rexpires_at_ms\x18\x05 \x01(\x03\x32\xd4\x01\n\x0b\x41uthService\x12>\n\x05Login\x12\x19.citypost.v1.LoginRequest\x1a\x1a.citypost.v1.LoginResponse\x12\x42\n\x07Refresh\x12\x1b.citypost.v1.RefreshRequest\x1a\x1a.citypost.v1.LoginResponse\x12\x41\n\x06WhoAmI\x12\x1a.citypost.v1.WhoAmIRequest\x1a\x1b.citypost.v1.WhoAmIResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dprotos/citypost/v1/auth.proto\x12\x0b\x63itypost.v1\"R\n\x0cLoginRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x0b\n\x03otp\x18\x03 \x01(\t\x12\x15\n\roidc_id_token\x18\x04 \x01(\t\"\xaa\x01\n\rLoginResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x1c\n\x14\x61\x63\x63\x65ss_expires_at_ms\x18\x02 \x01(\x03\x12\x15\n\rrefresh_token\x18\x03 \x01(\t\x12\x1d\n\x15refresh_expires_at_ms\x18\x04 \x01(\x03\x12\x0c\n\x04user\x18\x05 \x01(\t\x12\r\n\x05roles\x18\x06 \x03(\t\x12\x12\n\nsession_id\x18\x07 \x01(\t\"\'\n\x0eRefreshRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\"\x0f\n\rWhoAmIRequest\"o\n\x0eWhoAmIResponse\x12\x0e\n\x06\x63\x61ller\x18\x01 \x01(\t\x12\r\n\x05roles\x18\x02 \x03(\t\x12\x13\n\x0bpermissions\x18\x03 \x03(\t\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x15\n\rexpires_at_ms\x18\x05 \x01(\x03\"&\n\rLogoutRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\"2\n\x0eLogoutResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\"J\n\x15RevokeSessionsRequest\x12\x13\n\x0bsession_ids\x18\x01 \x03(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"R\n\x16RevokeSessionsResponse\x12\x13\n\x0bsession_ids\x18\x01 \x03(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x15\n\rrevoked_at_ms\x18\x03 \x01(\x03\"h\n\x11SessionRevocation\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x15\n\rrevoked_at_ms\x18\x03 \x01(\x03\x12\n\n\x02\x62y\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t2\xf2\x02\n\x0b\x41uthService\x12>\n\x05Login\x12\x19.citypost.v1.LoginRequest\x1a\x1a.citypost.v1.LoginResponse\x12\x42\n\x07Refresh\x12\x1b.citypost.v1.RefreshRequest\x1a\x1a.citypost.v1.LoginResponse\x12\x41\n\x06WhoAmI\x12\x1a.citypost.v1.WhoAmIRequest\x1a\x1b.citypost.v1.WhoAmIResponse\x12\x41\n\x06Logout\x12\x1a.citypost.v1.LogoutRequest\x1a\x1b.citypost.v1.LogoutResponse\x12Y\n\x0eRevokeSessions\x12\".citypost.v1.RevokeSessionsRequest\x1a#.citypost.v1.RevokeSessionsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,15 +32,25 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.citypost.v1.auth_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_LOGINREQUEST']._serialized_start=46
-  _globals['_LOGINREQUEST']._serialized_end=105
-  _globals['_LOGINRESPONSE']._serialized_start=108
-  _globals['_LOGINRESPONSE']._serialized_end=278
-  _globals['_REFRESHREQUEST']._serialized_start=280
-  _globals['_REFRESHREQUEST']._serialized_end=319
-  _globals['_WHOAMIREQUEST']._serialized_start=321
-  _globals['_WHOAMIREQUEST']._serialized_end=336
-  _globals['_WHOAMIRESPONSE']._serialized_start=338
-  _globals['_WHOAMIRESPONSE']._serialized_end=449
-  _globals['_AUTHSERVICE']._serialized_start=452
-  _globals['_AUTHSERVICE']._serialized_end=664
+  _globals['_LOGINREQUEST']._serialized_end=128
+  _globals['_LOGINRESPONSE']._serialized_start=131
+  _globals['_LOGINRESPONSE']._serialized_end=301
+  _globals['_REFRESHREQUEST']._serialized_start=303
+  _globals['_REFRESHREQUEST']._serialized_end=342
+  _globals['_WHOAMIREQUEST']._serialized_start=344
+  _globals['_WHOAMIREQUEST']._serialized_end=359
+  _globals['_WHOAMIRESPONSE']._serialized_start=361
+  _globals['_WHOAMIRESPONSE']._serialized_end=472
+  _globals['_LOGOUTREQUEST']._serialized_start=474
+  _globals['_LOGOUTREQUEST']._serialized_end=512
+  _globals['_LOGOUTRESPONSE']._serialized_start=514
+  _globals['_LOGOUTRESPONSE']._serialized_end=564
+  _globals['_REVOKESESSIONSREQUEST']._serialized_start=566
+  _globals['_REVOKESESSIONSREQUEST']._serialized_end=640
+  _globals['_REVOKESESSIONSRESPONSE']._serialized_start=642
+  _globals['_REVOKESESSIONSRESPONSE']._serialized_end=724
+  _globals['_SESSIONREVOCATION']._serialized_start=726
+  _globals['_SESSIONREVOCATION']._serialized_end=830
+  _globals['_AUTHSERVICE']._serialized_start=833
+  _globals['_AUTHSERVICE']._serialized_end=1203
 # @@protoc_insertion_point(module_scope)

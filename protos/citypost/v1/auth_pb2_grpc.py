@@ -52,6 +52,16 @@ class AuthServiceStub:
                 request_serializer=protos_dot_citypost_dot_v1_dot_auth__pb2.WhoAmIRequest.SerializeToString,
                 response_deserializer=protos_dot_citypost_dot_v1_dot_auth__pb2.WhoAmIResponse.FromString,
                 _registered_method=True)
+        self.Logout = channel.unary_unary(
+                '/citypost.v1.AuthService/Logout',
+                request_serializer=protos_dot_citypost_dot_v1_dot_auth__pb2.LogoutRequest.SerializeToString,
+                response_deserializer=protos_dot_citypost_dot_v1_dot_auth__pb2.LogoutResponse.FromString,
+                _registered_method=True)
+        self.RevokeSessions = channel.unary_unary(
+                '/citypost.v1.AuthService/RevokeSessions',
+                request_serializer=protos_dot_citypost_dot_v1_dot_auth__pb2.RevokeSessionsRequest.SerializeToString,
+                response_deserializer=protos_dot_citypost_dot_v1_dot_auth__pb2.RevokeSessionsResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServiceServicer:
@@ -61,8 +71,9 @@ class AuthServiceServicer:
     """
 
     def Login(self, request, context):
-        """User name, password and (if the account has one) the current TOTP code. Refused
-        with UNAUTHENTICATED, never saying whether the user exists.
+        """User name, password and (if the account has one) the current TOTP code; or, where
+        the city trusts an OpenID Connect provider, an ID token from it. Refused with
+        UNAUTHENTICATED, never saying whether the user exists.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -70,7 +81,7 @@ class AuthServiceServicer:
 
     def Refresh(self, request, context):
         """A new access token for a refresh token (no password): the console renews by itself
-        until the refresh token's end (a shift).
+        until the refresh token's end (a shift). Refused for a revoked session.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -78,6 +89,24 @@ class AuthServiceServicer:
 
     def WhoAmI(self, request, context):
         """Who the call's credentials name, and what they may do.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Logout(self, request, context):
+        """Ends the caller's session at every post: its access and refresh tokens are refused
+        from then on, also after a failover. The credential is the refresh token in the
+        request (so a session whose access token ended can still be ended), else the
+        call's access token. Ending a session already ended succeeds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeSessions(self, request, context):
+        """The administrator ends sessions: those named, and every session of `user` that
+        began before now.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -100,6 +129,16 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.WhoAmI,
                     request_deserializer=protos_dot_citypost_dot_v1_dot_auth__pb2.WhoAmIRequest.FromString,
                     response_serializer=protos_dot_citypost_dot_v1_dot_auth__pb2.WhoAmIResponse.SerializeToString,
+            ),
+            'Logout': grpc.unary_unary_rpc_method_handler(
+                    servicer.Logout,
+                    request_deserializer=protos_dot_citypost_dot_v1_dot_auth__pb2.LogoutRequest.FromString,
+                    response_serializer=protos_dot_citypost_dot_v1_dot_auth__pb2.LogoutResponse.SerializeToString,
+            ),
+            'RevokeSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeSessions,
+                    request_deserializer=protos_dot_citypost_dot_v1_dot_auth__pb2.RevokeSessionsRequest.FromString,
+                    response_serializer=protos_dot_citypost_dot_v1_dot_auth__pb2.RevokeSessionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -186,6 +225,60 @@ class AuthService:
             '/citypost.v1.AuthService/WhoAmI',
             protos_dot_citypost_dot_v1_dot_auth__pb2.WhoAmIRequest.SerializeToString,
             protos_dot_citypost_dot_v1_dot_auth__pb2.WhoAmIResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Logout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/citypost.v1.AuthService/Logout',
+            protos_dot_citypost_dot_v1_dot_auth__pb2.LogoutRequest.SerializeToString,
+            protos_dot_citypost_dot_v1_dot_auth__pb2.LogoutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/citypost.v1.AuthService/RevokeSessions',
+            protos_dot_citypost_dot_v1_dot_auth__pb2.RevokeSessionsRequest.SerializeToString,
+            protos_dot_citypost_dot_v1_dot_auth__pb2.RevokeSessionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,15 +37,26 @@ class AuthServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AuthServiceAsyncStub: ...
     Login: _grpc.UnaryUnaryMultiCallable[_auth_pb2.LoginRequest, _auth_pb2.LoginResponse]
-    """User name, password and (if the account has one) the current TOTP code. Refused
-    with UNAUTHENTICATED, never saying whether the user exists.
+    """User name, password and (if the account has one) the current TOTP code; or, where
+    the city trusts an OpenID Connect provider, an ID token from it. Refused with
+    UNAUTHENTICATED, never saying whether the user exists.
     """
     Refresh: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RefreshRequest, _auth_pb2.LoginResponse]
     """A new access token for a refresh token (no password): the console renews by itself
-    until the refresh token's end (a shift).
+    until the refresh token's end (a shift). Refused for a revoked session.
     """
     WhoAmI: _grpc.UnaryUnaryMultiCallable[_auth_pb2.WhoAmIRequest, _auth_pb2.WhoAmIResponse]
     """Who the call's credentials name, and what they may do."""
+    Logout: _grpc.UnaryUnaryMultiCallable[_auth_pb2.LogoutRequest, _auth_pb2.LogoutResponse]
+    """Ends the caller's session at every post: its access and refresh tokens are refused
+    from then on, also after a failover. The credential is the refresh token in the
+    request (so a session whose access token ended can still be ended), else the
+    call's access token. Ending a session already ended succeeds.
+    """
+    RevokeSessions: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RevokeSessionsRequest, _auth_pb2.RevokeSessionsResponse]
+    """The administrator ends sessions: those named, and every session of `user` that
+    began before now.
+    """
 
 @_typing.type_check_only
 class AuthServiceAsyncStub(AuthServiceStub):
@@ -56,15 +67,26 @@ class AuthServiceAsyncStub(AuthServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Login: _aio.UnaryUnaryMultiCallable[_auth_pb2.LoginRequest, _auth_pb2.LoginResponse]  # type: ignore[assignment]
-    """User name, password and (if the account has one) the current TOTP code. Refused
-    with UNAUTHENTICATED, never saying whether the user exists.
+    """User name, password and (if the account has one) the current TOTP code; or, where
+    the city trusts an OpenID Connect provider, an ID token from it. Refused with
+    UNAUTHENTICATED, never saying whether the user exists.
     """
     Refresh: _aio.UnaryUnaryMultiCallable[_auth_pb2.RefreshRequest, _auth_pb2.LoginResponse]  # type: ignore[assignment]
     """A new access token for a refresh token (no password): the console renews by itself
-    until the refresh token's end (a shift).
+    until the refresh token's end (a shift). Refused for a revoked session.
     """
     WhoAmI: _aio.UnaryUnaryMultiCallable[_auth_pb2.WhoAmIRequest, _auth_pb2.WhoAmIResponse]  # type: ignore[assignment]
     """Who the call's credentials name, and what they may do."""
+    Logout: _aio.UnaryUnaryMultiCallable[_auth_pb2.LogoutRequest, _auth_pb2.LogoutResponse]  # type: ignore[assignment]
+    """Ends the caller's session at every post: its access and refresh tokens are refused
+    from then on, also after a failover. The credential is the refresh token in the
+    request (so a session whose access token ended can still be ended), else the
+    call's access token. Ending a session already ended succeeds.
+    """
+    RevokeSessions: _aio.UnaryUnaryMultiCallable[_auth_pb2.RevokeSessionsRequest, _auth_pb2.RevokeSessionsResponse]  # type: ignore[assignment]
+    """The administrator ends sessions: those named, and every session of `user` that
+    began before now.
+    """
 
 class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
     """Operators log in here and get short-lived tokens signed by the post they asked;
@@ -78,8 +100,9 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_pb2.LoginRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.LoginResponse, _abc.Awaitable[_auth_pb2.LoginResponse]]:
-        """User name, password and (if the account has one) the current TOTP code. Refused
-        with UNAUTHENTICATED, never saying whether the user exists.
+        """User name, password and (if the account has one) the current TOTP code; or, where
+        the city trusts an OpenID Connect provider, an ID token from it. Refused with
+        UNAUTHENTICATED, never saying whether the user exists.
         """
 
     @_abc_1.abstractmethod
@@ -89,7 +112,7 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.LoginResponse, _abc.Awaitable[_auth_pb2.LoginResponse]]:
         """A new access token for a refresh token (no password): the console renews by itself
-        until the refresh token's end (a shift).
+        until the refresh token's end (a shift). Refused for a revoked session.
         """
 
     @_abc_1.abstractmethod
@@ -99,5 +122,27 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.WhoAmIResponse, _abc.Awaitable[_auth_pb2.WhoAmIResponse]]:
         """Who the call's credentials name, and what they may do."""
+
+    @_abc_1.abstractmethod
+    def Logout(
+        self,
+        request: _auth_pb2.LogoutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.LogoutResponse, _abc.Awaitable[_auth_pb2.LogoutResponse]]:
+        """Ends the caller's session at every post: its access and refresh tokens are refused
+        from then on, also after a failover. The credential is the refresh token in the
+        request (so a session whose access token ended can still be ended), else the
+        call's access token. Ending a session already ended succeeds.
+        """
+
+    @_abc_1.abstractmethod
+    def RevokeSessions(
+        self,
+        request: _auth_pb2.RevokeSessionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.RevokeSessionsResponse, _abc.Awaitable[_auth_pb2.RevokeSessionsResponse]]:
+        """The administrator ends sessions: those named, and every session of `user` that
+        began before now.
+        """
 
 def add_AuthServiceServicer_to_server(servicer: AuthServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
