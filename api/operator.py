@@ -135,8 +135,10 @@ class OperatorService(operator_pb2_grpc.OperatorServiceServicer):
         *,
         wall_ms: Callable[[], int],
         approval: ApprovalConfig | None = None,
+        audit_failure: Callable[[], str] = lambda: "",
     ) -> None:
         self._approval = approval or ApprovalConfig()
+        self._audit_failure = audit_failure
         self._dangers = frozenset(Danger(d) for d in self._approval.require_for)
         self._dispatcher = dispatcher
         self._state = state
@@ -301,6 +303,7 @@ class OperatorService(operator_pb2_grpc.OperatorServiceServicer):
                 )
             command.target.group = group
             devices = len(members)
+            self._require_audit(f"a command to every device of {group}")
         command.asset_class = asset_class
         _copy_action("command", given, command, asset_class, class_field="command.asset_class")
         return await self._dispatcher.issue_command(
@@ -311,6 +314,18 @@ class OperatorService(operator_pb2_grpc.OperatorServiceServicer):
             idempotency_key=key,
             approval=self._approval_for(command, devices, request.emergency, reason),
         )
+
+    def _require_audit(self, what: str) -> None:
+        """While the post's audit file cannot be written, mass commands and overrides are
+        refused; a command to one device still goes, so no safety action waits on a disk
+        (IEC 62443-3-3 SR 1.1). Every change is audited in the control state as well, in
+        the same transaction: the file catches up when it can be written again."""
+        failure = self._audit_failure()
+        if failure:
+            raise FailedPreconditionError(
+                f"the post's audit file cannot be written ({failure}): {what} is refused "
+                "until it can; a command to one device still goes"
+            )
 
     def _approval_for(
         self, command: command_pb2.Command, devices: int, emergency: bool, reason: str
@@ -427,6 +442,7 @@ class OperatorService(operator_pb2_grpc.OperatorServiceServicer):
                 f"got {request.duration_ms}"
             )
         reason = _text("reason", request.reason)
+        self._require_audit("an override")
         action = command_pb2.Command(asset_class=asset_class)
         action.target.group = group
         _copy_action("action", request.action, action, asset_class, class_field="asset_class")
@@ -449,6 +465,7 @@ class OperatorService(operator_pb2_grpc.OperatorServiceServicer):
         key = _idempotency_key(request.idempotency_key)
         operator = _operator()
         override_id = _id("override_id", request.override_id)
+        self._require_audit("ending an override")
         await self._check_override_class(override_id)
         return await self._dispatcher.end_override(
             override_id, ended_by=operator, idempotency_key=key
@@ -685,10 +702,17 @@ def operator_service(
     *,
     wall_ms: Callable[[], int],
     approval: ApprovalConfig | None = None,
+    audit_failure: Callable[[], str] = lambda: "",
 ) -> Service:
     """The service, ready for `api.server.start_server`."""
     servicer = OperatorService(
-        dispatcher, state, registry, latest, wall_ms=wall_ms, approval=approval
+        dispatcher,
+        state,
+        registry,
+        latest,
+        wall_ms=wall_ms,
+        approval=approval,
+        audit_failure=audit_failure,
     )
     return Service(SERVICE_NAME, operator_pb2_grpc.add_OperatorServiceServicer_to_server, servicer)
 

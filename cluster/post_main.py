@@ -264,6 +264,7 @@ async def run_post(config: Config, *, ready_file: Path | None = None) -> int:
                 post.latest,
                 wall_ms=wall_ms,
                 approval=config.security.approval,
+                audit_failure=lambda: audit_file.failure,
             ),
         ]
         held.close()

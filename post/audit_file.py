@@ -208,6 +208,9 @@ class AuditFile:
             path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
         )
         self._torn = False  # a write failed part-way: the next line starts on a new one
+        # Why the last write failed ("" once one succeeds): the post refuses mass commands
+        # and overrides meanwhile (api.operator); appends are retried by the post.
+        self.failure = ""
         try:
             resume = _resume(path)
             self._head = resume.head
@@ -297,7 +300,9 @@ class AuditFile:
         try:
             while view:  # one write(2) but for a disk running full
                 view = view[os.write(self._fd, view) :]
-        except OSError:
+        except OSError as error:
             self._torn = True
+            self.failure = f"{self.path.name}: {error.strerror or error}"
             raise
         self._torn = False
+        self.failure = ""

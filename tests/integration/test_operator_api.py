@@ -96,6 +96,7 @@ class Rig:
         self.state = state
         self.dispatcher = dispatcher
         self.sent = sent
+        self.audit_failure = ""  # what the post's audit file says of its last write
 
     async def call(self, method: str, request: Any, who: str = "op-claire") -> Any:
         return await getattr(self.stub, method)(request, metadata=((OPERATOR_METADATA, who),))
@@ -150,11 +151,20 @@ async def rig() -> AsyncIterator[Rig]:
         ]
     )
     port = free_port()
-    service = operator_service(dispatcher, state, registry, latest, wall_ms=clock)
+    rigs: list[Rig] = []
+    service = operator_service(
+        dispatcher,
+        state,
+        registry,
+        latest,
+        wall_ms=clock,
+        audit_failure=lambda: rigs[0].audit_failure,
+    )
     server, _ = await start_server([service], port=port, deadline_s=5.0)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    rigs.append(Rig(operator_pb2_grpc.OperatorServiceStub(channel), state, dispatcher, sent))
     try:
-        yield Rig(operator_pb2_grpc.OperatorServiceStub(channel), state, dispatcher, sent)
+        yield rigs[0]
     finally:
         await channel.close()
         await state.close()
@@ -707,3 +717,34 @@ async def test_watch_refuses_telemetry_streaming_for_now(rig: Rig) -> None:
         await call.read()
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert "include_telemetry" in (caught.value.details() or "")
+
+
+@pytest.mark.timeout(30)
+async def test_while_the_audit_file_fails_mass_commands_wait_and_one_device_still_goes(
+    rig: Rig,
+) -> None:
+    rig.audit_failure = "audit-primary.jsonl: No space left on device"
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await rig.stub.SendCommand(
+            OP.SendCommandRequest(idempotency_key="mass", command=_lamp_group_command())
+        )
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "No space left on device" in (refused.value.details() or "")
+    with pytest.raises(grpc.aio.AioRpcError) as held:
+        await rig.stub.SetOverride(_override(idempotency_key="hold"))
+    assert held.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert rig.dispatcher.pending_commands() == 0  # nothing was written
+    one = OP.SendCommandRequest(
+        idempotency_key="one",
+        command=command_pb2.Command(
+            target=command_pb2.Target(dev_eui=LAMP.dev_eui),
+            set_brightness=command_pb2.SetBrightness(brightness_pct=100.0),
+        ),
+    )
+    record = await rig.stub.SendCommand(one)
+    assert record.status == command_pb2.SENT and rig.sent  # the single safety action went
+    rig.audit_failure = ""  # the disk has room again: the group command goes
+    again = await rig.stub.SendCommand(
+        OP.SendCommandRequest(idempotency_key="mass", command=_lamp_group_command())
+    )
+    assert again.command.target.group == "talant"

@@ -169,10 +169,14 @@ def test_a_write_failing_part_way_leaves_a_reported_line_and_the_chain_goes_on(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "write", disk_full)
+    assert audit.failure == ""
     with pytest.raises(OSError):
         audit.append(_entry(1))
+    # The post refuses mass commands while this names a failure (api.operator).
+    assert audit.failure == "audit-primary.jsonl: No space left on device"
     monkeypatch.setattr(os, "write", real_write)
     audit.append(_entry(2))
+    assert audit.failure == ""
     audit.close()
     report = _verify(path, identity)
     assert report.first_break is not None and report.first_break.line == 2
