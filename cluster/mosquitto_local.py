@@ -138,6 +138,7 @@ class LocalMosquitto:
         self.persistence_dir = self.run_dir / "mosquitto-data"
         self.acl_path = self.run_dir / "mosquitto.acl"
         self.security = security
+        self._acl_stamp: tuple[int, int, int] | None = None  # the PKI index the ACL is from
         # The broker's own certificate; it also serves the readiness probe (a client
         # with no rights in the ACL: a CONNACK is all it needs).
         self.identity = None if security is None else security.store.ensure(security.principal)
@@ -202,6 +203,8 @@ class LocalMosquitto:
     def _write_acl(self) -> None:
         if self.security is None:
             return
+        # Read before the principals: a change in between is seen by the next check.
+        self._acl_stamp = self.security.store.index_stamp()
         text = acl_text(self.security.city, self.security.store.principals())
         temp = self.acl_path.with_suffix(".acl.tmp")
         temp.write_text(text)
@@ -224,6 +227,14 @@ class LocalMosquitto:
                 if time.monotonic() >= deadline:
                     raise InfrastructureError(f"mosquitto (pid {process.pid}) did not reload")
                 time.sleep(0.02)
+
+    def reload_if_pki_changed(self) -> bool:
+        """Reload if a certificate was issued or revoked since the ACL was written (`citypost
+        pki issue|revoke` from another process; the demo's supervisor asks every round)."""
+        if self.security is None or self.security.store.index_stamp() == self._acl_stamp:
+            return False
+        self.reload()
+        return True
 
     def _reloads(self) -> int:
         try:

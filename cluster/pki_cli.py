@@ -8,8 +8,10 @@
 The directory is the config's `security.pki_dir` (default `run_dir/pki`, where
 `make demo` keeps the demo's), or `--dir`. Running servers pick up what
 changed by themselves: etcd and the gRPC servers per new connection (new
-certificates, etcd's CRL); the broker when it reloads (the demo's supervisor
-does not do it: send it SIGHUP, its PID is in run_dir/system.json).
+certificates, etcd's CRL); the broker when it reloads, which the demo's
+supervisor does within a few seconds of a change (it rewrites the ACL from the
+PKI first; elsewhere, rewrite the ACL and send mosquitto SIGHUP). A revocation
+refuses new connections; one already open stays until it reconnects.
 """
 
 from __future__ import annotations

@@ -388,6 +388,8 @@ class CitySystem:
                 self.broker.restart()
                 self._count("mosquitto")
                 changed = True
+            elif self.broker is not None and self.broker.reload_if_pki_changed():
+                log.info("supervisor: certificates were issued or revoked; the broker reloaded")
             for name, post in list(self.posts.items()):
                 if not post.process.alive and not self._stopping.is_set():
                     log.warning("supervisor: post %s died; restarting it", name)

@@ -140,14 +140,20 @@ class PkiStore:
         raw = json.loads(self.index_path.read_text(encoding="utf-8"))
         return [IndexEntry(**item) for item in raw]
 
-    def revoked_serials(self) -> frozenset[int]:
-        """Serials revoked so far; re-read only when the index changed (servers ask on
-        every call: gRPC's Python TLS has no CRL of its own)."""
+    def index_stamp(self) -> tuple[int, int, int] | None:
+        """What changes whenever a certificate is issued or revoked (None: no index yet)."""
         try:
             found = self.index_path.stat()
         except FileNotFoundError:
+            return None
+        return (found.st_ino, found.st_mtime_ns, found.st_size)
+
+    def revoked_serials(self) -> frozenset[int]:
+        """Serials revoked so far; re-read only when the index changed (servers ask on
+        every call: gRPC's Python TLS has no CRL of its own)."""
+        stamp = self.index_stamp()
+        if stamp is None:
             return frozenset()
-        stamp = (found.st_ino, found.st_mtime_ns, found.st_size)
         if self._revoked is None or self._revoked[0] != stamp:
             serials = frozenset(e.serial for e in self.entries() if e.revoked)
             self._revoked = (stamp, serials)

@@ -242,3 +242,19 @@ def test_a_revoked_certificate_is_refused_after_reload(
     pki.revoke(ns2)
     broker.reload()
     assert not Client(broker.port, identity).connect()
+
+
+def test_the_broker_reloads_when_the_pki_changed(broker: LocalMosquitto, pki: PkiStore) -> None:
+    """What the demo's supervisor does each round after `citypost pki issue|revoke`."""
+    assert not broker.reload_if_pki_changed()  # nothing new since the ACL was written
+    ns3 = Principal(CITY, Kind.NETWORK_SERVER, "ns-3")
+    identity = pki.issue(ns3)
+    assert broker.reload_if_pki_changed()
+    assert not broker.reload_if_pki_changed()
+    client = Client(broker.port, identity)
+    assert client.connect()
+    assert client.publish(up(DEV_B)) in ACCEPTED
+    client.close()
+    pki.revoke(ns3)
+    assert broker.reload_if_pki_changed()
+    assert not Client(broker.port, identity).connect()
