@@ -94,14 +94,15 @@ def lamp_command(dev_eui: str, i: int) -> command_pb2.Command:
 
 class AckedWatch:
     """The lamps' events from one post (`WatchEvents`) on a thread: when each command's
-    record first showed ACKED. `close` ends the stream."""
+    record first showed ACKED, and the post's own span of it (created to acked, wall
+    ms). `close` ends the stream."""
 
     def __init__(self, client: PostClient) -> None:
         self._client = client
         self._stream = client.watch(
             operator_pb2.WatchEventsRequest(asset_classes=[assets_pb2.STREET_LAMP])
         )
-        self._acked: dict[str, float] = {}
+        self._acked: dict[str, tuple[float, int]] = {}
         self._cond = threading.Condition()
         self.error: str | None = None
         self._thread = threading.Thread(target=self._run, name="bench-watch", daemon=True)
@@ -113,16 +114,19 @@ class AckedWatch:
                 now = time.perf_counter()
                 if event.WhichOneof("kind") != "command":
                     continue
-                if event.command.status != command_pb2.ACKED:
+                record = event.command
+                if record.status != command_pb2.ACKED:
                     continue
+                in_post_ms = record.acked_at_ms - record.created_at_ms
                 with self._cond:
-                    self._acked.setdefault(event.command.command.command_id, now)
+                    self._acked.setdefault(record.command.command_id, (now, in_post_ms))
                     self._cond.notify_all()
         except (CallFailedError, PostUnreachableError) as error:
             self.error = str(error)
 
-    def acked_at(self, command_id: str, timeout_s: float) -> float | None:
-        """The perf_counter instant the command was seen ACKED; None past the timeout."""
+    def acked_at(self, command_id: str, timeout_s: float) -> tuple[float, int] | None:
+        """The perf_counter instant the command was seen ACKED and the post's span of it;
+        None past the timeout."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
             while command_id not in self._acked:
@@ -164,13 +168,16 @@ class Operator:
         record = self._client.write("SendCommand", request)
         return str(record.command.command_id)
 
-    def sample(self, command: command_pb2.Command) -> tuple[float, float | None]:
-        """Seconds to the SendCommand reply, and to the ACKED event (None: none came)."""
+    def sample(self, command: command_pb2.Command) -> tuple[float, float | None, float | None]:
+        """Seconds to the SendCommand reply, to the ACKED event (None: none came), and
+        from the record's creation to its ack in the post's own clock."""
         start = time.perf_counter()
         command_id = self.send(command)
         replied = time.perf_counter() - start
         acked = self._watch.acked_at(command_id, ACK_TIMEOUT_S)
-        return replied, None if acked is None else acked - start
+        if acked is None:
+            return replied, None, None
+        return replied, acked[0] - start, acked[1] / 1000
 
     @property
     def watch_error(self) -> str | None:
@@ -197,6 +204,7 @@ def measure(
     rng = random.Random(offset)
     acked_s: list[float] = []
     replied_s: list[float] = []
+    in_post_s: list[float] = []
     timeouts = failed = 0
     deadline = time.monotonic() + budget_s
     for i in range(offset, offset + count):
@@ -204,18 +212,22 @@ def measure(
             break
         time.sleep(rng.uniform(0, gap_s))
         try:
-            replied, acked = operator.sample(lamp_command(lamps[i % len(lamps)], i))
+            replied, acked, in_post = operator.sample(lamp_command(lamps[i % len(lamps)], i))
         except (CallFailedError, PostUnreachableError):
             failed += 1
             continue
         replied_s.append(replied)
-        if acked is None:
+        if acked is None or in_post is None:
             timeouts += 1
         else:
             acked_s.append(acked)
+            in_post_s.append(in_post)
     return {
         "command_to_ack": percentiles_ms(acked_s),
         "send_command_reply": percentiles_ms(replied_s),
+        # The record's created_at to acked_at, whole ms of the post's wall clock: the
+        # rest of command_to_ack is the call in and the watch stream out.
+        "in_post_created_to_acked": percentiles_ms(in_post_s),
         "timeouts": timeouts,
         "failed": failed,
     }
