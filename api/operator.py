@@ -63,6 +63,7 @@ from failover.control_state import (
     Change,
     ControlState,
     RevisionCompactedError,
+    alarm_key,
     ledger_key,
     override_key,
 )
@@ -466,26 +467,12 @@ class OperatorService(operator_pb2_grpc.OperatorServiceServicer):
         operator = _operator()
         override_id = _id("override_id", request.override_id)
         self._require_audit("ending an override")
-        await self._check_override_class(override_id)
+        found = await self._state.get(override_key(override_id), control_state_pb2.Override)
+        if found is not None:  # else the dispatcher answers NOT_FOUND
+            _check_class("overrides.set", found.asset_class, "end this override")
         return await self._dispatcher.end_override(
             override_id, ended_by=operator, idempotency_key=key
         )
-
-    async def _check_override_class(self, override_id: str) -> None:
-        """The policy's rule for EndOverride cannot see the override's class (the request
-        names only its id): ending one needs overrides.set for that class too."""
-        grants = current.get().grants
-        if grants is None:
-            return
-        found = await self._state.get(override_key(override_id), control_state_pb2.Override)
-        if found is None:
-            return  # the dispatcher answers NOT_FOUND
-        scope = class_name(found.asset_class)
-        if not grants.allows("overrides.set", scope):
-            raise PermissionDeniedError(
-                f"permission overrides.set:{scope} is needed to end this {scope} override",
-                f"overrides.set:{scope}",
-            )
 
     async def ListOverrides(
         self, request: operator_pb2.ListOverridesRequest, context: Any
@@ -531,6 +518,7 @@ class OperatorService(operator_pb2_grpc.OperatorServiceServicer):
         operator = _operator()
         alarm_id = _id("alarm_id", request.alarm_id)
         comment = _text("comment", request.comment)
+        await self._check_alarm_class(alarm_id, "acknowledge it")
         return await self._dispatcher.acknowledge_alarm(
             alarm_id, operator=operator, comment=comment, idempotency_key=key
         )
@@ -542,9 +530,15 @@ class OperatorService(operator_pb2_grpc.OperatorServiceServicer):
         operator = _operator()
         alarm_id = _id("alarm_id", request.alarm_id)
         comment = _text("comment", request.comment)
+        await self._check_alarm_class(alarm_id, "clear it")
         return await self._dispatcher.clear_alarm(
             alarm_id, operator=operator, comment=comment, idempotency_key=key
         )
+
+    async def _check_alarm_class(self, alarm_id: str, what: str) -> None:
+        found = await self._state.get(alarm_key(alarm_id), operations_pb2.Alarm)
+        if found is not None:  # else the dispatcher answers NOT_FOUND
+            _check_class("alarms.handle", found.asset_class, what)
 
     # --- incidents -----------------------------------------------------------------------
 
@@ -718,6 +712,21 @@ def operator_service(
 
 
 # --- checks ---------------------------------------------------------------------------------
+
+
+def _check_class(permission: str, asset_class: assets_pb2.AssetClass.ValueType, what: str) -> None:
+    """A rule the policy cannot check from the request, which names only a record (an
+    alarm, an override): the permission scoped by that record's class. A record of no
+    class needs the permission for some class. Nothing where no authorization is in force."""
+    grants = current.get().grants
+    if grants is None:
+        return
+    scope = class_name(asset_class) if asset_class else None
+    if not grants.allows(permission, scope):
+        needed = f"{permission}:{scope}" if scope else permission
+        raise PermissionDeniedError(
+            f"permission {needed} is needed to {what} ({scope or 'no class'})", needed
+        )
 
 
 def _operator() -> str:

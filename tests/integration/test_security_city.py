@@ -570,6 +570,21 @@ def test_an_emergency_skips_the_wait_and_alerts_the_room(city: CitySystem) -> No
         ).alarms
     raised = [a for a in alarms if a.originator == f"command/{sent.command.command_id}"]
     assert len(raised) == 1 and raised[0].type == "emergency_command"
+    # Alarms are handled by the roles of their class: not traffic control's to acknowledge.
+    signals = login(_console(city), posts, "traffic-control", city.passwords["traffic-control"])
+    with _console(city)(_leader(city)) as channel:
+        stub = operator_pb2_grpc.OperatorServiceStub(channel)
+
+        def acknowledge(token: str) -> Any:
+            request = operator_pb2.AlarmActionRequest(
+                idempotency_key=str(uuid.uuid4()), alarm_id=raised[0].alarm_id
+            )
+            return stub.AcknowledgeAlarm(request, timeout=10, metadata=_bearer(token))
+
+        code, details = _code(lambda: acknowledge(signals.access_token))
+        assert code == grpc.StatusCode.PERMISSION_DENIED
+        assert "alarms.handle:street_lamp" in details
+        assert acknowledge(lamps.access_token).acknowledged_by == "urban-supervision"
     _await_audit(city, ("urban-supervision", "command.emergency"))
 
 
