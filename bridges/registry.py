@@ -12,15 +12,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
+from citypost.names import class_name as class_name  # re-exported: callers import it here
 from protos.citypost.v1 import assets_pb2
 
 AssetClass = assets_pb2.AssetClass
 Transport = assets_pb2.Transport
-
-
-def class_name(asset_class: assets_pb2.AssetClass.ValueType) -> str:
-    """`STREET_LAMP` -> `street_lamp`, the name used in topics, metrics and config."""
-    return AssetClass.Name(asset_class).lower()
 
 
 def application_id(city: str, asset_class: assets_pb2.AssetClass.ValueType) -> str:

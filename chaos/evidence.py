@@ -28,6 +28,8 @@ class CommandStatus(StrEnum):
     FAILED = "FAILED"
     PARTIAL = "PARTIAL"  # a group command some devices had not confirmed at its deadline
     SUPERSEDED = "SUPERSEDED"  # a newer command set the same group's state first
+    PENDING_APPROVAL = "PENDING_APPROVAL"  # a dangerous command waiting for a second person
+    REJECTED = "REJECTED"  # the second person refused it: never sent
     UNSPECIFIED = "COMMAND_STATUS_UNSPECIFIED"
 
     @property
@@ -38,6 +40,7 @@ class CommandStatus(StrEnum):
             CommandStatus.FAILED,
             CommandStatus.PARTIAL,
             CommandStatus.SUPERSEDED,
+            CommandStatus.REJECTED,
         )
 
 

@@ -163,8 +163,9 @@ def acknowledged_writes_present(
 def commands_settled(
     ledger: Sequence[LedgerEntry], now_ms: int, slack_ms: int = 0
 ) -> list[Violation]:
-    """Every command ends ACKED, EXPIRED, FAILED, PARTIAL or SUPERSEDED by its deadline (issue + TTL) plus
-    `slack_ms`; none is silently lost. A command still QUEUED or SENT is a violation
+    """Every command ends ACKED, EXPIRED, FAILED, PARTIAL, SUPERSEDED or REJECTED by its deadline
+    (issue + TTL, or its approval's deadline while it waits) plus `slack_ms`; none is
+    silently lost. A command still QUEUED, SENT or PENDING_APPROVAL is a violation
     only once `now_ms` (when the ledger was read) is past that; a finished one whose
     `finished_at_ms` is known must have finished by then; an unknown status always is."""
     out: list[Violation] = []
@@ -180,7 +181,7 @@ def commands_settled(
                         f"{c.deadline_ms} ms",
                     )
                 )
-        elif c.status in (CommandStatus.QUEUED, CommandStatus.SENT):
+        elif c.status in (CommandStatus.QUEUED, CommandStatus.SENT, CommandStatus.PENDING_APPROVAL):
             if now_ms > limit:
                 out.append(
                     Violation(

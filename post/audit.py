@@ -14,6 +14,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from citypost.errors import InvalidArgumentError
+from citypost.names import class_name as class_name  # re-exported: callers import it here
 from protos.citypost.v1 import assets_pb2, control_state_pb2
 
 Outcome = control_state_pb2.AuditOutcome
@@ -64,14 +65,6 @@ class Action(StrEnum):
 
 
 # --- actors and targets -----------------------------------------------------
-
-
-def class_name(asset_class: assets_pb2.AssetClass.ValueType) -> str:
-    """`street_lamp` for STREET_LAMP: the lower-case enum name."""
-    try:
-        return assets_pb2.AssetClass.Name(asset_class).lower()
-    except ValueError as exc:
-        raise InvalidArgumentError(f"asset_class {asset_class} is not an AssetClass") from exc
 
 
 def policy_actor(asset_class: assets_pb2.AssetClass.ValueType, group: str) -> str:

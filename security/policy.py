@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from citypost.errors import ConfigError, PermissionDeniedError
+from citypost.names import class_name as class_name  # re-exported: callers import it here
 from protos.citypost.v1 import assets_pb2
 
 # Every permission there is; a role naming another is a config error.
@@ -152,11 +153,6 @@ class Rule:
 
 PUBLIC = Rule(None, public=True)
 AUTHENTICATED = Rule(None)
-
-
-def class_name(value: int) -> str:
-    """assets_pb2.AssetClass -> its lowercase name (`street_lamp`), as roles spell it."""
-    return str(assets_pb2.AssetClass.Name(value)).lower()  # type: ignore[arg-type]
 
 
 def _command_class(request: Any) -> str:
