@@ -677,7 +677,10 @@ def add_console_parser(commands: argparse._SubParsersAction) -> None:
         ("reject", "RejectCommand", "rejected"),
     ):
         decide = command(
-            command_group, name, _command_decide(rpc, done), f"{name} a command waiting for approval"
+            command_group,
+            name,
+            _command_decide(rpc, done),
+            f"{name} a command waiting for approval",
         )
         decide.add_argument("id", metavar="ID")
         decide.add_argument(
