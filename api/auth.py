@@ -1,12 +1,14 @@
 """AuthService: operators log in and renew their tokens at any post.
 
-A login checks the user against the identity source (local accounts: argon2id
-and TOTP), then the post signs two tokens with its own certificate: a short
-access token for calls and a refresh token for the shift. Both are bound to
-the workstation certificate the login came with (RFC 8705), so a token copied
-to another machine is refused. A refresh asks the identity source's book
-again: an account disabled or with changed roles takes effect at the next
-renewal, within the access token's lifetime.
+A login checks the credentials against the identity source that takes them
+(security.identity_sources: the local accounts, argon2id and TOTP; or the city's
+OpenID Connect provider, whose ID token the console brings), then the post signs
+two tokens with its own certificate: a short access token for calls and a
+refresh token for the shift. Both are bound to the workstation certificate the
+login came with (RFC 8705), so a token copied to another machine is refused. A
+refresh asks the source that made the session again: a local account disabled
+or with changed roles takes effect at the next renewal, within the access
+token's lifetime.
 
 A session ends at every post at once: Logout (the operator's) and RevokeSessions
 (the administrator's: named sessions, or all of a user's begun before now) write
@@ -33,8 +35,9 @@ from api.server import Service
 from citypost.errors import InvalidArgumentError, UnauthenticatedError
 from failover.revoked_sessions import InMemoryRevocations, SessionRevocations
 from protos.citypost.v1 import auth_pb2, auth_pb2_grpc, control_state_pb2
-from security.accounts import AuthenticationError, IdentitySource
+from security.accounts import AuthenticationError
 from security.grpc_tls import peer_certificate, peer_principal
+from security.identity_sources import Credentials, IdentitySources, OidcLogin, PasswordLogin
 from security.policy import Policy
 from security.tokens import DEFAULT_LEEWAY_S, REFRESH, TokenIssuer, TokenVerifier, thumbprint
 
@@ -42,8 +45,6 @@ SERVICE_NAME = "citypost.v1.AuthService"
 # A shift: the console renews its access token without a password until then.
 REFRESH_LIFETIME_S = 12 * 3600.0
 
-# The user's current roles, or None if the account is gone or disabled.
-RolesOf = Callable[[str], tuple[str, ...] | None]
 # What one RevokeSessions call may name: an administrator's act, not a bulk import.
 MAX_REVOKED_PER_CALL = 100
 MAX_SESSION_ID = 128
@@ -57,8 +58,7 @@ def _workstation(context: Any) -> str | None:
 class AuthService(auth_pb2_grpc.AuthServiceServicer):
     def __init__(
         self,
-        source: IdentitySource,
-        roles_of: RolesOf,
+        sources: IdentitySources,
         issuer: Callable[[], TokenIssuer],
         verifier: TokenVerifier,
         policy: Policy,
@@ -68,8 +68,7 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
         sessions: SessionRevocations | None = None,
         now: Callable[[], float] = time.time,
     ) -> None:
-        self._source = source
-        self._roles_of = roles_of
+        self._sources = sources
         self._issuer = issuer  # rebuilt when the post's certificate is renewed
         self._verifier = verifier
         self._policy = policy
@@ -150,20 +149,33 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
     ) -> auth_pb2.LoginResponse:
         if _workstation(context) is None:
             raise UnauthenticatedError("log in from a workstation with the city's certificate")
+        credentials: Credentials
+        if request.oidc_id_token:
+            if request.user or request.password or request.otp:
+                raise InvalidArgumentError("log in with an ID token or a password, not both")
+            credentials = OidcLogin(request.oidc_id_token)
+            who_tried = "oidc"
+        else:
+            credentials = PasswordLogin(request.user, request.password, request.otp or None)
+            who_tried = request.user[:64]
         try:
-            # argon2id costs tens of milliseconds of CPU: not on the event loop.
-            who = await asyncio.to_thread(
-                self._source.authenticate,
-                request.user,
-                request.password,
-                request.otp or None,
-                now=self._now(),
+            # argon2id costs tens of milliseconds of CPU, the provider's keys a round
+            # trip: not on the event loop.
+            who = await asyncio.to_thread(self._sources.authenticate, credentials, now=self._now())
+        except UnauthenticatedError as error:
+            detail = (
+                error.failure.value if isinstance(error, AuthenticationError) else error.message
             )
-        except AuthenticationError as error:
-            self._note(request.user[:64], "auth.login", False, error.failure.value, context)
+            self._note(who_tried, "auth.login", False, detail, context)
             raise
         sid = uuid.uuid4().hex
-        self._note(who.user, "auth.login", True, f"session {sid}, {'+'.join(who.amr)}", context)
+        self._note(
+            who.user,
+            "auth.login",
+            True,
+            f"session {sid}, {'+'.join(who.amr)} ({who.source})",
+            context,
+        )
         return self._tokens(who.user, who.roles, who.amr, sid, context)
 
     async def Refresh(
@@ -183,7 +195,7 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
         if revoked is not None:
             self._note(claims.subject, "auth.refresh", False, revoked, context)
             raise UnauthenticatedError(revoked)
-        roles = self._roles_of(claims.subject)
+        roles = self._sources.roles_now(claims.subject, claims.amr, claims.roles)
         if roles is None:
             self._note(claims.subject, "auth.refresh", False, "account gone or disabled", context)
             raise UnauthenticatedError("the account is disabled or gone: log in again")

@@ -1,5 +1,6 @@
 """The post's guard, assembled from the config: the policy, the token verifier and
-issuer, the operators' accounts, the ended sessions (the caller passes the
+issuer, the identity sources (local accounts; the OpenID Connect provider when
+security.oidc is on), the ended sessions (the caller passes the
 city-wide store: failover.revoked_sessions), the authorizer every call passes and
 the AuthService operators log in at.
 
@@ -16,9 +17,12 @@ from dataclasses import dataclass
 from api.auth import AuthService
 from api.authorization import Audit, Authorizer
 from citypost.config import Config
+from citypost.errors import ConfigError
 from failover.revoked_sessions import SessionRevocations
 from security.account_book import AccountBook
 from security.accounts import LocalAccounts
+from security.identity_sources import IdentitySource, IdentitySources, LocalSource
+from security.oidc import OidcSource, check_role_map
 from security.pki_store import Identity, PkiStore
 from security.policy import DEFAULT_MACHINE_ROLES, DEFAULT_ROLES, Policy
 from security.tokens import TokenIssuer, TokenVerifier
@@ -60,15 +64,17 @@ def build_guard(
     )
     verifier = TokenVerifier(identity.read().trust, city, revoked=store.revoked_serials)
     book = AccountBook(config.accounts_file)
-    accounts = LocalAccounts(book)
-
-    def roles_of(user: str) -> tuple[str, ...] | None:
-        account = book.get(user)
-        return None if account is None or account.disabled else account.roles
-
+    sources: list[IdentitySource] = [LocalSource(LocalAccounts(book), book)]
+    if security.oidc.enabled:
+        unknown = check_role_map(security.oidc, list(policy.roles))
+        if unknown:
+            raise ConfigError(
+                f"security.oidc.role_map: unknown roles {unknown} "
+                f"(known: {', '.join(sorted(policy.roles))})"
+            )
+        sources.append(OidcSource.from_config(security.oidc))
     auth = AuthService(
-        accounts,
-        roles_of,
+        IdentitySources(sources),
         _issuer_of(identity, city, security.access_token_s),
         verifier,
         policy,

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -231,6 +232,55 @@ class ApprovalConfig(_Section):
     window_s: float = Field(300.0, ge=10, le=3600)
 
 
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+class OidcConfig(_Section):
+    # Operators may also log in with an ID token of the city's OpenID Connect provider
+    # (security.oidc), found from its discovery document (<issuer>/.well-known/
+    # openid-configuration). Off unless enabled; local accounts keep working beside it.
+    enabled: bool = False
+    # The provider, exactly as its ID tokens name it (`iss`): https, or http on a
+    # loopback host only (a provider on this machine).
+    issuer: str = ""
+    # The city's client at the provider: the audience its ID tokens must name.
+    client_id: str = ""
+    # The ID-token claim (a string or a list of strings) whose values map to roles.
+    role_claim: str = "groups"
+    # The claim that names the operator: the citypost user is "oidc:<its value>".
+    username_claim: str = "sub"
+    # Claim value -> citypost roles (checked against the roles table at start); a user
+    # whose values map to no role is refused.
+    role_map: dict[str, tuple[str, ...]] = {}
+    # An ID token issued longer ago than this (`iat`) is refused: a login uses a fresh one.
+    max_age_s: float = Field(600.0, ge=30, le=86400)
+    # The provider's CA bundle for HTTPS; None: the system's.
+    ca_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _rules(self) -> Self:
+        if not self.enabled:
+            return self
+        url = urlsplit(self.issuer)
+        loopback = (url.hostname or "") in _LOOPBACK_HOSTS
+        if url.scheme != "https" and not (url.scheme == "http" and loopback):
+            raise ValueError(
+                f"issuer ({self.issuer!r}) must be an https URL (http only on a loopback host)"
+            )
+        if url.query or url.fragment:
+            raise ValueError(f"issuer ({self.issuer!r}) must have no query or fragment")
+        if not self.client_id:
+            raise ValueError("client_id is required: the audience the ID tokens must name")
+        if not self.role_claim or not self.username_claim:
+            raise ValueError("role_claim and username_claim must name claims")
+        if not self.role_map:
+            raise ValueError("role_map must map at least one claim value to roles")
+        empty = sorted(value for value, roles in self.role_map.items() if not roles)
+        if empty:
+            raise ValueError(f"role_map: claim values mapped to no role: {empty}")
+        return self
+
+
 class SecurityConfig(_Section):
     # Mutual TLS with the city's certificates on etcd (clients and peers), the broker
     # and every gRPC server, with the access rules that key on them. Off only to
@@ -252,6 +302,8 @@ class SecurityConfig(_Section):
     roles: dict[str, tuple[str, ...]] | None = None
     # Certificate kind -> role, for calls without an operator token; None: chaos -> sre.
     machine_roles: dict[str, str] | None = None
+    # Logging in through the city's OpenID Connect provider (off by default).
+    oidc: OidcConfig = OidcConfig()
     approval: ApprovalConfig = ApprovalConfig()
 
 

@@ -45,6 +45,16 @@ def write_whole(path: Path, text: str) -> None:
     temp.replace(path)
 
 
+def _toml_inline(value: object) -> str:
+    """A value as TOML (an inline table for a dict; JSON strings and arrays are TOML)."""
+    if isinstance(value, dict):
+        pairs = (f"{json.dumps(k)} = {_toml_inline(v)}" for k, v in value.items() if v is not None)
+        return "{" + ", ".join(pairs) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_inline(v) for v in value) + "]"
+    return json.dumps(value)
+
+
 def post_overrides(config: Config) -> list[str]:
     """The settings a child post must share with its parent, as --set flags."""
     values = {
@@ -87,6 +97,8 @@ def post_overrides(config: Config) -> list[str]:
         if table is not None:  # a TOML inline table; JSON strings and arrays are TOML
             pairs = ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in table.items())
             values[f"security.{key}"] = "{" + pairs + "}"
+    if security.oidc.enabled:
+        values["security.oidc"] = _toml_inline(security.oidc.model_dump(mode="json"))
     if config.sim.origin is not None:
         values["sim.origin"] = config.sim.origin.isoformat()
     if config.etcd.endpoints:

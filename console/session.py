@@ -91,6 +91,19 @@ def login(
     return _call(channel_factory, posts, lambda stub: stub.Login(request, timeout=timeout_s))
 
 
+def login_with_id_token(
+    channel_factory: Callable[[str], grpc.Channel],
+    posts: Sequence[str],
+    id_token: str,
+    *,
+    timeout_s: float = 10.0,
+) -> Session:
+    """Citypost tokens for an ID token of the city's OpenID Connect provider
+    (console.oidc_login obtains it), from the first post that answers."""
+    request = auth_pb2.LoginRequest(oidc_id_token=id_token)
+    return _call(channel_factory, posts, lambda stub: stub.Login(request, timeout=timeout_s))
+
+
 def refresh(
     channel_factory: Callable[[str], grpc.Channel],
     posts: Sequence[str],

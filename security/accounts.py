@@ -1,8 +1,10 @@
-"""Operator identity sources: who is logging in, checked against a source of accounts.
+"""Operator accounts checked by password: who is logging in, and the password policy.
 
-`AuthService.Login` asks an `IdentitySource` and, on success, issues the post's own
-short-lived token (security.md §3: citypost is its own token issuer). The interface
-is one method so that an OIDC or LDAP source can stand beside the local one.
+`AuthService.Login` asks the identity sources (security.identity_sources, where every
+kind of source, this one and the OpenID Connect provider's, stands behind one
+interface) and, on success, issues the post's own short-lived token (security.md §3:
+citypost is its own token issuer). `PasswordSource` is what a source checking a user
+name and password offers; `LocalAccounts` is the one there is.
 
 `LocalAccounts` checks the accounts file (security.account_book):
 - argon2id passwords (RFC 9106 parameters), rehashed on login when the parameters
@@ -54,8 +56,9 @@ class Authenticated:
     source: str
 
 
-class IdentitySource(Protocol):
-    """Checks a login. Raises AuthenticationError (or another CitypostError) on refusal."""
+class PasswordSource(Protocol):
+    """Checks a user name and password. Raises AuthenticationError (or another
+    CitypostError) on refusal."""
 
     name: str
 

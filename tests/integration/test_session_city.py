@@ -1,27 +1,46 @@
 """Sessions on a whole small city with security on (issue 13): a logged-out session
 is over at both posts, for its still-unexpired access token and its refresh token,
 and stays over when the post that took the logout dies and comes back; the
-administrator ends every session of a user.
+administrator ends every session of a user. Operators log in through a real
+OpenID Connect provider (oidc-provider-mock, on 127.0.0.1): the console's
+authorization-code flow with PKCE and a loopback redirect, the posts' check of the
+ID token and its groups mapped to roles; an ID token for another client or a user
+whose groups map to no role is refused.
 
-One CitySystem (TLS etcd and broker, both posts on mutual TLS with the authorizer)
-serves every test of the module.
+One provider and one CitySystem (TLS etcd and broker, both posts on mutual TLS with
+the authorizer, the provider trusted) serve every test of the module.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
+import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 import grpc
+import oidc_provider_mock
 import pytest
+import werkzeug.serving
 
-from citypost.config import CityConfig, Config, PostConfig, SimConfig
+from citypost.config import CityConfig, Config, OidcConfig, PostConfig, SecurityConfig, SimConfig
+from citypost.errors import UnauthenticatedError
 from cluster.system import CitySystem
-from console.session import Session, SessionFile, end_session, login, logout
+from console.oidc_login import OidcClient, cmd_oidc_login, obtain_id_token, oidc_login
+from console.session import (
+    Session,
+    SessionFile,
+    end_session,
+    login,
+    login_with_id_token,
+    logout,
+)
 from protos.citypost.v1 import auth_pb2, auth_pb2_grpc
 from security import identities
 from security.grpc_tls import secure_channel_factory
@@ -34,13 +53,49 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 CITY = "dijon"
 
 
+CLIENT_ID = "citypost-dijon"
+# oidc-provider-mock 0.3 takes no public client: the console shows it any secret.
+CLIENT_SECRET = "console-secret"
+USERS = {
+    "alice": {"groups": ["traffic"], "preferred_username": "alice"},
+    "mallory": {"groups": ["visitors"]},
+}
+
+
 @pytest.fixture(scope="module")
-def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CitySystem]:
+def provider() -> Iterator[str]:
+    """A real OpenID Connect provider on 127.0.0.1 (its own thread); its issuer URL."""
+    app = oidc_provider_mock.app(
+        user_claims=[
+            oidc_provider_mock.User(sub=sub, claims=claims) for sub, claims in USERS.items()
+        ]
+    )
+    server = werkzeug.serving.make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def city(tmp_path_factory: pytest.TempPathFactory, provider: str) -> Iterator[CitySystem]:
     run_dir = tmp_path_factory.mktemp("sessions")
     config = Config(
         city=CityConfig(name=CITY, scale=0.002),
         sim=SimConfig(speed=60.0),
         post=PostConfig(grpc_port=free_port_pair()),
+        security=SecurityConfig(
+            oidc=OidcConfig(
+                enabled=True,
+                issuer=provider,
+                client_id=CLIENT_ID,
+                role_map={"traffic": ("traffic-control",)},
+            )
+        ),
         run_dir=run_dir,
     )
     system = CitySystem(config, run_dir)
@@ -198,3 +253,105 @@ def test_the_administrator_ends_every_session_of_a_user(city: CitySystem) -> Non
     error = caught.value
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "accounts.admin" in error.details()
+
+
+# --- logging in through the provider ------------------------------------------------------
+
+
+def _as_user(sub: str) -> Callable[[str], None]:
+    """The operator's browser: at the provider's page they pick `sub` (the mock's form),
+    and the browser follows the provider's redirect to the console's loopback server."""
+
+    def browse(url: str) -> None:
+        parts = urlsplit(url)
+        connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10)
+        try:
+            connection.request(
+                "POST",
+                f"{parts.path}?{parts.query}",
+                body=urlencode({"sub": sub}),
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+            )
+            answer = connection.getresponse()
+            answer.read()
+            assert answer.status == 302, answer.status
+            location = answer.getheader("Location") or ""
+        finally:
+            connection.close()
+        assert location.startswith("http://127.0.0.1:"), location  # RFC 8252 loopback
+        with urllib.request.urlopen(location, timeout=10) as page:
+            assert b"close this window" in page.read()
+
+    return browse
+
+
+def _client(provider: str, client_id: str = CLIENT_ID) -> OidcClient:
+    return OidcClient(provider, client_id, CLIENT_SECRET)
+
+
+def test_an_operator_logs_in_through_the_provider(city: CitySystem, provider: str) -> None:
+    posts = city.addresses()
+    session = oidc_login(_console(city), posts, _client(provider), open_browser=_as_user("alice"))
+    assert (session.user, session.roles) == ("oidc:alice", ("traffic-control",))
+    for address in posts:  # either post's tokens hold at both
+        who = _whoami(city, address, session.access_token)
+        assert who.caller == "oidc:alice" and list(who.roles) == ["traffic-control"]
+        assert "commands.send:traffic_signal" in who.permissions
+        assert "commands.send:street_lamp" not in who.permissions
+    renewed = _refresh(city, posts[1], session.refresh_token)
+    assert renewed.user == "oidc:alice" and list(renewed.roles) == ["traffic-control"]
+    logins = [e for e in _audit(city) if e.get("action") == "auth.login"]
+    assert any(e["actor"] == "oidc:alice" and "oidc" in e.get("detail", "") for e in logins)
+    # An OpenID Connect session ends like any other.
+    logout(_console(city), posts, session)
+    assert "ended (logout)" in _refusal(lambda: _whoami(city, posts[1], session.access_token))
+
+
+def test_the_console_command_logs_in_through_the_provider(
+    city: CitySystem, provider: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "session.json"
+    args = argparse.Namespace(
+        session=path,
+        workstation=None,
+        insecure=False,
+        oidc_issuer=provider,
+        oidc_client_id=CLIENT_ID,
+    )
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("CITYPOST_OIDC_CLIENT_SECRET", CLIENT_SECRET)
+        status = cmd_oidc_login(
+            args, _console(city), city.addresses(), open_browser=_as_user("alice")
+        )
+    assert status == 0
+    saved = SessionFile(path).load()
+    assert saved is not None and saved.user == "oidc:alice"
+    assert _whoami(city, city.addresses()[0], saved.access_token).caller == "oidc:alice"
+
+
+def test_an_id_token_for_another_client_is_refused(city: CitySystem, provider: str) -> None:
+    foreign = obtain_id_token(_client(provider, "another-app"), open_browser=_as_user("alice"))
+    with pytest.raises(UnauthenticatedError) as caught:
+        login_with_id_token(_console(city), city.addresses(), foreign)
+    assert "not for this city's client" in caught.value.message
+    refused = [
+        e
+        for e in _audit(city)
+        if e.get("action") == "auth.login" and "not for this city's client" in e.get("detail", "")
+    ]
+    assert refused and refused[-1]["actor"] == "oidc"
+
+
+def test_a_user_whose_groups_map_to_no_role_is_refused(city: CitySystem, provider: str) -> None:
+    token = obtain_id_token(_client(provider), open_browser=_as_user("mallory"))
+    with pytest.raises(UnauthenticatedError) as caught:
+        login_with_id_token(_console(city), city.addresses(), token)
+    assert "no citypost role" in caught.value.message and "visitors" in caught.value.message
+
+
+def test_an_id_token_logs_in_once(city: CitySystem, provider: str) -> None:
+    posts = city.addresses()[:1]
+    token = obtain_id_token(_client(provider), open_browser=_as_user("alice"))
+    assert login_with_id_token(_console(city), posts, token).user == "oidc:alice"
+    with pytest.raises(UnauthenticatedError, match="used already"):
+        login_with_id_token(_console(city), posts, token)

@@ -18,8 +18,8 @@ from security.accounts import (
     Authenticated,
     AuthenticationError,
     AuthFailure,
-    IdentitySource,
     LocalAccounts,
+    PasswordSource,
     check_password,
 )
 
@@ -80,7 +80,7 @@ def _code(secret: str, at: float) -> str:
 
 
 def test_right_password(local: LocalAccounts) -> None:
-    source: IdentitySource = local
+    source: PasswordSource = local
     assert source.name == "local"
     assert source.authenticate("alice", PASSWORD, None, now=NOW) == Authenticated(
         user="alice", roles=("securite", "mur"), amr=("pwd",), source="local"

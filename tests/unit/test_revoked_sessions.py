@@ -29,6 +29,7 @@ from security import pki
 from security.account_book import AccountBook
 from security.accounts import LocalAccounts
 from security.grpc_tls import PEER_CERT_KEY
+from security.identity_sources import IdentitySources, LocalSource
 from security.pki import Kind, Principal
 from security.pki_store import IdentityPem
 from security.policy import Policy
@@ -164,14 +165,8 @@ class _Room:
         issuer = TokenIssuer(IdentityPem(trust, post.cert_pem, post.key_pem), CITY)
         verifier = TokenVerifier(trust, CITY)
         policy = Policy()
-
-        def roles_of(user: str) -> tuple[str, ...] | None:
-            account = book.get(user)
-            return None if account is None else account.roles
-
         self.auth = AuthService(
-            LocalAccounts(book),
-            roles_of,
+            IdentitySources([LocalSource(LocalAccounts(book), book)]),
             lambda: issuer,
             verifier,
             policy,
