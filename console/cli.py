@@ -66,6 +66,10 @@ def _cmd_login(args: argparse.Namespace) -> int:
 
     posts = posts_to_ask(args.posts, os.environ)
     factory = workstation.from_environment(args)
+    if args.oidc:
+        from console.oidc_login import cmd_oidc_login
+
+        return cmd_oidc_login(args, factory, posts)
     try:
         user = args.user or input("user: ").strip()
         # From the terminal, else the first line of stdin (scripts); never a flag, which
@@ -91,11 +95,12 @@ def _cmd_login(args: argparse.Namespace) -> int:
 
 
 def _cmd_logout(args: argparse.Namespace) -> int:
-    from console.session import session_file
+    """End the session at the posts (its tokens stop working at both), then forget it."""
+    from console.session import end_session
 
-    gone = session_file(args).remove()
-    print("logged out" if gone else "nobody was logged in on this workstation")
-    return 0
+    return end_session(
+        args, workstation.from_environment(args), posts_to_ask(args.posts, os.environ)
+    )
 
 
 # --- argument types -------------------------------------------------------------------------
@@ -248,6 +253,22 @@ def _whoami(args: argparse.Namespace, client: PostClient, out: Output) -> None:
         until = time.strftime("%H:%M:%S", time.localtime(reply.expires_at_ms / 1000))
         out.console.print(f"access token until {until}, renewed by itself")
     out.console.print("may: " + ", ".join(reply.permissions))
+
+
+def _sessions_revoke(args: argparse.Namespace, client: PostClient, out: Output) -> None:
+    if not args.user and not args.sid:
+        args.usage_error("name a --user (all of their sessions) or one or more --sid")
+    request = auth_pb2.RevokeSessionsRequest(
+        session_ids=args.sid or [], user=args.user or "", reason=args.reason
+    )
+    # Any post records it, leading or not: a revocation only ever adds a refusal.
+    reply = client.read("RevokeSessions", request, service="auth")
+    if out.json:
+        print(render.json_document(reply), flush=True)
+        return
+    ended = [f"user {reply.user}: every session begun before now"] if reply.user else []
+    ended += [f"session {sid}" for sid in reply.session_ids]
+    out.console.print("ended at both posts: " + "; ".join(ended))
 
 
 def _assets(args: argparse.Namespace, client: PostClient, out: Output) -> None:
@@ -627,10 +648,22 @@ def add_console_parser(commands: argparse._SubParsersAction) -> None:
     )
     login_parser.add_argument("--user", help="your user name (asked if not given)")
     login_parser.add_argument("--otp", help="the one-time code, if your account has one")
+    from console.oidc_login import add_oidc_flags  # flags only: no gRPC loaded
+
+    add_oidc_flags(login_parser)  # --oidc, --oidc-issuer, --oidc-client-id
     login_parser.set_defaults(handler=_cmd_login)
-    logout = sub.add_parser("logout", help="forget this workstation's session", parents=[common])
+    logout = sub.add_parser(
+        "logout", help="end this workstation's session at the posts", parents=[common]
+    )
     logout.set_defaults(handler=_cmd_logout)
     command(sub, "whoami", _whoami, "who the posts see: user, roles, permissions")
+    sessions_group = group("sessions", "end operators' sessions (administrator)")
+    revoke = command(sessions_group, "revoke", _sessions_revoke, "end sessions now, at both posts")
+    revoke.add_argument("--user", help="every session of this user begun before now")
+    revoke.add_argument(
+        "--sid", action="append", metavar="SID", help="one session (WhoAmI shows it); repeatable"
+    )
+    revoke.add_argument("--reason", required=True, help="for the audit and the refused caller")
 
     assets = command(sub, "assets", _assets, "list assets by class, commune, group or alarms")
     _enum_flag(assets, "--class", ASSET_CLASS, "CLASS", dest="asset_class")

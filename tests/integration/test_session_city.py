@@ -355,3 +355,26 @@ def test_an_id_token_logs_in_once(city: CitySystem, provider: str) -> None:
     assert login_with_id_token(_console(city), posts, token).user == "oidc:alice"
     with pytest.raises(UnauthenticatedError, match="used already"):
         login_with_id_token(_console(city), posts, token)
+
+
+def test_the_administrator_ends_sessions_from_the_console(
+    city: CitySystem, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from console.cli import run
+
+    victim = login(_console(city), city.addresses(), "snow-control", city.passwords["snow-control"])
+    session = tmp_path / "session.json"
+    flags = ["--pki-dir", str(city.config.pki_dir), "--session", str(session)]
+    posts = ["--post", ",".join(city.addresses())]
+    monkeypatch.setattr("getpass.getpass", lambda _prompt: city.passwords["administrator"])
+    assert run([*posts, *flags, "login", "--user", "administrator"]) == 0
+    time.sleep(0.01)  # the revocation is later than every token of the victim's session
+    revoke = ["sessions", "revoke", "--user", "snow-control", "--reason", "badge lost"]
+    assert run([*posts, *flags, *revoke]) == 0
+    _assert_over_at_both_posts(city, victim)
+    assert "badge lost" in _refusal(lambda: _whoami(city, city.addresses()[1], victim.access_token))
+    # The console's logout ends the administrator's own session at the posts too.
+    admin = SessionFile(session).load()
+    assert admin is not None
+    assert run([*posts, *flags, "logout"]) == 0
+    _assert_over_at_both_posts(city, admin)
