@@ -388,6 +388,9 @@ class CitySystem:
                 self.broker.restart()
                 self._count("mosquitto")
                 changed = True
+            elif self.broker is not None and self.pki is not None and self.pki.refresh_crl():
+                self.broker.reload()  # mosquitto reads its CRL at start and on reload only
+                log.info("supervisor: the CRL was signed again; the broker reloaded")
             elif self.broker is not None and self.broker.reload_if_pki_changed():
                 log.info("supervisor: certificates were issued or revoked; the broker reloaded")
             for name, post in list(self.posts.items()):

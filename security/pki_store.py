@@ -198,6 +198,13 @@ class PkiStore:
         with self._locked():
             return self._issue(principal, now or datetime.now(UTC), lifetime)
 
+    def refresh_crl(self, *, now: datetime | None = None) -> bool:
+        """Sign the CRL again if its next update is near; True if it did. Whoever runs
+        servers for long asks now and then (the demo's supervisor every round): an
+        expired CRL makes OpenSSL (mosquitto) refuse every client."""
+        with self._locked():
+            return self._refresh_crl(now or datetime.now(UTC))
+
     def ensure(self, principal: Principal, *, now: datetime | None = None) -> Identity:
         """The principal's identity, issued now if it has none, a revoked one, or one in
         the last third of its life (RENEW_SHARE)."""
@@ -286,11 +293,13 @@ class PkiStore:
         ]
         _put(self.crl, pki.revocation_list(issuing, revoked, now=now))
 
-    def _refresh_crl(self, now: datetime) -> None:
+    def _refresh_crl(self, now: datetime) -> bool:
         current = x509.load_pem_x509_crl(self.crl.read_bytes()) if self.crl.exists() else None
         update = None if current is None else current.next_update_utc
         if update is None or update - now < CRL_RENEW_BEFORE:
             self._write_crl(self._issuing(), self.entries(), now)
+            return True
+        return False
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

@@ -86,6 +86,16 @@ def test_ensure_signs_the_crl_again_before_it_expires(tmp_path: Path) -> None:
     assert before is not None and after is not None and after > before
 
 
+def test_refresh_crl_signs_again_only_when_its_next_update_is_near(tmp_path: Path) -> None:
+    store = PkiStore(tmp_path, "dijon")
+    store.init(now=NOW)
+    assert not store.refresh_crl(now=NOW + timedelta(days=1))
+    assert store.refresh_crl(now=NOW + timedelta(days=5))  # within CRL_RENEW_BEFORE of day 7
+    renewed = x509.load_pem_x509_crl(store.crl.read_bytes()).next_update_utc
+    assert renewed is not None and renewed > NOW + timedelta(days=10)
+    assert not store.refresh_crl(now=NOW + timedelta(days=5, hours=1))
+
+
 def test_missing_identity_and_ca_are_config_errors(tmp_path: Path) -> None:
     store = PkiStore(tmp_path, "dijon")
     with pytest.raises(ConfigError, match="citypost pki init"):
