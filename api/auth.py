@@ -39,7 +39,14 @@ from security.accounts import AuthenticationError
 from security.grpc_tls import peer_certificate, peer_principal
 from security.identity_sources import Credentials, IdentitySources, OidcLogin, PasswordLogin
 from security.policy import Policy
-from security.tokens import DEFAULT_LEEWAY_S, REFRESH, TokenIssuer, TokenVerifier, thumbprint
+from security.tokens import (
+    DEFAULT_LEEWAY_S,
+    REFRESH,
+    Claims,
+    TokenIssuer,
+    TokenVerifier,
+    thumbprint,
+)
 
 SERVICE_NAME = "citypost.v1.AuthService"
 # A shift: the console renews its access token without a password until then.
@@ -181,16 +188,7 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
     async def Refresh(
         self, request: auth_pb2.RefreshRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.LoginResponse:
-        try:
-            claims = self._verifier.verify(
-                request.refresh_token,
-                now=self._now(),
-                workstation_thumbprint=_workstation(context),
-                use=REFRESH,
-            )
-        except UnauthenticatedError as error:
-            self._note("", "auth.refresh", False, error.message, context)
-            raise
+        claims = self._refresh_claims(request.refresh_token, "auth.refresh", context)
         revoked = self._sessions.refusal(claims.session_id, claims.subject, claims.issued_at)
         if revoked is not None:
             self._note(claims.subject, "auth.refresh", False, revoked, context)
@@ -200,6 +198,16 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
             self._note(claims.subject, "auth.refresh", False, "account gone or disabled", context)
             raise UnauthenticatedError("the account is disabled or gone: log in again")
         return self._tokens(claims.subject, roles, claims.amr, claims.session_id, context)
+
+    def _refresh_claims(self, token: str, action: str, context: Any) -> Claims:
+        """A refresh token's claims, bound to this workstation; a refusal is audited."""
+        try:
+            return self._verifier.verify(
+                token, now=self._now(), workstation_thumbprint=_workstation(context), use=REFRESH
+            )
+        except UnauthenticatedError as error:
+            self._note("", action, False, error.message, context)
+            raise
 
     async def WhoAmI(
         self, request: auth_pb2.WhoAmIRequest, context: grpc.aio.ServicerContext
@@ -221,16 +229,7 @@ class AuthService(auth_pb2_grpc.AuthServiceServicer):
         self, request: auth_pb2.LogoutRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.LogoutResponse:
         if request.refresh_token:
-            try:
-                claims = self._verifier.verify(
-                    request.refresh_token,
-                    now=self._now(),
-                    workstation_thumbprint=_workstation(context),
-                    use=REFRESH,
-                )
-            except UnauthenticatedError as error:
-                self._note("", "auth.logout", False, error.message, context)
-                raise
+            claims = self._refresh_claims(request.refresh_token, "auth.logout", context)
             user, sid = claims.subject, claims.session_id
         else:
             who = current.get()  # the authorizer verified the call's access token

@@ -62,7 +62,7 @@ AUDIT_PAGE = 50  # entries a page of `console audit`, unless --page-size
 def _cmd_login(args: argparse.Namespace) -> int:
     """Ask for the password (and a one-time code if the account has one), log in at the
     first post that answers, keep the session for the next commands."""
-    from console.session import login, session_file
+    from console.session import keep_session, login
 
     posts = posts_to_ask(args.posts, os.environ)
     factory = workstation.from_environment(args)
@@ -88,10 +88,7 @@ def _cmd_login(args: argparse.Namespace) -> int:
     except CitypostError as error:
         print(f"{PROG}: {error.message}", file=sys.stderr)
         return 1
-    session_file(args).save(session)
-    until = time.strftime("%H:%M", time.localtime(session.refresh_expires_at))
-    print(f"logged in as {session.user} ({', '.join(session.roles)}) until {until}")
-    return 0
+    return keep_session(args, session)
 
 
 def _cmd_logout(args: argparse.Namespace) -> int:

@@ -26,7 +26,6 @@ import os
 import secrets
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 import webbrowser
@@ -312,7 +311,7 @@ def cmd_oidc_login(
 ) -> int:
     """`citypost console login --oidc`: 0 logged in (the session saved as a password
     login's), 1 refused or the provider or the posts failed (said on stderr)."""
-    from console.session import session_file
+    from console.session import keep_session
 
     try:
         client = client_from(args, os.environ)
@@ -320,7 +319,4 @@ def cmd_oidc_login(
     except CitypostError as error:
         print(f"citypost console: {error.message}", file=sys.stderr)
         return 1
-    session_file(args).save(session)
-    until = time.strftime("%H:%M", time.localtime(session.refresh_expires_at))
-    print(f"logged in as {session.user} ({', '.join(session.roles)}) until {until}")
-    return 0
+    return keep_session(args, session)

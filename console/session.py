@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -31,6 +31,9 @@ from protos.citypost.v1 import auth_pb2, auth_pb2_grpc
 from security.files import replace_file
 
 RENEW_BEFORE_S = 60.0
+
+
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -61,12 +64,23 @@ def _call(
     posts: Sequence[str],
     call: Callable[[Any], auth_pb2.LoginResponse],
 ) -> Session:
-    """The first post that answers: any post logs in (tokens hold at every post)."""
+    """A session from the first post that answers: any post logs in (tokens hold at
+    every post)."""
+    return Session.of(_first_answer(channel_factory, posts, call))
+
+
+def _first_answer(
+    channel_factory: Callable[[str], grpc.Channel],
+    posts: Sequence[str],
+    call: Callable[[Any], R],
+) -> R:
+    """`call` on the AuthService of the first post that answers. UnauthenticatedError when
+    a post refuses it; InfrastructureError when none answers, or for any other refusal."""
     unreachable = []
     for address in posts:
         with channel_factory(address) as channel:
             try:
-                return Session.of(call(auth_pb2_grpc.AuthServiceStub(channel)))
+                return call(auth_pb2_grpc.AuthServiceStub(channel))
             except grpc.RpcError as error:
                 code = error.code()
                 if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
@@ -127,23 +141,19 @@ def logout(
     session was ended already elsewhere: nothing is left to end); InfrastructureError
     when no post answers."""
     request = auth_pb2.LogoutRequest(refresh_token=session.refresh_token)
-    unreachable = []
-    for address in posts:
-        with channel_factory(address) as channel:
-            try:
-                reply: auth_pb2.LogoutResponse = auth_pb2_grpc.AuthServiceStub(channel).Logout(
-                    request, timeout=timeout_s
-                )
-                return reply
-            except grpc.RpcError as error:
-                code = error.code()
-                if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    unreachable.append(address)
-                    continue
-                if code == grpc.StatusCode.UNAUTHENTICATED:
-                    raise UnauthenticatedError(error.details() or "refused") from None
-                raise InfrastructureError(f"{address}: {code.name}: {error.details()}") from None
-    raise InfrastructureError(f"no post answers at {', '.join(unreachable)}")
+    reply: auth_pb2.LogoutResponse = _first_answer(
+        channel_factory, posts, lambda stub: stub.Logout(request, timeout=timeout_s)
+    )
+    return reply
+
+
+def keep_session(args: Any, session: Session) -> int:
+    """A login's end, whichever way it was made: the session saved for the next commands,
+    who it is said; the exit status (0)."""
+    session_file(args).save(session)
+    until = time.strftime("%H:%M", time.localtime(session.refresh_expires_at))
+    print(f"logged in as {session.user} ({', '.join(session.roles)}) until {until}")
+    return 0
 
 
 def end_session(args: Any, factory: Callable[[str], grpc.Channel], posts: Sequence[str]) -> int:
