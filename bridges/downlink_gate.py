@@ -2,10 +2,22 @@
 
 Posts publish each downlink on `citypost/<city>/gate/<the command/down topic>`
 (`gate_topic`); the gate forwards it, QoS 1 and byte for byte, to the network
-server's topic only if the epoch in its frame is >= the highest epoch the gate
-has seen (bridges.gate_book), so a deposed leader's commands stop here even if
-it does not know it is deposed. It also learns a new leader's epoch from etcd
-(`raise_epoch`, fed by the leader watch) before that leader's first command.
+server's topic only if the epoch in its frame is the gate's mark, the highest
+epoch etcd confirmed a leader held (bridges.gate_book), so a deposed leader's
+commands stop here even if it does not know it is deposed. Only etcd moves the
+mark, never a frame: the leader watch (`raise_epoch`, cluster/gate_runner.py)
+usually tells a new leader's epoch before that leader's first command; a
+command whose epoch is above the mark makes the gate ask etcd at once (its
+`EpochConfirmer`, a read of the leader key) and decide again. An epoch etcd
+does not confirm is dropped, counted (`unconfirmed_epoch`) and dead-lettered:
+a post's signature proves who sent a frame, not that its epoch was elected.
+
+If etcd cannot answer (timeout, no quorum), the command is neither forwarded
+(its epoch is unconfirmed) nor acknowledged nor dead-lettered: it stays in the
+gate's broker session, which delivers it again when the gate reconnects, and
+the post sends it again (same command_id) when no ack comes. Acknowledging it
+(a drop, or a dead letter nobody replays) would leave it only in the post's
+retries, which an etcd outage can outlast. Counted in `GateStats.confirm_failures`.
 
 A group command that goes by multicast arrives as one
 `citypost/<city>/gate/multicast/<applicationId>/<group>` message whose payload
@@ -15,7 +27,8 @@ which enqueues it on that group's multicast group.
 
 Each incoming message is acknowledged to the broker only once its outcome is
 safe: a forward or a dead letter after the broker's PUBACK of what the gate
-published, a stale command at once. A gate that dies therefore loses nothing
+published, a stale command at once, one whose epoch etcd could not be asked about
+never (see above). A gate that dies therefore loses nothing
 (the broker re-delivers); it may forward a command twice, which the devices
 absorb (they execute a command_id at most once).
 """
@@ -65,6 +78,8 @@ from citypost.errors import (
     InvalidArgumentError,
     UnauthenticatedError,
 )
+from failover.roles import SOLE_EPOCH
+from protos.citypost.v1 import dead_letter_pb2
 from security import identities
 from security.command_signing import CommandSigner, CommandVerifier
 from security.pki import Kind
@@ -155,6 +170,22 @@ class MulticastSink(Protocol):
     def enqueue(self, application_id: str, group: str, frame: bytes) -> None: ...
 
 
+class EpochConfirmer(Protocol):
+    """The epoch of the leader key read from etcd now (its create_revision), None when
+    no leader holds the key; InfrastructureError (or TimeoutError) when etcd cannot say
+    within a bounded time. Called in the gate's MQTT thread, outside the fence lock,
+    for a command whose epoch is above the mark; never from the caller's event loop."""
+
+    def __call__(self) -> int | None: ...
+
+
+def sole_post_epoch() -> int:
+    """The confirmer of a city without etcd: its one post leads from start to end under
+    SOLE_EPOCH (failover.roles.SoleLeadership), so no other epoch is a leader's. The
+    benchmarks' gates and the gate runner without etcd endpoints use it."""
+    return SOLE_EPOCH
+
+
 def default_state_path(config: Config) -> Path:
     """Where a gate keeps its high-water mark unless told otherwise."""
     return config.run_dir / "gate" / f"{config.city.name}-mark.json"
@@ -172,6 +203,9 @@ class GateStats:
     connected: bool
     held: int = 0  # downlinks waiting for a gateway's duty cycle
     refused_for_airtime: int = 0  # refused at once: no airtime before their deadline
+    # Commands above the mark etcd could not be asked about: left unacknowledged for
+    # the broker to deliver again (never forwarded, never dropped).
+    confirm_failures: int = 0
 
     @property
     def dropped(self) -> int:
@@ -226,8 +260,13 @@ class DownlinkGate:
         routes: Mapping[str, Route] | None = None,
         multicast_routes: Mapping[tuple[str, str], Route] | None = None,
         clock: SimClock | None = None,
+        confirm: EpochConfirmer = sole_post_epoch,
     ) -> None:
-        """Loads the persisted mark: GateStateError if the file is corrupt (never reset to 0)."""
+        """Loads the persisted mark: GateStateError if the file is corrupt (never reset to 0).
+
+        `confirm` reads the leader's epoch from etcd (cluster/gate_runner.py gives one);
+        the default knows only a sole post's, which fits a city without etcd.
+        """
         if config.mqtt.port is None:
             raise ConfigError("mqtt.port must be resolved (the broker started) before the gate")
         city = config.city.name
@@ -249,6 +288,8 @@ class DownlinkGate:
         self._now_ms = now_ms
         self.state_path = state_path if state_path is not None else default_state_path(config)
         self._book = GateBook(load_mark(self.state_path))
+        self._confirm = confirm
+        self._confirm_failures = 0  # under _pending_lock
         self.dead_letters = DeadLetterCounter()
         # Held from the decision to the publish (and around every write of the mark):
         # once raise_epoch(E) returns, no command older than E goes out.
@@ -376,19 +417,60 @@ class DownlinkGate:
     def _fence(
         self, parsed: _Parsed, payload: bytes, generation: int, message: mqtt.MQTTMessage
     ) -> None:
+        if self._fence_once(parsed, payload, generation, message) is not Verdict.CONFIRM:
+            return
+        # Above the mark: ask etcd, outside the fence lock (the plan's thread and the
+        # leader watch need not wait on etcd), then decide again on what it said.
+        header = parsed.header
+        try:
+            leader_epoch = self._confirm()
+        except (CitypostError, TimeoutError) as exc:
+            with self._pending_lock:
+                self._confirm_failures += 1
+            log.warning(
+                "gate: cannot confirm epoch %d of command %s with etcd (%s); left "
+                "unacknowledged for the broker to deliver again",
+                header.epoch,
+                header.command_id,
+                exc,
+            )
+            return
+        if leader_epoch is not None:
+            try:
+                self.raise_epoch(leader_epoch)
+            except InfrastructureError as exc:
+                # Raised in memory all the same: deciding again asks to persist it first.
+                log.error("gate: %s", exc.message)
+        self._fence_once(parsed, payload, generation, message, after_confirm=True)
+
+    def _fence_once(
+        self,
+        parsed: _Parsed,
+        payload: bytes,
+        generation: int,
+        message: mqtt.MQTTMessage,
+        *,
+        after_confirm: bool = False,
+    ) -> Verdict:
+        """Decide under the fence lock and carry it out; CONFIRM is left to the caller."""
         target, header = parsed.target, parsed.header
         with self._fence_lock:
-            verdict = self._book.decide(header.epoch)
+            verdict = self._book.decide(header.epoch, after_confirm=after_confirm)
+            if verdict is Verdict.CONFIRM:
+                return verdict
             if verdict is Verdict.DROP_STALE:
                 log.info(
-                    "gate: dropped command %s of epoch %d (highest seen %d) for %s",
+                    "gate: dropped command %s of epoch %d (the mark is %d) for %s",
                     header.command_id,
                     header.epoch,
                     self._book.highest_epoch,
                     target,
                 )
                 self._ack(generation, message.mid, message.qos)
-                return
+                return verdict
+            if verdict is Verdict.DROP_UNCONFIRMED:
+                self._drop_unconfirmed(parsed, payload, generation, message)
+                return verdict
             if verdict is Verdict.PERSIST_FIRST:
                 try:
                     store_mark(self.state_path, header.epoch)
@@ -404,16 +486,43 @@ class DownlinkGate:
                     )
                     self._book.count_dropped(DropReason.PERSIST_FAILED)
                     self._ack(generation, message.mid, message.qos)
-                    return
+                    return verdict
                 self._book.mark_persisted(header.epoch)
             if target.startswith(MULTICAST_ROOT + "/"):
                 self._enqueue_multicast(target, payload, generation, message)
-                return
-            if self._planner is not None:
+            elif self._planner is not None:
                 self._plan(parsed, payload, generation, message)
-                return
-            self._publish(target, payload, _Pending(generation, message.mid, message.qos, True))
-            self._book.count_forwarded()
+            else:
+                pending = _Pending(generation, message.mid, message.qos, True)
+                self._publish(target, payload, pending)
+                self._book.count_forwarded()
+            return verdict
+
+    def _drop_unconfirmed(
+        self, parsed: _Parsed, payload: bytes, generation: int, message: mqtt.MQTTMessage
+    ) -> None:
+        """A command of an epoch etcd did not confirm, never forwarded: counted by the
+        book and kept as a dead letter, since a post's key signed an epoch no leader
+        holds (or its leader was gone by the time etcd was asked)."""
+        header, mark = parsed.header, self._book.highest_epoch
+        detail = (
+            f"command {header.command_id} of epoch {header.epoch}: etcd confirms no leader "
+            f"above epoch {mark}"
+        )
+        log.error("gate: dropped %s for %s", detail, parsed.target)
+        # DeadLetterReason (citypost/errors.py) names what the edge cannot decode; this
+        # one decodes and is refused by the fence, so it carries the fence's reason.
+        letter = dead_letter_pb2.DeadLetter(
+            reason=DropReason.UNCONFIRMED_EPOCH.value,
+            detail=detail,
+            topic=self._prefix + parsed.target,
+            payload=payload[: self._keep_bytes],
+            payload_size=len(payload),
+            received_at_ms=self._now_ms(),
+            edge=GATE_NAME,
+        )
+        pending = _Pending(generation, message.mid, message.qos, False)
+        self._publish(self._dead_letter_topic, to_json(letter), pending)
 
     # --- the airtime plan (under the fence lock) ------------------------------------------
 
@@ -461,8 +570,11 @@ class DownlinkGate:
                 self._log(planned.dev_eui, planned.target, planned.header, "ERROR", decision.reason)
                 self._ack(planned.generation, planned.mid, planned.qos)
                 continue
-            if self._book.decide(planned.header.epoch) is Verdict.DROP_STALE:
-                # A new leader was elected while it waited: the fence holds at forward time too.
+            # It passed the fence at the mark, durable; the mark only rises since: a new
+            # leader elected while it waited makes it stale (the fence holds at forward
+            # time too). Nothing asks etcd from here, hence after_confirm.
+            verdict = self._book.decide(planned.header.epoch, after_confirm=True)
+            if verdict is not Verdict.FORWARD:
                 self._ack(planned.generation, planned.mid, planned.qos)
                 continue
             pending = _Pending(planned.generation, planned.mid, planned.qos, True)
@@ -652,7 +764,9 @@ class DownlinkGate:
                 self._publish(topic, payload, None)
 
     def raise_epoch(self, epoch: int) -> None:
-        """Fence every epoch below `epoch` now (a new leader was elected).
+        """Fence every epoch below `epoch` now: a leader's epoch read from etcd's leader
+        key (the leader watch, the runner's checks, the gate's own confirmer), never a
+        frame's.
 
         Thread-safe; blocks for one fsync when the mark rises. InfrastructureError if
         the mark cannot be persisted: the fence still holds in memory, and the next
@@ -674,6 +788,7 @@ class DownlinkGate:
         with self._pending_lock:
             pending = len(self._pending)
             multicast_forwarded = self._multicast_forwarded
+            confirm_failures = self._confirm_failures
         return GateStats(
             forwarded=self._book.forwarded,
             multicast_forwarded=multicast_forwarded,
@@ -685,6 +800,7 @@ class DownlinkGate:
             connected=self.session.connected,
             held=self._planner.held() if self._planner is not None else 0,
             refused_for_airtime=self._planner.refused if self._planner is not None else 0,
+            confirm_failures=confirm_failures,
         )
 
     # --- lifecycle -----------------------------------------------------------------------

@@ -1,12 +1,27 @@
-"""The downlink gate's fence, apart from MQTT: the highest epoch seen and what to do with a command.
+"""The downlink gate's fence, apart from MQTT: the mark, and what to do with a command.
 
-A command is forwarded iff its epoch is >= the highest epoch the gate has seen;
-a higher epoch raises the mark. The mark must survive the gate's own restart,
-else a restarted gate would let a deposed leader's commands through again, so
-the first command of a higher epoch is forwarded only once the mark is on disk:
-`decide` answers PERSIST_FIRST and the I/O shell writes the mark (`store_mark`),
-tells the book (`mark_persisted`), then forwards. A failed write leaves the
-book's durable mark where it was, so the next command of that epoch asks again.
+The mark is the highest epoch the gate knows a leader held. Only etcd confirms
+an epoch (`raise_epoch`: the leader watch, the gate's periodic read of the
+leader key, and the read the gate makes when a command asks for it), never a
+command frame: a frame is signed by a post, and a post's key is no proof that
+its epoch was ever elected, so a frame carrying a made-up epoch must not raise
+the mark and fence the real leader out.
+
+`decide` answers, for a command of epoch e and the mark m:
+- e < m: DROP_STALE (a deposed leader's);
+- e == m (and m >= 1: no leader has epoch 0, etcd's revisions start at 1):
+  FORWARD, or PERSIST_FIRST while m is not yet on disk;
+- e > m: CONFIRM, the I/O shell reads the leader key now (the leader watch may
+  lag the new leader's first command by a few milliseconds), calls `raise_epoch`
+  with what etcd said, and decides again with `after_confirm=True`: an epoch
+  still above the mark is then DROP_UNCONFIRMED, counted and never forwarded.
+
+The mark must survive the gate's own restart, else a restarted gate would let
+a deposed leader's commands through again, so the first command of a new mark
+is forwarded only once the mark is on disk: `decide` answers PERSIST_FIRST and
+the I/O shell writes the mark (`store_mark`), tells the book (`mark_persisted`),
+then forwards. A failed write leaves the book's durable mark where it was, so
+the next command of that epoch asks again.
 
 The gate does not deduplicate by command_id: a new leader re-sends its
 unacknowledged commands under its own epoch with the same command_id, and the
@@ -37,6 +52,10 @@ class Verdict(StrEnum):
     FORWARD = "forward"
     PERSIST_FIRST = "persist_first"  # forward, but only after the new mark is on disk
     DROP_STALE = "drop_stale"
+    # Above the mark: ask etcd for the leader's epoch (`raise_epoch`), then decide again.
+    CONFIRM = "confirm"
+    # Still above the mark once etcd was asked: no leader holds that epoch.
+    DROP_UNCONFIRMED = "drop_unconfirmed"
 
 
 class DropReason(StrEnum):
@@ -45,6 +64,9 @@ class DropReason(StrEnum):
     STALE_EPOCH = "stale_epoch"
     PERSIST_FAILED = "persist_failed"  # the new mark could not be written: not safe to forward
     FORWARD_REFUSED = "forward_refused"  # the broker refused the forwarded publish
+    # Signed, but its epoch is above the leader's epoch etcd gave: a post's key signed
+    # an epoch nobody was elected with (a stolen key, a bug), or a leader gone by then.
+    UNCONFIRMED_EPOCH = "unconfirmed_epoch"
 
 
 class GateStateError(FailedPreconditionError):
@@ -56,9 +78,11 @@ class GateStateError(FailedPreconditionError):
 
 
 class GateBook:
-    """Highest epoch seen, the part of it known durable, and counters. Thread-safe."""
+    """The mark (the highest epoch etcd confirmed), the part of it known durable, and
+    counters. Thread-safe."""
 
     def __init__(self, persisted_epoch: int = 0) -> None:
+        # A persisted mark was confirmed when it was written: it is the mark again.
         _check_epoch(persisted_epoch)
         self._lock = threading.Lock()
         self._highest = persisted_epoch
@@ -66,22 +90,28 @@ class GateBook:
         self._forwarded = 0
         self._dropped: Counter[DropReason] = Counter()
 
-    def decide(self, epoch: int) -> Verdict:
-        """The fate of a command of this epoch; a higher epoch raises the mark.
+    def decide(self, epoch: int, *, after_confirm: bool = False) -> Verdict:
+        """The fate of a command of this epoch; never moves the mark.
 
-        A stale command is counted here; the caller counts forwards (`count_forwarded`)
-        once it has actually forwarded.
+        `after_confirm`: etcd was just asked and its answer given to `raise_epoch`, so
+        an epoch above the mark is dropped (DROP_UNCONFIRMED) instead of asking again.
+        Drops are counted here; the caller counts forwards (`count_forwarded`) once it
+        has actually forwarded.
         """
         _check_epoch(epoch)
         with self._lock:
             if epoch < self._highest:
                 self._dropped[DropReason.STALE_EPOCH] += 1
                 return Verdict.DROP_STALE
-            self._highest = epoch
-            return Verdict.PERSIST_FIRST if epoch > self._persisted else Verdict.FORWARD
+            if epoch == self._highest and epoch > 0:
+                return Verdict.PERSIST_FIRST if epoch > self._persisted else Verdict.FORWARD
+            if not after_confirm:
+                return Verdict.CONFIRM
+            self._dropped[DropReason.UNCONFIRMED_EPOCH] += 1
+            return Verdict.DROP_UNCONFIRMED
 
     def raise_epoch(self, epoch: int) -> bool:
-        """A new leader's epoch learnt before its first command (the etcd leader watch).
+        """A leader's epoch read from etcd's leader key: the only way the mark rises.
 
         Fences every older epoch at once. True when the caller must persist `epoch`
         (then call `mark_persisted`); False when the mark was already there.
@@ -92,11 +122,19 @@ class GateBook:
             return epoch > self._persisted
 
     def mark_persisted(self, epoch: int) -> None:
-        """`epoch` is durably written; never lowers what is known durable."""
+        """`epoch` is durably written; never lowers what is known durable.
+
+        FailedPreconditionError above the mark: only a confirmed epoch is written, and
+        writing one must not confirm it.
+        """
         _check_epoch(epoch)
         with self._lock:
+            if epoch > self._highest:
+                raise FailedPreconditionError(
+                    f"epoch {epoch} persisted above the mark {self._highest}: "
+                    "only an epoch etcd confirmed (raise_epoch) may be written"
+                )
             self._persisted = max(self._persisted, epoch)
-            self._highest = max(self._highest, epoch)
 
     def count_forwarded(self) -> None:
         with self._lock:

@@ -1,11 +1,17 @@
 """The downlink gate as the demo and the drills run it: next to the network
 server, learning each new leader's epoch from etcd the moment it is elected
-(not only from the new leader's first command), putting the devices in their
+(the leader watch), and confirming with etcd, when the gate asks, the epoch of
+a command above what the watch told so far (`confirm_epoch`: a new leader's
+first command may beat the watch by a few milliseconds; a frame's own epoch is
+never trusted, see bridges/downlink_gate.py), putting the devices in their
 declared fail-safe states when no leader could be confirmed for
 `failover.failsafe_after_s` (see bridges/failsafe.py), and enqueueing group
 commands on the network server's multicast groups: one per (class C asset
 class, group) of the registry, created or brought in step at start
 (`radio.network_server_api`).
+
+Without etcd endpoints the city has one post and no election: the gate then
+confirms only that post's epoch (`sole_post_epoch`).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import aetcd
 from bridges.airtime import RX2_FREQUENCY_HZ, AirtimeBook
 from bridges.airtime_planner import AirtimePlanner, Route
 from bridges.downlink_frame import COMMAND_F_PORT
-from bridges.downlink_gate import DownlinkGate, GateStats
+from bridges.downlink_gate import DownlinkGate, EpochConfirmer, GateStats, sole_post_epoch
 from bridges.downlinks import downlinks
 from bridges.failsafe import FailsafeWatch, failsafe_commands
 from bridges.multicast_client import GroupSpec, MulticastClient, multicast_group_name
@@ -38,6 +44,10 @@ from security.pki import Kind
 
 CHECK_INTERVAL_S = 0.5
 MULTICAST_TIMEOUT_S = 5.0  # one enqueue, the gate's MQTT thread waiting
+# One read of the leader key, the gate's MQTT thread waiting (no other command moves
+# meanwhile): a local quorum answers in milliseconds; an etcd without a leader may not
+# within an election, and the command is then left for the broker to deliver again.
+CONFIRM_TIMEOUT_S = 2.0
 SYNC_TIMEOUT_S = 120.0  # bringing every group in step at start (thousands of members)
 
 log = logging.getLogger(__name__)
@@ -91,6 +101,7 @@ class GateRunner:
         self._task: asyncio.Task[None] | None = None
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
+        self._client: aetcd.Client | None = None  # the etcd client, on the runner's loop
         self._multicast: MulticastClient | None = None
         # (application id, group) -> the network server's multicast group id
         self._group_ids: dict[tuple[str, str], str] = {}
@@ -99,6 +110,7 @@ class GateRunner:
         book = AirtimeBook(window_s=config.radio.duty_cycle_window_s)
         self.planner = AirtimePlanner(rx2_dr=config.radio.rx2_dr, book=book)
         unicast, groups = plan_routes(self._city_model)
+        confirm: EpochConfirmer = self.confirm_epoch if self._endpoints else sole_post_epoch
         self.gate = DownlinkGate(
             config=config,
             multicast=multicast,
@@ -106,6 +118,7 @@ class GateRunner:
             routes=unicast,
             multicast_routes=groups,
             clock=SimClock.of(config.sim),
+            confirm=confirm,
         )
 
     def start(self) -> GateRunner:
@@ -122,11 +135,11 @@ class GateRunner:
         self._loop = asyncio.new_event_loop()
         try:
             self._task = self._loop.create_task(self._main())
-            self._started.set()
             self._loop.run_until_complete(self._task)
         except asyncio.CancelledError:
             pass
         finally:
+            self._started.set()  # a start() still waiting must not wait for nothing
             # The leader watch is an async generator: finalize it on its own loop.
             self._loop.run_until_complete(self._loop.shutdown_asyncgens())
             self._loop.close()
@@ -138,12 +151,19 @@ class GateRunner:
                 api_token=self._radio.network_server_api_token,
                 identity=self._identity,
             )
+        if self._endpoints:
+            # Before the gate takes commands: the first may need its epoch confirmed.
+            self._client = etcd_client(self._endpoints, tls=self._identity)
+        self._started.set()
         try:
-            if self._endpoints:
-                await self._follow()
+            if self._client is not None:
+                await self._follow(self._client)
             else:
                 await asyncio.Event().wait()  # serve the multicast calls until cancelled
         finally:
+            if self._client is not None:
+                client, self._client = self._client, None
+                await client.close()
             if self._multicast is not None:
                 await self._multicast.close()
 
@@ -173,8 +193,39 @@ class GateRunner:
                 f"the network server did not take the multicast within {MULTICAST_TIMEOUT_S} s"
             ) from exc
 
-    async def _follow(self) -> None:
-        client = etcd_client(self._endpoints, tls=self._identity)
+    def confirm_epoch(self) -> int | None:
+        """The gate's EpochConfirmer: the leader key's epoch read from etcd now, None
+        when no leader holds the key; InfrastructureError when etcd did not answer
+        within CONFIRM_TIMEOUT_S. From any thread but the runner's loop.
+
+        A linearizable read (aetcd's default): a leader commands only once its key is
+        committed, so the read gives its epoch, or a later one or none if it was deposed
+        since; never an older one.
+        """
+        loop, client = self._loop, self._client
+        if loop is None or client is None:
+            raise InfrastructureError("the gate runner has no etcd client (not started)")
+        try:
+            future = asyncio.run_coroutine_threadsafe(self._leader_epoch(client), loop)
+        except RuntimeError as exc:  # the loop is closed: the runner stopped
+            raise InfrastructureError(f"the gate runner's loop is gone: {exc}") from exc
+        try:
+            return future.result(CONFIRM_TIMEOUT_S + 0.5)  # the read times out first
+        except TimeoutError as exc:
+            future.cancel()
+            raise InfrastructureError(
+                f"etcd did not give the leader key within {CONFIRM_TIMEOUT_S} s"
+            ) from exc
+        except Exception as exc:  # aetcd's errors, a cancelled read: etcd did not say
+            raise InfrastructureError(
+                f"cannot read the leader key: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    async def _leader_epoch(self, client: aetcd.Client) -> int | None:
+        got = await asyncio.wait_for(client.get(leader_key(self._city)), CONFIRM_TIMEOUT_S)
+        return None if got is None else int(got.create_revision)
+
+    async def _follow(self, client: aetcd.Client) -> None:
         check = asyncio.create_task(self._check_loop(client))
         try:
             async for seen in watch_leader(client, self._city):
@@ -183,12 +234,11 @@ class GateRunner:
         finally:
             check.cancel()
             await asyncio.gather(check, return_exceptions=True)
-            await client.close()
 
     async def _raise(self, epoch: int) -> None:
         try:
             await asyncio.to_thread(self.gate.raise_epoch, epoch)
-        except Exception:  # the gate still fences on commands' own epochs
+        except Exception:  # in memory the mark rose; the next command persists it first
             log.exception("gate: cannot record epoch %d", epoch)
 
     async def _check_loop(self, client: aetcd.Client) -> None:
@@ -223,9 +273,11 @@ class GateRunner:
     def stats(self) -> GateStats:
         return self.gate.stats()
 
-    def stop(self) -> None:
+    def stop(self, *, end_session: bool = False) -> None:
+        """Stop following etcd, then the gate (`DownlinkGate.stop`: its broker session,
+        and what it left unacknowledged, stay unless end_session)."""
         if self._loop is not None and self._task is not None:
             self._loop.call_soon_threadsafe(self._task.cancel)
         if self._thread is not None:
             self._thread.join(10.0)
-        self.gate.stop()
+        self.gate.stop(end_session=end_session)

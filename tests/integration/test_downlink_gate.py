@@ -1,5 +1,6 @@
 """The downlink gate against a real mosquitto: epoch fencing, dead letters, restart, raise_epoch,
-and its airtime plan (refusing at once, safety first, held commands fenced again)."""
+confirming an epoch with etcd (here a stand-in: the real one is in test_gate_confirm), and
+its airtime plan (refusing at once, safety first, held commands fenced again)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,22 @@ PLAIN = {"security.tls": False}
 
 APP = "gate-test-app"
 DEV = "70b3d57e00000042"
+
+
+class LeaderKey:
+    """What etcd's leader key says, as the gate's EpochConfirmer reads it: the epoch of
+    the leader (None: no leader), or an outage (`failing`). Counts the reads."""
+
+    def __init__(self, epoch: int | None = None) -> None:
+        self.epoch = epoch
+        self.failing = False
+        self.reads = 0
+
+    def __call__(self) -> int | None:
+        self.reads += 1
+        if self.failing:
+            raise InfrastructureError("etcd has no quorum (the test says so)")
+        return self.epoch
 
 
 def _config(port: int, city: str) -> Config:
@@ -94,9 +111,9 @@ def watching(port: int, topic: str) -> Iterator[Watcher]:
 
 @contextmanager
 def running_gate(
-    config: Config, state_path: Path, *, end_session: bool = True
+    config: Config, state_path: Path, leader: LeaderKey, *, end_session: bool = True
 ) -> Iterator[DownlinkGate]:
-    gate = DownlinkGate(config=config, state_path=state_path)
+    gate = DownlinkGate(config=config, state_path=state_path, confirm=leader)
     gate.start()
     try:
         yield gate
@@ -135,16 +152,19 @@ def test_forwards_current_and_newer_epochs_in_order_and_drops_stale(
 ) -> None:
     config = _config(mqtt_broker.port, "gate-order")
     sent = {epoch: _downlink(epoch) for epoch in (5, 4, 6)}
+    leader = LeaderKey(5)
     with (
         watching(mqtt_broker.port, chirpstack.downlink_topic(APP, DEV)) as network_server,
-        running_gate(config, tmp_path / "mark.json") as gate,
+        running_gate(config, tmp_path / "mark.json", leader) as gate,
         publishing(mqtt_broker.port) as post,
     ):
-        for epoch in (5, 4, 6):
+        for epoch in (5, 4):
             topic, payload, _ = sent[epoch]
             _send(post, "gate-order", topic, payload)
-        wait_for(lambda: len(network_server.snapshot()) >= 2, 10, "two forwarded downlinks")
         wait_for(lambda: gate.stats().dropped >= 1, 10, "the stale downlink dropped")
+        leader.epoch = 6  # a new leader, whose first command beats the leader watch
+        _send(post, "gate-order", *sent[6][:2])
+        wait_for(lambda: len(network_server.snapshot()) >= 2, 10, "two forwarded downlinks")
         # Whatever the gate forwards comes in order: after 6 nothing of 4 can follow.
         wait_for(lambda: gate.stats().pending_acks == 0, 10, "the broker's PUBACKs")
         assert network_server.snapshot() == [
@@ -157,6 +177,7 @@ def test_forwards_current_and_newer_epochs_in_order_and_drops_stale(
         assert stats.dead_letters_by_reason == {}
         assert stats.highest_epoch == 6
         assert stats.persisted_epoch == 6
+        assert leader.reads == 2  # once per new epoch, not per command
     assert load_mark(tmp_path / "mark.json") == 6
 
 
@@ -183,7 +204,7 @@ def test_malformed_downlinks_go_to_dead_letters_and_the_gate_keeps_working(
     with (
         watching(mqtt_broker.port, config.edge.dead_letter_topic(city)) as letters,
         watching(mqtt_broker.port, f"application/{APP}/device/+/command/down") as network_server,
-        running_gate(config, tmp_path / "mark.json") as gate,
+        running_gate(config, tmp_path / "mark.json", LeaderKey(3)) as gate,
         publishing(mqtt_broker.port) as post,
     ):
         for bad_topic, payload, _ in bad:
@@ -210,16 +231,18 @@ def test_a_restarted_gate_still_fences_with_its_persisted_mark(
     city = "gate-restart"
     config = _config(mqtt_broker.port, city)
     state = tmp_path / "mark.json"
+    leader = LeaderKey(6)
     with (
         watching(mqtt_broker.port, chirpstack.downlink_topic(APP, DEV)) as network_server,
         publishing(mqtt_broker.port) as post,
     ):
-        with running_gate(config, state, end_session=False) as gate:
+        with running_gate(config, state, leader, end_session=False) as gate:
             _send(post, city, *_downlink(6)[:2])
             wait_for(lambda: len(network_server.snapshot()) == 1, 10, "epoch 6 forwarded")
             wait_for(lambda: gate.stats().pending_acks == 0, 10, "the broker's PUBACK")
         assert load_mark(state) == 6
-        with running_gate(config, state) as restarted:
+        reads = leader.reads
+        with running_gate(config, state, leader) as restarted:
             assert restarted.stats().highest_epoch == 6
             stale_topic, stale, _ = _downlink(4)
             _send(post, city, stale_topic, stale)
@@ -229,6 +252,7 @@ def test_a_restarted_gate_still_fences_with_its_persisted_mark(
             wait_for(lambda: len(network_server.snapshot()) >= 2, 10, "epoch 6 forwarded again")
             assert restarted.stats().dropped_by_reason == {"stale_epoch": 1}
             assert [payload for _, payload in network_server.snapshot()][1:] == [fresh[1]]
+            assert leader.reads == reads  # the mark on disk was confirmed: no read
 
 
 @pytest.mark.timeout(30)
@@ -238,9 +262,10 @@ def test_raise_epoch_fences_older_commands_before_the_new_leader_speaks(
     city = "gate-raise"
     config = _config(mqtt_broker.port, city)
     state = tmp_path / "mark.json"
+    leader = LeaderKey(9)
     with (
         watching(mqtt_broker.port, chirpstack.downlink_topic(APP, DEV)) as network_server,
-        running_gate(config, state) as gate,
+        running_gate(config, state, leader) as gate,
         publishing(mqtt_broker.port) as post,
     ):
         # The etcd watch runs elsewhere: raise_epoch is called from another thread.
@@ -255,6 +280,7 @@ def test_raise_epoch_fences_older_commands_before_the_new_leader_speaks(
         wait_for(lambda: len(network_server.snapshot()) >= 1, 10, "epoch 9 forwarded")
         assert network_server.snapshot() == [(topic, payload)]
         assert gate.stats().dropped_by_reason == {"stale_epoch": 1}
+        assert leader.reads == 0  # the watch told first: nothing to ask
 
 
 @pytest.mark.timeout(10)
@@ -282,9 +308,10 @@ def test_a_mark_that_cannot_be_persisted_blocks_the_higher_epoch(
 ) -> None:
     city = "gate-nodisk"
     config = _config(mqtt_broker.port, city)
+    leader = LeaderKey(2)
     with (
         watching(mqtt_broker.port, chirpstack.downlink_topic(APP, DEV)) as network_server,
-        running_gate(config, tmp_path / "mark.json") as gate,
+        running_gate(config, tmp_path / "mark.json", leader) as gate,
         publishing(mqtt_broker.port) as post,
     ):
         _send(post, city, *_downlink(2)[:2])
@@ -292,6 +319,7 @@ def test_a_mark_that_cannot_be_persisted_blocks_the_higher_epoch(
         blocker = tmp_path / "not-a-directory"
         blocker.write_bytes(b"")
         gate.state_path = blocker / "mark.json"  # every write now fails
+        leader.epoch = 3
         _send(post, city, *_downlink(3)[:2])
         wait_for(lambda: gate.stats().dropped >= 1, 10, "epoch 3 refused")
         assert gate.stats().dropped_by_reason == {"persist_failed": 1}
@@ -304,6 +332,82 @@ def test_a_mark_that_cannot_be_persisted_blocks_the_higher_epoch(
         assert len(network_server.snapshot()) == 1
 
 
+# --- only etcd moves the mark -------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_an_epoch_etcd_does_not_confirm_is_dropped_dead_lettered_and_the_mark_stays(
+    mqtt_broker: LocalMosquitto, tmp_path: Path
+) -> None:
+    city = "gate-unconfirmed"
+    config = _config(mqtt_broker.port, city)
+    leader = LeaderKey(5)
+    state = tmp_path / "mark.json"
+    forged = _downlink(10**15)  # far above the leader's epoch
+    with (
+        watching(mqtt_broker.port, config.edge.dead_letter_topic(city)) as letters,
+        watching(mqtt_broker.port, chirpstack.downlink_topic(APP, DEV)) as network_server,
+        running_gate(config, state, leader) as gate,
+        publishing(mqtt_broker.port) as post,
+    ):
+        _send(post, city, *_downlink(5)[:2])
+        wait_for(lambda: gate.stats().forwarded == 1, 10, "the leader's command")
+        _send(post, city, *forged[:2])
+        wait_for(lambda: len(letters.snapshot()) == 1, 10, "the forged command's dead letter")
+        leader.epoch = None  # the leader key gone: nobody's epoch is confirmed
+        _send(post, city, *_downlink(6)[:2])
+        wait_for(lambda: gate.stats().dropped >= 2, 10, "epoch 6 unconfirmed")
+        leader.epoch = 5
+        after = _downlink(5)
+        _send(post, city, *after[:2])  # the real leader's next command
+        wait_for(lambda: gate.stats().forwarded == 2, 10, "the leader's next command")
+        wait_for(lambda: gate.stats().pending_acks == 0, 10, "the broker's PUBACKs")
+        stats = gate.stats()
+        assert stats.dropped_by_reason == {"unconfirmed_epoch": 2}
+        assert (stats.highest_epoch, stats.persisted_epoch) == (5, 5)
+        assert stats.confirm_failures == 0
+        assert [p for _, p in network_server.snapshot()][1:] == [after[1]]
+        assert leader.reads == 3  # 5 once, then each unconfirmed epoch
+        letter = from_json(letters.snapshot()[0][1])
+        assert letter.reason == "unconfirmed_epoch" and letter.edge == "downlink-gate"
+        assert letter.payload == forged[1] and forged[2] in letter.detail
+    assert load_mark(state) == 5
+
+
+@pytest.mark.timeout(40)
+def test_when_etcd_cannot_answer_the_command_waits_in_the_broker_and_is_never_forwarded(
+    mqtt_broker: LocalMosquitto, tmp_path: Path
+) -> None:
+    city = "gate-no-quorum"
+    config = _config(mqtt_broker.port, city)
+    leader = LeaderKey(5)
+    state = tmp_path / "mark.json"
+    command = _downlink(6)
+    with (
+        watching(mqtt_broker.port, config.edge.dead_letter_topic(city)) as letters,
+        watching(mqtt_broker.port, chirpstack.downlink_topic(APP, DEV)) as network_server,
+        publishing(mqtt_broker.port) as post,
+    ):
+        with running_gate(config, state, leader, end_session=False) as gate:
+            _send(post, city, *_downlink(5)[:2])
+            wait_for(lambda: gate.stats().forwarded == 1, 10, "the leader's command")
+            leader.failing = True  # a new leader is elected; then etcd loses its quorum
+            _send(post, city, *command[:2])
+            wait_for(lambda: gate.stats().confirm_failures == 1, 10, "the failed read")
+            time.sleep(0.3)
+            stats = gate.stats()
+            assert len(network_server.snapshot()) == 1  # not forwarded
+            assert stats.dropped_by_reason == {} and letters.snapshot() == []  # nor dropped
+            assert stats.highest_epoch == 5
+        leader.failing, leader.epoch = False, 6  # etcd is back
+        # Never acknowledged: the broker delivers it again to the gate's session.
+        with running_gate(config, state, leader) as restarted:
+            wait_for(lambda: len(network_server.snapshot()) == 2, 10, "the command again")
+            assert network_server.snapshot()[1] == (command[0], command[1])
+            assert restarted.stats().highest_epoch == 6
+        assert letters.snapshot() == []
+
+
 # --- the airtime plan ---------------------------------------------------------------------
 
 GW = "0016c001f1000001"
@@ -311,7 +415,7 @@ GW = "0016c001f1000001"
 
 @contextmanager
 def planned_gate(
-    config: Config, state_path: Path, planner: AirtimePlanner
+    config: Config, state_path: Path, planner: AirtimePlanner, leader: LeaderKey
 ) -> Iterator[DownlinkGate]:
     gate = DownlinkGate(
         config=config,
@@ -319,6 +423,7 @@ def planned_gate(
         planner=planner,
         routes={DEV: Route(RadioClass.C, (GW,))},
         clock=SimClock(datetime(2026, 1, 15, 18, 0, tzinfo=UTC), 1.0),
+        confirm=leader,
     )
     gate.start()
     try:
@@ -363,7 +468,7 @@ def test_with_the_gateway_spent_a_policy_command_is_refused_at_once_and_safety_s
     with (
         watching(mqtt_broker.port, chirpstack.downlink_topic(APP, DEV)) as network_server,
         watching(mqtt_broker.port, chirpstack.log_topic(APP, DEV)) as logs,
-        planned_gate(config, tmp_path / "mark.json", planner) as gate,
+        planned_gate(config, tmp_path / "mark.json", planner, LeaderKey(5)) as gate,
         publishing(mqtt_broker.port) as post,
     ):
         _send_planned(post, "gate-plan", policy_topic, policy, Priority.POLICY, soon)
@@ -389,13 +494,15 @@ def test_a_held_command_goes_when_its_gateway_frees_and_not_if_its_epoch_was_fen
     planner = _spent_planner()
     old_topic, old, _ = _downlink(5)
     new_topic, new, new_id = _downlink(5)
+    leader = LeaderKey(5)
     with (
         watching(mqtt_broker.port, chirpstack.downlink_topic(APP, DEV)) as network_server,
-        planned_gate(config, tmp_path / "mark.json", planner) as gate,
+        planned_gate(config, tmp_path / "mark.json", planner, leader) as gate,
         publishing(mqtt_broker.port) as post,
     ):
         _send_planned(post, "gate-held", old_topic, old, Priority.OPERATOR, 0)
         wait_for(lambda: gate.stats().held == 1, 10, "the command held for airtime")
+        leader.epoch = 6
         gate.raise_epoch(6)  # a new leader while it waits
         new = chirpstack.build_downlink(
             DEV,
@@ -425,14 +532,16 @@ def test_copies_of_a_held_command_wait_as_one_and_the_newest_goes(
     topic, first, command_id = _downlink(5)
     _, retry, _ = _downlink(5, command_id)  # the post's retry of the same command
     _, replay, _ = _downlink(6, command_id)  # a new leader's replay of it
+    leader = LeaderKey(5)
     with (
         watching(mqtt_broker.port, chirpstack.downlink_topic(APP, DEV)) as network_server,
-        planned_gate(config, tmp_path / "mark.json", planner) as gate,
+        planned_gate(config, tmp_path / "mark.json", planner, leader) as gate,
         publishing(mqtt_broker.port) as post,
     ):
         _send_planned(post, "gate-copies", topic, first, Priority.OPERATOR, 0)
         wait_for(lambda: gate.stats().held == 1, 10, "the command held for airtime")
         _send_planned(post, "gate-copies", topic, retry, Priority.OPERATOR, 0)
+        leader.epoch = 6
         gate.raise_epoch(6)
         _send_planned(post, "gate-copies", topic, replay, Priority.OPERATOR, 0)
         time.sleep(0.5)
@@ -455,7 +564,7 @@ def test_the_airtime_counted_survives_a_restart_of_the_gate(
     topic, payload, _ = _downlink(5)
     with (
         watching(mqtt_broker.port, chirpstack.downlink_topic(APP, DEV)) as network_server,
-        planned_gate(config, tmp_path / "mark.json", first),
+        planned_gate(config, tmp_path / "mark.json", first, LeaderKey(5)),
         publishing(mqtt_broker.port) as post,
     ):
         _send_planned(post, "gate-book", topic, payload, Priority.OPERATOR, 0)
@@ -464,5 +573,5 @@ def test_the_airtime_counted_survives_a_restart_of_the_gate(
     before = first.book.usage(now)
     assert [u.gateway_id for u in before] == [GW]
     second = AirtimePlanner(rx2_dr=3)
-    with planned_gate(config, tmp_path / "mark.json", second):
+    with planned_gate(config, tmp_path / "mark.json", second, LeaderKey(5)):
         assert second.book.usage(now) == before
