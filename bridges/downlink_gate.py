@@ -79,7 +79,6 @@ from citypost.errors import (
     UnauthenticatedError,
 )
 from failover.roles import SOLE_EPOCH
-from protos.citypost.v1 import dead_letter_pb2
 from security import identities
 from security.command_signing import CommandSigner, CommandVerifier
 from security.pki import Kind
@@ -510,19 +509,8 @@ class DownlinkGate:
             f"above epoch {mark}"
         )
         log.error("gate: dropped %s for %s", detail, parsed.target)
-        # DeadLetterReason (citypost/errors.py) names what the edge cannot decode; this
-        # one decodes and is refused by the fence, so it carries the fence's reason.
-        letter = dead_letter_pb2.DeadLetter(
-            reason=DropReason.UNCONFIRMED_EPOCH.value,
-            detail=detail,
-            topic=self._prefix + parsed.target,
-            payload=payload[: self._keep_bytes],
-            payload_size=len(payload),
-            received_at_ms=self._now_ms(),
-            edge=GATE_NAME,
-        )
-        pending = _Pending(generation, message.mid, message.qos, False)
-        self._publish(self._dead_letter_topic, to_json(letter), pending)
+        error = DecodeError(DeadLetterReason.UNCONFIRMED_EPOCH, detail)
+        self._reject(error, self._prefix + parsed.target, payload, generation, message)
 
     # --- the airtime plan (under the fence lock) ------------------------------------------
 

@@ -11,7 +11,8 @@ from enum import StrEnum
 
 
 class DeadLetterReason(StrEnum):
-    """Why the edge could not turn an MQTT message into telemetry."""
+    """Why the edge could not turn an MQTT message into telemetry, or the gate would not
+    forward a command."""
 
     BAD_TOPIC = "bad_topic"
     BAD_JSON = "bad_json"
@@ -23,6 +24,8 @@ class DeadLetterReason(StrEnum):
     WRONG_FPORT = "wrong_fport"
     OVERSIZED = "oversized"
     BAD_SIGNATURE = "bad_signature"  # at the gate: not signed by a post of the city
+    # At the gate: signed by a post, but of an epoch no leader holds in etcd.
+    UNCONFIRMED_EPOCH = "unconfirmed_epoch"
     INTERNAL_ERROR = "internal_error"  # a bug in the edge; the message is kept for replay
 
 

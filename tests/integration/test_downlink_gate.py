@@ -362,6 +362,8 @@ def test_an_epoch_etcd_does_not_confirm_is_dropped_dead_lettered_and_the_mark_st
         _send(post, city, *after[:2])  # the real leader's next command
         wait_for(lambda: gate.stats().forwarded == 2, 10, "the leader's next command")
         wait_for(lambda: gate.stats().pending_acks == 0, 10, "the broker's PUBACKs")
+        # Forwarded is counted at the publish; the network server hears it a moment later.
+        wait_for(lambda: len(network_server.snapshot()) == 2, 10, "the network server")
         stats = gate.stats()
         assert stats.dropped_by_reason == {"unconfirmed_epoch": 2}
         assert (stats.highest_epoch, stats.persisted_epoch) == (5, 5)
