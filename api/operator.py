@@ -289,6 +289,8 @@ class OperatorService(operator_pb2_grpc.OperatorServiceServicer):
                     f"not a {class_name(asset_class)}"
                 )
             asset_class = device.asset_class
+            # The policy checked the class the request named, if any; this is the device's.
+            _check_class("commands.send", asset_class, f"command device {dev_eui}")
             command.target.dev_eui = dev_eui
             devices = 1
         else:

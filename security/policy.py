@@ -156,7 +156,10 @@ AUTHENTICATED = Rule(None)
 
 
 def _command_class(request: Any) -> str:
-    return class_name(request.command.asset_class)
+    """The class a command names; "" when it names only a device (the post reads the
+    device's class and checks it then: a caller needs commands.send for some class here)."""
+    value = request.command.asset_class
+    return class_name(value) if value else ""
 
 
 def _override_class(request: Any) -> str:
@@ -305,6 +308,7 @@ class Policy:
         if rule.permission is None:
             return
         scope = rule.scope(request) if rule.scope is not None and request is not None else None
+        scope = scope or None  # "": the request names no class
         if self.grants(roles).allows(rule.permission, scope):
             return
         needed = rule.permission + (f":{scope}" if scope else "")

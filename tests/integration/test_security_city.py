@@ -594,3 +594,31 @@ def _await_audit(city: CitySystem, actor_action: tuple[str, str]) -> None:
     while actor_action not in {(r.get("actor"), r.get("action")) for r in _audit(city)}:
         assert time.monotonic() < deadline, f"no {actor_action} in the audit"
         time.sleep(0.2)
+
+
+def test_a_command_to_one_device_is_checked_against_the_devices_class(city: CitySystem) -> None:
+    """The request may name only the device: the post checks the device's own class."""
+    assert city.city is not None
+    lamp = next(d for d in city.city.registry if d.asset_class == assets_pb2.STREET_LAMP)
+    posts = city.addresses()
+    lamps = login(_console(city), posts, "urban-supervision", city.passwords["urban-supervision"])
+    signals = login(_console(city), posts, "traffic-control", city.passwords["traffic-control"])
+
+    def send(token: str) -> Any:
+        request = operator_pb2.SendCommandRequest(
+            idempotency_key=str(uuid.uuid4()),
+            command=command_pb2.Command(
+                target=command_pb2.Target(dev_eui=lamp.dev_eui),
+                set_brightness=command_pb2.SetBrightness(brightness_pct=70.0),
+            ),
+        )
+        with _console(city)(_leader(city)) as channel:
+            stub = operator_pb2_grpc.OperatorServiceStub(channel)
+            return stub.SendCommand(request, timeout=10, metadata=_bearer(token))
+
+    before = _ledger_size(city)
+    code, details = _code(lambda: send(signals.access_token))
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert "commands.send:street_lamp" in details
+    assert _ledger_size(city) == before
+    assert send(lamps.access_token).command.asset_class == assets_pb2.STREET_LAMP

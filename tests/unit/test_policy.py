@@ -63,6 +63,17 @@ def test_roles_without_device_commands(role: str) -> None:
         )
 
 
+def test_a_command_to_a_device_naming_no_class_needs_some_class_here() -> None:
+    """The post reads the device's class and checks it (api.operator); the rule can only
+    ask for commands.send of some class."""
+    policy = Policy()
+    method = "/citypost.v1.OperatorService/SendCommand"
+    device_only = _send(assets_pb2.ASSET_CLASS_UNSPECIFIED)
+    policy.check(method, ["traffic-control"], device_only)
+    with pytest.raises(PermissionDeniedError, match=r"permission commands\.send is needed"):
+        policy.check(method, ["help-line"], device_only)
+
+
 def test_reads_and_administration() -> None:
     policy = Policy()
     policy.check("/citypost.v1.OperatorService/ListAlarms", ["wallboard"], None)
