@@ -72,6 +72,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from bridges.airtime import max_app_payload
 from citypost.errors import CitypostError, ConfigError, InvalidArgumentError, NotFoundError
+from security.grpc_tls import peer_principal
+from security.pki import Kind
 
 log = logging.getLogger(__name__)
 
@@ -686,10 +688,13 @@ def serve(
     port: int = 0,
     *,
     credentials: grpc.ServerCredentials | None = None,
+    callers: frozenset[Kind] = frozenset({Kind.GATE}),
 ) -> tuple[grpc.Server, int]:
     """Start a grpc server with the multicast API (and the members listing, health) on a
     loopback address; returns it and the bound port. Stop it with `server.stop`.
-    With `credentials` (security.grpc_tls.server_credentials) it speaks mutual TLS only.
+    With `credentials` (security.grpc_tls.server_credentials) it speaks mutual TLS only,
+    and only to `callers`' certificates (the downlink gate: the one path of a command to
+    the air), besides health checks; anyone else is refused PERMISSION_DENIED.
 
     A thread-pool server, not grpc.aio: the process that runs the simulated network
     server also runs the downlink gate's grpc.aio clients on their own event loop, and
@@ -699,6 +704,7 @@ def serve(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="fleet-api"),
         options=[("grpc.so_reuseport", 0)],
+        interceptors=[] if credentials is None else [_OnlyCallers(callers)],
     )
     multicast_group_pb2_grpc.add_MulticastGroupServiceServicer_to_server(service, server)
     device_pb2_grpc.add_DeviceServiceServicer_to_server(MulticastMembersService(service), server)
@@ -715,6 +721,42 @@ def serve(
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return server, bound
+
+
+class _OnlyCallers(grpc.ServerInterceptor):
+    """Every unary method but health checks, only for certificates of `kinds`."""
+
+    def __init__(self, kinds: frozenset[Kind]) -> None:
+        self._kinds = kinds
+
+    def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or handler.unary_unary is None or method.startswith(_HEALTH):
+            return handler
+        inner, kinds = handler.unary_unary, self._kinds
+
+        def checked(request: Any, context: grpc.ServicerContext) -> Any:
+            who = peer_principal(context)
+            if who is None or who.kind not in kinds:
+                named = (
+                    who.common_name if who is not None else "a caller without a city certificate"
+                )
+                allowed = ", ".join(sorted(k.value for k in kinds))
+                context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"{method} is for the {allowed} only; {named} may not call it",
+                )
+            return inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            checked,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+_HEALTH = "/grpc.health.v1.Health/"
 
 
 def _is_loopback(host: str) -> bool:

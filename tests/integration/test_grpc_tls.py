@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from api.server import Service, start_server
 from bridges.multicast_client import GroupSpec, MulticastClient, multicast_group_name
-from citypost.errors import InfrastructureError
+from citypost.errors import ConfigError, InfrastructureError
 from cluster.ports import free_port
 from fleet.multicast_service import MulticastService, serve
 from protos.citypost.v1 import admin_pb2, admin_pb2_grpc
@@ -231,6 +231,17 @@ async def test_multicast_api_over_mutual_tls(tmp_path: Path) -> None:
             group_id = (await client.sync_groups({name: spec}))[name]
             assert await client.enqueue(group_id, 10, b"\x01") == 0
         assert service.store.get(group_id).dev_euis == {"0000000000000001"}
+
+        # Only the gate: a post's certificate, with the right API token, is refused.
+        post = store.ensure(Principal(CITY, Kind.POST, "primary"))
+        async with MulticastClient(
+            target, api_token=token, identity=post, attempts=1, timeout_s=2.0
+        ) as intruder:
+            with pytest.raises(ConfigError, match=r"PERMISSION_DENIED.*post\.primary"):
+                await intruder.enqueue(group_id, 11, b"\x00")
+        assert len(service.store.queue(group_id)) == 1  # the gate's frame only
+        async with grpc.aio.secure_channel(target, channel_credentials(post)) as channel:
+            assert await health(channel) == health_pb2.HealthCheckResponse.SERVING
 
         # Without a certificate the gate cannot reach it (UNAVAILABLE, after its retries).
         async with MulticastClient(target, api_token=token, attempts=1, timeout_s=2.0) as plaintext:
