@@ -56,10 +56,11 @@ def test_every_reason_the_edge_tells_apart_is_covered() -> None:
     factory = _factory()
     covered = {REASON[k] for k in (*factory.kinds, Malformation.OVERSIZED)}
     # INTERNAL_ERROR is a bug of the edge, not something a message can ask for;
-    # BAD_SIGNATURE is the gate's (what posts hand it), not the edge's.
+    # BAD_SIGNATURE and UNCONFIRMED_EPOCH are the gate's (what posts hand it), not the edge's.
     assert covered == set(DeadLetterReason) - {
         DeadLetterReason.INTERNAL_ERROR,
         DeadLetterReason.BAD_SIGNATURE,
+        DeadLetterReason.UNCONFIRMED_EPOCH,
     }
     assert set(REASON) == set(Malformation)
 
