@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from actors.alarm_rules import DEFAULT_RULES, AlarmShaper
 from actors.decisions import Decision, IssueCommand
 from actors.policy import Policy, Snapshot
 from bridges.registry import Device
@@ -57,6 +58,8 @@ class AssetActor:
     def __init__(self, group: str, devices: Sequence[Device], make_policy: PolicyMaker) -> None:
         self.group = group
         self._policy = make_policy(group, devices)
+        # The policy's alarm conditions become alarms through the rules of their type.
+        self._alarms = AlarmShaper(DEFAULT_RULES)
         self._incarnation = uuid.uuid4().hex
         self._seq = 0
         self._applied = 0
@@ -70,10 +73,11 @@ class AssetActor:
             return IngestResult(self._incarnation, self._seq, self._applied, [], duplicate=True)
         if batch:
             items = telemetry_pb2.TelemetryBatch.FromString(batch).items
-            decisions = self._policy.on_telemetry(items, _at(now_ms))
+            decisions = self._alarms.shape(self._policy.on_telemetry(items, _at(now_ms)), now_ms)
             self._applied += len(items)
         else:
-            decisions = self._policy.on_tick(_at(now_ms))
+            decisions = self._alarms.shape(self._policy.on_tick(_at(now_ms)), now_ms)
+            decisions += self._alarms.tick(now_ms)
         self._seq = seq
         return IngestResult(self._incarnation, self._seq, self._applied, decisions)
 
@@ -84,12 +88,18 @@ class AssetActor:
         return Health(self._incarnation, os.getpid(), self._seq, self._applied, self._restored)
 
     def snapshot(self) -> Snapshot:
-        return {"seq": self._seq, "applied": self._applied, "policy": self._policy.snapshot()}
+        return {
+            "seq": self._seq,
+            "applied": self._applied,
+            "policy": self._policy.snapshot(),
+            "alarms": self._alarms.snapshot(),
+        }
 
     def restore(self, snapshot: Snapshot | None) -> Health:
         """Take the state of `snapshot`, or start fresh with None (a new actor)."""
         if snapshot is not None:
             self._policy.restore(snapshot["policy"])
+            self._alarms.restore(snapshot.get("alarms", []))  # none in older snapshots
             self._seq = int(snapshot["seq"])
             self._applied = int(snapshot["applied"])
         self._restored = True
