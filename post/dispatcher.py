@@ -328,20 +328,7 @@ class Dispatcher:
                     record, [(key, record), *index], [note, asked], idempotency_key, issued_by
                 )
             alarm = None
-            # An older command still setting this group's state is over: re-sent, it
-            # would undo this one (dusk's profile after the night's); in one transaction.
-            superseded = [
-                command_ledger.supersede(older, now, record)
-                for older in self._pending.values()
-                if command_ledger.supersedes(issued, older.command)
-            ]
-            notes: list[control_state_pb2.AuditEntry | None] = [
-                audit.for_command(s, audit.Action.COMMAND_SUPERSEDE, now, detail=s.detail)
-                for s in superseded
-            ]
-            writes: list[tuple[str, Message | None]] = [
-                (ledger_key(s.command.command_id), s) for s in superseded
-            ]
+            superseded, writes, notes = self._superseded_by(record, now)
             # Queued and sent in one transaction (one round trip to etcd, not two), still
             # before any frame goes out: if this post dies in between, the next leader
             # sends it, as it sends every unacknowledged command.
@@ -366,6 +353,30 @@ class Dispatcher:
             self.stats.commands_issued += 1
             self._publish_all(frames)
             return sent
+
+    def _superseded_by(
+        self, record: control_state_pb2.CommandRecord, now: int
+    ) -> tuple[
+        list[control_state_pb2.CommandRecord],
+        list[tuple[str, Message | None]],
+        list[control_state_pb2.AuditEntry | None],
+    ]:
+        """The older live commands `record` supersedes (they set the same group's state:
+        re-sent, one would undo it, as dusk's profile after the night's), their ledger
+        writes and audit notes, for the transaction that sends `record`."""
+        superseded = [
+            command_ledger.supersede(older, now, record)
+            for older in self._pending.values()
+            if command_ledger.supersedes(record.command, older.command)
+        ]
+        writes: list[tuple[str, Message | None]] = [
+            (ledger_key(s.command.command_id), s) for s in superseded
+        ]
+        notes: list[control_state_pb2.AuditEntry | None] = [
+            audit.for_command(s, audit.Action.COMMAND_SUPERSEDE, now, detail=s.detail)
+            for s in superseded
+        ]
+        return superseded, writes, notes
 
     async def _write_first(
         self,
@@ -464,16 +475,7 @@ class Dispatcher:
             note = audit.for_command(
                 approved, audit.Action.COMMAND_APPROVE, now, actor=by, detail=reason
             )
-            superseded = [
-                command_ledger.supersede(older, now, approved)
-                for older in self._pending.values()
-                if command_ledger.supersedes(approved.command, older.command)
-            ]
-            notes = [
-                audit.for_command(s, audit.Action.COMMAND_SUPERSEDE, now, detail=s.detail)
-                for s in superseded
-            ]
-            writes = [(ledger_key(s.command.command_id), s) for s in superseded]
+            superseded, writes, notes = self._superseded_by(approved, now)
             sent, frames, send_note = self._attempt(approved)
             await self._write([(key, sent), *index, *writes], [note, send_note, *notes])
             for finished in superseded:
