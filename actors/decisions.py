@@ -29,6 +29,11 @@ class RaiseAlarm:
     type: str
     severity: operations_pb2.Severity.ValueType
     detail: str
+    # (originator, type) of the active alarm of its cause: kept and listed under it, not
+    # annunciated. None: an alarm in its own right.
+    cause: tuple[str, str] | None = None
+    suppressed_count: int = 0  # a cause alarm: how many alarms it suppresses now
+    chattering: bool = False
 
 
 @dataclass(frozen=True)

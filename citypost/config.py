@@ -307,6 +307,70 @@ class SecurityConfig(_Section):
     approval: ApprovalConfig = ApprovalConfig()
 
 
+class AlarmRuleConfig(_Section):
+    """One alarm type's rule (ISA-18.2 practice; applied by actors.alarm_rules)."""
+
+    # The condition must hold this long (the city's seconds) before the alarm is raised.
+    delay_on_s: float = Field(0.0, ge=0)
+    # It must be gone this long before the alarm clears.
+    delay_off_s: float = Field(0.0, ge=0)
+    # Raised this many times within the window: chattering, held raised until the
+    # condition has been gone `chatter_stable_s`, with one notification.
+    chatter_count: int = Field(3, ge=2)
+    chatter_window_s: float = Field(3600.0, gt=0)
+    chatter_stable_s: float = Field(1800.0, ge=0)
+
+
+def _default_alarm_rules() -> dict[str, AlarmRuleConfig]:
+    return {
+        # A camera's outage is often a short network drop: cleared once back 10 minutes.
+        "camera_offline": AlarmRuleConfig(delay_off_s=600),
+        # A band crossed for one reading is a gust: it must hold 10 minutes, and be
+        # below again 15 minutes, before the room hears of it.
+        "air_quality_poor": AlarmRuleConfig(delay_on_s=600, delay_off_s=900),
+    }
+
+
+class SilenceConfig(_Section):
+    """When silence is an alarm (post.silence_watch), in the data's own time."""
+
+    # A device is silent after this many of its own reporting periods (the registry's
+    # report_interval_s) with no uplink, plus the grace; a device with no known period
+    # uses `default_period_s`.
+    missed_reports: float = Field(3.0, ge=1)
+    grace_s: float = Field(120.0, ge=0)
+    default_period_s: float = Field(3600.0, gt=0)
+    # A gateway is silent when nothing came through it for this many of its expected
+    # gaps between uplinks (its devices' rates summed), and at least `gateway_min_s`.
+    gateway_expected_uplinks: float = Field(20.0, ge=1)
+    gateway_min_s: float = Field(300.0, gt=0)
+    # Infrastructure, in real seconds: no uplink at all while the edge is connected (the
+    # network server is silent), and the edge's broker connection lost.
+    network_server_silent_after_s: float = Field(30.0, gt=0)
+    broker_lost_after_s: float = Field(10.0, gt=0)
+
+
+class ShelveLimits(_Section):
+    info: float = Field(1440.0, gt=0)
+    minor: float = Field(480.0, gt=0)
+    major: float = Field(120.0, gt=0)
+    critical: float = Field(30.0, gt=0)
+
+
+class AlarmsConfig(_Section):
+    # Per alarm type; a type named here replaces its default rule, the others keep theirs.
+    rules: dict[str, AlarmRuleConfig] = {}
+    default_rule: AlarmRuleConfig = AlarmRuleConfig()
+    # The longest an alarm of each severity may be shelved, in minutes: a critical alarm
+    # comes back within the half hour whatever the operator asked.
+    shelve_max_minutes: ShelveLimits = ShelveLimits()
+    silence: SilenceConfig = SilenceConfig()
+
+    def rule_table(self) -> dict[str, AlarmRuleConfig]:
+        """Every type's rule: the defaults, with the ones config names in their place."""
+        return {**_default_alarm_rules(), **self.rules}
+
+
 class ObservabilityConfig(_Section):
     exporter: Literal["none", "console", "otlp"] = "none"
     otlp_endpoint: str | None = None
@@ -331,6 +395,7 @@ class Config(_Section):
     post: PostConfig = PostConfig()
     observability: ObservabilityConfig = ObservabilityConfig()
     security: SecurityConfig = SecurityConfig()
+    alarms: AlarmsConfig = AlarmsConfig()
     run_dir: Path = Path("run")
 
     @property

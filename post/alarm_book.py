@@ -145,10 +145,15 @@ def raise_alarm(
     asset_class: assets_pb2.AssetClass.ValueType = assets_pb2.ASSET_CLASS_UNSPECIFIED,
     group: str = "",
     actor: str = "",
+    suppressed_by: str = "",
+    suppressed_count: int = 0,
+    chattering: bool = False,
 ) -> AlarmChange:
     """Raise the (originator, type) alarm, or update the active one in place.
 
     `actor` defaults to the policy of (asset_class, group), else "system".
+    `suppressed_by` names the active alarm of its cause (not annunciated while it holds);
+    `suppressed_count` is a cause's count of the alarms it suppresses.
     """
     if not originator:
         raise InvalidArgumentError("originator must not be empty")
@@ -172,27 +177,44 @@ def raise_alarm(
             raised_at_ms=now,
             updated_at_ms=now,
             group=group,
+            suppressed_by=suppressed_by,
+            suppressed_count=suppressed_count,
+            chattering=chattering,
         )
+        under = f", suppressed under {suppressed_by}" if suppressed_by else ""
         entry = audit.draft(
             actor=_actor_for(actor, asset_class, group),
             action=audit.Action.ALARM_RAISE,
             target=audit.alarm_target(alarm.alarm_id),
             at_ms=now,
-            detail=f"{alarm_type} on {originator}, {_severity_name(severity)}: {detail}",
+            detail=f"{alarm_type} on {originator}, {_severity_name(severity)}{under}: {detail}",
         )
         return AlarmChange(alarm, entry)
-    if existing.severity == severity and existing.detail == detail:
+    if (
+        existing.severity == severity
+        and existing.detail == detail
+        and existing.suppressed_by == suppressed_by
+        and existing.suppressed_count == suppressed_count
+        and existing.chattering == chattering
+    ):
         return AlarmChange(existing, None)
     alarm = _copy(existing)
     alarm.severity = severity
     alarm.detail = detail
     alarm.updated_at_ms = now
+    alarm.suppressed_by = suppressed_by
+    alarm.suppressed_count = suppressed_count
+    alarm.chattering = chattering
     note = ""
+    if existing.suppressed_by and not suppressed_by:
+        note = ", its cause is gone: annunciated"
+    elif suppressed_by and not existing.suppressed_by:
+        note = f", suppressed under {suppressed_by}"
     if severity > existing.severity and existing.state == ACTIVE_ACK:
         # The operator acknowledged a milder alarm: a worse one must be seen again.
         alarm.state = ACTIVE_UNACK
         alarm.acknowledged_by = ""
-        note = ", acknowledgement withdrawn"
+        note += ", acknowledgement withdrawn"
     entry = audit.draft(
         actor=_actor_for(actor, existing.asset_class, existing.group),
         action=audit.Action.ALARM_UPDATE,

@@ -726,6 +726,14 @@ class Dispatcher:
     async def _alarm_raise(self, actor: str, decision: RaiseAlarm) -> None:
         async with self._lock:
             asset_class, group = _class_group(actor)
+            device = self._registry.get(decision.originator)
+            if device is not None:  # a device's alarm is its class's, whoever raised it
+                asset_class, group = device.asset_class, device.group
+            suppressed_by = ""
+            if decision.cause is not None:
+                cause = self._alarms.active(*decision.cause)
+                # A cause not (yet) raised suppresses nothing: the alarm is annunciated.
+                suppressed_by = cause.alarm_id if cause is not None else ""
             change = alarm_book.raise_alarm(
                 self._alarms,
                 decision.originator,
@@ -736,6 +744,9 @@ class Dispatcher:
                 asset_class=asset_class,
                 group=group,
                 actor=actor,
+                suppressed_by=suppressed_by,
+                suppressed_count=decision.suppressed_count,
+                chattering=decision.chattering,
             )
             if change.changed:
                 await self._write(

@@ -203,6 +203,8 @@ RULES: Mapping[str, Rule] = {
     # The alarm's class is known only from the alarm: the post checks it (as EndOverride).
     _OP + "AcknowledgeAlarm": Rule("alarms.handle"),
     _OP + "ClearAlarm": Rule("alarms.handle"),
+    _OP + "ShelveAlarm": Rule("alarms.handle"),
+    _OP + "UnshelveAlarm": Rule("alarms.handle"),
     _OP + "ListIncidents": Rule("incidents.read"),
     _OP + "CreateIncident": Rule("incidents.write"),
     _OP + "CreateTask": Rule("tasks.write"),

@@ -26,7 +26,7 @@ from protos.citypost.v1 import assets_pb2 as protos_dot_citypost_dot_v1_dot_asse
 from protos.citypost.v1 import control_state_pb2 as protos_dot_citypost_dot_v1_dot_control__state__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eprotos/citypost/v1/admin.proto\x12\x0b\x63itypost.v1\x1a\x1fprotos/citypost/v1/assets.proto\x1a&protos/citypost/v1/control_state.proto\"\x12\n\x10GetStatusRequest\"\xb6\x01\n\x0b\x41\x63torStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x0b\x61sset_class\x18\x02 \x01(\x0e\x32\x17.citypost.v1.AssetClass\x12\r\n\x05group\x18\x03 \x01(\t\x12\x0f\n\x07healthy\x18\x04 \x01(\x08\x12\x10\n\x08restarts\x18\x05 \x01(\x05\x12\x14\n\x0clast_ping_ms\x18\x06 \x01(\x03\x12\x0f\n\x07\x64\x65vices\x18\x07 \x01(\x05\x12\x12\n\nworker_pid\x18\x08 \x01(\x05\"\x94\x06\n\nPostStatus\x12\x0c\n\x04post\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x03\x12\x0f\n\x07healthy\x18\x04 \x01(\x08\x12\x18\n\x10unhealthy_reason\x18\x05 \x01(\t\x12(\n\x06\x61\x63tors\x18\x06 \x03(\x0b\x32\x18.citypost.v1.ActorStatus\x12\x45\n\x10uplinks_by_class\x18\x07 \x03(\x0b\x32+.citypost.v1.PostStatus.UplinksByClassEntry\x12P\n\x16\x64\x65\x61\x64_letters_by_reason\x18\x08 \x03(\x0b\x32\x30.citypost.v1.PostStatus.DeadLettersByReasonEntry\x12\x15\n\ruplinks_per_s\x18\t \x01(\x01\x12\x18\n\x10\x63ommands_pending\x18\n \x01(\x03\x12\x15\n\rstarted_at_ms\x18\x0b \x01(\x03\x12\x18\n\x10memory_pss_bytes\x18\x0c \x01(\x03\x12\x11\n\tcpu_cores\x18\r \x01(\x01\x12\x11\n\tprocesses\x18\x0e \x01(\x05\x12\x18\n\x10\x61pply_lag_p50_ms\x18\x0f \x01(\x03\x12\x18\n\x10\x61pply_lag_p99_ms\x18\x10 \x01(\x03\x12\x18\n\x10\x61pply_lag_max_ms\x18\x11 \x01(\x03\x12\x18\n\x10readings_applied\x18\x12 \x01(\x03\x12O\n\x16longest_gap_s_by_class\x18\x13 \x03(\x0b\x32/.citypost.v1.PostStatus.LongestGapSByClassEntry\x1a\x35\n\x13UplinksByClassEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a:\n\x18\x44\x65\x61\x64LettersByReasonEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a\x39\n\x17LongestGapSByClassEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x1a\n\x18GetFailoverStatusRequest\"\x8f\x03\n\x0e\x46\x61iloverStatus\x12\x0c\n\x04post\x18\x01 \x01(\t\x12#\n\x04role\x18\x02 \x01(\x0e\x32\x15.citypost.v1.PostRole\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\r\n\x05\x65poch\x18\x04 \x01(\x03\x12\x13\n\x0bleader_name\x18\x05 \x01(\t\x12\x16\n\x0eleader_address\x18\x06 \x01(\t\x12\x1f\n\x12lease_remaining_ms\x18\x07 \x01(\x03H\x00\x88\x01\x01\x12\x10\n\x08lease_id\x18\x08 \x01(\x03\x12\x1b\n\x0estore_revision\x18\t \x01(\x03H\x01\x88\x01\x01\x12\x1d\n\x10\x61pplied_revision\x18\n \x01(\x03H\x02\x88\x01\x01\x12\x1a\n\rlag_revisions\x18\x0b \x01(\x03H\x03\x88\x01\x01\x12\x13\n\x0bstore_error\x18\x0c \x01(\t\x12\r\n\x05\x61t_ms\x18\r \x01(\x03\x42\x15\n\x13_lease_remaining_msB\x11\n\x0f_store_revisionB\x13\n\x11_applied_revisionB\x10\n\x0e_lag_revisions\"=\n\rResignRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x13\n\x0bhold_off_ms\x18\x02 \x01(\x03\"K\n\x0eResignResponse\x12\x0c\n\x04post\x18\x01 \x01(\t\x12\x16\n\x0eresigned_epoch\x18\x02 \x01(\x03\x12\x13\n\x0bhold_off_ms\x18\x03 \x01(\x03\"\x13\n\x11GetAirtimeRequest\"X\n\x0eGatewayAirtime\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12\x10\n\x08sub_band\x18\x02 \x01(\t\x12\x0e\n\x06used_s\x18\x03 \x01(\x01\x12\x10\n\x08\x62udget_s\x18\x04 \x01(\x01\"\x8a\x01\n\x07\x41irtime\x12\r\n\x05known\x18\x01 \x01(\x08\x12\x10\n\x08\x61s_of_ms\x18\x02 \x01(\x03\x12\x10\n\x08window_s\x18\x03 \x01(\x01\x12-\n\x08gateways\x18\x04 \x03(\x0b\x32\x1b.citypost.v1.GatewayAirtime\x12\x0c\n\x04held\x18\x05 \x01(\x03\x12\x0f\n\x07refused\x18\x06 \x01(\x03\"\xc6\x01\n\x10ListAuditRequest\x12\r\n\x05\x61\x63tor\x18\x01 \x01(\t\x12\x15\n\raction_prefix\x18\x02 \x01(\t\x12\x15\n\rtarget_prefix\x18\x03 \x01(\t\x12*\n\x07outcome\x18\x04 \x01(\x0e\x32\x19.citypost.v1.AuditOutcome\x12\x10\n\x08since_ms\x18\x05 \x01(\x03\x12\x10\n\x08until_ms\x18\x06 \x01(\x03\x12\x11\n\tpage_size\x18\x07 \x01(\x05\x12\x12\n\npage_token\x18\x08 \x01(\t\"d\n\x11ListAuditResponse\x12(\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x17.citypost.v1.AuditEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x0c\n\x04post\x18\x03 \x01(\t*R\n\x08PostRole\x12\x19\n\x15POST_ROLE_UNSPECIFIED\x10\x00\x12\x14\n\x10POST_ROLE_LEADER\x10\x01\x12\x15\n\x11POST_ROLE_STANDBY\x10\x02\x32\xfc\x02\n\tPostAdmin\x12\x43\n\tGetStatus\x12\x1d.citypost.v1.GetStatusRequest\x1a\x17.citypost.v1.PostStatus\x12W\n\x11GetFailoverStatus\x12%.citypost.v1.GetFailoverStatusRequest\x1a\x1b.citypost.v1.FailoverStatus\x12\x41\n\x06Resign\x12\x1a.citypost.v1.ResignRequest\x1a\x1b.citypost.v1.ResignResponse\x12\x42\n\nGetAirtime\x12\x1e.citypost.v1.GetAirtimeRequest\x1a\x14.citypost.v1.Airtime\x12J\n\tListAudit\x12\x1d.citypost.v1.ListAuditRequest\x1a\x1e.citypost.v1.ListAuditResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eprotos/citypost/v1/admin.proto\x12\x0b\x63itypost.v1\x1a\x1fprotos/citypost/v1/assets.proto\x1a&protos/citypost/v1/control_state.proto\"\x12\n\x10GetStatusRequest\"\xb6\x01\n\x0b\x41\x63torStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x0b\x61sset_class\x18\x02 \x01(\x0e\x32\x17.citypost.v1.AssetClass\x12\r\n\x05group\x18\x03 \x01(\t\x12\x0f\n\x07healthy\x18\x04 \x01(\x08\x12\x10\n\x08restarts\x18\x05 \x01(\x05\x12\x14\n\x0clast_ping_ms\x18\x06 \x01(\x03\x12\x0f\n\x07\x64\x65vices\x18\x07 \x01(\x05\x12\x12\n\nworker_pid\x18\x08 \x01(\x05\"\x92\x07\n\nPostStatus\x12\x0c\n\x04post\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x03\x12\x0f\n\x07healthy\x18\x04 \x01(\x08\x12\x18\n\x10unhealthy_reason\x18\x05 \x01(\t\x12(\n\x06\x61\x63tors\x18\x06 \x03(\x0b\x32\x18.citypost.v1.ActorStatus\x12\x45\n\x10uplinks_by_class\x18\x07 \x03(\x0b\x32+.citypost.v1.PostStatus.UplinksByClassEntry\x12P\n\x16\x64\x65\x61\x64_letters_by_reason\x18\x08 \x03(\x0b\x32\x30.citypost.v1.PostStatus.DeadLettersByReasonEntry\x12\x15\n\ruplinks_per_s\x18\t \x01(\x01\x12\x18\n\x10\x63ommands_pending\x18\n \x01(\x03\x12\x15\n\rstarted_at_ms\x18\x0b \x01(\x03\x12\x18\n\x10memory_pss_bytes\x18\x0c \x01(\x03\x12\x11\n\tcpu_cores\x18\r \x01(\x01\x12\x11\n\tprocesses\x18\x0e \x01(\x05\x12\x18\n\x10\x61pply_lag_p50_ms\x18\x0f \x01(\x03\x12\x18\n\x10\x61pply_lag_p99_ms\x18\x10 \x01(\x03\x12\x18\n\x10\x61pply_lag_max_ms\x18\x11 \x01(\x03\x12\x18\n\x10readings_applied\x18\x12 \x01(\x03\x12O\n\x16longest_gap_s_by_class\x18\x13 \x03(\x0b\x32/.citypost.v1.PostStatus.LongestGapSByClassEntry\x12\x16\n\x0estream_time_ms\x18\x14 \x01(\x03\x12\x17\n\x0f\x65\x66\x66\x65\x63tive_speed\x18\x15 \x01(\x01\x12\x18\n\x10\x63onfigured_speed\x18\x16 \x01(\x01\x12\x19\n\x11\x61larms_suppressed\x18\x17 \x01(\x05\x12\x16\n\x0e\x61larms_shelved\x18\x18 \x01(\x05\x1a\x35\n\x13UplinksByClassEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a:\n\x18\x44\x65\x61\x64LettersByReasonEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a\x39\n\x17LongestGapSByClassEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x1a\n\x18GetFailoverStatusRequest\"\x8f\x03\n\x0e\x46\x61iloverStatus\x12\x0c\n\x04post\x18\x01 \x01(\t\x12#\n\x04role\x18\x02 \x01(\x0e\x32\x15.citypost.v1.PostRole\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\r\n\x05\x65poch\x18\x04 \x01(\x03\x12\x13\n\x0bleader_name\x18\x05 \x01(\t\x12\x16\n\x0eleader_address\x18\x06 \x01(\t\x12\x1f\n\x12lease_remaining_ms\x18\x07 \x01(\x03H\x00\x88\x01\x01\x12\x10\n\x08lease_id\x18\x08 \x01(\x03\x12\x1b\n\x0estore_revision\x18\t \x01(\x03H\x01\x88\x01\x01\x12\x1d\n\x10\x61pplied_revision\x18\n \x01(\x03H\x02\x88\x01\x01\x12\x1a\n\rlag_revisions\x18\x0b \x01(\x03H\x03\x88\x01\x01\x12\x13\n\x0bstore_error\x18\x0c \x01(\t\x12\r\n\x05\x61t_ms\x18\r \x01(\x03\x42\x15\n\x13_lease_remaining_msB\x11\n\x0f_store_revisionB\x13\n\x11_applied_revisionB\x10\n\x0e_lag_revisions\"=\n\rResignRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x13\n\x0bhold_off_ms\x18\x02 \x01(\x03\"K\n\x0eResignResponse\x12\x0c\n\x04post\x18\x01 \x01(\t\x12\x16\n\x0eresigned_epoch\x18\x02 \x01(\x03\x12\x13\n\x0bhold_off_ms\x18\x03 \x01(\x03\"\x13\n\x11GetAirtimeRequest\"X\n\x0eGatewayAirtime\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12\x10\n\x08sub_band\x18\x02 \x01(\t\x12\x0e\n\x06used_s\x18\x03 \x01(\x01\x12\x10\n\x08\x62udget_s\x18\x04 \x01(\x01\"\x8a\x01\n\x07\x41irtime\x12\r\n\x05known\x18\x01 \x01(\x08\x12\x10\n\x08\x61s_of_ms\x18\x02 \x01(\x03\x12\x10\n\x08window_s\x18\x03 \x01(\x01\x12-\n\x08gateways\x18\x04 \x03(\x0b\x32\x1b.citypost.v1.GatewayAirtime\x12\x0c\n\x04held\x18\x05 \x01(\x03\x12\x0f\n\x07refused\x18\x06 \x01(\x03\"\xc6\x01\n\x10ListAuditRequest\x12\r\n\x05\x61\x63tor\x18\x01 \x01(\t\x12\x15\n\raction_prefix\x18\x02 \x01(\t\x12\x15\n\rtarget_prefix\x18\x03 \x01(\t\x12*\n\x07outcome\x18\x04 \x01(\x0e\x32\x19.citypost.v1.AuditOutcome\x12\x10\n\x08since_ms\x18\x05 \x01(\x03\x12\x10\n\x08until_ms\x18\x06 \x01(\x03\x12\x11\n\tpage_size\x18\x07 \x01(\x05\x12\x12\n\npage_token\x18\x08 \x01(\t\"d\n\x11ListAuditResponse\x12(\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x17.citypost.v1.AuditEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x0c\n\x04post\x18\x03 \x01(\t*R\n\x08PostRole\x12\x19\n\x15POST_ROLE_UNSPECIFIED\x10\x00\x12\x14\n\x10POST_ROLE_LEADER\x10\x01\x12\x15\n\x11POST_ROLE_STANDBY\x10\x02\x32\xfc\x02\n\tPostAdmin\x12\x43\n\tGetStatus\x12\x1d.citypost.v1.GetStatusRequest\x1a\x17.citypost.v1.PostStatus\x12W\n\x11GetFailoverStatus\x12%.citypost.v1.GetFailoverStatusRequest\x1a\x1b.citypost.v1.FailoverStatus\x12\x41\n\x06Resign\x12\x1a.citypost.v1.ResignRequest\x1a\x1b.citypost.v1.ResignResponse\x12\x42\n\nGetAirtime\x12\x1e.citypost.v1.GetAirtimeRequest\x1a\x14.citypost.v1.Airtime\x12J\n\tListAudit\x12\x1d.citypost.v1.ListAuditRequest\x1a\x1e.citypost.v1.ListAuditResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,38 +39,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_POSTSTATUS_DEADLETTERSBYREASONENTRY']._serialized_options = b'8\001'
   _globals['_POSTSTATUS_LONGESTGAPSBYCLASSENTRY']._loaded_options = None
   _globals['_POSTSTATUS_LONGESTGAPSBYCLASSENTRY']._serialized_options = b'8\001'
-  _globals['_POSTROLE']._serialized_start=2241
-  _globals['_POSTROLE']._serialized_end=2323
+  _globals['_POSTROLE']._serialized_start=2367
+  _globals['_POSTROLE']._serialized_end=2449
   _globals['_GETSTATUSREQUEST']._serialized_start=120
   _globals['_GETSTATUSREQUEST']._serialized_end=138
   _globals['_ACTORSTATUS']._serialized_start=141
   _globals['_ACTORSTATUS']._serialized_end=323
   _globals['_POSTSTATUS']._serialized_start=326
-  _globals['_POSTSTATUS']._serialized_end=1114
-  _globals['_POSTSTATUS_UPLINKSBYCLASSENTRY']._serialized_start=942
-  _globals['_POSTSTATUS_UPLINKSBYCLASSENTRY']._serialized_end=995
-  _globals['_POSTSTATUS_DEADLETTERSBYREASONENTRY']._serialized_start=997
-  _globals['_POSTSTATUS_DEADLETTERSBYREASONENTRY']._serialized_end=1055
-  _globals['_POSTSTATUS_LONGESTGAPSBYCLASSENTRY']._serialized_start=1057
-  _globals['_POSTSTATUS_LONGESTGAPSBYCLASSENTRY']._serialized_end=1114
-  _globals['_GETFAILOVERSTATUSREQUEST']._serialized_start=1116
-  _globals['_GETFAILOVERSTATUSREQUEST']._serialized_end=1142
-  _globals['_FAILOVERSTATUS']._serialized_start=1145
-  _globals['_FAILOVERSTATUS']._serialized_end=1544
-  _globals['_RESIGNREQUEST']._serialized_start=1546
-  _globals['_RESIGNREQUEST']._serialized_end=1607
-  _globals['_RESIGNRESPONSE']._serialized_start=1609
-  _globals['_RESIGNRESPONSE']._serialized_end=1684
-  _globals['_GETAIRTIMEREQUEST']._serialized_start=1686
-  _globals['_GETAIRTIMEREQUEST']._serialized_end=1705
-  _globals['_GATEWAYAIRTIME']._serialized_start=1707
-  _globals['_GATEWAYAIRTIME']._serialized_end=1795
-  _globals['_AIRTIME']._serialized_start=1798
-  _globals['_AIRTIME']._serialized_end=1936
-  _globals['_LISTAUDITREQUEST']._serialized_start=1939
-  _globals['_LISTAUDITREQUEST']._serialized_end=2137
-  _globals['_LISTAUDITRESPONSE']._serialized_start=2139
-  _globals['_LISTAUDITRESPONSE']._serialized_end=2239
-  _globals['_POSTADMIN']._serialized_start=2326
-  _globals['_POSTADMIN']._serialized_end=2706
+  _globals['_POSTSTATUS']._serialized_end=1240
+  _globals['_POSTSTATUS_UPLINKSBYCLASSENTRY']._serialized_start=1068
+  _globals['_POSTSTATUS_UPLINKSBYCLASSENTRY']._serialized_end=1121
+  _globals['_POSTSTATUS_DEADLETTERSBYREASONENTRY']._serialized_start=1123
+  _globals['_POSTSTATUS_DEADLETTERSBYREASONENTRY']._serialized_end=1181
+  _globals['_POSTSTATUS_LONGESTGAPSBYCLASSENTRY']._serialized_start=1183
+  _globals['_POSTSTATUS_LONGESTGAPSBYCLASSENTRY']._serialized_end=1240
+  _globals['_GETFAILOVERSTATUSREQUEST']._serialized_start=1242
+  _globals['_GETFAILOVERSTATUSREQUEST']._serialized_end=1268
+  _globals['_FAILOVERSTATUS']._serialized_start=1271
+  _globals['_FAILOVERSTATUS']._serialized_end=1670
+  _globals['_RESIGNREQUEST']._serialized_start=1672
+  _globals['_RESIGNREQUEST']._serialized_end=1733
+  _globals['_RESIGNRESPONSE']._serialized_start=1735
+  _globals['_RESIGNRESPONSE']._serialized_end=1810
+  _globals['_GETAIRTIMEREQUEST']._serialized_start=1812
+  _globals['_GETAIRTIMEREQUEST']._serialized_end=1831
+  _globals['_GATEWAYAIRTIME']._serialized_start=1833
+  _globals['_GATEWAYAIRTIME']._serialized_end=1921
+  _globals['_AIRTIME']._serialized_start=1924
+  _globals['_AIRTIME']._serialized_end=2062
+  _globals['_LISTAUDITREQUEST']._serialized_start=2065
+  _globals['_LISTAUDITREQUEST']._serialized_end=2263
+  _globals['_LISTAUDITRESPONSE']._serialized_start=2265
+  _globals['_LISTAUDITRESPONSE']._serialized_end=2365
+  _globals['_POSTADMIN']._serialized_start=2452
+  _globals['_POSTADMIN']._serialized_end=2832
 # @@protoc_insertion_point(module_scope)

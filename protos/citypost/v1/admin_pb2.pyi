@@ -180,6 +180,11 @@ class PostStatus(_message.Message):
     APPLY_LAG_MAX_MS_FIELD_NUMBER: _builtins.int
     READINGS_APPLIED_FIELD_NUMBER: _builtins.int
     LONGEST_GAP_S_BY_CLASS_FIELD_NUMBER: _builtins.int
+    STREAM_TIME_MS_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_SPEED_FIELD_NUMBER: _builtins.int
+    CONFIGURED_SPEED_FIELD_NUMBER: _builtins.int
+    ALARMS_SUPPRESSED_FIELD_NUMBER: _builtins.int
+    ALARMS_SHELVED_FIELD_NUMBER: _builtins.int
     post: _builtins.str
     role: _builtins.str
     """"leader" or "standby" (one post for now: "leader")"""
@@ -202,6 +207,16 @@ class PostStatus(_message.Message):
     apply_lag_max_ms: _builtins.int
     readings_applied: _builtins.int
     """readings whose lag is counted above"""
+    stream_time_ms: _builtins.int
+    """The data's own time: the latest uplink time (observed_at) the post has seen, and
+    how fast it advanced against real time over the last minute (the simulated
+    city's effective speed: below the configured speed when it falls behind).
+    """
+    effective_speed: _builtins.float
+    configured_speed: _builtins.float
+    alarms_suppressed: _builtins.int
+    """Alarms held back: suppressed under an active cause, and shelved."""
+    alarms_shelved: _builtins.int
     @_builtins.property
     def actors(self) -> _containers.RepeatedCompositeFieldContainer[Global___ActorStatus]: ...
     @_builtins.property
@@ -236,10 +251,15 @@ class PostStatus(_message.Message):
         apply_lag_max_ms: _builtins.int = ...,
         readings_applied: _builtins.int = ...,
         longest_gap_s_by_class: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        stream_time_ms: _builtins.int = ...,
+        effective_speed: _builtins.float = ...,
+        configured_speed: _builtins.float = ...,
+        alarms_suppressed: _builtins.int = ...,
+        alarms_shelved: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actors", b"actors", "apply_lag_max_ms", b"apply_lag_max_ms", "apply_lag_p50_ms", b"apply_lag_p50_ms", "apply_lag_p99_ms", b"apply_lag_p99_ms", "commands_pending", b"commands_pending", "cpu_cores", b"cpu_cores", "dead_letters_by_reason", b"dead_letters_by_reason", "epoch", b"epoch", "healthy", b"healthy", "longest_gap_s_by_class", b"longest_gap_s_by_class", "memory_pss_bytes", b"memory_pss_bytes", "post", b"post", "processes", b"processes", "readings_applied", b"readings_applied", "role", b"role", "started_at_ms", b"started_at_ms", "unhealthy_reason", b"unhealthy_reason", "uplinks_by_class", b"uplinks_by_class", "uplinks_per_s", b"uplinks_per_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actors", b"actors", "alarms_shelved", b"alarms_shelved", "alarms_suppressed", b"alarms_suppressed", "apply_lag_max_ms", b"apply_lag_max_ms", "apply_lag_p50_ms", b"apply_lag_p50_ms", "apply_lag_p99_ms", b"apply_lag_p99_ms", "commands_pending", b"commands_pending", "configured_speed", b"configured_speed", "cpu_cores", b"cpu_cores", "dead_letters_by_reason", b"dead_letters_by_reason", "effective_speed", b"effective_speed", "epoch", b"epoch", "healthy", b"healthy", "longest_gap_s_by_class", b"longest_gap_s_by_class", "memory_pss_bytes", b"memory_pss_bytes", "post", b"post", "processes", b"processes", "readings_applied", b"readings_applied", "role", b"role", "started_at_ms", b"started_at_ms", "stream_time_ms", b"stream_time_ms", "unhealthy_reason", b"unhealthy_reason", "uplinks_by_class", b"uplinks_by_class", "uplinks_per_s", b"uplinks_per_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,35 +25,35 @@ _sym_db = _symbol_database.Default()
 from protos.citypost.v1 import assets_pb2 as protos_dot_citypost_dot_v1_dot_assets__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#protos/citypost/v1/operations.proto\x12\x0b\x63itypost.v1\x1a\x1fprotos/citypost/v1/assets.proto\"/\n\x08GeoPoint\x12\x10\n\x08latitude\x18\x01 \x01(\x01\x12\x11\n\tlongitude\x18\x02 \x01(\x01\"\x9f\x02\n\x05\x41larm\x12\x10\n\x08\x61larm_id\x18\x01 \x01(\t\x12\x12\n\noriginator\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\'\n\x08severity\x18\x04 \x01(\x0e\x32\x15.citypost.v1.Severity\x12&\n\x05state\x18\x05 \x01(\x0e\x32\x17.citypost.v1.AlarmState\x12,\n\x0b\x61sset_class\x18\x06 \x01(\x0e\x32\x17.citypost.v1.AssetClass\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t\x12\x14\n\x0craised_at_ms\x18\x08 \x01(\x03\x12\x15\n\rupdated_at_ms\x18\t \x01(\x03\x12\x17\n\x0f\x61\x63knowledged_by\x18\n \x01(\t\x12\r\n\x05group\x18\x0b \x01(\t\"\x8c\x02\n\x08Incident\x12\x13\n\x0bincident_id\x18\x01 \x01(\t\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x19.citypost.v1.IncidentKind\x12+\n\x06source\x18\x03 \x01(\x0e\x32\x1b.citypost.v1.IncidentSource\x12\'\n\x08location\x18\x04 \x01(\x0b\x32\x15.citypost.v1.GeoPoint\x12\x0f\n\x07\x63ommune\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\x12\x10\n\x08priority\x18\x07 \x01(\x05\x12\x14\n\x0copened_at_ms\x18\x08 \x01(\x03\x12\x0e\n\x06\x63losed\x18\t \x01(\x08\x12\x13\n\x0breported_by\x18\n \x01(\t\"\x96\x02\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12+\n\ndepartment\x18\x02 \x01(\x0e\x32\x17.citypost.v1.Department\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\'\n\x06status\x18\x04 \x01(\x0e\x32\x17.citypost.v1.TaskStatus\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12\'\n\x08location\x18\x06 \x01(\x0b\x32\x15.citypost.v1.GeoPoint\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t\x12\x10\n\x08\x61ssignee\x18\x08 \x01(\t\x12\x0e\n\x06origin\x18\t \x01(\t\x12\x15\n\rcreated_at_ms\x18\n \x01(\x03\x12\x15\n\rupdated_at_ms\x18\x0b \x01(\x03\"\xb8\x01\n\x0cNotification\x12\x17\n\x0fnotification_id\x18\x01 \x01(\t\x12\x11\n\trecipient\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0e\n\x06origin\x18\x04 \x01(\t\x12-\n\x05state\x18\x05 \x01(\x0e\x32\x1e.citypost.v1.NotificationState\x12\x15\n\rcreated_at_ms\x18\x06 \x01(\x03\x12\x15\n\rupdated_at_ms\x18\x07 \x01(\x03*o\n\nAlarmState\x12\x1b\n\x17\x41LARM_STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x41\x43TIVE_UNACK\x10\x01\x12\x0e\n\nACTIVE_ACK\x10\x02\x12\x11\n\rCLEARED_UNACK\x10\x03\x12\x0f\n\x0b\x43LEARED_ACK\x10\x04*R\n\x08Severity\x12\x18\n\x14SEVERITY_UNSPECIFIED\x10\x00\x12\x08\n\x04INFO\x10\x01\x12\t\n\x05MINOR\x10\x02\x12\t\n\x05MAJOR\x10\x03\x12\x0c\n\x08\x43RITICAL\x10\x04*\x88\x01\n\nDepartment\x12\x1a\n\x16\x44\x45PARTMENT_UNSPECIFIED\x10\x00\x12\n\n\x06POLICE\x10\x01\x12\x14\n\x10MUNICIPAL_POLICE\x10\x02\x12\t\n\x05ROADS\x10\x03\x12\t\n\x05WASTE\x10\x04\x12\x10\n\x0cSNOW_SERVICE\x10\x05\x12\x14\n\x10\x43ITIZEN_SERVICES\x10\x06*\xb2\x01\n\x0cIncidentKind\x12\x1d\n\x19INCIDENT_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11INCIDENT_ACCIDENT\x10\x01\x12\x11\n\rINCIDENT_FIRE\x10\x02\x12\x1a\n\x16INCIDENT_DEMONSTRATION\x10\x03\x12\x12\n\x0eINCIDENT_FAULT\x10\x04\x12\x15\n\x11INCIDENT_SNOW_ICE\x10\x05\x12\x12\n\x0eINCIDENT_OTHER\x10\x06*n\n\x0eIncidentSource\x12\x1f\n\x1bINCIDENT_SOURCE_UNSPECIFIED\x10\x00\x12\n\n\x06SENSOR\x10\x01\x12\x14\n\x10\x43\x41MERA_DETECTION\x10\x02\x12\x0b\n\x07\x43ITIZEN\x10\x03\x12\x0c\n\x08OPERATOR\x10\x04*k\n\nTaskStatus\x12\x1b\n\x17TASK_STATUS_UNSPECIFIED\x10\x00\x12\x08\n\x04OPEN\x10\x01\x12\x0c\n\x08\x41SSIGNED\x10\x02\x12\x0f\n\x0bIN_PROGRESS\x10\x03\x12\x08\n\x04\x44ONE\x10\x04\x12\r\n\tCANCELLED\x10\x05*h\n\x11NotificationState\x12\"\n\x1eNOTIFICATION_STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07PENDING\x10\x01\x12\r\n\tDELIVERED\x10\x02\x12\x13\n\x0f\x46\x41ILED_DELIVERY\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#protos/citypost/v1/operations.proto\x12\x0b\x63itypost.v1\x1a\x1fprotos/citypost/v1/assets.proto\"/\n\x08GeoPoint\x12\x10\n\x08latitude\x18\x01 \x01(\x01\x12\x11\n\tlongitude\x18\x02 \x01(\x01\"\xa9\x03\n\x05\x41larm\x12\x10\n\x08\x61larm_id\x18\x01 \x01(\t\x12\x12\n\noriginator\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\'\n\x08severity\x18\x04 \x01(\x0e\x32\x15.citypost.v1.Severity\x12&\n\x05state\x18\x05 \x01(\x0e\x32\x17.citypost.v1.AlarmState\x12,\n\x0b\x61sset_class\x18\x06 \x01(\x0e\x32\x17.citypost.v1.AssetClass\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t\x12\x14\n\x0craised_at_ms\x18\x08 \x01(\x03\x12\x15\n\rupdated_at_ms\x18\t \x01(\x03\x12\x17\n\x0f\x61\x63knowledged_by\x18\n \x01(\t\x12\r\n\x05group\x18\x0b \x01(\t\x12\x15\n\rsuppressed_by\x18\x0c \x01(\t\x12\x18\n\x10suppressed_count\x18\r \x01(\x05\x12\x12\n\nchattering\x18\x0e \x01(\x08\x12\x18\n\x10shelved_until_ms\x18\x0f \x01(\x03\x12\x12\n\nshelved_by\x18\x10 \x01(\t\x12\x15\n\rshelve_reason\x18\x11 \x01(\t\"\x8c\x02\n\x08Incident\x12\x13\n\x0bincident_id\x18\x01 \x01(\t\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x19.citypost.v1.IncidentKind\x12+\n\x06source\x18\x03 \x01(\x0e\x32\x1b.citypost.v1.IncidentSource\x12\'\n\x08location\x18\x04 \x01(\x0b\x32\x15.citypost.v1.GeoPoint\x12\x0f\n\x07\x63ommune\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\x12\x10\n\x08priority\x18\x07 \x01(\x05\x12\x14\n\x0copened_at_ms\x18\x08 \x01(\x03\x12\x0e\n\x06\x63losed\x18\t \x01(\x08\x12\x13\n\x0breported_by\x18\n \x01(\t\"\x96\x02\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12+\n\ndepartment\x18\x02 \x01(\x0e\x32\x17.citypost.v1.Department\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\'\n\x06status\x18\x04 \x01(\x0e\x32\x17.citypost.v1.TaskStatus\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12\'\n\x08location\x18\x06 \x01(\x0b\x32\x15.citypost.v1.GeoPoint\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t\x12\x10\n\x08\x61ssignee\x18\x08 \x01(\t\x12\x0e\n\x06origin\x18\t \x01(\t\x12\x15\n\rcreated_at_ms\x18\n \x01(\x03\x12\x15\n\rupdated_at_ms\x18\x0b \x01(\x03\"\xb8\x01\n\x0cNotification\x12\x17\n\x0fnotification_id\x18\x01 \x01(\t\x12\x11\n\trecipient\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0e\n\x06origin\x18\x04 \x01(\t\x12-\n\x05state\x18\x05 \x01(\x0e\x32\x1e.citypost.v1.NotificationState\x12\x15\n\rcreated_at_ms\x18\x06 \x01(\x03\x12\x15\n\rupdated_at_ms\x18\x07 \x01(\x03*o\n\nAlarmState\x12\x1b\n\x17\x41LARM_STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x41\x43TIVE_UNACK\x10\x01\x12\x0e\n\nACTIVE_ACK\x10\x02\x12\x11\n\rCLEARED_UNACK\x10\x03\x12\x0f\n\x0b\x43LEARED_ACK\x10\x04*R\n\x08Severity\x12\x18\n\x14SEVERITY_UNSPECIFIED\x10\x00\x12\x08\n\x04INFO\x10\x01\x12\t\n\x05MINOR\x10\x02\x12\t\n\x05MAJOR\x10\x03\x12\x0c\n\x08\x43RITICAL\x10\x04*\x88\x01\n\nDepartment\x12\x1a\n\x16\x44\x45PARTMENT_UNSPECIFIED\x10\x00\x12\n\n\x06POLICE\x10\x01\x12\x14\n\x10MUNICIPAL_POLICE\x10\x02\x12\t\n\x05ROADS\x10\x03\x12\t\n\x05WASTE\x10\x04\x12\x10\n\x0cSNOW_SERVICE\x10\x05\x12\x14\n\x10\x43ITIZEN_SERVICES\x10\x06*\xb2\x01\n\x0cIncidentKind\x12\x1d\n\x19INCIDENT_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11INCIDENT_ACCIDENT\x10\x01\x12\x11\n\rINCIDENT_FIRE\x10\x02\x12\x1a\n\x16INCIDENT_DEMONSTRATION\x10\x03\x12\x12\n\x0eINCIDENT_FAULT\x10\x04\x12\x15\n\x11INCIDENT_SNOW_ICE\x10\x05\x12\x12\n\x0eINCIDENT_OTHER\x10\x06*n\n\x0eIncidentSource\x12\x1f\n\x1bINCIDENT_SOURCE_UNSPECIFIED\x10\x00\x12\n\n\x06SENSOR\x10\x01\x12\x14\n\x10\x43\x41MERA_DETECTION\x10\x02\x12\x0b\n\x07\x43ITIZEN\x10\x03\x12\x0c\n\x08OPERATOR\x10\x04*k\n\nTaskStatus\x12\x1b\n\x17TASK_STATUS_UNSPECIFIED\x10\x00\x12\x08\n\x04OPEN\x10\x01\x12\x0c\n\x08\x41SSIGNED\x10\x02\x12\x0f\n\x0bIN_PROGRESS\x10\x03\x12\x08\n\x04\x44ONE\x10\x04\x12\r\n\tCANCELLED\x10\x05*h\n\x11NotificationState\x12\"\n\x1eNOTIFICATION_STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07PENDING\x10\x01\x12\r\n\tDELIVERED\x10\x02\x12\x13\n\x0f\x46\x41ILED_DELIVERY\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.citypost.v1.operations_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ALARMSTATE']._serialized_start=1163
-  _globals['_ALARMSTATE']._serialized_end=1274
-  _globals['_SEVERITY']._serialized_start=1276
-  _globals['_SEVERITY']._serialized_end=1358
-  _globals['_DEPARTMENT']._serialized_start=1361
-  _globals['_DEPARTMENT']._serialized_end=1497
-  _globals['_INCIDENTKIND']._serialized_start=1500
-  _globals['_INCIDENTKIND']._serialized_end=1678
-  _globals['_INCIDENTSOURCE']._serialized_start=1680
-  _globals['_INCIDENTSOURCE']._serialized_end=1790
-  _globals['_TASKSTATUS']._serialized_start=1792
-  _globals['_TASKSTATUS']._serialized_end=1899
-  _globals['_NOTIFICATIONSTATE']._serialized_start=1901
-  _globals['_NOTIFICATIONSTATE']._serialized_end=2005
+  _globals['_ALARMSTATE']._serialized_start=1301
+  _globals['_ALARMSTATE']._serialized_end=1412
+  _globals['_SEVERITY']._serialized_start=1414
+  _globals['_SEVERITY']._serialized_end=1496
+  _globals['_DEPARTMENT']._serialized_start=1499
+  _globals['_DEPARTMENT']._serialized_end=1635
+  _globals['_INCIDENTKIND']._serialized_start=1638
+  _globals['_INCIDENTKIND']._serialized_end=1816
+  _globals['_INCIDENTSOURCE']._serialized_start=1818
+  _globals['_INCIDENTSOURCE']._serialized_end=1928
+  _globals['_TASKSTATUS']._serialized_start=1930
+  _globals['_TASKSTATUS']._serialized_end=2037
+  _globals['_NOTIFICATIONSTATE']._serialized_start=2039
+  _globals['_NOTIFICATIONSTATE']._serialized_end=2143
   _globals['_GEOPOINT']._serialized_start=85
   _globals['_GEOPOINT']._serialized_end=132
   _globals['_ALARM']._serialized_start=135
-  _globals['_ALARM']._serialized_end=422
-  _globals['_INCIDENT']._serialized_start=425
-  _globals['_INCIDENT']._serialized_end=693
-  _globals['_TASK']._serialized_start=696
-  _globals['_TASK']._serialized_end=974
-  _globals['_NOTIFICATION']._serialized_start=977
-  _globals['_NOTIFICATION']._serialized_end=1161
+  _globals['_ALARM']._serialized_end=560
+  _globals['_INCIDENT']._serialized_start=563
+  _globals['_INCIDENT']._serialized_end=831
+  _globals['_TASK']._serialized_start=834
+  _globals['_TASK']._serialized_end=1112
+  _globals['_NOTIFICATION']._serialized_start=1115
+  _globals['_NOTIFICATION']._serialized_end=1299
 # @@protoc_insertion_point(module_scope)

@@ -215,6 +215,12 @@ class Alarm(_message.Message):
     UPDATED_AT_MS_FIELD_NUMBER: _builtins.int
     ACKNOWLEDGED_BY_FIELD_NUMBER: _builtins.int
     GROUP_FIELD_NUMBER: _builtins.int
+    SUPPRESSED_BY_FIELD_NUMBER: _builtins.int
+    SUPPRESSED_COUNT_FIELD_NUMBER: _builtins.int
+    CHATTERING_FIELD_NUMBER: _builtins.int
+    SHELVED_UNTIL_MS_FIELD_NUMBER: _builtins.int
+    SHELVED_BY_FIELD_NUMBER: _builtins.int
+    SHELVE_REASON_FIELD_NUMBER: _builtins.int
     alarm_id: _builtins.str
     """stable for one (originator, type) occurrence"""
     originator: _builtins.str
@@ -229,6 +235,21 @@ class Alarm(_message.Message):
     updated_at_ms: _builtins.int
     acknowledged_by: _builtins.str
     group: _builtins.str
+    suppressed_by: _builtins.str
+    """Suppressed by cause: the id of the active alarm of its cause (a gateway, the
+    network server, the broker connection). Kept and listed under the cause, not
+    annunciated; when the cause clears, it is raised on its own or cleared.
+    """
+    suppressed_count: _builtins.int
+    """On a cause alarm: how many alarms it suppresses now."""
+    chattering: _builtins.bool
+    """Raised again and again within the rule's window: held raised until stable."""
+    shelved_until_ms: _builtins.int
+    """Shelved by an operator until this instant (wall-clock ms; 0: not shelved): out of
+    the alarm list, back by itself at the end.
+    """
+    shelved_by: _builtins.str
+    shelve_reason: _builtins.str
     def __init__(
         self,
         *,
@@ -243,10 +264,16 @@ class Alarm(_message.Message):
         updated_at_ms: _builtins.int = ...,
         acknowledged_by: _builtins.str = ...,
         group: _builtins.str = ...,
+        suppressed_by: _builtins.str = ...,
+        suppressed_count: _builtins.int = ...,
+        chattering: _builtins.bool = ...,
+        shelved_until_ms: _builtins.int = ...,
+        shelved_by: _builtins.str = ...,
+        shelve_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged_by", b"acknowledged_by", "alarm_id", b"alarm_id", "asset_class", b"asset_class", "detail", b"detail", "group", b"group", "originator", b"originator", "raised_at_ms", b"raised_at_ms", "severity", b"severity", "state", b"state", "type", b"type", "updated_at_ms", b"updated_at_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged_by", b"acknowledged_by", "alarm_id", b"alarm_id", "asset_class", b"asset_class", "chattering", b"chattering", "detail", b"detail", "group", b"group", "originator", b"originator", "raised_at_ms", b"raised_at_ms", "severity", b"severity", "shelve_reason", b"shelve_reason", "shelved_by", b"shelved_by", "shelved_until_ms", b"shelved_until_ms", "state", b"state", "suppressed_by", b"suppressed_by", "suppressed_count", b"suppressed_count", "type", b"type", "updated_at_ms", b"updated_at_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from protos.citypost.v1 import assets_pb2 as _assets_pb2
 from protos.citypost.v1 import command_pb2 as _command_pb2
 from protos.citypost.v1 import control_state_pb2 as _control_state_pb2
@@ -22,6 +23,27 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _AlarmView:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AlarmViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AlarmView.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ALARM_VIEW_UNSPECIFIED: _AlarmView.ValueType  # 0
+    """annunciated: not shelved, not suppressed"""
+    ALARM_VIEW_SHELVED: _AlarmView.ValueType  # 1
+    ALARM_VIEW_SUPPRESSED: _AlarmView.ValueType  # 2
+    ALARM_VIEW_ALL: _AlarmView.ValueType  # 3
+
+class AlarmView(_AlarmView, metaclass=_AlarmViewEnumTypeWrapper): ...
+
+ALARM_VIEW_UNSPECIFIED: AlarmView.ValueType  # 0
+"""annunciated: not shelved, not suppressed"""
+ALARM_VIEW_SHELVED: AlarmView.ValueType  # 1
+ALARM_VIEW_SUPPRESSED: AlarmView.ValueType  # 2
+ALARM_VIEW_ALL: AlarmView.ValueType  # 3
+Global___AlarmView: _TypeAlias = AlarmView  # noqa: Y015
 
 @_typing.final
 class Asset(_message.Message):
@@ -471,10 +493,16 @@ class ListAlarmsRequest(_message.Message):
     MIN_SEVERITY_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
+    CAUSE_ALARM_ID_FIELD_NUMBER: _builtins.int
     asset_class: _assets_pb2.AssetClass.ValueType
     min_severity: _operations_pb2.Severity.ValueType
     page_size: _builtins.int
     page_token: _builtins.str
+    view: Global___AlarmView.ValueType
+    """Which alarms: the annunciated ones (neither shelved nor suppressed) by default."""
+    cause_alarm_id: _builtins.str
+    """Only the alarms suppressed under this cause alarm (any view)."""
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[_operations_pb2.AlarmState.ValueType]:
         """empty: every state"""
@@ -487,14 +515,45 @@ class ListAlarmsRequest(_message.Message):
         min_severity: _operations_pb2.Severity.ValueType = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        view: Global___AlarmView.ValueType = ...,
+        cause_alarm_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_class", b"asset_class", "min_severity", b"min_severity", "page_size", b"page_size", "page_token", b"page_token", "states", b"states"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_class", b"asset_class", "cause_alarm_id", b"cause_alarm_id", "min_severity", b"min_severity", "page_size", b"page_size", "page_token", b"page_token", "states", b"states", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListAlarmsRequest: _TypeAlias = ListAlarmsRequest  # noqa: Y015
+
+@_typing.final
+class ShelveAlarmRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    ALARM_ID_FIELD_NUMBER: _builtins.int
+    MINUTES_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    alarm_id: _builtins.str
+    minutes: _builtins.float
+    reason: _builtins.str
+    """required"""
+    def __init__(
+        self,
+        *,
+        idempotency_key: _builtins.str = ...,
+        alarm_id: _builtins.str = ...,
+        minutes: _builtins.float = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alarm_id", b"alarm_id", "idempotency_key", b"idempotency_key", "minutes", b"minutes", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShelveAlarmRequest: _TypeAlias = ShelveAlarmRequest  # noqa: Y015
 
 @_typing.final
 class ListAlarmsResponse(_message.Message):

@@ -111,6 +111,16 @@ class OperatorServiceStub:
                 request_serializer=protos_dot_citypost_dot_v1_dot_operator__pb2.AlarmActionRequest.SerializeToString,
                 response_deserializer=protos_dot_citypost_dot_v1_dot_operations__pb2.Alarm.FromString,
                 _registered_method=True)
+        self.ShelveAlarm = channel.unary_unary(
+                '/citypost.v1.OperatorService/ShelveAlarm',
+                request_serializer=protos_dot_citypost_dot_v1_dot_operator__pb2.ShelveAlarmRequest.SerializeToString,
+                response_deserializer=protos_dot_citypost_dot_v1_dot_operations__pb2.Alarm.FromString,
+                _registered_method=True)
+        self.UnshelveAlarm = channel.unary_unary(
+                '/citypost.v1.OperatorService/UnshelveAlarm',
+                request_serializer=protos_dot_citypost_dot_v1_dot_operator__pb2.AlarmActionRequest.SerializeToString,
+                response_deserializer=protos_dot_citypost_dot_v1_dot_operations__pb2.Alarm.FromString,
+                _registered_method=True)
         self.ListIncidents = channel.unary_unary(
                 '/citypost.v1.OperatorService/ListIncidents',
                 request_serializer=protos_dot_citypost_dot_v1_dot_operator__pb2.ListIncidentsRequest.SerializeToString,
@@ -238,6 +248,20 @@ class OperatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ShelveAlarm(self, request, context):
+        """Out of the list for a bounded time (at most the severity's maximum), with a reason;
+        audited, and back by itself when the time is up.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnshelveAlarm(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListIncidents(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -344,6 +368,16 @@ def add_OperatorServiceServicer_to_server(servicer, server):
             ),
             'ClearAlarm': grpc.unary_unary_rpc_method_handler(
                     servicer.ClearAlarm,
+                    request_deserializer=protos_dot_citypost_dot_v1_dot_operator__pb2.AlarmActionRequest.FromString,
+                    response_serializer=protos_dot_citypost_dot_v1_dot_operations__pb2.Alarm.SerializeToString,
+            ),
+            'ShelveAlarm': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShelveAlarm,
+                    request_deserializer=protos_dot_citypost_dot_v1_dot_operator__pb2.ShelveAlarmRequest.FromString,
+                    response_serializer=protos_dot_citypost_dot_v1_dot_operations__pb2.Alarm.SerializeToString,
+            ),
+            'UnshelveAlarm': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnshelveAlarm,
                     request_deserializer=protos_dot_citypost_dot_v1_dot_operator__pb2.AlarmActionRequest.FromString,
                     response_serializer=protos_dot_citypost_dot_v1_dot_operations__pb2.Alarm.SerializeToString,
             ),
@@ -759,6 +793,60 @@ class OperatorService:
             request,
             target,
             '/citypost.v1.OperatorService/ClearAlarm',
+            protos_dot_citypost_dot_v1_dot_operator__pb2.AlarmActionRequest.SerializeToString,
+            protos_dot_citypost_dot_v1_dot_operations__pb2.Alarm.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShelveAlarm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/citypost.v1.OperatorService/ShelveAlarm',
+            protos_dot_citypost_dot_v1_dot_operator__pb2.ShelveAlarmRequest.SerializeToString,
+            protos_dot_citypost_dot_v1_dot_operations__pb2.Alarm.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnshelveAlarm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/citypost.v1.OperatorService/UnshelveAlarm',
             protos_dot_citypost_dot_v1_dot_operator__pb2.AlarmActionRequest.SerializeToString,
             protos_dot_citypost_dot_v1_dot_operations__pb2.Alarm.FromString,
             options,

@@ -58,6 +58,11 @@ class OperatorServiceStub:
     ListAlarms: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ListAlarmsRequest, _operator_pb2.ListAlarmsResponse]
     AcknowledgeAlarm: _grpc.UnaryUnaryMultiCallable[_operator_pb2.AlarmActionRequest, _operations_pb2.Alarm]
     ClearAlarm: _grpc.UnaryUnaryMultiCallable[_operator_pb2.AlarmActionRequest, _operations_pb2.Alarm]
+    ShelveAlarm: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ShelveAlarmRequest, _operations_pb2.Alarm]
+    """Out of the list for a bounded time (at most the severity's maximum), with a reason;
+    audited, and back by itself when the time is up.
+    """
+    UnshelveAlarm: _grpc.UnaryUnaryMultiCallable[_operator_pb2.AlarmActionRequest, _operations_pb2.Alarm]
     ListIncidents: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ListIncidentsRequest, _operator_pb2.ListIncidentsResponse]
     CreateIncident: _grpc.UnaryUnaryMultiCallable[_operator_pb2.CreateIncidentRequest, _operations_pb2.Incident]
     CreateTask: _grpc.UnaryUnaryMultiCallable[_operator_pb2.CreateTaskRequest, _operations_pb2.Task]
@@ -93,6 +98,11 @@ class OperatorServiceAsyncStub(OperatorServiceStub):
     ListAlarms: _aio.UnaryUnaryMultiCallable[_operator_pb2.ListAlarmsRequest, _operator_pb2.ListAlarmsResponse]  # type: ignore[assignment]
     AcknowledgeAlarm: _aio.UnaryUnaryMultiCallable[_operator_pb2.AlarmActionRequest, _operations_pb2.Alarm]  # type: ignore[assignment]
     ClearAlarm: _aio.UnaryUnaryMultiCallable[_operator_pb2.AlarmActionRequest, _operations_pb2.Alarm]  # type: ignore[assignment]
+    ShelveAlarm: _aio.UnaryUnaryMultiCallable[_operator_pb2.ShelveAlarmRequest, _operations_pb2.Alarm]  # type: ignore[assignment]
+    """Out of the list for a bounded time (at most the severity's maximum), with a reason;
+    audited, and back by itself when the time is up.
+    """
+    UnshelveAlarm: _aio.UnaryUnaryMultiCallable[_operator_pb2.AlarmActionRequest, _operations_pb2.Alarm]  # type: ignore[assignment]
     ListIncidents: _aio.UnaryUnaryMultiCallable[_operator_pb2.ListIncidentsRequest, _operator_pb2.ListIncidentsResponse]  # type: ignore[assignment]
     CreateIncident: _aio.UnaryUnaryMultiCallable[_operator_pb2.CreateIncidentRequest, _operations_pb2.Incident]  # type: ignore[assignment]
     CreateTask: _aio.UnaryUnaryMultiCallable[_operator_pb2.CreateTaskRequest, _operations_pb2.Task]  # type: ignore[assignment]
@@ -205,6 +215,23 @@ class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
 
     @_abc_1.abstractmethod
     def ClearAlarm(
+        self,
+        request: _operator_pb2.AlarmActionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operations_pb2.Alarm, _abc.Awaitable[_operations_pb2.Alarm]]: ...
+
+    @_abc_1.abstractmethod
+    def ShelveAlarm(
+        self,
+        request: _operator_pb2.ShelveAlarmRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operations_pb2.Alarm, _abc.Awaitable[_operations_pb2.Alarm]]:
+        """Out of the list for a bounded time (at most the severity's maximum), with a reason;
+        audited, and back by itself when the time is up.
+        """
+
+    @_abc_1.abstractmethod
+    def UnshelveAlarm(
         self,
         request: _operator_pb2.AlarmActionRequest,
         context: _ServicerContext,

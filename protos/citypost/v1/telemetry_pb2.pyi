@@ -371,6 +371,7 @@ class Telemetry(_message.Message):
     F_CNT_FIELD_NUMBER: _builtins.int
     RSSI_FIELD_NUMBER: _builtins.int
     SNR_FIELD_NUMBER: _builtins.int
+    GATEWAY_ID_FIELD_NUMBER: _builtins.int
     LAMP_FIELD_NUMBER: _builtins.int
     TRAFFIC_SIGNAL_FIELD_NUMBER: _builtins.int
     BOLLARD_FIELD_NUMBER: _builtins.int
@@ -390,6 +391,8 @@ class Telemetry(_message.Message):
     f_cnt: _builtins.int
     rssi: _builtins.int
     snr: _builtins.float
+    gateway_id: _builtins.str
+    """the gateway that heard it (rxInfo); "" for an IP device"""
     @_builtins.property
     def lamp(self) -> Global___LampReading: ...
     @_builtins.property
@@ -419,6 +422,7 @@ class Telemetry(_message.Message):
         f_cnt: _builtins.int = ...,
         rssi: _builtins.int = ...,
         snr: _builtins.float = ...,
+        gateway_id: _builtins.str = ...,
         lamp: Global___LampReading | None = ...,
         traffic_signal: Global___TrafficSignalReading | None = ...,
         bollard: Global___BollardReading | None = ...,
@@ -431,7 +435,7 @@ class Telemetry(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["air_quality", b"air_quality", "bollard", b"bollard", "camera", b"camera", "lamp", b"lamp", "parking", b"parking", "reading", b"reading", "road_weather", b"road_weather", "traffic_signal", b"traffic_signal", "vehicle", b"vehicle", "water_meter", b"water_meter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["air_quality", b"air_quality", "asset_class", b"asset_class", "bollard", b"bollard", "camera", b"camera", "dev_eui", b"dev_eui", "f_cnt", b"f_cnt", "group", b"group", "lamp", b"lamp", "observed_at_ms", b"observed_at_ms", "parking", b"parking", "reading", b"reading", "received_at_ms", b"received_at_ms", "road_weather", b"road_weather", "rssi", b"rssi", "snr", b"snr", "traffic_signal", b"traffic_signal", "vehicle", b"vehicle", "water_meter", b"water_meter"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["air_quality", b"air_quality", "asset_class", b"asset_class", "bollard", b"bollard", "camera", b"camera", "dev_eui", b"dev_eui", "f_cnt", b"f_cnt", "gateway_id", b"gateway_id", "group", b"group", "lamp", b"lamp", "observed_at_ms", b"observed_at_ms", "parking", b"parking", "reading", b"reading", "received_at_ms", b"received_at_ms", "road_weather", b"road_weather", "rssi", b"rssi", "snr", b"snr", "traffic_signal", b"traffic_signal", "vehicle", b"vehicle", "water_meter", b"water_meter"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_reading: _TypeAlias = _typing.Literal["lamp", "traffic_signal", "bollard", "water_meter", "parking", "air_quality", "camera", "road_weather", "vehicle"]  # noqa: Y015
     _WhichOneofArgType_reading: _TypeAlias = _typing.Literal["reading", b"reading"]  # noqa: Y015
