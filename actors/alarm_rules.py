@@ -22,10 +22,11 @@ restarted actor goes on where the last one was.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from actors.decisions import ClearAlarm, Decision, RaiseAlarm
+from citypost.config import AlarmRuleConfig, AlarmsConfig
 from citypost.errors import InvalidArgumentError
 
 Key = tuple[str, str]  # (originator, alarm type)
@@ -47,13 +48,20 @@ class AlarmRule:
         if self.chatter_window_s <= 0 or self.chatter_stable_s < 0:
             raise InvalidArgumentError("chatter_window_s must be > 0, chatter_stable_s >= 0")
 
+    @classmethod
+    def of(cls, config: AlarmRuleConfig) -> AlarmRule:
+        return cls(**config.model_dump())
+
+
+def rules_of(config: AlarmsConfig) -> tuple[dict[str, AlarmRule], AlarmRule]:
+    """The rule of every type config names (its defaults included), and the default rule."""
+    table = {name: AlarmRule.of(rule) for name, rule in config.rule_table().items()}
+    return table, AlarmRule.of(config.default_rule)
+
 
 DEFAULT_RULE = AlarmRule()
-# Per type, where the default does not fit. A camera's outage is often a short network
-# drop: it clears only once the camera has been back 10 minutes.
-DEFAULT_RULES: Mapping[str, AlarmRule] = {
-    "camera_offline": AlarmRule(delay_off_s=600),
-}
+# Per type, where the default does not fit: config's defaults (citypost.config).
+DEFAULT_RULES: Mapping[str, AlarmRule] = rules_of(AlarmsConfig())[0]
 
 
 @dataclass
@@ -80,6 +88,10 @@ class _Track:
 
 
 class AlarmShaper:
+    @classmethod
+    def of(cls, config: AlarmsConfig) -> AlarmShaper:
+        return cls(*rules_of(config))
+
     def __init__(
         self, rules: Mapping[str, AlarmRule] | None = None, default: AlarmRule = DEFAULT_RULE
     ) -> None:
@@ -129,7 +141,9 @@ class AlarmShaper:
         track.last = decision
         if track.condition:
             # Held already: an update of a raised alarm goes through; a pending one waits.
-            return [decision] if track.raised else []
+            if not track.raised:
+                return []
+            return [replace(decision, chattering=True) if track.chattering else decision]
         track.condition, track.since_ms = True, now_ms
         window_ms = rule.chatter_window_s * 1000
         track.onsets = [t for t in track.onsets if now_ms - t < window_ms] + [now_ms]
@@ -182,11 +196,11 @@ class AlarmShaper:
         if not track.chattering:
             return track.last
         count = len(track.onsets)
-        return RaiseAlarm(
-            track.last.originator,
-            track.last.type,
-            track.last.severity,
-            f"{track.last.detail} (chattering: {count} times within the window; held until stable)",
+        return replace(
+            track.last,
+            detail=f"{track.last.detail} (chattering: {count} times within the window; "
+            "held until stable)",
+            chattering=True,
         )
 
     @staticmethod

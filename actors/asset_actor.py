@@ -22,10 +22,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from actors.alarm_rules import DEFAULT_RULES, AlarmShaper
+from actors.alarm_rules import AlarmShaper
 from actors.decisions import Decision, IssueCommand
 from actors.policy import Policy, Snapshot
 from bridges.registry import Device
+from citypost.config import AlarmsConfig
 from protos.citypost.v1 import telemetry_pb2
 
 PolicyMaker = Callable[[str, Sequence[Device]], Policy]
@@ -55,11 +56,17 @@ def _at(now_ms: int) -> datetime:
 
 
 class AssetActor:
-    def __init__(self, group: str, devices: Sequence[Device], make_policy: PolicyMaker) -> None:
+    def __init__(
+        self,
+        group: str,
+        devices: Sequence[Device],
+        make_policy: PolicyMaker,
+        alarms: AlarmsConfig | None = None,
+    ) -> None:
         self.group = group
         self._policy = make_policy(group, devices)
         # The policy's alarm conditions become alarms through the rules of their type.
-        self._alarms = AlarmShaper(DEFAULT_RULES)
+        self._alarms = AlarmShaper.of(alarms or AlarmsConfig())
         self._incarnation = uuid.uuid4().hex
         self._seq = 0
         self._applied = 0

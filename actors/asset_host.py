@@ -20,6 +20,7 @@ from typing import Any
 from actors.asset_actor import AssetActor, PolicyMaker
 from actors.pool import ActorKey
 from bridges.registry import Device
+from citypost.config import AlarmsConfig
 from citypost.errors import ActorCallError, CitypostError, NotFoundError
 
 # The shell methods the post may call through a host; nothing else is reachable.
@@ -30,9 +31,10 @@ HostedUnit = tuple[ActorKey, Sequence[Device], PolicyMaker]
 
 
 class AssetHost:
-    def __init__(self, units: Sequence[HostedUnit]) -> None:
+    def __init__(self, units: Sequence[HostedUnit], alarms: AlarmsConfig | None = None) -> None:
         self._units = {
-            key: AssetActor(key[1], devices, make_policy) for key, devices, make_policy in units
+            key: AssetActor(key[1], devices, make_policy, alarms)
+            for key, devices, make_policy in units
         }
 
     def units(self) -> list[ActorKey]:

@@ -1,8 +1,9 @@
 """Cameras: status and detections (no video) -> offline alarms and incidents.
 
-A camera is offline when it says so or when it has been silent for
-`silent_after_s` (five missed one-minute uplinks by default); that raises
-"camera_offline" (MINOR), cleared by the next uplink that says it is online.
+A camera is offline when it says so; that raises "camera_offline" (MINOR),
+cleared by an uplink that says it is online again (after the rule's delay-off,
+actors.alarm_rules). A camera that stops reporting is silent, which the post
+judges for every device alike, in the data's own time (post.silence_watch).
 
 A detection opens one incident per episode: the episode starts when the
 camera reports an event other than the one it reported before, and ends
@@ -35,13 +36,8 @@ EVENTS: dict[int, tuple[operations_pb2.IncidentKind.ValueType, int, str]] = {
 }
 
 
-def _ms(at: datetime) -> int:
-    return int(at.timestamp() * 1000)
-
-
 @dataclass
 class _Camera:
-    last_seen_ms: int | None = None
     event: int = NO_EVENT  # the event of the episode in progress
     offline_alarm: bool = False
 
@@ -49,49 +45,24 @@ class _Camera:
 class CameraPolicy:
     """Implements `actors.policy.Policy` for CAMERA; cameras take no commands here."""
 
-    def __init__(
-        self, group: str, devices: Sequence[Device], *, silent_after_s: float = 300.0
-    ) -> None:
-        if silent_after_s <= 0:
-            raise InvalidArgumentError("silent_after_s: must be positive")
+    def __init__(self, group: str, devices: Sequence[Device]) -> None:
         self.group = group
-        self.silent_after_ms = int(silent_after_s * 1000)
         self._devices = {d.dev_eui: d for d in devices}
         self._cameras: dict[str, _Camera] = {d.dev_eui: _Camera() for d in devices}
-        # Cameras never heard are timed from when the policy started watching.
-        self._watch_since_ms: int | None = None
 
     def on_telemetry(
         self, batch: Sequence[telemetry_pb2.Telemetry], now: datetime
     ) -> list[Decision]:
-        now_ms = _ms(now)
-        if self._watch_since_ms is None:
-            self._watch_since_ms = now_ms
         out: list[Decision] = []
         for item in batch:
             camera = self._cameras.get(item.dev_eui)
             if camera is None or item.WhichOneof("reading") != "camera":
                 continue
-            camera.last_seen_ms = max(camera.last_seen_ms or 0, now_ms)
             out.extend(self._apply(item.dev_eui, camera, item.camera))
         return out
 
     def on_tick(self, now: datetime) -> list[Decision]:
-        now_ms = _ms(now)
-        if self._watch_since_ms is None:
-            self._watch_since_ms = now_ms
-        out: list[Decision] = []
-        for eui, camera in self._cameras.items():
-            heard = camera.last_seen_ms or self._watch_since_ms
-            silent_ms = now_ms - heard
-            if not camera.offline_alarm and silent_ms >= self.silent_after_ms:
-                camera.offline_alarm = True
-                camera.event = NO_EVENT
-                minutes = silent_ms / 60_000
-                out.append(
-                    RaiseAlarm(eui, ALARM, operations_pb2.MINOR, f"no uplink for {minutes:.0f} min")
-                )
-        return out
+        return []
 
     def desired_commands(self, now: datetime) -> list[IssueCommand]:
         return []
@@ -134,10 +105,8 @@ class CameraPolicy:
 
     def snapshot(self) -> Snapshot:
         return {
-            "watch_since_ms": self._watch_since_ms,
             "cameras": {
                 eui: {
-                    "last_seen_ms": c.last_seen_ms,
                     "event": c.event,
                     "offline_alarm": c.offline_alarm,
                 }
@@ -149,19 +118,12 @@ class CameraPolicy:
         try:
             cameras: dict[str, Any] = snapshot["cameras"]
             restored = {
-                eui: _Camera(
-                    None if s["last_seen_ms"] is None else int(s["last_seen_ms"]),
-                    int(s["event"]),
-                    bool(s["offline_alarm"]),
-                )
+                eui: _Camera(int(s["event"]), bool(s["offline_alarm"]))
                 for eui, s in cameras.items()
             }
-            since = snapshot["watch_since_ms"]
-            watch_since = None if since is None else int(since)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InvalidArgumentError(f"snapshot: not a camera snapshot ({exc!r})") from exc
         self._cameras = {eui: restored.get(eui, _Camera()) for eui in self._cameras}
-        self._watch_since_ms = watch_since
 
 
 def make_policy(group: str, devices: Sequence[Device]) -> Policy:

@@ -15,6 +15,7 @@ from actors.asset_host import AssetHost, UnitCall
 from actors.catalog import POLICIES
 from actors.pool import ActorKey, Call
 from bridges.registry import Device
+from citypost.config import AlarmsConfig
 
 
 def host_name(index: int) -> str:
@@ -54,6 +55,7 @@ class RayActorPool:
         *,
         hosts: int = 4,
         max_restarts: int = -1,
+        alarms: AlarmsConfig | None = None,
     ) -> RayActorPool:
         """Create every host (Ray restarts a dead one; the post restores its units)."""
         plan = plan_hosts(groups, hosts)
@@ -62,6 +64,7 @@ class RayActorPool:
                 AssetHost,
                 name,
                 [(key, list(groups[key]), POLICIES[key[0]]) for key in keys],
+                alarms,
                 max_restarts=max_restarts,
                 ready_timeout_s=None,
             )

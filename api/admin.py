@@ -237,6 +237,7 @@ class PostAdminService(admin_pb2_grpc.PostAdminServicer):
                     worker_pid=feed.worker_pids.get(name, 0),
                 )
             )
+        stream = post.silence.figures(time.monotonic())
         return admin_pb2.PostStatus(
             post=post.name,
             role="leader" if post.commanding() else "standby",
@@ -257,6 +258,10 @@ class PostAdminService(admin_pb2_grpc.PostAdminServicer):
             apply_lag_max_ms=lag.max_ms,
             readings_applied=lag.count,
             longest_gap_s_by_class=edge.longest_gap_s_by_class,
+            stream_time_ms=stream.stream_time_ms,
+            effective_speed=stream.effective_speed,
+            configured_speed=post.clock.speed,
+            alarms_suppressed=stream.suppressed,
         )
 
     # --- failover ----------------------------------------------------------------------------

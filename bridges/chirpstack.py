@@ -101,6 +101,7 @@ class Uplink(NamedTuple):
     data: bytes
     rssi: int | None  # best (highest) over rxInfo; None without rxInfo
     snr: float | None  # best (highest) over rxInfo, independently of rssi; None without rxInfo
+    gateway_id: str = ""  # the gateway of the best rssi; "" without rxInfo
 
 
 class Ack(NamedTuple):
@@ -220,6 +221,7 @@ def parse_uplink(raw: bytes | str) -> Uplink:
     get = obj.get
     rssi: int | None = None
     snr: float | None = None
+    gateway_id = ""
     rx_info = get("rxInfo")
     if rx_info is not None:
         if type(rx_info) is not list:
@@ -235,6 +237,7 @@ def parse_uplink(raw: bytes | str) -> Uplink:
                 s = _float_value(s, "rxInfo.snr")
             if rssi is None or r > rssi:
                 rssi = r
+                gateway_id = _str(rx.get("gatewayId"), "rxInfo.gatewayId")
             if snr is None or s > snr:
                 snr = s
     f_port = get("fPort", 0)
@@ -257,6 +260,7 @@ def parse_uplink(raw: bytes | str) -> Uplink:
         _bytes(get("data"), "data"),
         rssi,
         snr,
+        gateway_id,
     )
 
 

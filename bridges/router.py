@@ -73,5 +73,6 @@ class UplinkRouter:
             f_cnt=uplink.f_cnt,
             rssi=uplink.rssi or 0,
             snr=uplink.snr or 0.0,
+            gateway_id=uplink.gateway_id,
             **reading,
         )

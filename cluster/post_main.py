@@ -185,6 +185,7 @@ async def run_post(config: Config, *, ready_file: Path | None = None) -> int:
                 RayActorPool.spawn,
                 groups,
                 hosts=config.post.actor_hosts,
+                alarms=config.alarms,
             )
         )
         observability = setup_observability(config.observability, post=name)

@@ -918,6 +918,10 @@ class Dispatcher:
             counts[originator] = counts.get(originator, 0) + 1
         return counts
 
+    def active_alarm_keys(self) -> list[tuple[str, str]]:
+        """(originator, type) of every active alarm."""
+        return list(self._alarms.by_key)
+
     async def acknowledge_alarm(
         self, alarm_id: str, *, operator: str, comment: str = "", idempotency_key: str = ""
     ) -> operations_pb2.Alarm:

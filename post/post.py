@@ -30,6 +30,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
+from actors.alarm_rules import AlarmShaper
 from actors.catalog import actor_name
 from actors.decisions import Decision
 from actors.pool import ActorKey, ActorPool, Call
@@ -59,6 +60,7 @@ from post.audit_file import AuditFile
 from post.dispatcher import Dispatcher
 from post.footprint import FootprintSampler
 from post.radio_view import RadioView
+from post.silence_watch import SilenceWatch
 from protos.citypost.v1 import control_state_pb2
 from security.command_signing import CommandSigner
 from security.identities import tls_identity
@@ -187,10 +189,18 @@ class Post:
             report_wall_per_sim_s=config.sim.interval_factor / config.sim.speed,
         )
         self.feed = ActorFeed(pool, now_ms=clock.now_ms, deliver=self._deliver)
+        # Both posts judge silence from the same uplinks; only the leader's decisions count.
+        self.silence = SilenceWatch(
+            registry,
+            config.alarms.silence,
+            AlarmShaper.of(config.alarms),
+            clock_ms=clock.now_ms,
+        )
+        self._silence_reconciled: int | None = None  # the epoch it was reconciled under
         self.edge = Edge(
             config=config,
             registry=registry,
-            sink=FanOutSink(self.latest, self.feed, self.dispatcher.confirmations),
+            sink=FanOutSink(self.latest, self.feed, self.dispatcher.confirmations, self.silence),
             observability=observability,
             acks=_Acks(self),
         )
@@ -326,6 +336,19 @@ class Post:
 
     async def _tick(self) -> None:
         await asyncio.to_thread(self.feed.tick)
+        await self._judge_silence()
+
+    async def _judge_silence(self) -> None:
+        connected = self.edge.session.connected
+        decisions = await asyncio.to_thread(self.silence.evaluate, time.monotonic(), connected)
+        if not self.commanding():
+            self.standby_decisions += len(decisions)
+            return
+        if self._silence_reconciled != self._led_epoch:
+            # Newly leading: silence alarms the last leader raised for devices heard since.
+            decisions += self.silence.reconcile(self.dispatcher.active_alarm_keys())
+            self._silence_reconciled = self._led_epoch
+        await self.dispatcher.apply("silence", decisions)
 
     # --- leadership and the control state ------------------------------------------------
 

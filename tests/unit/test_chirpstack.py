@@ -204,6 +204,7 @@ def test_documented_uplink_is_real_and_parses(raw: str) -> None:
         data=b"\xaa",
         rssi=-36,
         snr=10.5,
+        gateway_id="0016c001f153a14c",
     )
 
 
@@ -249,6 +250,7 @@ def test_best_rssi_and_snr_are_taken_over_all_gateways_independently() -> None:
     ]
     uplink = cs.parse_uplink(orjson.dumps(event))
     assert (uplink.rssi, uplink.snr) == (-90, 9.5)
+    assert uplink.gateway_id == "0000000000000002"  # the one that heard it best
     event["rxInfo"] = []
     uplink = cs.parse_uplink(orjson.dumps(event))
     assert (uplink.rssi, uplink.snr) == (None, None)
@@ -420,6 +422,7 @@ def test_built_uplink_is_an_uplink_event_and_round_trips(
         data,
         rssi,
         None if radio is None else (snr or 0.0),
+        "" if radio is None else gateway_id.lower(),
     )
 
 
@@ -667,6 +670,8 @@ def test_uplink_events_from_chirpstack_api_parse(
         data,
         max((rx.rssi for rx in rx_info), default=None),
         None,
+        # The gateway that heard it best (the first of equals).
+        max(rx_info, key=lambda rx: rx.rssi).gateway_id if rx_info else "",
     )
     # protobuf writes a `float` field in its shortest float32 form.
     best_snr = max((rx.snr for rx in rx_info), default=None)
