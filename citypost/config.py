@@ -348,6 +348,10 @@ class SilenceConfig(_Section):
     # network server is silent), and the edge's broker connection lost.
     network_server_silent_after_s: float = Field(30.0, gt=0)
     broker_lost_after_s: float = Field(10.0, gt=0)
+    # The stream stopped this long (real seconds: a broker restart, a network cut) and came
+    # back: every device's silence is timed afresh from then, for the uplinks lost in the
+    # gap say nothing about the devices.
+    stream_gap_s: float = Field(5.0, gt=0)
 
 
 class ShelveLimits(_Section):

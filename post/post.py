@@ -195,6 +195,7 @@ class Post:
             config.alarms.silence,
             AlarmShaper.of(config.alarms),
             clock_ms=clock.now_ms,
+            period_factor=config.sim.interval_factor,
         )
         self._silence_reconciled: int | None = None  # the epoch it was reconciled under
         self.edge = Edge(

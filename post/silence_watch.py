@@ -22,7 +22,9 @@ cause's alarm: kept, counted on the cause, listed under it, not annunciated.
 A device whose gateway has heard no one since the device went quiet waits for
 the gateway's verdict rather than raising on its own. When a cause clears, the
 devices behind it are timed afresh from then: those heard again clear, those
-still silent a whole threshold later raise their own alarms.
+still silent a whole threshold later raise their own alarms. So are all devices
+after the stream stopped for `stream_gap_s` (a broker restart too short for an
+alarm): the uplinks lost in a gap say nothing about the devices.
 
 Pure: uplinks (`submit`, from the edge's thread) and real time (`evaluate`, from
 the post's loop) in; `RaiseAlarm` / `ClearAlarm` out, shaped by the alarm rules
@@ -32,6 +34,7 @@ the post's loop) in; `RaiseAlarm` / `ClearAlarm` out, shaped by the alarm rules
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +58,7 @@ GATEWAY_PREFIX = "gateway/"
 Cause = tuple[str, str]  # (originator, type) of a cause's alarm
 _NS_CAUSE: Cause = (NETWORK_SERVER, NETWORK_SERVER_SILENT)
 _BROKER_CAUSE: Cause = (BROKER, BROKER_LOST)
+_STREAM_GAP: Cause = ("", "stream_gap")  # not an alarm: restarts every device's clock
 
 # The stream's effective speed is measured over this much real time.
 SPEED_WINDOW_S = 60.0
@@ -106,14 +110,18 @@ class SilenceWatch:
         shaper: AlarmShaper,
         *,
         clock_ms: Callable[[], int],
+        period_factor: float = 1.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._config = config
         self._shaper = shaper
         self._clock_ms = clock_ms  # the post's clock: caps the stream, judges a stopped one
+        self._monotonic = monotonic  # real time, as `evaluate` is given it
         self._lock = threading.Lock()
         self._devices: dict[str, _Device] = {}
         for device in registry:
-            period = device.report_interval_s or config.default_period_s
+            # The simulated city stretches every interval by sim.interval_factor.
+            period = (device.report_interval_s or config.default_period_s) * period_factor
             threshold = period * config.missed_reports + config.grace_s
             self._devices[device.dev_eui] = _Device(int(threshold * 1000), period)
         self._gateways: dict[str, _Gateway] = {}
@@ -122,7 +130,6 @@ class SilenceWatch:
         self._causes: set[Cause] = set()
         self._cleared_at: dict[Cause, int] = {}
         self._first_ms: int | None = None  # devices never heard are timed from here
-        self._heard = False  # an uplink since the last evaluate
 
     # --- the edge's thread ------------------------------------------------------------------
 
@@ -152,7 +159,11 @@ class SilenceWatch:
             self._stream_ms = top
             if self._first_ms is None:
                 self._first_ms = top
-            self._heard = True
+            real_now = self._monotonic()
+            last = self._infra.last_uplink_real
+            if last is not None and real_now - last > self._config.stream_gap_s:
+                self._cleared_at[_STREAM_GAP] = top
+            self._infra.last_uplink_real = real_now
 
     # --- the post's loop --------------------------------------------------------------------
 
@@ -204,9 +215,6 @@ class SilenceWatch:
 
     def _infra_causes(self, real_now: float, connected: bool) -> set[Cause]:
         infra, config = self._infra, self._config
-        if self._heard:  # the edge's thread saw uplinks: stamped on the loop's clock
-            infra.last_uplink_real = real_now
-            self._heard = False
         causes: set[Cause] = set()
         if connected:
             infra.lost_since = None
@@ -296,13 +304,15 @@ class SilenceWatch:
                     cause=cause,
                 )
             )
-        self._cleared_at = {c: t for c, t in self._cleared_at.items() if c not in causes}
+        self._cleared_at = {
+            c: t for c, t in self._cleared_at.items() if c not in causes or c == _STREAM_GAP
+        }
         return out, counts
 
     def _restart_for(self, device: _Device) -> int | None:
         if not self._cleared_at:
             return None
-        times = [self._cleared_at.get(c) for c in (_BROKER_CAUSE, _NS_CAUSE)]
+        times = [self._cleared_at.get(c) for c in (_BROKER_CAUSE, _NS_CAUSE, _STREAM_GAP)]
         if device.gateway:
             times.append(self._cleared_at.get(gateway_cause(device.gateway)))
         known = [t for t in times if t is not None]

@@ -61,6 +61,7 @@ class Rig:
             config,
             AlarmShaper.of(AlarmsConfig()),
             clock_ms=lambda: self.clock_ms,
+            monotonic=lambda: self.real,
         )
 
     def uplink(self, d: Device, at_ms: int, gateway: str = GW_A) -> None:
@@ -259,3 +260,27 @@ def test_reconcile_clears_what_an_earlier_leader_raised_for_devices_heard_since(
     stale = [(d.dev_eui, DEVICE_SILENT), ("gateway/x", GATEWAY_SILENT), (d.dev_eui, "lamp_fault")]
     out = rig.watch.reconcile(stale)
     assert [(c.originator, c.type) for c in out] == stale[:2]
+
+
+def test_a_stop_in_the_stream_restarts_every_device_s_clock() -> None:
+    # A broker restart too short for an alarm: the city's uplinks in the gap were lost,
+    # which says nothing about the devices. They are timed afresh from the resumption.
+    fast, slow = device(1, 60), device(2, 60)
+    rig = Rig([fast, slow])
+    t0 = rig.clock_ms
+    for d in (fast, slow):
+        rig.uplink(d, t0)
+    assert rig.run(0) == []
+    # 8 real s of nothing (8 sim min at 1 min/s), then only `fast` is heard again.
+    rig.clock_ms += 8 * MIN
+    rig.real += 8
+    rig.uplink(fast, rig.clock_ms)
+    assert raised(rig.watch.evaluate(rig.real, broker_connected=True)) == []
+    # `slow` stays silent: a whole threshold (4 min) after the resumption, it is raised.
+    out: list[Decision] = []
+    for _ in range(5):
+        rig.clock_ms += MIN
+        rig.real += 1
+        rig.uplink(fast, rig.clock_ms)
+        out += rig.watch.evaluate(rig.real, broker_connected=True)
+    assert [r.originator for r in raised(out)] == [slow.dev_eui]
