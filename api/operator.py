@@ -21,6 +21,15 @@ Choices worth knowing:
   post's dispatch actors, which this service does not reach (yet).
 - CloseTask as done: an ASSIGNED task is started and completed in one step
   (no RPC reports IN_PROGRESS yet); an OPEN task must be assigned or cancelled.
+- ListAlarms shows the annunciated alarms by default: neither shelved now
+  (shelved_until_ms later than the post's wall clock) nor suppressed under a
+  cause; `view` asks for the shelved, the suppressed or all of them, and
+  `cause_alarm_id` for those behind one cause, whatever the view.
+- ShelveAlarm needs a reason and at most the maximum of the alarm's severity
+  (config.alarms.shelve_max_minutes), checked on the alarm record as the
+  dispatcher writes it (so a severity that rose meanwhile counts, and a retry
+  answers as the first request did). Shelving, unshelving and the leader's
+  unshelving when the time is up are audited.
 - WatchEvents streams alarms, commands, tasks, incidents and overrides as the
   control state changes, from the moment the stream's initial metadata is sent;
   tasks and incidents belong to no asset class and pass any class filter;
@@ -45,7 +54,7 @@ from api import pagination
 from api.authorization import current
 from api.server import Service, caller
 from bridges.registry import Device, DeviceRegistry, class_name
-from citypost.config import ApprovalConfig
+from citypost.config import ApprovalConfig, ShelveLimits
 from citypost.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -68,6 +77,7 @@ from failover.control_state import (
     override_key,
 )
 from fleet.dijon import BOUNDS
+from post import alarm_book
 from post.dispatcher import Dispatcher
 from protos.citypost.v1 import (
     assets_pb2,
@@ -137,8 +147,11 @@ class OperatorService(operator_pb2_grpc.OperatorServiceServicer):
         wall_ms: Callable[[], int],
         approval: ApprovalConfig | None = None,
         audit_failure: Callable[[], str] = lambda: "",
+        shelve_limits: ShelveLimits | None = None,
     ) -> None:
         self._approval = approval or ApprovalConfig()
+        # The longest each severity may be shelved (config.alarms.shelve_max_minutes).
+        self._shelve_limits = shelve_limits or ShelveLimits()
         self._audit_failure = audit_failure
         self._dangers = frozenset(Danger(d) for d in self._approval.require_for)
         self._dispatcher = dispatcher
@@ -500,6 +513,26 @@ class OperatorService(operator_pb2_grpc.OperatorServiceServicer):
         }
         asset_class = _asset_class("asset_class", request.asset_class, required=False)
         min_severity = _enum("min_severity", operations_pb2.Severity.values(), request.min_severity)
+        view = _enum("view", operator_pb2.AlarmView.values(), request.view)
+        cause = request.cause_alarm_id.strip()
+        if len(cause) > MAX_ID_CHARS:
+            raise InvalidArgumentError(
+                f"cause_alarm_id: at most {MAX_ID_CHARS} characters, got {len(cause)}"
+            )
+        now = self._wall_ms()
+
+        def in_view(alarm: operations_pb2.Alarm) -> bool:
+            if cause:  # the alarms behind one cause, shelved or not
+                return alarm.suppressed_by == cause
+            shelved = alarm_book.is_shelved(alarm, now)
+            if view == operator_pb2.ALARM_VIEW_SHELVED:
+                return shelved
+            if view == operator_pb2.ALARM_VIEW_SUPPRESSED:
+                return bool(alarm.suppressed_by)
+            if view == operator_pb2.ALARM_VIEW_ALL:
+                return True
+            return not shelved and not alarm.suppressed_by  # annunciated
+
         alarms, token = await self._page(
             ALARMS,
             operations_pb2.Alarm,
@@ -509,6 +542,7 @@ class OperatorService(operator_pb2_grpc.OperatorServiceServicer):
                 (not states or a.state in states)
                 and (not asset_class or a.asset_class == asset_class)
                 and a.severity >= min_severity
+                and in_view(a)
             ),
         )
         return operator_pb2.ListAlarmsResponse(alarms=alarms, next_page_token=token)
@@ -537,10 +571,50 @@ class OperatorService(operator_pb2_grpc.OperatorServiceServicer):
             alarm_id, operator=operator, comment=comment, idempotency_key=key
         )
 
-    async def _check_alarm_class(self, alarm_id: str, what: str) -> None:
+    async def ShelveAlarm(
+        self, request: operator_pb2.ShelveAlarmRequest, context: Any
+    ) -> operations_pb2.Alarm:
+        key = _idempotency_key(request.idempotency_key)
+        operator = _operator()
+        alarm_id = _id("alarm_id", request.alarm_id)
+        reason = _text("reason", request.reason, required=True)
+        minutes = request.minutes
+        if not (math.isfinite(minutes) and minutes > 0):
+            raise InvalidArgumentError(
+                f"minutes: how long to shelve it, > 0 (at most its severity's maximum), "
+                f"got {minutes:g}"
+            )
+        await self._check_alarm_class(alarm_id, "shelve it")
+        # The maximum of the alarm's severity is checked on the alarm as the dispatcher
+        # writes it, once a retry's key is looked up: a retry answers as the first did.
+        return await self._dispatcher.shelve_alarm(
+            alarm_id,
+            operator=operator,
+            minutes=minutes,
+            reason=reason,
+            max_minutes=self._shelve_limits,
+            idempotency_key=key,
+        )
+
+    async def UnshelveAlarm(
+        self, request: operator_pb2.AlarmActionRequest, context: Any
+    ) -> operations_pb2.Alarm:
+        key = _idempotency_key(request.idempotency_key)
+        operator = _operator()
+        alarm_id = _id("alarm_id", request.alarm_id)
+        comment = _text("comment", request.comment)
+        await self._check_alarm_class(alarm_id, "unshelve it")
+        return await self._dispatcher.unshelve_alarm(
+            alarm_id, operator=operator, comment=comment, idempotency_key=key
+        )
+
+    async def _check_alarm_class(self, alarm_id: str, what: str) -> operations_pb2.Alarm | None:
+        """The alarm as read now, once the caller may handle its class; None if it does
+        not exist (the dispatcher answers NOT_FOUND)."""
         found = await self._state.get(alarm_key(alarm_id), operations_pb2.Alarm)
-        if found is not None:  # else the dispatcher answers NOT_FOUND
+        if found is not None:
             _check_class("alarms.handle", found.asset_class, what)
+        return found
 
     # --- incidents -----------------------------------------------------------------------
 
@@ -699,6 +773,7 @@ def operator_service(
     wall_ms: Callable[[], int],
     approval: ApprovalConfig | None = None,
     audit_failure: Callable[[], str] = lambda: "",
+    shelve_limits: ShelveLimits | None = None,
 ) -> Service:
     """The service, ready for `api.server.start_server`."""
     servicer = OperatorService(
@@ -709,6 +784,7 @@ def operator_service(
         wall_ms=wall_ms,
         approval=approval,
         audit_failure=audit_failure,
+        shelve_limits=shelve_limits,
     )
     return Service(SERVICE_NAME, operator_pb2_grpc.add_OperatorServiceServicer_to_server, servicer)
 

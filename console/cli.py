@@ -57,6 +57,13 @@ DEFAULT_TIMEOUT_S = 10.0
 PROG = "citypost console"
 AUDIT_OUTCOME = Vocabulary(control_state_pb2.AuditOutcome.DESCRIPTOR, prefix="AUDIT_")
 AUDIT_PAGE = 50  # entries a page of `console audit`, unless --page-size
+# `console alarms --view`: which alarms the list shows.
+ALARM_VIEWS: Mapping[str, operator_pb2.AlarmView.ValueType] = {
+    "annunciated": operator_pb2.ALARM_VIEW_UNSPECIFIED,  # neither shelved nor suppressed
+    "shelved": operator_pb2.ALARM_VIEW_SHELVED,
+    "suppressed": operator_pb2.ALARM_VIEW_SUPPRESSED,
+    "all": operator_pb2.ALARM_VIEW_ALL,
+}
 
 
 def _cmd_login(args: argparse.Namespace) -> int:
@@ -392,10 +399,15 @@ def _overrides(args: argparse.Namespace, client: PostClient, out: Output) -> Non
 def _alarms(args: argparse.Namespace, client: PostClient, out: Output) -> None:
     states = sorted({state for named in args.states or [] for state in named})
     request = operator_pb2.ListAlarmsRequest(
-        states=states, asset_class=args.asset_class, min_severity=args.min_severity
+        states=states,
+        asset_class=args.asset_class,
+        min_severity=args.min_severity,
+        view=ALARM_VIEWS[args.view],
+        cause_alarm_id=args.cause or "",
     )
     alarms, reply = _listing(client, args, "ListAlarms", request, "alarms")
-    out.many(alarms, render.alarms_table(alarms, next_page_token=_token(reply)))
+    table = render.alarms_table(alarms, now_ms=_now_ms(), next_page_token=_token(reply))
+    out.many(alarms, table)
 
 
 def _alarm_action(rpc: str, done: str) -> Handler:
@@ -405,6 +417,14 @@ def _alarm_action(rpc: str, done: str) -> Handler:
         out.one(alarm, f"alarm {done}", render.alarm_detail(alarm))
 
     return handler
+
+
+def _alarm_shelve(args: argparse.Namespace, client: PostClient, out: Output) -> None:
+    request = operator_pb2.ShelveAlarmRequest(
+        alarm_id=args.id, minutes=args.minutes, reason=args.reason
+    )
+    alarm = client.write("ShelveAlarm", request)
+    out.one(alarm, "alarm shelved", render.alarm_detail(alarm))
 
 
 def _incidents(args: argparse.Namespace, client: PostClient, out: Output) -> None:
@@ -748,16 +768,45 @@ def add_console_parser(commands: argparse._SubParsersAction) -> None:
     )
     _enum_flag(alarms, "--class", ASSET_CLASS, "CLASS", dest="asset_class")
     _enum_flag(alarms, "--min-severity", SEVERITY, "SEVERITY")
+    alarms.add_argument(
+        "--view",
+        choices=tuple(ALARM_VIEWS),
+        default="annunciated",
+        help="which alarms: annunciated (the default: neither shelved nor suppressed), "
+        "shelved, suppressed, or all",
+    )
+    alarms.add_argument(
+        "--cause",
+        metavar="ALARM_ID",
+        help="only the alarms suppressed under this cause alarm (whatever the view)",
+    )
     _add_list_flags(alarms)
 
-    alarm_group = group("alarm", "acknowledge or clear an alarm")
-    for name, rpc, done in (
-        ("ack", "AcknowledgeAlarm", "acknowledged"),
-        ("clear", "ClearAlarm", "cleared"),
-    ):
-        action = command(alarm_group, name, _alarm_action(rpc, done), f"{done[:-2]} an alarm")
+    alarm_group = group("alarm", "acknowledge, clear, shelve or unshelve an alarm")
+
+    def alarm_action(name: str, rpc: str, done: str, what: str) -> None:
+        action = command(alarm_group, name, _alarm_action(rpc, done), what)
         action.add_argument("id", metavar="ID")
         action.add_argument("--comment", help="for the audit")
+
+    alarm_action("ack", "AcknowledgeAlarm", "acknowledged", "acknowledge an alarm")
+    alarm_action("clear", "ClearAlarm", "cleared", "clear an alarm: its cause is gone")
+    shelve = command(
+        alarm_group,
+        "shelve",
+        _alarm_shelve,
+        "take an alarm out of the list for a while (at most its severity's maximum)",
+    )
+    shelve.add_argument("id", metavar="ID")
+    shelve.add_argument(
+        "--minutes",
+        type=_positive(float),
+        required=True,
+        metavar="M",
+        help="back by itself after M minutes",
+    )
+    shelve.add_argument("--reason", required=True, help="why, for the audit")
+    alarm_action("unshelve", "UnshelveAlarm", "unshelved", "put a shelved alarm back in the list")
 
     incidents = command(sub, "incidents", _incidents, "list incidents")
     incidents.add_argument("--open", action="store_true", help="only open ones")

@@ -298,7 +298,25 @@ def overrides_table(
     )
 
 
-def alarms_table(alarms: Sequence[operations_pb2.Alarm], *, next_page_token: str = "") -> TableData:
+def alarm_notes(alarm: operations_pb2.Alarm, *, now_ms: int = 0) -> str:
+    """What sets an alarm apart in the list: shelved (until when, by whom), suppressed
+    (under which cause), a cause (how many it suppresses), chattering; '' for none.
+    A shelve that ended before `now_ms` is not shown (0: every shelve is)."""
+    notes = []
+    if alarm.shelved_until_ms > now_ms:
+        notes.append(f"shelved until {when(alarm.shelved_until_ms)} by {alarm.shelved_by}")
+    if alarm.suppressed_by:
+        notes.append(f"suppressed under {alarm.suppressed_by}")
+    if alarm.suppressed_count:
+        notes.append(f"suppresses {alarm.suppressed_count}")
+    if alarm.chattering:
+        notes.append("chattering")
+    return "; ".join(notes)
+
+
+def alarms_table(
+    alarms: Sequence[operations_pb2.Alarm], *, now_ms: int = 0, next_page_token: str = ""
+) -> TableData:
     rows = [
         (
             a.alarm_id,
@@ -309,13 +327,25 @@ def alarms_table(alarms: Sequence[operations_pb2.Alarm], *, next_page_token: str
             a.type,
             when(a.raised_at_ms),
             a.acknowledged_by,
+            alarm_notes(a, now_ms=now_ms),
             a.detail,
         )
         for a in alarms
     ]
     return TableData(
         "alarms",
-        ("id", "state", "severity", "class", "originator", "type", "raised", "acked by", "detail"),
+        (
+            "id",
+            "state",
+            "severity",
+            "class",
+            "originator",
+            "type",
+            "raised",
+            "acked by",
+            "notes",
+            "detail",
+        ),
         rows,
         _more(len(rows), next_page_token, "alarms"),
     )
@@ -503,7 +533,7 @@ def override_detail(override: control_state_pb2.Override, *, now_ms: int) -> Pai
 
 
 def alarm_detail(alarm: operations_pb2.Alarm) -> Pairs:
-    return [
+    pairs: Pairs = [
         ("id", alarm.alarm_id),
         ("state", ALARM_STATE.label(alarm.state)),
         ("severity", SEVERITY.label(alarm.severity)),
@@ -514,8 +544,21 @@ def alarm_detail(alarm: operations_pb2.Alarm) -> Pairs:
         ("raised", when(alarm.raised_at_ms)),
         ("updated", when(alarm.updated_at_ms)),
         ("acknowledged by", alarm.acknowledged_by or "-"),
-        ("detail", alarm.detail),
     ]
+    if alarm.shelved_until_ms:
+        pairs += [
+            ("shelved until", when(alarm.shelved_until_ms)),
+            ("shelved by", alarm.shelved_by),
+            ("shelve reason", alarm.shelve_reason),
+        ]
+    if alarm.suppressed_by:
+        pairs.append(("suppressed under", alarm.suppressed_by))
+    if alarm.suppressed_count:
+        pairs.append(("suppresses", f"{alarm.suppressed_count} alarms"))
+    if alarm.chattering:
+        pairs.append(("chattering", "raised again and again: held until stable"))
+    pairs.append(("detail", alarm.detail))
+    return pairs
 
 
 def incident_detail(incident: operations_pb2.Incident) -> Pairs:

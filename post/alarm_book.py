@@ -11,6 +11,13 @@ Acknowledging twice, or clearing a cleared alarm, is refused
 (FailedPreconditionError); `clear_alarm` is the lenient form for policies,
 which may report "cause gone" when nothing is active.
 
+Shelving (ISA-18.2): an operator takes an active alarm out of the list until a
+given instant, with a reason, for at most the severity's maximum
+(`config.alarms.shelve_max_minutes`); it comes back by itself when the time is
+up (`unshelve` by "system"), when an operator unshelves it, or when a raise
+makes it worse (the shelve ends with the raise). A shelved alarm that clears
+is a cleared alarm like any other: nothing to unshelve.
+
 Every change returns the new alarm and an audit draft (`post.audit`);
 a raise that changes nothing returns the alarm as it was and no draft.
 `now` is wall-clock milliseconds.
@@ -21,8 +28,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Protocol
 
+from citypost.config import ShelveLimits
 from citypost.errors import FailedPreconditionError, InvalidArgumentError
 from post import audit
 from protos.citypost.v1 import assets_pb2, control_state_pb2, operations_pb2
@@ -39,6 +48,8 @@ ACTIVE: frozenset[State.ValueType] = frozenset({ACTIVE_UNACK, ACTIVE_ACK})
 ACKNOWLEDGED: frozenset[State.ValueType] = frozenset({ACTIVE_ACK, CLEARED_ACK})
 
 _ALARM_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://citypost/alarm")
+DEFAULT_SHELVE_LIMITS = ShelveLimits()
+MS_PER_MINUTE = 60_000
 
 
 @dataclass(frozen=True)
@@ -215,6 +226,12 @@ def raise_alarm(
         alarm.state = ACTIVE_UNACK
         alarm.acknowledged_by = ""
         note += ", acknowledgement withdrawn"
+    if severity > existing.severity and existing.shelved_until_ms:
+        # Shelved as a milder alarm: a worse one is back in the list at once.
+        alarm.shelved_until_ms = 0
+        alarm.shelved_by = ""
+        alarm.shelve_reason = ""
+        note += ", shelve ended: severity rose"
     entry = audit.draft(
         actor=_actor_for(actor, existing.asset_class, existing.group),
         action=audit.Action.ALARM_UPDATE,
@@ -323,3 +340,122 @@ def escalate(
         ),
     )
     return AlarmChange(escalated, entry)
+
+
+# --- shelving -------------------------------------------------------------------------------
+
+
+def shelve_limit_minutes(
+    severity: Severity.ValueType, limits: ShelveLimits = DEFAULT_SHELVE_LIMITS
+) -> float:
+    """The longest an alarm of `severity` may be shelved, in minutes (a severity that is
+    not INFO..CRITICAL gets the strictest, CRITICAL's)."""
+    if severity == operations_pb2.INFO:
+        return limits.info
+    if severity == operations_pb2.MINOR:
+        return limits.minor
+    if severity == operations_pb2.MAJOR:
+        return limits.major
+    return limits.critical
+
+
+def is_shelved(alarm: operations_pb2.Alarm, now: int) -> bool:
+    """Out of the annunciated list at `now`: shelved until a later instant."""
+    return alarm.shelved_until_ms > now
+
+
+def _instant(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def shelve(
+    alarm: operations_pb2.Alarm,
+    operator: str,
+    until_ms: int,
+    reason: str,
+    now: int,
+    *,
+    limits: ShelveLimits = DEFAULT_SHELVE_LIMITS,
+) -> AlarmChange:
+    """An operator takes an active alarm out of the list until `until_ms`, saying why.
+
+    The time is at most the maximum of the alarm's severity in `limits`. Shelving a
+    shelved alarm is refused (unshelve it first: each act has its own audit entry);
+    one whose shelve time is up, not yet unshelved, is shelved anew.
+    """
+    who = audit.operator_actor(operator)
+    reason = reason.strip()
+    if not reason:
+        raise InvalidArgumentError("reason: required: say why the alarm is shelved")
+    minutes = (until_ms - now) / MS_PER_MINUTE
+    if minutes <= 0:
+        raise InvalidArgumentError(f"minutes: must be > 0, got {minutes:g}")
+    limit = shelve_limit_minutes(alarm.severity, limits)
+    if minutes > limit:
+        raise InvalidArgumentError(
+            f"minutes: a {_severity_name(alarm.severity)} alarm may be shelved for at most "
+            f"{limit:g} minutes, got {minutes:.10g}"
+        )
+    if alarm.state not in ACTIVE:
+        raise FailedPreconditionError(
+            f"alarm {alarm.alarm_id}: cannot shelve when {_state_name(alarm)} "
+            "(only an active alarm is shelved)"
+        )
+    if is_shelved(alarm, now):
+        raise FailedPreconditionError(
+            f"alarm {alarm.alarm_id} is already shelved by {alarm.shelved_by or '?'} until "
+            f"{_instant(alarm.shelved_until_ms)}: unshelve it first"
+        )
+    # A shelve whose time is up but not yet swept (`unshelve_expired`) is replaced.
+    ended = (
+        f" (the last shelve ended at {_instant(alarm.shelved_until_ms)})"
+        if alarm.shelved_until_ms
+        else ""
+    )
+    shelved = _copy(alarm)
+    shelved.shelved_until_ms = until_ms
+    shelved.shelved_by = who
+    shelved.shelve_reason = reason
+    shelved.updated_at_ms = now
+    entry = audit.draft(
+        actor=who,
+        action=audit.Action.ALARM_SHELVE,
+        target=audit.alarm_target(alarm.alarm_id),
+        at_ms=now,
+        detail=(
+            f"shelved until {_instant(until_ms)} ({minutes:g} min, at most {limit:g} for "
+            f"{_severity_name(alarm.severity)}){ended}: {reason}"
+        ),
+    )
+    return AlarmChange(shelved, entry)
+
+
+def unshelve(alarm: operations_pb2.Alarm, now: int, *, by: str, detail: str) -> AlarmChange:
+    """Back in the list: an operator unshelves it, or its time is up (`by` "system").
+
+    Refused for an alarm that is not shelved. The alarm keeps its state: a shelved alarm
+    that cleared meanwhile is unshelved as a cleared one.
+    """
+    if not alarm.shelved_until_ms:
+        raise FailedPreconditionError(f"alarm {alarm.alarm_id} is not shelved")
+    unshelved = _copy(alarm)
+    unshelved.shelved_until_ms = 0
+    unshelved.shelved_by = ""
+    unshelved.shelve_reason = ""
+    unshelved.updated_at_ms = now
+    entry = audit.draft(
+        actor=by,
+        action=audit.Action.ALARM_UNSHELVE,
+        target=audit.alarm_target(alarm.alarm_id),
+        at_ms=now,
+        detail=(
+            f"{detail or 'unshelved'} (shelved by {alarm.shelved_by or '?'} until "
+            f"{_instant(alarm.shelved_until_ms)}: {alarm.shelve_reason})"
+        ),
+    )
+    return AlarmChange(unshelved, entry)
+
+
+def due_to_unshelve(alarms: Iterable[operations_pb2.Alarm], now: int) -> list[operations_pb2.Alarm]:
+    """The shelved alarms among `alarms` whose time is up at `now`."""
+    return [a for a in alarms if 0 < a.shelved_until_ms <= now]

@@ -38,6 +38,8 @@ class Action(StrEnum):
     ALARM_ESCALATE = "alarm.escalate"
     ALARM_ACK = "alarm.ack"
     ALARM_CLEAR = "alarm.clear"
+    ALARM_SHELVE = "alarm.shelve"
+    ALARM_UNSHELVE = "alarm.unshelve"
     TASK_CREATE = "task.create"
     TASK_REPRIORITIZE = "task.reprioritize"
     TASK_ASSIGN = "task.assign"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from actors.incidents import tasks_for
 from bridges import chirpstack
 from bridges.downlinks import Downlink, downlinks, multicast, targets
 from bridges.registry import Device, DeviceRegistry, RadioClass, radio_class
+from citypost.config import ShelveLimits
 from citypost.errors import (
     CitypostError,
     FailedPreconditionError,
@@ -954,6 +956,75 @@ class Dispatcher:
             change = alarm_book.clear(alarm, now, detail=f"cleared by {who}", actor=who)
             return await self._write_alarm(change, comment, idempotency_key, operator, now)
 
+    async def shelve_alarm(
+        self,
+        alarm_id: str,
+        *,
+        operator: str,
+        minutes: float,
+        reason: str,
+        max_minutes: ShelveLimits,
+        idempotency_key: str = "",
+    ) -> operations_pb2.Alarm:
+        """An operator takes an active alarm out of the list for `minutes`, saying why; at
+        most `max_minutes` for its severity (the alarm's as it is when written, whatever
+        the caller read before). `unshelve_expired` brings it back when the time is up."""
+        if not math.isfinite(minutes):
+            raise InvalidArgumentError(f"minutes: must be a finite number, got {minutes}")
+        async with self._lock:
+            key = alarm_key(alarm_id)
+            prior = await self._prior(
+                idempotency_key, operations_pb2.Alarm, ALARMS, actor=operator, result_key=key
+            )
+            if prior is not None:
+                return prior
+            alarm = await self._existing_alarm(alarm_id)
+            now = self._wall_ms()
+            until = now + round(minutes * alarm_book.MS_PER_MINUTE)
+            change = alarm_book.shelve(alarm, operator, until, reason, now, limits=max_minutes)
+            return await self._write_alarm(change, "", idempotency_key, operator, now)
+
+    async def unshelve_alarm(
+        self, alarm_id: str, *, operator: str, comment: str = "", idempotency_key: str = ""
+    ) -> operations_pb2.Alarm:
+        """An operator puts a shelved alarm back in the list before its time is up."""
+        async with self._lock:
+            key = alarm_key(alarm_id)
+            prior = await self._prior(
+                idempotency_key, operations_pb2.Alarm, ALARMS, actor=operator, result_key=key
+            )
+            if prior is not None:
+                return prior
+            alarm = await self._existing_alarm(alarm_id)
+            now = self._wall_ms()
+            who = audit.operator_actor(operator)
+            change = alarm_book.unshelve(alarm, now, by=who, detail=f"unshelved by {who}")
+            return await self._write_alarm(change, comment, idempotency_key, operator, now)
+
+    async def unshelve_expired(self) -> int:
+        """Every active alarm whose shelve time is up is back in the list, audited as the
+        system's act; returns how many. For the leader's tick: cheap when none is due. A
+        shelved alarm that cleared is not in the book of active ones and needs nothing."""
+        if not alarm_book.due_to_unshelve(self._alarms.by_key.values(), self._wall_ms()):
+            return 0
+        async with self._lock:
+            now = self._wall_ms()
+            due = alarm_book.due_to_unshelve(self._alarms.by_key.values(), now)
+            for start in range(0, len(due), UNSHELVE_BATCH):
+                changes = [
+                    alarm_book.unshelve(
+                        alarm, now, by=audit.SYSTEM_ACTOR, detail="shelve time is up"
+                    )
+                    for alarm in due[start : start + UNSHELVE_BATCH]
+                ]
+                await self._write(
+                    [(alarm_key(c.alarm.alarm_id), c.alarm) for c in changes],
+                    [c.audit for c in changes],
+                )
+                for change in changes:
+                    self._alarms = self._alarms.with_alarm(change.alarm)
+            return len(due)
+
     async def _existing_alarm(self, alarm_id: str) -> operations_pb2.Alarm:
         alarm = await self._state.get(alarm_key(alarm_id), operations_pb2.Alarm)
         if alarm is None:
@@ -1241,6 +1312,9 @@ EXPIRE_BATCH = 60
 # Ledger entries per transaction of a pass: with up to two audit notes each, within
 # etcd's 128 operations per transaction.
 LEDGER_BATCH = 40
+# Alarms unshelved per transaction: an alarm and its audit entry each, within etcd's 128
+# operations.
+UNSHELVE_BATCH = 60
 EMERGENCY_ALARM = "emergency_command"  # a dangerous command sent without a second person
 
 REPORTS_TO_WAIT = 2

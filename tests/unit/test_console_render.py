@@ -266,8 +266,17 @@ def test_alarms_incidents_tasks_tables() -> None:
         "lamp_fault",
         "2027-01-15 08:00:00Z",
         "op-luc",
+        "",
         "no light",
     )
+    marked = _alarm()
+    marked.shelved_until_ms, marked.shelved_by = T0 + 60_000, "op-ana"
+    marked.suppressed_by, marked.suppressed_count, marked.chattering = "a-0", 2, True
+    assert render.alarms_table([marked], now_ms=T0).rows[0][8] == (
+        "shelved until 2027-01-15 08:01:00Z by op-ana; suppressed under a-0; suppresses 2; "
+        "chattering"
+    )
+    assert render.alarm_notes(marked, now_ms=T0 + 60_000).startswith("suppressed under a-0")
     incidents = render.incidents_table([_incident()])
     assert incidents.rows[0] == (
         "i-1",

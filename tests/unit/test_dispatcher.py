@@ -15,6 +15,7 @@ from actors.decisions import ClearAlarm, IssueCommand, OpenIncident, RaiseAlarm,
 from bridges import chirpstack
 from bridges.downlink_frame import decode_command
 from bridges.registry import Device, DeviceRegistry, application_id
+from citypost.config import ShelveLimits
 from citypost.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -24,9 +25,11 @@ from citypost.errors import (
 from failover.control_state import (
     FencedError,
     InMemoryControlState,
+    alarm_key,
     idempotency_index_key,
     ledger_key,
 )
+from post.alarm_book import ACTIVE
 from post.dispatcher import LEDGER_BATCH, MAX_STRAGGLER_UNICASTS, Dispatcher
 from protos.citypost.v1 import (
     assets_pb2,
@@ -832,3 +835,194 @@ async def test_the_same_nack_twice_in_one_batch_is_one_audit_entry_and_the_batch
     entries = await h.state.list("audit/", control_state_pb2.AuditEntry)
     nacks = [e for e in entries.entries if e.value.action == "command.nack"]
     assert len(nacks) == 1
+
+
+# --- shelving --------------------------------------------------------------------------------
+
+
+async def _raised_alarm(
+    h: Harness, dev_eui: str, severity: operations_pb2.Severity.ValueType = operations_pb2.MINOR
+) -> operations_pb2.Alarm:
+    await h.dispatcher.apply(ACTOR, [RaiseAlarm(dev_eui, "lamp_fault", severity, "dark")])
+    alarms = (await h.state.list("state/alarms/", operations_pb2.Alarm)).entries
+    [alarm] = [e.value for e in alarms if e.value.originator == dev_eui and e.value.state in ACTIVE]
+    return alarm
+
+
+async def _audit_of(h: Harness, alarm_id: str) -> list[control_state_pb2.AuditEntry]:
+    entries = (await h.state.list("audit/", control_state_pb2.AuditEntry)).entries
+    return [e.value for e in entries if e.value.target == f"alarm/{alarm_id}"]
+
+
+async def test_operators_shelve_and_unshelve_alarms_with_audit() -> None:
+    h = Harness()
+    alarm = await _raised_alarm(h, SIGNALS[0].dev_eui)
+    got = await h.dispatcher.shelve_alarm(
+        alarm.alarm_id,
+        operator="op-claire",
+        minutes=30,
+        reason="crew on site",
+        max_minutes=ShelveLimits(),
+    )
+    assert got.shelved_until_ms == h.clock.now + 30 * 60_000
+    assert (got.shelved_by, got.shelve_reason) == ("op-claire", "crew on site")
+    assert await h.state.get(alarm_key(alarm.alarm_id), operations_pb2.Alarm) == got
+    # Still active: counted on its device, and a policy's raise of it updates this alarm.
+    assert h.dispatcher.active_alarm_counts() == {SIGNALS[0].dev_eui: 1}
+    with pytest.raises(FailedPreconditionError, match="already shelved by op-claire"):
+        await h.dispatcher.shelve_alarm(
+            alarm.alarm_id, operator="op-ana", minutes=5, reason="x", max_minutes=ShelveLimits()
+        )
+    back = await h.dispatcher.unshelve_alarm(alarm.alarm_id, operator="op-ana", comment="done")
+    assert (back.shelved_until_ms, back.shelved_by, back.shelve_reason) == (0, "", "")
+    assert back.state == operations_pb2.ACTIVE_UNACK
+    with pytest.raises(FailedPreconditionError, match="is not shelved"):
+        await h.dispatcher.unshelve_alarm(alarm.alarm_id, operator="op-ana")
+    notes = await _audit_of(h, alarm.alarm_id)
+    shelve = next(e for e in notes if e.action == "alarm.shelve")
+    assert shelve.actor == "op-claire" and shelve.detail.endswith(": crew on site")
+    unshelve = next(e for e in notes if e.action == "alarm.unshelve")
+    assert unshelve.actor == "op-ana" and unshelve.detail.startswith("unshelved by op-ana")
+    assert unshelve.detail.endswith(": done")  # the operator's comment
+
+
+async def test_a_shelve_is_refused_past_the_severitys_maximum_or_without_reason_or_alarm() -> None:
+    h = Harness()
+    alarm = await _raised_alarm(h, SIGNALS[0].dev_eui, operations_pb2.CRITICAL)
+    limits = ShelveLimits(critical=10)
+
+    async def shelve(minutes: float, reason: str = "why", alarm_id: str = alarm.alarm_id) -> None:
+        await h.dispatcher.shelve_alarm(
+            alarm_id, operator="op-claire", minutes=minutes, reason=reason, max_minutes=limits
+        )
+
+    with pytest.raises(InvalidArgumentError, match="CRITICAL alarm may be shelved for at most 10"):
+        await shelve(10.5)
+    with pytest.raises(InvalidArgumentError, match="reason: required"):
+        await shelve(5, reason=" ")
+    for bad in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(InvalidArgumentError, match="minutes"):
+            await shelve(bad)
+    with pytest.raises(NotFoundError, match="alarm 'x' does not exist"):
+        await shelve(5, alarm_id="x")
+    cleared = await h.dispatcher.clear_alarm(alarm.alarm_id, operator="op-claire")
+    with pytest.raises(FailedPreconditionError, match="cannot shelve when CLEARED_UNACK"):
+        await shelve(5)
+    assert cleared.shelved_until_ms == 0
+    assert not [e for e in await _audit_of(h, alarm.alarm_id) if e.action == "alarm.shelve"]
+
+
+async def test_shelves_whose_time_is_up_come_back_by_themselves_audited_as_the_system() -> None:
+    h = Harness()
+    short = await _raised_alarm(h, SIGNALS[0].dev_eui)
+    long = await _raised_alarm(h, SIGNALS[1].dev_eui)
+    gone = await _raised_alarm(h, SIGNALS[2].dev_eui)
+    start = h.clock.now
+    for alarm, minutes in ((short, 5), (long, 60), (gone, 5)):
+        await h.dispatcher.shelve_alarm(
+            alarm.alarm_id,
+            operator="op-claire",
+            minutes=minutes,
+            reason="works",
+            max_minutes=ShelveLimits(),
+        )
+    # A shelved alarm whose cause went: a cleared alarm, nothing to unshelve.
+    await h.dispatcher.apply(ACTOR, [ClearAlarm(SIGNALS[2].dev_eui, "lamp_fault")])
+    assert await h.dispatcher.unshelve_expired() == 0
+    before = await h.state.revision()
+    h.clock.now = start + 5 * 60_000 - 1
+    assert await h.dispatcher.unshelve_expired() == 0
+    assert await h.state.revision() == before  # nothing due, nothing written
+    h.clock.now = start + 5 * 60_000
+    assert await h.dispatcher.unshelve_expired() == 1
+    stored = await h.state.get(alarm_key(short.alarm_id), operations_pb2.Alarm)
+    assert stored is not None and stored.shelved_until_ms == 0 and stored.shelved_by == ""
+    [note] = [e for e in await _audit_of(h, short.alarm_id) if e.action == "alarm.unshelve"]
+    assert note.actor == "system" and note.detail.startswith("shelve time is up")
+    assert note.at_ms == start + 5 * 60_000
+    assert await h.dispatcher.unshelve_expired() == 0  # once
+    h.clock.now = start + 61 * 60_000
+    assert await h.dispatcher.unshelve_expired() == 1
+    cleared = await h.state.get(alarm_key(gone.alarm_id), operations_pb2.Alarm)
+    assert cleared is not None and cleared.state == operations_pb2.CLEARED_UNACK
+    assert not [e for e in await _audit_of(h, gone.alarm_id) if e.action == "alarm.unshelve"]
+    # Back in the book as unshelved: an operator may shelve it again at once.
+    again = await h.dispatcher.shelve_alarm(
+        short.alarm_id, operator="op-ana", minutes=1, reason="again", max_minutes=ShelveLimits()
+    )
+    assert again.shelved_by == "op-ana"
+
+
+async def test_a_policy_raising_a_shelved_alarm_to_a_worse_severity_ends_its_shelve() -> None:
+    h = Harness()
+    alarm = await _raised_alarm(h, SIGNALS[0].dev_eui, operations_pb2.MINOR)
+    await h.dispatcher.shelve_alarm(
+        alarm.alarm_id, operator="op-claire", minutes=60, reason="w", max_minutes=ShelveLimits()
+    )
+    worse = await _raised_alarm(h, SIGNALS[0].dev_eui, operations_pb2.MAJOR)
+    assert worse.alarm_id == alarm.alarm_id and worse.shelved_until_ms == 0
+    h.clock.now += 61 * 60_000
+    assert await h.dispatcher.unshelve_expired() == 0  # nothing left to bring back
+    update = [e for e in await _audit_of(h, alarm.alarm_id) if e.action == "alarm.update"]
+    assert len(update) == 1 and "shelve ended: severity rose" in update[0].detail
+
+
+async def test_the_same_key_shelves_once_even_when_concurrent_and_is_not_reused_elsewhere() -> None:
+    h = Harness()
+    alarm = await _raised_alarm(h, SIGNALS[0].dev_eui)
+    other = await _raised_alarm(h, SIGNALS[1].dev_eui)
+
+    async def shelve(operator: str = "op-claire", alarm_id: str = alarm.alarm_id) -> object:
+        return await h.dispatcher.shelve_alarm(
+            alarm_id,
+            operator=operator,
+            minutes=10,
+            reason="crew",
+            max_minutes=ShelveLimits(),
+            idempotency_key="s-1",
+        )
+
+    first, second = await asyncio.gather(shelve(), shelve())
+    assert first == second
+    assert await h.state.get(idempotency_index_key("s-1"), control_state_pb2.IdempotencyRecord)
+    notes = [e for e in await _audit_of(h, alarm.alarm_id) if e.action == "alarm.shelve"]
+    assert len(notes) == 1
+    # A retry after the shelve ended answers with the alarm as it is now, and acts no more.
+    h.clock.now += 10 * 60_000
+    assert await h.dispatcher.unshelve_expired() == 1
+    retried = await shelve()
+    assert isinstance(retried, operations_pb2.Alarm) and retried.shelved_until_ms == 0
+    for refused in (shelve(alarm_id=other.alarm_id), shelve(operator="op-ana")):
+        with pytest.raises(InvalidArgumentError, match="already used for another request"):
+            await refused
+    # Unshelving takes its own key in the same way.
+    await h.dispatcher.shelve_alarm(
+        other.alarm_id, operator="op-claire", minutes=5, reason="r", max_minutes=ShelveLimits()
+    )
+    one, two = await asyncio.gather(
+        h.dispatcher.unshelve_alarm(other.alarm_id, operator="op-claire", idempotency_key="u-1"),
+        h.dispatcher.unshelve_alarm(other.alarm_id, operator="op-claire", idempotency_key="u-1"),
+    )
+    assert one == two and one.shelved_until_ms == 0
+    notes = [e for e in await _audit_of(h, other.alarm_id) if e.action == "alarm.unshelve"]
+    assert len(notes) == 1
+
+
+async def test_a_promoted_standby_brings_back_the_shelves_the_old_leader_made() -> None:
+    leader = Harness()
+    standby = Standby(leader, SIGNALS)
+    await standby.start()
+    alarm = await _raised_alarm(leader, SIGNALS[0].dev_eui)
+    await leader.dispatcher.shelve_alarm(
+        alarm.alarm_id, operator="op-claire", minutes=5, reason="w", max_minutes=ShelveLimits()
+    )
+    await standby.caught_up(await leader.state.revision())
+    leader.clock.now += 5 * 60_000
+    with pytest.raises(NotLeaderError):
+        await standby.dispatcher.unshelve_expired()  # a standby writes nothing
+    leader.state.set_epoch(6)
+    standby.epoch = 6
+    assert await standby.dispatcher.unshelve_expired() == 1
+    stored = await leader.state.get(alarm_key(alarm.alarm_id), operations_pb2.Alarm)
+    assert stored is not None and stored.shelved_until_ms == 0
+    await standby.stop()
