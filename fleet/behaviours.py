@@ -4,7 +4,8 @@ Pure: simulated time and a seeded `random.Random` in, a reading dict out (keys
 are the field names of the class's layout in bridges/layouts.py, values rounded
 to the wire resolution). Behaviours keep a little state between readings
 (commanded levels, faults, a bus's delay), and never do I/O, so a day of the
-city can be replayed in a unit test.
+city can be replayed in a unit test. They remember when their faults began (and
+their latest outages), which fleet.faults reads as the city's ground truth.
 
 `interval_s` is the nominal simulated time between uplinks; `next_delay_s`
 may shorten it (a parking sensor reports on change). Classes that take
@@ -35,6 +36,33 @@ CameraEvent = telemetry_pb2.CameraEvent
 # Readings are computed over the time since the previous one, but never over more
 # than this: a device switched off for a week does not report a week's water at once.
 _MAX_ELAPSED_S = 6 * 3600.0
+
+
+# Faults a behaviour remembers, for the ground truth (fleet.faults): the latest ones.
+HISTORY = 32
+
+Span = tuple[float, float]  # (start, end) simulated POSIX seconds
+
+
+def _remember(history: tuple[Span, ...], span: Span) -> tuple[Span, ...]:
+    """The history with one more (start, end), the oldest dropped past HISTORY. A new tuple
+    each time: a reader on another thread sees the old one or the new one, never a torn one."""
+    return (*history[1 - HISTORY :], span) if len(history) >= HISTORY else (*history, span)
+
+
+def _record(history: tuple[Span, ...], ts: float, until: float) -> tuple[Span, ...]:
+    """A fault lasting until `until` seen at ts: recorded from ts when not recorded yet
+    (one set by hand counts from the first reading that shows it)."""
+    if ts >= until or (history and history[-1][1] == until):
+        return history
+    return _remember(history, (ts, until))
+
+
+def _since(fault: bool, since: float | None, ts: float) -> float | None:
+    """When a lasting fault began: kept while it lasts, from ts when new, None once gone."""
+    if not fault:
+        return None
+    return ts if since is None else since
 
 
 def _r(value: float, step: float) -> float:
@@ -110,7 +138,15 @@ class StreetLamp(Behaviour):
     is at now and the power it draws now: a failed driver draws nothing.
     """
 
-    __slots__ = ("commanded_pct", "density", "fault", "last_presence_ts", "profile", "rated_w")
+    __slots__ = (
+        "commanded_pct",
+        "density",
+        "fault",
+        "fault_since",
+        "last_presence_ts",
+        "profile",
+        "rated_w",
+    )
     interval_s: ClassVar[float] = 900.0
 
     def __init__(self, rated_w: float, density: float) -> None:
@@ -121,6 +157,8 @@ class StreetLamp(Behaviour):
         self.commanded_pct: float | None = None  # a fixed level; None: the profile runs
         self.last_presence_ts: float | None = None  # when its sensor last saw someone
         self.fault = False
+        # When the fault began: its first reading with the fault (also one set by hand).
+        self.fault_since: float | None = None
 
     @property
     def profile_id(self) -> int:
@@ -154,6 +192,7 @@ class StreetLamp(Behaviour):
         presence = self._detect(ts, self._elapsed(ts), rng)
         if not self.fault and rng.random() < LAMP_FAULT_P:
             self.fault = True  # a failed driver stays failed until a crew replaces it
+        self.fault_since = _since(self.fault, self.fault_since, ts)
         level = self.level_pct(ts)
         power = 0.0 if self.fault else self.rated_w * level / 100 + LAMP_STANDBY_W * (level > 0)
         lux = env.ambient_lux(ts) * rng.uniform(0.9, 1.1)
@@ -200,46 +239,130 @@ _WATER_USE_P = (
 _WATER_LITRES = (
     6, 5, 5, 5, 5, 8, 14, 22, 20, 10, 8, 9, 12, 10, 6, 6, 7, 9, 12, 14, 12, 9, 8, 7,
 )  # fmt: skip
-SILENCE_START_P = 1 / 200  # per hour, for an at-risk household: about once in 8 days
+# The household's day, local time: the post's quiet period (23:00-06:00) is its night.
+AWAKE_FROM_H, AWAKE_UNTIL_H = 6.0, 23.0
+# Up and about, somebody opens a tap (the toilet, a glass, the kettle) at least this often.
+# Drawn hour by hour alone (p = 0.5 in the afternoon), the 1,000 households looked dry for
+# 8 hours outside the night about 6 times a day between them: as many false alarms.
+AWAKE_GAP_S = 3 * 3600.0
 LEAK_START_P = 2e-5  # per hour
+LEAK_DAYS = (1.0, 4.0)
 LEAK_FLAG_AFTER_H = 24  # the meter flags continuous flow after a day without a pause
 
 
-class WaterMeter(Behaviour):
-    """Hourly water drawn; a few households at risk sometimes draw nothing for many hours."""
+def _awake(ts: float) -> bool:
+    return AWAKE_FROM_H <= env.local_time(ts).hour < AWAKE_UNTIL_H
 
-    __slots__ = ("at_risk", "battery_pct", "flowing_hours", "leak_until", "silent_until", "usage")
+
+class WaterMeter(Behaviour):
+    """Hourly water drawn by an elderly volunteer's household.
+
+    Every day has the same shape: little at night, the morning wash, meals, the evening;
+    while awake (06:00-23:00) a tap is opened at least every AWAKE_GAP_S, so a household
+    going about its day never looks dry for the post's 8 hours outside its quiet period.
+
+    A volunteer may have welfare episodes (a fall, an illness, a stay in hospital): spans
+    in which nobody opens a tap at all, so its uplinks read 0 litres. `episodes` plans them
+    as (after_s, duration_s) from the meter's origin, its first reading unless `anchor`ed
+    earlier; the last tap before one is opened just before it begins, and water flows again
+    as soon as it ends. A leak never starts in the days before an episode nor during one,
+    so an episode is dry on the wire from its start to its end. `welfare_episodes()` and
+    `leaks` are the ground truth (see fleet.faults).
+    """
+
+    __slots__ = (
+        "battery_pct",
+        "dry_awake_s",
+        "episodes",
+        "flowing_hours",
+        "leak_until",
+        "leaks",
+        "origin_ts",
+        "usage",
+    )
     interval_s: ClassVar[float] = 3600.0
 
-    def __init__(self, at_risk: bool, usage: float, battery_pct: float) -> None:
+    def __init__(
+        self, usage: float, battery_pct: float, episodes: Sequence[tuple[float, float]] = ()
+    ) -> None:
         super().__init__()
-        self.at_risk = at_risk
         self.usage = usage  # relative to the typical elderly household (~120 L a day)
         self.battery_pct = battery_pct
-        self.silent_until = 0.0  # no tap opened before this timestamp (fall, illness, away)
+        # (after_s, duration_s) from the origin, in order
+        self.episodes = tuple(sorted((float(a), float(d)) for a, d in episodes))
+        if any(a < 0 or d <= 0 for a, d in self.episodes):
+            raise ValueError(f"episodes: (after_s >= 0, duration_s > 0) expected, got {episodes}")
+        self.origin_ts: float | None = None  # what episodes count from
+        self.dry_awake_s = 0.0  # awake seconds since a tap was last opened
         self.leak_until = 0.0
+        self.leaks: tuple[Span, ...] = ()  # (start, end) of its latest leaks
         self.flowing_hours = 0  # consecutive hours with water drawn
 
-    def _hour(self, ts: float, fraction: float, rng: random.Random) -> float:
-        litres = 0.0
-        if self.at_risk and ts >= self.silent_until and rng.random() < SILENCE_START_P * fraction:
-            self.silent_until = ts + rng.uniform(6, 20) * 3600
-        if ts >= self.leak_until and rng.random() < LEAK_START_P * fraction:
-            self.leak_until = ts + rng.uniform(1, 4) * 86400
-        h = int(env.local_time(ts).hour)
-        if ts >= self.silent_until and rng.random() < _WATER_USE_P[h] * min(1.0, fraction):
-            litres += _WATER_LITRES[h] * self.usage * rng.lognormvariate(0.0, 0.6) * fraction
-        if ts < self.leak_until:
-            litres += rng.uniform(3, 8) * fraction
-        return litres
+    def anchor(self, ts: float) -> None:
+        """Count the episodes from ts (the simulation's start); only before the first reading."""
+        if self.origin_ts is None:
+            self.origin_ts = ts
+
+    def welfare_episodes(self, origin: float | None = None) -> tuple[Span, ...]:
+        """(start, end) of each welfare episode, in simulated POSIX seconds. Counted from
+        the meter's origin; from `origin` while it has none (it has never reported); ()
+        when neither is known."""
+        base = self.origin_ts if self.origin_ts is not None else origin
+        if base is None:
+            return ()
+        return tuple((base + after, base + after + hours) for after, hours in self.episodes)
+
+    def _episode(self, t0: float, t1: float) -> Span | None:
+        """The episode [t0, t1) overlaps or touches, if any."""
+        for start, end in self.welfare_episodes():
+            if start <= t1 and end >= t0:
+                return start, end
+        return None
+
+    def _leak_may_start(self, ts: float) -> bool:
+        longest = LEAK_DAYS[1] * 86400
+        return not any(start - longest <= ts < end for start, end in self.welfare_episodes())
+
+    def _draw(self, hour: int, fraction: float, rng: random.Random) -> float:
+        # An opened tap gives at least a litre (what the meter resolves).
+        return max(1.0, _WATER_LITRES[hour] * self.usage * rng.lognormvariate(0.0, 0.6) * fraction)
+
+    def _step(self, t0: float, t1: float, rng: random.Random) -> float:
+        """Litres over [t0, t1), at most an hour."""
+        span = t1 - t0
+        fraction, mid = span / 3600, (t0 + t1) / 2
+        h = int(env.local_time(mid).hour)
+        awake = _awake(mid)
+        episode = self._episode(t0, t1)
+        if episode is not None:
+            # Nobody opens a tap within it; the last use is just before, the next just after.
+            tap = t0 < episode[0] or t1 > episode[1]
+        else:
+            overdue = awake and self.dry_awake_s >= AWAKE_GAP_S
+            tap = overdue or rng.random() < _WATER_USE_P[h] * min(1.0, fraction)
+        drawn = self._draw(h, fraction, rng) if tap else 0.0
+        if drawn > 0:
+            self.dry_awake_s = 0.0
+        elif awake:
+            self.dry_awake_s += span
+        if (
+            mid >= self.leak_until
+            and rng.random() < LEAK_START_P * fraction
+            and self._leak_may_start(mid)
+        ):
+            self.leak_until = mid + rng.uniform(*LEAK_DAYS) * 86400
+            self.leaks = _remember(self.leaks, (mid, self.leak_until))
+        leaked = rng.uniform(3, 8) * fraction if mid < self.leak_until else 0.0
+        return drawn + leaked
 
     def reading(self, now: datetime, rng: random.Random) -> Reading:
         ts = env.timestamp(now)
+        self.anchor(ts)
         elapsed = self._elapsed(ts)
         litres, t = 0.0, ts - elapsed
         while t < ts - 1e-6:  # hour by hour over the elapsed time
             step = min(3600.0, ts - t)
-            litres += self._hour(t + step / 2, step / 3600, rng)
+            litres += self._step(t, t + step, rng)
             t += step
         litres = float(round(_clamp(litres, 0.0, 32000.0)))
         self.flowing_hours = self.flowing_hours + round(elapsed / 3600) if litres > 0 else 0
@@ -562,7 +685,14 @@ _EVENT_WEIGHTS = (0.3, 0.05, 0.25, 0.4)
 class Camera(Behaviour):
     """Counts of people and vehicles by hour of day, rare detections, rare outages."""
 
-    __slots__ = ("event", "event_until", "offline_until", "people_scale", "vehicle_scale")
+    __slots__ = (
+        "event",
+        "event_until",
+        "offline_until",
+        "outages",
+        "people_scale",
+        "vehicle_scale",
+    )
     interval_s: ClassVar[float] = 60.0
 
     def __init__(self, people_scale: float, vehicle_scale: float) -> None:
@@ -570,6 +700,7 @@ class Camera(Behaviour):
         self.people_scale = people_scale  # people per minute at the busiest hour
         self.vehicle_scale = vehicle_scale
         self.offline_until = 0.0
+        self.outages: tuple[Span, ...] = ()  # (start, end) of its latest outages
         self.event: int = CameraEvent.NO_EVENT
         self.event_until = 0.0
 
@@ -578,6 +709,7 @@ class Camera(Behaviour):
         minutes = self._elapsed(ts) / 60
         if ts >= self.offline_until and rng.random() < CAMERA_OUTAGE_P * minutes:
             self.offline_until = ts + rng.uniform(10, 120) * 60
+        self.outages = _record(self.outages, ts, self.offline_until)
         if ts < self.offline_until:
             return {"online": False, "people_count": 0, "vehicle_count": 0, "event": 1}
         lt = env.local_time(ts)
@@ -608,6 +740,7 @@ class TrafficSignal(Behaviour):
 
     __slots__ = (
         "fault_until",
+        "faults",
         "forced_phase",
         "night_flashing",
         "offset_s",
@@ -624,6 +757,7 @@ class TrafficSignal(Behaviour):
         self.priority_until = 0.0
         self.priority_served = False  # latched until reported
         self.fault_until = 0.0
+        self.faults: tuple[Span, ...] = ()  # (start, end) of its latest faults
 
     @staticmethod
     def cycle_s(traffic: float) -> float:
@@ -646,6 +780,7 @@ class TrafficSignal(Behaviour):
         self._elapsed(ts)
         if ts >= self.fault_until and rng.random() < SIGNAL_FAULT_P:
             self.fault_until = ts + rng.uniform(2, 8) * 3600  # until a technician comes
+        self.faults = _record(self.faults, ts, self.fault_until)
         fault = ts < self.fault_until
         lt = env.local_time(ts)
         traffic = env.traffic_level(lt)
@@ -706,7 +841,7 @@ BOLLARD_FAULT_P = 1e-6
 class Bollard(Behaviour):
     """A retractable bollard at an old-town entry: holds the commanded position."""
 
-    __slots__ = ("fault", "moving_until", "position")
+    __slots__ = ("fault", "fault_since", "moving_until", "position")
     interval_s: ClassVar[float] = 300.0
 
     def __init__(self) -> None:
@@ -714,12 +849,14 @@ class Bollard(Behaviour):
         self.position: int = BollardPosition.RAISED  # the old town is closed by default
         self.moving_until = 0.0
         self.fault = False
+        self.fault_since: float | None = None  # as a lamp's
 
     def reading(self, now: datetime, rng: random.Random) -> Reading:
         ts = env.timestamp(now)
         self._elapsed(ts)
         if not self.fault and rng.random() < BOLLARD_FAULT_P:
             self.fault = True
+        self.fault_since = _since(self.fault, self.fault_since, ts)
         moving = ts < self.moving_until
         traffic = env.traffic_level(env.local_time(ts))
         # Lowered: deliveries and residents drive through. Raised: someone waits at the post.

@@ -7,6 +7,8 @@ all. Groups are the commune for street lamps, the bus line, the car's
 department, and the sector (`sector-north`, see `fleet.dijon.SECTORS`) for
 every other class; a group past `max_group_size` is split into `<group>-<n>`.
 Each (class, group) is one actor (~50 MiB), so groups are few and large.
+A few water-meter volunteers have a welfare episode planned (WELFARE_SHARE): their
+household draws no water for most of a day; fleet.faults tells which and when.
 """
 
 from __future__ import annotations
@@ -45,7 +47,21 @@ ClassId: TypeAlias = assets_pb2.AssetClass.ValueType
 
 # On the city's fibre or on a mobile modem: everything else is on LoRaWAN.
 IP_CLASSES = frozenset(c for c, radio in RADIO_CLASS.items() if radio is RadioClass.IP)
-AT_RISK_SHARE = 0.03  # households that sometimes draw no water for many hours
+# Volunteers whose household stops drawing water for a while during the run (a fall, an
+# illness, a stay in hospital): at least one however small the city, 5 of 1,000 at full scale.
+WELFARE_SHARE = 0.005
+# Volunteer k's episode begins 7k h + 2..6 h after its meter's first reading (within an
+# hour of the simulation's start) and lasts 18..21 h: the first one is over within 28 h (a
+# demo's day sees it raised and cleared); at full scale they begin over the first day and
+# a half. 18 h covers the post's 8 h outside its quiet period (7 h, 8 on the night clocks go
+# back) plus an hourly uplink's granularity, wherever the episode falls in the day.
+WELFARE_STAGGER_H = 7.0
+WELFARE_START_H = (2.0, 6.0)
+WELFARE_HOURS = (18.0, 21.0)
+# The volunteers are the first of a random draw of this share of the meters: a draw kept
+# from an earlier model, so that the city's random stream, hence every device's devEui and
+# place, stays as it was.
+_VOLUNTEER_DRAW_SHARE = 0.03
 SIGNALS_ON_LINES = 0.6  # share of signals at junctions on bus/tram corridors
 
 
@@ -184,6 +200,8 @@ class _Builder:
     def __init__(self, city: CityConfig) -> None:
         self.city = city
         self.rng = random.Random(f"citypost:{city.name}:{city.seed}")
+        # Its own stream, so that planning episodes moves no device.
+        self.welfare_rng = random.Random(f"citypost:{city.name}:{city.seed}:welfare")
         self.counts = scaled_counts(city.scale)
         self.specs: list[_Spec] = []
         self.routes = {line.code: Route.of(line.stops) for line in dijon.LINES}
@@ -214,18 +232,31 @@ class _Builder:
 
         self.by_commune(AssetClass.STREET_LAMP, lambda c: c.population, 0.5, make)
 
+    def welfare_plans(self, n: int) -> dict[int, tuple[tuple[float, float], ...]]:
+        """Meter index -> its welfare episodes as (after_s, duration_s), for the few that
+        have one (see WELFARE_SHARE)."""
+        drawn = self.rng.sample(range(n), max(1, round(n * _VOLUNTEER_DRAW_SHARE)))
+        volunteers = drawn[: max(1, round(n * WELFARE_SHARE))]
+        rng = self.welfare_rng
+        plans: dict[int, tuple[tuple[float, float], ...]] = {}
+        for k, i in enumerate(volunteers):
+            after_h = k * WELFARE_STAGGER_H + rng.uniform(*WELFARE_START_H)
+            hours = rng.uniform(*WELFARE_HOURS)
+            plans[i] = ((round(after_h * 60) * 60.0, round(hours * 60) * 60.0),)  # whole minutes
+        return plans
+
     def water_meters(self) -> None:
         n = self.counts[AssetClass.WATER_METER]
-        at_risk = set(self.rng.sample(range(n), max(1, round(n * AT_RISK_SHARE))))
+        plans = self.welfare_plans(n)
         made = iter(range(n))
         rng = self.rng
 
         def make(_c: Commune, _p: LatLon) -> Behaviour:
             i = next(made)
             return WaterMeter(
-                at_risk=i in at_risk,
                 usage=rng.lognormvariate(0, 0.3),
                 battery_pct=round(rng.uniform(60, 100), 2),
+                episodes=plans.get(i, ()),
             )
 
         self.by_commune(AssetClass.WATER_METER, lambda c: c.population, 0.5, make)

@@ -231,7 +231,7 @@ def test_lamp_faults_persist() -> None:
 
 def test_water_meter_has_night_gaps_and_daytime_use() -> None:
     rng = random.Random(6)
-    meters = [WaterMeter(at_risk=False, usage=1.0, battery_pct=90.0) for _ in range(40)]
+    meters = [WaterMeter(usage=1.0, battery_pct=90.0) for _ in range(40)]
     night: list[float] = []
     day: list[float] = []
     daily: list[float] = []
@@ -249,12 +249,12 @@ def test_water_meter_has_night_gaps_and_daytime_use() -> None:
     assert 50 < statistics.median(daily) < 300  # litres a day for an elderly household
 
 
-def test_an_at_risk_household_sometimes_draws_nothing_for_many_hours() -> None:
+def test_a_volunteer_with_a_welfare_episode_draws_nothing_for_many_hours() -> None:
     rng = random.Random(7)
-    meter = WaterMeter(at_risk=True, usage=1.0, battery_pct=90.0)
+    meter = WaterMeter(usage=1.0, battery_pct=90.0, episodes=[(30 * 3600, 18 * 3600)])
     longest = run = 0
     start = _local(WINTER, 0)
-    for k in range(24 * 60):  # two months of hourly uplinks
+    for k in range(24 * 4):  # four days of hourly uplinks, the episode on the second
         litres = meter.reading(start + timedelta(hours=k), rng)["litres_since_last"]
         run = run + 1 if litres == 0 else 0
         longest = max(longest, run)
