@@ -262,6 +262,7 @@ class PostAdminService(admin_pb2_grpc.PostAdminServicer):
             effective_speed=stream.effective_speed,
             configured_speed=post.clock.speed,
             alarms_suppressed=stream.suppressed,
+            alarms_shelved=post.dispatcher.shelved_alarms(),
         )
 
     # --- failover ----------------------------------------------------------------------------

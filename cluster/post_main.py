@@ -266,6 +266,7 @@ async def run_post(config: Config, *, ready_file: Path | None = None) -> int:
                 wall_ms=wall_ms,
                 approval=config.security.approval,
                 audit_failure=lambda: audit_file.failure,
+                shelve_limits=config.alarms.shelve_max_minutes,
             ),
         ]
         held.close()

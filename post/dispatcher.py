@@ -924,6 +924,11 @@ class Dispatcher:
         """(originator, type) of every active alarm."""
         return list(self._alarms.by_key)
 
+    def shelved_alarms(self) -> int:
+        """Active alarms shelved now."""
+        now = self._wall_ms()
+        return sum(1 for a in self._alarms.by_key.values() if a.shelved_until_ms > now)
+
     async def acknowledge_alarm(
         self, alarm_id: str, *, operator: str, comment: str = "", idempotency_key: str = ""
     ) -> operations_pb2.Alarm:

@@ -350,6 +350,7 @@ class Post:
             decisions += self.silence.reconcile(self.dispatcher.active_alarm_keys())
             self._silence_reconciled = self._led_epoch
         await self.dispatcher.apply("silence", decisions)
+        await self.dispatcher.unshelve_expired()  # a shelve's time is up: back in the list
 
     # --- leadership and the control state ------------------------------------------------
 

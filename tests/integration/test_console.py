@@ -33,6 +33,7 @@ from failover.control_state import LEDGER, InMemoryControlState
 from post.dispatcher import Dispatcher
 from post.footprint import Footprint
 from post.lag import LagSummary
+from post.silence_watch import StreamFigures
 from protos.citypost.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -125,6 +126,8 @@ def _stand_in_post(registry: DeviceRegistry, dispatcher: Dispatcher) -> Any:
         edge=SimpleNamespace(stats=lambda: edge),
         health=lambda: SimpleNamespace(healthy=False, reason=f"actors down: {lamps}"),
         footprint=SimpleNamespace(latest=Footprint(processes=14, pss_bytes=2**30, cpu_cores=0.5)),
+        clock=SimpleNamespace(speed=60.0),
+        silence=SimpleNamespace(figures=lambda _now: StreamFigures(1_800_000_000_000, 59.5, (), 0)),
     )
 
 
