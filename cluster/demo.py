@@ -29,14 +29,51 @@ from citypost.clock import SimClock
 from citypost.config import Config
 from cluster.ports import port_is_bindable
 from cluster.system import CitySystem, post_configs
+from fleet.network_server import FleetStats
 from protos.citypost.v1 import admin_pb2, admin_pb2_grpc
 from security.demo_accounts import passwords_path
 
 EXIT_PORTS_TAKEN = 3  # another server (most likely another demo) holds a post's port
+# Simulated seconds behind its clock past which the screen says the city cannot keep up.
+BEHIND_WARNING_S = 60.0
 
 
 def _terminate(_signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
+
+
+def _speed(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:.1f}" if x >= 1 else f"{x:.2f}"
+
+
+def pace_text(speed: float, radio: FleetStats | None) -> tuple[str, str | None]:
+    """The speed for the header, `x26 (effective x25.7, 0.4 min behind)`, and a warning
+    when the city runs more than BEHIND_WARNING_S of simulated time behind its clock."""
+    if radio is None or radio.effective_speed is None:
+        return f"x{speed:g}", None
+    effective = _speed(radio.effective_speed)
+    text = f"x{speed:g} (effective x{effective}, {radio.lag_s / 60:.1f} min behind)"
+    lost = []
+    if radio.lost_disconnected:
+        lost.append(f"{radio.lost_disconnected:,} uplinks lost while the broker was away")
+    for gateway in sorted({*radio.gateways_down, *radio.lost_gateway_down}):
+        down = " (down)" if gateway in radio.gateways_down else ""
+        lost.append(
+            f"gateway {gateway}{down}: {radio.lost_gateway_down.get(gateway, 0):,} lost, "
+            f"{radio.rerouted_gateway_down.get(gateway, 0):,} heard by others"
+        )
+    if lost:
+        text += "; " + ", ".join(lost)
+    if radio.lag_s <= BEHIND_WARNING_S:
+        return text, None
+    warning = (
+        f"THE CITY IS {radio.lag_s / 60:.1f} MIN OF SIMULATED TIME BEHIND ITS CLOCK "
+        f"(effective x{effective} of x{speed:g}): the network server cannot "
+        "publish its uplinks as fast as they come due (rate cap, busy machine). They keep "
+        "the time their devices spoke, so silence is judged right, but the posts see the "
+        "city late; lower sim.speed"
+    )
+    return text, warning
 
 
 def _render(
@@ -45,6 +82,7 @@ def _render(
     elapsed: float,
     devices: dict[str, int],
     header: str,
+    warning: str | None = None,
 ) -> Group:
     table = Table(title=f"post {status.post} ({status.role}, epoch {status.epoch})")
     table.add_column("asset class")
@@ -71,7 +109,10 @@ def _render(
         f"{status.commands_pending} commands pending; {health}\n"
         "Ctrl-C stops everything this demo started"
     )
-    return Group(Text(header), table, dead, footer)
+    lines = [Text(header)]
+    if warning is not None:
+        lines.append(Text(warning, style="bold red"))
+    return Group(*lines, table, dead, footer)
 
 
 def _statuses(
@@ -178,8 +219,9 @@ def run_demo(config: Config, *, duration_s: float | None = None) -> int:
                         continue
                     stats = gate.stats()
                     radio = system.network_server.stats() if system.network_server else None
+                    pace, warning = pace_text(config.sim.speed, radio)
                     header = (
-                        f"simulated time {clock.now():%Y-%m-%d %H:%M} (x{config.sim.speed:g}); "
+                        f"simulated time {clock.now():%Y-%m-%d %H:%M} {pace}; "
                         f"{roles}; gate forwarded {stats.forwarded:,} downlinks and "
                         f"{stats.multicast_forwarded:,} multicasts, dropped {stats.dropped:,}, "
                         f"{stats.held:,} waiting for airtime, "
@@ -197,7 +239,7 @@ def run_demo(config: Config, *, duration_s: float | None = None) -> int:
                             f"{k} x{n}" for k, n in sorted(system.restarts.items())
                         )
                         header += f"; restarted by the supervisor: {restarted}"
-                    live.update(_render(status, previous, now - last, devices, header))
+                    live.update(_render(status, previous, now - last, devices, header, warning))
                     previous, last = status, now
         console.line()
     except KeyboardInterrupt:

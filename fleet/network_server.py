@@ -15,6 +15,38 @@ what the devices really did.
 
 IP devices (buses, cars, cameras, signals) publish the same envelope under their
 own application, without radio metadata, and take downlinks at once.
+
+Time. Every uplink is built and stamped at the simulated instant its device
+spoke (its due time in the schedule: the reading is the behaviour's at that
+instant, `time` in the JSON is that instant), not at the instant it is
+published. The two part when the rate cap binds in a burst or the machine is
+busy: the uplink then goes out late. Stamped when published it would carry a
+late time, and a device that spoke on time would look silent in simulated time
+for as long as the city lagged. Stamped when it spoke, a late uplink is only
+late: the posts judge silence in the data's own time (the latest uplink time
+they have seen, a watermark), which lags with the city, so a device is silent
+only if it really did not speak. A device that fell more than one interval
+behind is not made to replay every uplink it missed (UplinkSchedule.next_after):
+it skips them, which a post does see as one longer gap.
+
+What a real network server cannot deliver is lost, not late: while the MQTT
+session is down, uplinks that come due are lost (`lost_disconnected`), as a
+ChirpStack integration loses the events it cannot publish, and the devices go on
+at their pace: no backlog bursts out after the reconnect. A gateway set down
+(`set_gateway_down`, for drills and benchmarks) hears nothing: an uplink whose
+best gateway is down goes through the next gateway that hears the device (its
+rxInfo names that one; `rerouted_gateway_down`), and is lost when every gateway
+that hears the device is down (`lost_gateway_down`, under its best gateway). A
+lost uplink was still sent by its device: its reading and frame counter move on,
+so the posts see the gap in f_cnt that a real network shows. A broker that is
+there but slow (MAX_OUTSTANDING publishes unacknowledged) still makes the city
+wait: that is lateness, kept honest by the stamps.
+
+How far behind its schedule the city runs (`FleetStats.lag_s`, simulated
+seconds between the clock and the due times being published) and the speed it
+really runs at (`effective_speed`, simulated seconds its publishing front
+advanced per real second) are measured over a sliding window of real time
+(fleet/pacing.py PaceMeter); the demo shows them next to the configured speed.
 """
 
 from __future__ import annotations
@@ -26,7 +58,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -59,6 +91,7 @@ from citypost.errors import (
     DeadLetterReason,
     DecodeError,
     InfrastructureError,
+    NotFoundError,
 )
 from fleet.device_state import CommandGate, Outcome
 from fleet.downlink_scheduler import (
@@ -72,7 +105,7 @@ from fleet.downlink_scheduler import (
     Sent,
 )
 from fleet.multicast_service import MulticastGroupView, MulticastService, QueueItemView, serve
-from fleet.pacing import TokenBucket, UplinkSchedule
+from fleet.pacing import Pace, PaceMeter, TokenBucket, UplinkSchedule, receive_windows_at
 from fleet.population import City, SimDevice
 from fleet.uplinks import FCNT_MODULO, UplinkFactory
 from security.grpc_tls import server_credentials
@@ -87,6 +120,9 @@ EXECUTION_LOG_SIZE = 100_000  # executions kept in memory; the topic has them al
 MAX_OUTSTANDING = 5_000
 BATCH = 256  # uplinks built per lock hold
 MIN_WAIT_S = 0.01  # shortest pause of the scheduler
+MAX_WAIT_S = 0.25  # longest pause while something is scheduled (a stop is seen as soon)
+IDLE_WAIT_S = 0.5  # pause while nothing is scheduled
+BACKPRESSURE_WAIT_S = 0.05  # pause while the broker has too many publishes to acknowledge
 # A device reports its new state soon after a command sent to it alone. A multicast's
 # members do not: a commune's lamps all answering within a minute is tens of thousands of
 # uplinks at once (more than the radio, or this city's rate cap, can take: the backlog
@@ -154,10 +190,26 @@ class FleetStats:
     downlinks_dropped: dict[str, int] = field(default_factory=dict)  # by log code
     multicast_sent: int = 0  # transmissions (one per gateway and multicast frame)
     airtime: tuple[Usage, ...] = ()  # per gateway and sub-band, over the last hour
+    # Uplinks their devices sent and nobody got: the broker was away (the integration
+    # could not publish them), or the gateway that hears the device was down.
+    lost_disconnected: int = 0
+    lost_gateway_down: dict[str, int] = field(default_factory=dict)  # by best gateway
+    # Uplinks heard through another gateway because their best one was down, by the latter.
+    rerouted_gateway_down: dict[str, int] = field(default_factory=dict)
+    gateways_down: tuple[str, ...] = ()
+    # Over the last PACE_WINDOW_S real seconds (fleet.pacing.PaceMeter); None/0 until the
+    # uplink scheduler has run for a while.
+    effective_speed: float | None = None  # simulated s the publishing front made per real s
+    lag_s: float = 0.0  # simulated seconds the publishing front is behind the clock
+    lag_max_s: float = 0.0  # the most it was behind within the window
 
     @property
     def uplinks(self) -> int:
         return sum(self.uplinks_by_class.values())
+
+    @property
+    def lost(self) -> int:
+        return self.lost_disconnected + sum(self.lost_gateway_down.values())
 
 
 @dataclass
@@ -170,6 +222,9 @@ class _Counters:
     bad: int = 0
     unknown: int = 0
     uplink_errors: int = 0
+    lost_disconnected: int = 0
+    lost_gateway_down: dict[str, int] = field(default_factory=dict)
+    rerouted_gateway_down: dict[str, int] = field(default_factory=dict)
 
 
 class NetworkServer:
@@ -185,7 +240,12 @@ class NetworkServer:
         seed: int | None = None,
         client_id: str | None = None,
         tls: Identity | None = None,
+        session: Callable[..., MqttSession] = MqttSession,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`session` makes the MQTT session (MqttSession's keyword arguments) and
+        `monotonic` is the real clock of the rate cap and the pace figures: tests drive
+        the uplink scheduler with fakes of both."""
         if mqtt_config.port is None:
             raise ConfigError("mqtt.port must be resolved before the network server starts")
         self.city = city
@@ -209,8 +269,20 @@ class NetworkServer:
             rx2_dr=radio.rx2_dr,
             book=AirtimeBook(window_s=radio.duty_cycle_window_s),
         )
+        # The gateways that hear each device, best first (none: an IP device).
+        self._heard_by = [heard_by(d) for d in self._devices]
+        self._gateways: dict[str, int] = {}  # gateway -> devices it is the best one of
+        for heard in self._heard_by:
+            for gateway in heard:
+                self._gateways.setdefault(gateway, 0)
+            if heard:
+                self._gateways[heard[0]] += 1
+        self._down: set[str] = set()  # gateways set down
+        self._radio_now = float("-inf")  # the latest simulated time the radio was given
         burst = max(1.0, sim.max_uplinks_per_s / 20)  # 50 ms worth
-        self._bucket = TokenBucket(sim.max_uplinks_per_s, burst)
+        self._monotonic = monotonic
+        self._bucket = TokenBucket(sim.max_uplinks_per_s, burst, monotonic)
+        self._pace = PaceMeter()
         self._lock = threading.Lock()  # behaviours, gates, schedule, counters
         self._pub_lock = threading.Lock()
         self._published = 0
@@ -226,7 +298,7 @@ class NetworkServer:
         self._api_server: grpc.Server | None = None
         self.api_port: int | None = None
         self._tls = tls
-        self._session = MqttSession(
+        self._session = session(
             client_id=client_id or f"citypost-fleet-{city_name}-{uuid.uuid4().hex[:8]}",
             host=mqtt_config.host,
             port=mqtt_config.port,
@@ -248,6 +320,12 @@ class NetworkServer:
         self._radio_thread.start()
         if not uplinks:
             return
+        self._schedule_uplinks()
+        self._thread = threading.Thread(target=self._run, name="fleet-uplinks", daemon=True)
+        self._thread.start()
+
+    def _schedule_uplinks(self) -> None:
+        """Every device's first uplink, at random over its interval from now."""
         factor = self.sim.interval_factor
         with self._lock:
             self._schedule.stagger(
@@ -256,8 +334,6 @@ class NetworkServer:
                 lambda i: self._devices[i].behaviour.interval_s * factor,
                 self._rng,
             )
-        self._thread = threading.Thread(target=self._run, name="fleet-uplinks", daemon=True)
-        self._thread.start()
 
     def serve_api(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Serve ChirpStack's gRPC API (api.MulticastGroupService); returns the port.
@@ -287,18 +363,74 @@ class NetworkServer:
 
     # --- uplinks -----------------------------------------------------------------------------
 
-    def _uplink(self, i: int, ts: float) -> tuple[str, bytes] | None:
-        """Build device i's uplink at simulated ts (lock held); None if its model failed."""
+    def _build(self, i: int, ts: float) -> tuple[str, bytes, str] | None:
+        """Device i speaks at simulated ts (lock held): its uplink (topic, JSON, class
+        name), its frame counter advanced; None if its model failed."""
         try:
-            topic, payload, cls = self._factory.uplink(i, ts)
+            return self._factory.uplink(i, ts)
         except (CitypostError, ValueError, ArithmeticError) as exc:
             # A model bug must not stop the city: count it, skip this uplink.
             self._counters.uplink_errors += 1
             log.warning("uplink of %s failed: %s", self._devices[i].device.dev_eui, exc)
             return None
+
+    def _uplink(self, i: int, ts: float) -> tuple[str, bytes] | None:
+        """Device i's uplink at simulated ts, to publish (lock held); None if its model
+        failed."""
+        built = self._build(i, ts)
+        if built is None:
+            return None
+        topic, payload, cls = built
         by_class = self._counters.uplinks_by_class
         by_class[cls] = by_class.get(cls, 0) + 1
         return topic, payload
+
+    def _route(self, i: int) -> tuple[str | None, str | None]:
+        """Whether gateways down change device i's uplink (lock held): (its best gateway
+        if that is down, else None; the best one up that hears it, if its best is down)."""
+        if not self._down:
+            return None, None
+        heard = self._heard_by[i]
+        if not heard or heard[0] not in self._down:
+            return None, None
+        return heard[0], next((g for g in heard[1:] if g not in self._down), None)
+
+    def _uplink_routed(self, i: int, ts: float) -> tuple[str, bytes] | None:
+        """Device i's uplink at ts through the gateways up (lock held): None if lost at
+        its gateways (counted) or its model failed."""
+        best_down, via = self._route(i)
+        if best_down is not None and via is None:
+            self._lose(i, ts, best_down)
+            return None
+        uplink = self._uplink(i, ts)
+        if uplink is None or best_down is None or via is None:
+            return uplink
+        rerouted = self._counters.rerouted_gateway_down
+        rerouted[best_down] = rerouted.get(best_down, 0) + 1
+        return uplink[0], heard_through(uplink[1], via)
+
+    def _lose(self, i: int, ts: float, gateway: str | None) -> None:
+        """Device i spoke at ts and nobody got it (lock held): through a gateway that is
+        down, or while the broker was away (gateway None). It still sent it: its reading
+        and frame counter move on."""
+        self._build(i, ts)
+        if gateway is None:
+            self._counters.lost_disconnected += 1
+        else:
+            lost = self._counters.lost_gateway_down
+            lost[gateway] = lost.get(gateway, 0) + 1
+
+    def _reschedule(self, i: int, due: float, now: float) -> None:
+        """Device i's next uplink after the one due at `due`, handled at `now` (lock held)."""
+        behaviour = self._devices[i].behaviour
+        delay = behaviour.next_delay_s(datetime.fromtimestamp(due, UTC)) * self.sim.interval_factor
+        self._schedule.push(i, UplinkSchedule.next_after(due, now, delay))
+
+    def _radio_time(self) -> float:
+        """The simulated now, for the radio scheduler (lock held): its present moves on."""
+        now = self.clock.now_ts()
+        self._radio_now = max(self._radio_now, now)
+        return now
 
     def _publish(self, topic: str, payload: bytes) -> mqtt.MQTTMessageInfo:
         with self._pub_lock:
@@ -321,7 +453,7 @@ class NetworkServer:
         infos = []
         for i in range(len(self._devices)):
             with self._lock:
-                built = self._uplink(i, ts)
+                built = self._uplink_routed(i, ts)
             if built is not None:
                 infos.append(self._publish(*built))
         deadline = time.monotonic() + timeout
@@ -340,52 +472,101 @@ class NetworkServer:
     def _run(self) -> None:
         while not (self._stop.is_set() or self._uplinks_off.is_set()):
             try:
-                self._step()
+                wait = self._step()
             except Exception:  # the scheduler never dies; it logs and carries on
                 log.exception("fleet scheduler step failed")
-                self._stop.wait(0.5)
+                wait = IDLE_WAIT_S
+            if wait > 0:
+                self._stop.wait(wait)
 
-    def _step(self) -> None:
-        if not self._session.connected or self._outstanding() > MAX_OUTSTANDING:
-            self._stop.wait(0.05)
-            return
+    def _step(self) -> float:
+        """One pass of the uplink scheduler; the real seconds to wait before the next."""
         now = self.clock.now_ts()
         with self._lock:
             due = self._schedule.next_due()
+            self._pace.observe(self._monotonic(), now, due)
         if due is None:
-            self._stop.wait(0.5)
-            return
+            return IDLE_WAIT_S
         if due > now:
-            self._stop.wait(min(self.clock.real_seconds(due - now), 0.25))
-            return
+            return min(self.clock.real_seconds(due - now), MAX_WAIT_S)
+        if not self._session.connected:
+            self._lose_due(now)
+            return 0.0
+        if self._outstanding() > MAX_OUTSTANDING:
+            return BACKPRESSURE_WAIT_S
         granted, wait = self._bucket.take(BATCH)
         if not granted:
             # Waking for every single token costs more than the uplink: gather a few.
-            self._stop.wait(max(wait, MIN_WAIT_S))
-            return
+            return max(wait, MIN_WAIT_S)
         built: list[tuple[str, bytes]] = []
         events: list[Event] = []
-        factor = self.sim.interval_factor
         with self._lock:
-            for _ in range(granted):
+            # Uplinks lost at gateways that are down take no token: look a batch further.
+            for _ in range(granted + BATCH):
+                if len(built) >= granted:
+                    break
                 popped = self._schedule.pop_due(now)
                 if popped is None:
                     break
                 i, due = popped
-                uplink = self._uplink(i, now)
+                # Built at the instant the device spoke (event time), however late it goes.
+                uplink = self._uplink_routed(i, due)
                 if uplink is not None:
                     built.append(uplink)
                     eui = self._devices[i].device.dev_eui
                     if self._radio.queued(eui):  # a class A device's receive windows
                         channel = DEFAULT_CHANNELS_HZ[self._factory.wire(i).f_cnt % 3]
-                        events.extend(self._radio.on_uplink(eui, channel, now))
-                behaviour = self._devices[i].behaviour
-                delay = behaviour.next_delay_s(datetime.fromtimestamp(now, UTC)) * factor
-                self._schedule.push(i, UplinkSchedule.next_after(due, now, delay))
+                        at = receive_windows_at(due, self._radio_now)
+                        self._radio_now = at
+                        events.extend(self._radio.on_uplink(eui, channel, at))
+                self._reschedule(i, due, now)
         self._bucket.refund(granted - len(built))
         for topic, payload in built:
             self._publish(topic, payload)
         self._handle(events)
+        return 0.0
+
+    def _lose_due(self, now: float) -> None:
+        """The broker is away: up to a batch of the uplinks due by now are lost, as a
+        network server's integration loses what it cannot publish; each device goes on
+        at its pace, so nothing bursts out after the reconnect. No receive windows open:
+        a frame waiting for a class A device waits for an uplink heard while connected."""
+        with self._lock:
+            for _ in range(BATCH):
+                popped = self._schedule.pop_due(now)
+                if popped is None:
+                    return
+                i, due = popped
+                best_down, via = self._route(i)
+                self._lose(i, due, best_down if via is None else None)
+                self._reschedule(i, due, now)
+
+    # --- gateways ----------------------------------------------------------------------------
+
+    def gateway_ids(self) -> dict[str, int]:
+        """The city's gateways (every one that hears a device), each with the number of
+        devices it is the best gateway of (their uplinks name it), by id."""
+        return dict(sorted(self._gateways.items()))
+
+    def set_gateway_down(self, gateway_id: str, down: bool) -> None:
+        """Take a gateway off the air (a drill, a benchmark) or put it back. While down
+        it hears nothing: the uplinks of the devices it is the best gateway of go through
+        the next gateway that hears them (`rerouted_gateway_down`), or are lost when every
+        gateway that hears them is down (`lost_gateway_down`). Downlinks are left as
+        they were: class C and multicast frames still go through it (the downlink
+        scheduler knows nothing of outages), class A frames go in the windows after an
+        uplink that was heard. NotFoundError for a gateway the city does not have."""
+        if gateway_id not in self._gateways:
+            raise NotFoundError(
+                f"no gateway {gateway_id!r} in city {self.city_name!r}: "
+                f"{', '.join(sorted(self._gateways)) or 'it has none'}"
+            )
+        with self._lock:
+            if down:
+                self._down.add(gateway_id)
+            else:
+                self._down.discard(gateway_id)
+        log.info("gateway %s %s", gateway_id, "down" if down else "back up")
 
     # --- downlinks ---------------------------------------------------------------------------
 
@@ -437,7 +618,7 @@ class NetworkServer:
             self._answer(i, frame, None, acknowledged=False)
             return
         with self._lock:
-            events = self._radio.enqueue(frame, self.clock.now_ts())
+            events = self._radio.enqueue(frame, self._radio_time())
         self._handle(events)
 
     def _on_multicast(self, group: MulticastGroupView, item: QueueItemView) -> None:
@@ -451,7 +632,7 @@ class NetworkServer:
                 item.f_port,
                 item.data,
                 group.dev_euis,
-                self.clock.now_ts(),
+                self._radio_time(),
                 dr=group.dr,
                 frequency_hz=group.frequency,
             )
@@ -462,7 +643,7 @@ class NetworkServer:
         while not self._stop.wait(DOWNLINK_POLL_S):
             try:
                 with self._lock:
-                    events = self._radio.poll(self.clock.now_ts())
+                    events = self._radio.poll(self._radio_time())
                 self._handle(events)
             except Exception:  # the loop never dies; it logs and carries on
                 log.exception("fleet downlink step failed")
@@ -616,6 +797,7 @@ class NetworkServer:
         with self._lock:
             c = self._counters
             due = self._schedule.next_due()
+            pace: Pace | None = self._pace.pace(self._monotonic())
             return FleetStats(
                 connected=self._session.connected,
                 uplinks_by_class=dict(c.uplinks_by_class),
@@ -634,7 +816,31 @@ class NetworkServer:
                 downlinks_dropped=dict(self._radio.stats.dropped),
                 multicast_sent=self._radio.stats.sent_multicast,
                 airtime=tuple(self._radio.book.usage(now)),
+                lost_disconnected=c.lost_disconnected,
+                lost_gateway_down=dict(c.lost_gateway_down),
+                rerouted_gateway_down=dict(c.rerouted_gateway_down),
+                gateways_down=tuple(sorted(self._down)),
+                effective_speed=pace.effective_speed if pace is not None else None,
+                lag_s=pace.lag_s if pace is not None else 0.0,
+                lag_max_s=pace.lag_max_s if pace is not None else 0.0,
             )
+
+
+def heard_by(sim_device: SimDevice) -> tuple[str, ...]:
+    """The gateways that hear a device's uplinks, best first; none for an IP device."""
+    radio = sim_device.radio
+    if radio is None:
+        return ()
+    return radio.gateways or (radio.gateway_id,)
+
+
+def heard_through(payload: bytes, gateway_id: str) -> bytes:
+    """An `event/up` as another gateway heard it: its rxInfo names that gateway (the
+    signal figures stay those of the device's best gateway)."""
+    event = orjson.loads(payload)
+    for rx in event.get("rxInfo", ()):
+        rx["gatewayId"] = gateway_id
+    return orjson.dumps(event)
 
 
 def device_link(sim_device: SimDevice) -> DeviceLink:

@@ -1,4 +1,4 @@
-"""When each device speaks next, and how fast the network server may publish.
+"""When each device speaks next, how fast the network server may publish, how far behind it is.
 
 Pure: simulated timestamps and an injected monotonic clock in, decisions out.
 """
@@ -9,7 +9,9 @@ import heapq
 import math
 import random
 import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from citypost.errors import ConfigError
 
@@ -137,3 +139,89 @@ class UplinkSchedule:
     def next_after(due: float, spoke_at: float, delay: float) -> float:
         """Next due time: one delay after the due time, or after it spoke if over a delay late."""
         return spoke_at + delay if spoke_at - due > delay else due + delay
+
+
+def receive_windows_at(due: float, radio_now: float) -> float:
+    """When a class A device's receive windows open after its uplink due at `due`.
+
+    At the uplink's own (event) time when the radio scheduler has not moved past it:
+    RX1 one second later, RX2 two, as the device listens. An uplink that went out late
+    (the rate cap, a busy machine) is older than the radio's present: its gateways'
+    transmissions and duty-cycle books have moved on, and frames cannot be placed in
+    their past. Then the windows open at the radio's present, as if the network server
+    had heard the uplink just now (the frame waiting for that device is not lost to
+    the lag; a real network server would have missed the windows).
+    """
+    return max(due, radio_now)
+
+
+PACE_WINDOW_S = 30.0  # real seconds the lag and effective speed are measured over
+PACE_SAMPLE_S = 0.25  # at most one sample per this many real seconds
+PACE_MIN_SPAN_S = 1.0  # an effective speed needs at least this much real time
+
+
+@dataclass(frozen=True, slots=True)
+class Pace:
+    """How the network server keeps up with its simulated clock, over a window of real time."""
+
+    effective_speed: float | None  # simulated s its front advanced per real s; None: too soon
+    lag_s: float  # simulated seconds its front is behind the clock now (the latest sample)
+    lag_max_s: float  # the most it was behind within the window
+    span_s: float  # real seconds the samples span
+
+
+class PaceMeter:
+    """The network server's publishing front, sampled over a sliding window of real time.
+
+    The front is the simulated instant before which every scheduled uplink has been
+    handled (published or lost): the clock's now when nothing is due, else the earliest
+    due time still waiting. `now - front` is how far behind its schedule the city is;
+    how fast the front moves per real second is the speed the city really runs at,
+    whatever the clock says. The front never goes back.
+    """
+
+    def __init__(
+        self,
+        window_s: float = PACE_WINDOW_S,
+        *,
+        sample_s: float = PACE_SAMPLE_S,
+        min_span_s: float = PACE_MIN_SPAN_S,
+    ) -> None:
+        if window_s <= 0 or sample_s < 0 or min_span_s <= 0:
+            raise ValueError(
+                f"window_s and min_span_s must be > 0, sample_s >= 0; got "
+                f"{window_s}, {sample_s}, {min_span_s}"
+            )
+        self.window_s = window_s
+        self._sample_s = sample_s
+        self._min_span_s = min_span_s
+        self._samples: deque[tuple[float, float, float]] = deque()  # (real, front, lag)
+        self._front = -math.inf
+
+    def observe(self, real: float, now: float, next_due: float | None) -> None:
+        """One look at the schedule: real monotonic seconds, the simulated now, and the
+        earliest due time still waiting (None: nothing scheduled)."""
+        front = now if next_due is None else min(now, next_due)
+        self._front = max(self._front, front)
+        lag = max(0.0, now - self._front)
+        samples = self._samples
+        if not samples or real - samples[-1][0] >= self._sample_s:
+            samples.append((real, self._front, lag))
+        self._trim(real)
+
+    def _trim(self, real: float) -> None:
+        samples = self._samples
+        while samples and samples[0][0] < real - self.window_s:
+            samples.popleft()
+
+    def pace(self, real: float) -> Pace | None:
+        """The figures over the window that ends at `real`; None without a sample in it."""
+        self._trim(real)
+        samples = self._samples
+        if not samples:
+            return None
+        first_real, first_front, _ = samples[0]
+        last_real, last_front, last_lag = samples[-1]
+        span = last_real - first_real
+        speed = (last_front - first_front) / span if span >= self._min_span_s else None
+        return Pace(speed, last_lag, max(lag for _, _, lag in samples), span)
