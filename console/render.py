@@ -619,7 +619,24 @@ def status_detail(status: admin_pb2.PostStatus) -> Pairs:
             f"{status.memory_pss_bytes / 2**30:.2f} GiB PSS, {status.cpu_cores:.2f} cores, "
             f"{status.processes} processes",
         ),
+        ("data time", _data_time(status)),
+        (
+            "alarms held back",
+            f"{status.alarms_suppressed} suppressed under a cause, {status.alarms_shelved} shelved",
+        ),
     ]
+
+
+def _data_time(status: admin_pb2.PostStatus) -> str:
+    """The stream's own time and how fast it moves against the configured speed."""
+    if not status.stream_time_ms:
+        return "no uplink yet"
+    speed = (
+        f"effective x{status.effective_speed:.1f} of x{status.configured_speed:g}"
+        if status.effective_speed
+        else f"x{status.configured_speed:g}"
+    )
+    return f"{when(status.stream_time_ms)} ({speed})"
 
 
 # --- events ---------------------------------------------------------------------------------
