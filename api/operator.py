@@ -43,7 +43,7 @@ import bisect
 import contextlib
 import math
 import unicodedata
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from typing import Any, Protocol, TypeAlias, TypeVar
 
 from google.protobuf.message import Message
@@ -550,26 +550,14 @@ class OperatorService(operator_pb2_grpc.OperatorServiceServicer):
     async def AcknowledgeAlarm(
         self, request: operator_pb2.AlarmActionRequest, context: Any
     ) -> operations_pb2.Alarm:
-        key = _idempotency_key(request.idempotency_key)
-        operator = _operator()
-        alarm_id = _id("alarm_id", request.alarm_id)
-        comment = _text("comment", request.comment)
-        await self._check_alarm_class(alarm_id, "acknowledge it")
-        return await self._dispatcher.acknowledge_alarm(
-            alarm_id, operator=operator, comment=comment, idempotency_key=key
+        return await self._alarm_action(
+            request, "acknowledge it", self._dispatcher.acknowledge_alarm
         )
 
     async def ClearAlarm(
         self, request: operator_pb2.AlarmActionRequest, context: Any
     ) -> operations_pb2.Alarm:
-        key = _idempotency_key(request.idempotency_key)
-        operator = _operator()
-        alarm_id = _id("alarm_id", request.alarm_id)
-        comment = _text("comment", request.comment)
-        await self._check_alarm_class(alarm_id, "clear it")
-        return await self._dispatcher.clear_alarm(
-            alarm_id, operator=operator, comment=comment, idempotency_key=key
-        )
+        return await self._alarm_action(request, "clear it", self._dispatcher.clear_alarm)
 
     async def ShelveAlarm(
         self, request: operator_pb2.ShelveAlarmRequest, context: Any
@@ -599,14 +587,21 @@ class OperatorService(operator_pb2_grpc.OperatorServiceServicer):
     async def UnshelveAlarm(
         self, request: operator_pb2.AlarmActionRequest, context: Any
     ) -> operations_pb2.Alarm:
+        return await self._alarm_action(request, "unshelve it", self._dispatcher.unshelve_alarm)
+
+    async def _alarm_action(
+        self,
+        request: operator_pb2.AlarmActionRequest,
+        what: str,
+        act: Callable[..., Awaitable[operations_pb2.Alarm]],
+    ) -> operations_pb2.Alarm:
+        """An operator's action on one alarm with a comment: checked, then the dispatcher's."""
         key = _idempotency_key(request.idempotency_key)
         operator = _operator()
         alarm_id = _id("alarm_id", request.alarm_id)
         comment = _text("comment", request.comment)
-        await self._check_alarm_class(alarm_id, "unshelve it")
-        return await self._dispatcher.unshelve_alarm(
-            alarm_id, operator=operator, comment=comment, idempotency_key=key
-        )
+        await self._check_alarm_class(alarm_id, what)
+        return await act(alarm_id, operator=operator, comment=comment, idempotency_key=key)
 
     async def _check_alarm_class(self, alarm_id: str, what: str) -> operations_pb2.Alarm | None:
         """The alarm as read now, once the caller may handle its class; None if it does

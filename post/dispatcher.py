@@ -932,34 +932,26 @@ class Dispatcher:
     async def acknowledge_alarm(
         self, alarm_id: str, *, operator: str, comment: str = "", idempotency_key: str = ""
     ) -> operations_pb2.Alarm:
-        async with self._lock:
-            key = alarm_key(alarm_id)
-            prior = await self._prior(
-                idempotency_key, operations_pb2.Alarm, ALARMS, actor=operator, result_key=key
-            )
-            if prior is not None:
-                return prior
-            alarm = await self._existing_alarm(alarm_id)
-            now = self._wall_ms()
-            change = alarm_book.acknowledge(alarm, operator, now)
-            return await self._write_alarm(change, comment, idempotency_key, operator, now)
+        return await self._operator_alarm_action(
+            alarm_id,
+            operator,
+            idempotency_key,
+            comment,
+            lambda alarm, now: alarm_book.acknowledge(alarm, operator, now),
+        )
 
     async def clear_alarm(
         self, alarm_id: str, *, operator: str, comment: str = "", idempotency_key: str = ""
     ) -> operations_pb2.Alarm:
         """An operator declares the cause gone (acknowledging is a separate act)."""
-        async with self._lock:
-            key = alarm_key(alarm_id)
-            prior = await self._prior(
-                idempotency_key, operations_pb2.Alarm, ALARMS, actor=operator, result_key=key
-            )
-            if prior is not None:
-                return prior
-            alarm = await self._existing_alarm(alarm_id)
-            now = self._wall_ms()
-            who = audit.operator_actor(operator)
-            change = alarm_book.clear(alarm, now, detail=f"cleared by {who}", actor=who)
-            return await self._write_alarm(change, comment, idempotency_key, operator, now)
+        who = audit.operator_actor(operator)
+        return await self._operator_alarm_action(
+            alarm_id,
+            operator,
+            idempotency_key,
+            comment,
+            lambda alarm, now: alarm_book.clear(alarm, now, detail=f"cleared by {who}", actor=who),
+        )
 
     async def shelve_alarm(
         self,
@@ -976,23 +968,38 @@ class Dispatcher:
         the caller read before). `unshelve_expired` brings it back when the time is up."""
         if not math.isfinite(minutes):
             raise InvalidArgumentError(f"minutes: must be a finite number, got {minutes}")
-        async with self._lock:
-            key = alarm_key(alarm_id)
-            prior = await self._prior(
-                idempotency_key, operations_pb2.Alarm, ALARMS, actor=operator, result_key=key
-            )
-            if prior is not None:
-                return prior
-            alarm = await self._existing_alarm(alarm_id)
-            now = self._wall_ms()
+
+        def shelve(alarm: operations_pb2.Alarm, now: int) -> alarm_book.AlarmChange:
             until = now + round(minutes * alarm_book.MS_PER_MINUTE)
-            change = alarm_book.shelve(alarm, operator, until, reason, now, limits=max_minutes)
-            return await self._write_alarm(change, "", idempotency_key, operator, now)
+            return alarm_book.shelve(alarm, operator, until, reason, now, limits=max_minutes)
+
+        return await self._operator_alarm_action(alarm_id, operator, idempotency_key, "", shelve)
 
     async def unshelve_alarm(
         self, alarm_id: str, *, operator: str, comment: str = "", idempotency_key: str = ""
     ) -> operations_pb2.Alarm:
         """An operator puts a shelved alarm back in the list before its time is up."""
+        who = audit.operator_actor(operator)
+        return await self._operator_alarm_action(
+            alarm_id,
+            operator,
+            idempotency_key,
+            comment,
+            lambda alarm, now: alarm_book.unshelve(
+                alarm, now, by=who, detail=f"unshelved by {who}"
+            ),
+        )
+
+    async def _operator_alarm_action(
+        self,
+        alarm_id: str,
+        operator: str,
+        idempotency_key: str,
+        comment: str,
+        change_of: Callable[[operations_pb2.Alarm, int], alarm_book.AlarmChange],
+    ) -> operations_pb2.Alarm:
+        """One operator's change of one alarm: answered once per idempotency key, decided
+        on the alarm as it is under the lock, written with its audit entry."""
         async with self._lock:
             key = alarm_key(alarm_id)
             prior = await self._prior(
@@ -1002,8 +1009,7 @@ class Dispatcher:
                 return prior
             alarm = await self._existing_alarm(alarm_id)
             now = self._wall_ms()
-            who = audit.operator_actor(operator)
-            change = alarm_book.unshelve(alarm, now, by=who, detail=f"unshelved by {who}")
+            change = change_of(alarm, now)
             return await self._write_alarm(change, comment, idempotency_key, operator, now)
 
     async def unshelve_expired(self) -> int:
