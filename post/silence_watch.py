@@ -195,21 +195,38 @@ class SilenceWatch:
             )
             return StreamFigures(stream, speed, tuple(sorted(self._causes)), suppressed)
 
-    def held(self) -> set[tuple[str, str]]:
-        """(originator, type) of every silence alarm the watch holds raised."""
-        with self._lock:
-            out = {(eui, DEVICE_SILENT) for eui, d in self._devices.items() if d.alarmed}
-            return out | self._causes
-
     def reconcile(self, active: Iterable[tuple[str, str]]) -> list[Decision]:
-        """Clears for silence alarms the control state holds active and the watch does not
-        (raised by a post that led before, for devices heard since)."""
-        held = self.held()
-        return [
-            ClearAlarm(originator, alarm_type, "no longer silent")
-            for originator, alarm_type in active
-            if alarm_type in TYPES and (originator, alarm_type) not in held
-        ]
+        """Clears for silence alarms the control state holds active (raised by a post that
+        led before) whose condition this watch has seen end: a device or a gateway heard
+        within its threshold, the stream flowing again. Nothing it cannot vouch for (a
+        post that has just started knows little yet) is cleared."""
+        with self._lock:
+            stream = self._stream_ms
+            if stream is None:
+                return []
+            out: list[Decision] = []
+            for originator, alarm_type in active:
+                if self._seen_ended(originator, alarm_type, stream):
+                    out.append(ClearAlarm(originator, alarm_type, "no longer silent"))
+            return out
+
+    def _seen_ended(self, originator: str, alarm_type: str, stream: int) -> bool:
+        if (originator, alarm_type) in self._causes:
+            return False
+        if alarm_type == DEVICE_SILENT:
+            device = self._devices.get(originator)
+            return (
+                device is not None
+                and not device.alarmed
+                and device.last_ms is not None
+                and stream - device.last_ms < device.threshold_ms
+            )
+        if alarm_type == GATEWAY_SILENT:
+            gateway = self._gateways.get(originator.removeprefix(GATEWAY_PREFIX))
+            return (
+                gateway is not None and stream - gateway.last_ms < self._config.gateway_min_s * 1000
+            )
+        return alarm_type in (NETWORK_SERVER_SILENT, BROKER_LOST)  # the stream flows
 
     # --- inside (lock held) -----------------------------------------------------------------
 

@@ -252,14 +252,22 @@ def test_a_lost_broker_connection_is_one_cause() -> None:
     assert len(cleared(back, BROKER_LOST)) == 1
 
 
-def test_reconcile_clears_what_an_earlier_leader_raised_for_devices_heard_since() -> None:
-    d = device(1, 60)
-    rig = Rig([d])
-    rig.uplink(d, rig.clock_ms)
+def test_reconcile_clears_only_what_the_watch_has_seen_end() -> None:
+    heard, unheard = device(1, 60), device(2, 60)
+    rig = Rig([heard, unheard])
+    assert rig.watch.reconcile([(heard.dev_eui, DEVICE_SILENT)]) == []  # knows nothing yet
+    rig.uplink(heard, rig.clock_ms, GW_A)
     rig.run(0)
-    stale = [(d.dev_eui, DEVICE_SILENT), ("gateway/x", GATEWAY_SILENT), (d.dev_eui, "lamp_fault")]
+    stale = [
+        (heard.dev_eui, DEVICE_SILENT),  # heard just now: ended
+        (unheard.dev_eui, DEVICE_SILENT),  # never heard: cannot vouch
+        ("gateway/" + GW_A, GATEWAY_SILENT),  # heard through just now: ended
+        ("gateway/" + GW_B, GATEWAY_SILENT),  # never heard of: cannot vouch
+        (NETWORK_SERVER, NETWORK_SERVER_SILENT),  # the stream flows
+        (heard.dev_eui, "lamp_fault"),  # not the watch's
+    ]
     out = rig.watch.reconcile(stale)
-    assert [(c.originator, c.type) for c in out] == stale[:2]
+    assert [(c.originator, c.type) for c in out] == [stale[0], stale[2], stale[4]]
 
 
 def test_a_stop_in_the_stream_restarts_every_device_s_clock() -> None:
