@@ -332,6 +332,7 @@ def observe(system: CitySystem, args: argparse.Namespace) -> dict[str, Any]:
         else:
             system.broker.restart()
     _wait_until(system, end)
+    pace = network_server.stats()  # the city's own pace at the end, before the drain
     network_server.stop_uplinks()
     time.sleep(args.drain_s)  # the posts apply what is queued
     tls = identities.tls_identity(config, Kind.CHAOS, identities.CHAOS)
@@ -365,6 +366,14 @@ def observe(system: CitySystem, args: argparse.Namespace) -> dict[str, Any]:
         "speed": config.sim.speed,
         "simulated_hours": args.hours,
         "start_local": start.astimezone(TIMEZONE).isoformat(),
+        "city_pace_at_end": {
+            "effective_speed": pace.effective_speed,
+            "lag_s": pace.lag_s,
+            "lag_max_s": pace.lag_max_s,
+            "uplinks": pace.uplinks,
+            "lost_disconnected": pace.lost_disconnected,
+            "lost_gateway_down": pace.lost_gateway_down,
+        },
         "injected": {
             "gateway_outage_local": [t.astimezone(TIMEZONE).isoformat() for t in outage],
             "gateway_devices_only_it_hears": len(sole[gateway]),
