@@ -25,10 +25,9 @@ late time, and a device that spoke on time would look silent in simulated time
 for as long as the city lagged. Stamped when it spoke, a late uplink is only
 late: the posts judge silence in the data's own time (the latest uplink time
 they have seen, a watermark), which lags with the city, so a device is silent
-only if it really did not speak. A device that fell behind keeps its cadence in
-simulated time (UplinkSchedule.next_after): the city replays every uplink it
-owes, in order, at the rate cap, and its effective speed drops meanwhile;
-skipping them would make devices silent that spoke.
+only if it really did not speak. A device that fell more than one interval
+behind is not made to replay every uplink it missed (UplinkSchedule.next_after):
+it skips them, which a post does see as one longer gap.
 
 What a real network server cannot deliver is lost, not late: while the MQTT
 session is down, uplinks that come due are lost (`lost_disconnected`), as a
@@ -421,11 +420,11 @@ class NetworkServer:
             lost = self._counters.lost_gateway_down
             lost[gateway] = lost.get(gateway, 0) + 1
 
-    def _reschedule(self, i: int, due: float) -> None:
-        """Device i's next uplink after the one due at `due` (lock held)."""
+    def _reschedule(self, i: int, due: float, now: float) -> None:
+        """Device i's next uplink after the one due at `due`, handled at `now` (lock held)."""
         behaviour = self._devices[i].behaviour
         delay = behaviour.next_delay_s(datetime.fromtimestamp(due, UTC)) * self.sim.interval_factor
-        self._schedule.push(i, UplinkSchedule.next_after(due, delay))
+        self._schedule.push(i, UplinkSchedule.next_after(due, now, delay))
 
     def _radio_time(self) -> float:
         """The simulated now, for the radio scheduler (lock held): its present moves on."""
@@ -520,7 +519,7 @@ class NetworkServer:
                         at = receive_windows_at(due, self._radio_now)
                         self._radio_now = at
                         events.extend(self._radio.on_uplink(eui, channel, at))
-                self._reschedule(i, due)
+                self._reschedule(i, due, now)
         self._bucket.refund(granted - len(built))
         for topic, payload in built:
             self._publish(topic, payload)
@@ -540,7 +539,7 @@ class NetworkServer:
                 i, due = popped
                 best_down, via = self._route(i)
                 self._lose(i, due, best_down if via is None else None)
-                self._reschedule(i, due)
+                self._reschedule(i, due, now)
 
     # --- gateways ----------------------------------------------------------------------------
 

@@ -136,16 +136,9 @@ class UplinkSchedule:
         return index, due
 
     @staticmethod
-    def next_after(due: float, delay: float) -> float:
-        """Next due time: one delay after the due time, however late the last one went out.
-
-        A device keeps its cadence in simulated time: a city that fell behind replays
-        every uplink it owes, in order, at the rate cap (the token bucket keeps a backlog
-        from turning into a burst), so its clock effectively slows. Skipping them
-        instead would make the device silent in simulated time for as long as the
-        city lagged, which its behaviour never said.
-        """
-        return due + delay
+    def next_after(due: float, spoke_at: float, delay: float) -> float:
+        """Next due time: one delay after the due time, or after it spoke if over a delay late."""
+        return spoke_at + delay if spoke_at - due > delay else due + delay
 
 
 def receive_windows_at(due: float, radio_now: float) -> float:

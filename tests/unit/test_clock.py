@@ -102,5 +102,6 @@ def test_schedule_staggers_pops_in_order_and_reschedules() -> None:
     assert schedule.pop_due(2000.0) is None  # the superseded entry is gone
 
 
-def test_a_device_keeps_its_cadence_in_simulated_time() -> None:
-    assert UplinkSchedule.next_after(due=100.0, delay=60.0) == 160.0
+def test_a_late_device_does_not_catch_up_in_a_burst() -> None:
+    assert UplinkSchedule.next_after(due=100.0, spoke_at=101.0, delay=60.0) == 160.0
+    assert UplinkSchedule.next_after(due=100.0, spoke_at=500.0, delay=60.0) == 560.0
