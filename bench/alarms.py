@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import json
 import sys
 import tempfile
@@ -43,6 +44,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from actors.water import PARIS, quiet_seconds
+from bench.city import status_of
 from bench.harness import parse_overrides
 from citypost.config import Config, load_config
 from citypost.names import class_name
@@ -54,7 +56,7 @@ from fleet.network_server import heard_by
 from fleet.pacing import fitting_speed
 from fleet.population import City, build_city
 from post.silence_watch import DEVICE_SILENT, GATEWAY_SILENT, TYPES, gateway_cause
-from protos.citypost.v1 import operations_pb2
+from protos.citypost.v1 import admin_pb2_grpc, operations_pb2
 from security import identities
 from security.pki import Kind
 from security.pki_store import Identity
@@ -100,21 +102,41 @@ class Window:
         return self.start <= at < self.end
 
 
-def sim_time(wall_ms: int, config: Config) -> datetime:
-    """The simulated instant of a wall-clock instant, on the city's shared clock."""
-    sim = config.sim
-    assert sim.start is not None and sim.origin is not None
-    real_s = wall_ms / 1000 - sim.origin.timestamp()
-    return sim.start + timedelta(seconds=real_s * sim.speed)
+class DataTime:
+    """Wall-clock instants to the data's own time at the leading post (its stream time:
+    the latest uplink time it had seen), from samples of its status. Alarms are stamped
+    in wall time; a city that ran late delivered its faults late, so they are scored
+    in the time the post was seeing, not the clock's."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[int, int]] = []  # (wall ms, stream ms), both increasing
+
+    def add(self, wall_ms: int, stream_ms: int) -> None:
+        if stream_ms and (not self.samples or stream_ms >= self.samples[-1][1]):
+            self.samples.append((wall_ms, stream_ms))
+
+    def at(self, wall_ms: int) -> datetime:
+        samples = self.samples
+        if not samples:
+            raise ValueError("no sample of the post's data time")
+        i = bisect.bisect_right(samples, (wall_ms, 2**63))
+        if i == 0:
+            stream = samples[0][1] - (samples[0][0] - wall_ms)
+        elif i == len(samples):
+            stream = samples[-1][1]
+        else:
+            (w0, s0), (w1, s1) = samples[i - 1], samples[i]
+            stream = s0 + (s1 - s0) * (wall_ms - w0) // max(1, w1 - w0)
+        return datetime.fromtimestamp(stream / 1000, UTC)
 
 
-def as_raised(alarm: operations_pb2.Alarm, config: Config) -> Raised:
+def as_raised(alarm: operations_pb2.Alarm, data_time: DataTime) -> Raised:
     return Raised(
         alarm.alarm_id,
         alarm.type,
         alarm.originator,
         class_name(alarm.asset_class) if alarm.asset_class else "infrastructure",
-        sim_time(alarm.raised_at_ms, config),
+        data_time.at(alarm.raised_at_ms),
         alarm.suppressed_by,
         alarm.suppressed_count,
         alarm.chattering,
@@ -295,11 +317,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             system.stop()
 
 
-def _wait_until(system: CitySystem, at: datetime) -> None:
-    assert system.network_server is not None
-    clock = system.network_server.clock
-    while clock.now() < at:
-        time.sleep(min(1.0, max(0.05, clock.real_seconds((at - clock.now()).total_seconds()))))
+class Watcher:
+    """Samples the leading post's data time against the clock, about every second."""
+
+    def __init__(self, system: CitySystem) -> None:
+        assert system.network_server is not None
+        self.clock = system.network_server.clock
+        self.data_time = DataTime()
+        self.lag_s: list[float] = []  # the clock minus the post's data time, simulated s
+        self.stubs = [
+            admin_pb2_grpc.PostAdminStub(system.channel(p.address)) for p in system.posts.values()
+        ]
+
+    def sample(self) -> None:
+        for stub in self.stubs:
+            status = status_of(stub)
+            if status is not None and status.role == "leader" and status.stream_time_ms:
+                wall = int(time.time() * 1000)
+                self.data_time.add(wall, status.stream_time_ms)
+                self.lag_s.append(self.clock.now_ts() - status.stream_time_ms / 1000)
+
+    def wait_until(self, at: datetime) -> None:
+        """Until the clock reads `at`, sampling meanwhile."""
+        while self.clock.now() < at:
+            self.sample()
+            left = self.clock.real_seconds((at - self.clock.now()).total_seconds())
+            time.sleep(min(1.0, max(0.05, left)))
 
 
 def observe(system: CitySystem, args: argparse.Namespace) -> dict[str, Any]:
@@ -322,8 +365,9 @@ def observe(system: CitySystem, args: argparse.Namespace) -> dict[str, Any]:
     events: list[tuple[datetime, str]] = sorted(
         [(outage[0], "gateway down"), (outage[1], "gateway up"), (restart_at, "broker restart")]
     )
+    watcher = Watcher(system)
     for at, what in events:
-        _wait_until(system, at)
+        watcher.wait_until(at)
         print(f"bench.alarms: {at.astimezone(TIMEZONE):%H:%M} local: {what}", file=sys.stderr)
         if what == "gateway down":
             network_server.set_gateway_down(gateway, True)
@@ -331,17 +375,21 @@ def observe(system: CitySystem, args: argparse.Namespace) -> dict[str, Any]:
             network_server.set_gateway_down(gateway, False)
         else:
             system.broker.restart()
-    _wait_until(system, end)
+    watcher.wait_until(end)
     pace = network_server.stats()  # the city's own pace at the end, before the drain
     network_server.stop_uplinks()
     time.sleep(args.drain_s)  # the posts apply what is queued
+    watcher.sample()
+    # Scored up to where the post's data had reached: a city that ran late had not said
+    # the rest yet.
+    seen_until = watcher.data_time.at(int(time.time() * 1000))
     tls = identities.tls_identity(config, Kind.CHAOS, identities.CHAOS)
     records = asyncio.run(read_alarms(list(system.endpoints), config.city.name, tls))
-    alarms = [as_raised(a, config) for a in records]
-    alarms = [a for a in alarms if start <= a.at < end]
-    real = faults.real_faults(city, start, end, origin=start, kinds=SCORED)
+    alarms = [as_raised(a, watcher.data_time) for a in records]
+    alarms = [a for a in alarms if start <= a.at < seen_until]
+    real = faults.real_faults(city, start, seen_until, origin=start, kinds=SCORED)
     unseen = {f.dev_eui for f in real if f.dev_eui in sole[gateway] and f.start < outage[1]}
-    result = score(alarms, real, start=start, end=end, unseen=unseen, windows=windows)
+    result = score(alarms, real, start=start, end=seen_until, unseen=unseen, windows=windows)
     result["gateway_outage"] = outage_check(alarms, gateway, windows[0])
     scored = result["scored"]
     checks = {
@@ -366,6 +414,11 @@ def observe(system: CitySystem, args: argparse.Namespace) -> dict[str, Any]:
         "speed": config.sim.speed,
         "simulated_hours": args.hours,
         "start_local": start.astimezone(TIMEZONE).isoformat(),
+        "data_seen_until_local": seen_until.astimezone(TIMEZONE).isoformat(),
+        "post_data_lag_s": {
+            "mean": round(sum(watcher.lag_s) / len(watcher.lag_s), 1) if watcher.lag_s else None,
+            "max": round(max(watcher.lag_s), 1) if watcher.lag_s else None,
+        },
         "city_pace_at_end": {
             "effective_speed": pace.effective_speed,
             "lag_s": pace.lag_s,

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bench.alarms import Raised, Window, peak, score, welfare_visible_at
+from bench.alarms import DataTime, Raised, Window, peak, score, welfare_visible_at
 from fleet import faults
 from protos.citypost.v1 import assets_pb2
 
@@ -81,3 +81,15 @@ def test_a_welfare_episode_is_visible_after_eight_hours_outside_the_quiet_period
     # Begins 18:00 Paris: 18-23 is 5 hours, 23-06 is quiet, 06-09 makes 8.
     episode = fault(faults.NO_WATER_DRAWN, "w", 3.0, 20.0)
     assert welfare_visible_at(episode) == T0 + timedelta(hours=18)
+
+
+def test_alarms_are_placed_in_the_data_s_time_the_post_was_seeing() -> None:
+    data = DataTime()
+    t0 = int(T0.timestamp() * 1000)
+    # Wall 0 s: data at T0; wall 10 s: data 26 x 10 s later; a sample going back is ignored.
+    data.add(1_000_000, t0)
+    data.add(1_010_000, t0 + 260_000)
+    data.add(1_011_000, t0 + 100_000)
+    assert data.at(1_005_000) == T0 + timedelta(seconds=130)
+    assert data.at(1_020_000) == T0 + timedelta(seconds=260)  # past the last: the last
+    assert data.at(999_000) == T0 - timedelta(seconds=1)
