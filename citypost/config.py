@@ -352,6 +352,11 @@ class SilenceConfig(_Section):
     # back: every device's silence is timed afresh from then, for the uplinks lost in the
     # gap say nothing about the devices.
     stream_gap_s: float = Field(5.0, gt=0)
+    # A silence must also last this long in real seconds: at a high simulated speed the
+    # pipeline's own jitter (the simulated city and the post running a second late) spans
+    # minutes of simulated time, longer than a 15-second bus's threshold at x538. At x1
+    # it is far below any threshold.
+    min_real_s: float = Field(10.0, ge=0)
 
 
 class ShelveLimits(_Section):

@@ -73,6 +73,7 @@ class _Device:
     threshold_ms: int  # silent after this long without an uplink
     period_s: float
     last_ms: int | None = None  # stream time of its latest uplink
+    last_real: float | None = None  # when that uplink arrived (monotonic)
     since_ms: int | None = None  # timed from here when never heard, or after a cause cleared
     gateway: str = ""  # the gateway it was last heard through ("" unknown or IP)
     raised: Cause | None = None  # its alarm is held under this cause
@@ -82,6 +83,7 @@ class _Device:
 @dataclass(slots=True)
 class _Gateway:
     last_ms: int = 0
+    last_real: float = 0.0  # when its latest uplink arrived (monotonic)
     rate_per_s: float = 0.0  # its devices' uplinks per second, summed
     silent: bool = False
 
@@ -130,6 +132,7 @@ class SilenceWatch:
         self._causes: set[Cause] = set()
         self._cleared_at: dict[Cause, int] = {}
         self._first_ms: int | None = None  # devices never heard are timed from here
+        self._first_real = 0.0  # and, in real time, from here
 
     # --- the edge's thread ------------------------------------------------------------------
 
@@ -139,6 +142,7 @@ class SilenceWatch:
             return
         cap = self._clock_ms() + 60_000  # a device's clock ahead of the city's moves nothing
         with self._lock:
+            real_now = self._monotonic()
             top = self._stream_ms or 0
             for item in batch:
                 device = self._devices.get(item.dev_eui)
@@ -149,6 +153,7 @@ class SilenceWatch:
                     continue
                 if device.last_ms is None or at > device.last_ms:
                     device.last_ms = at
+                device.last_real = real_now
                 if item.gateway_id:
                     device.gateway = item.gateway_id
                     gateway = self._gateways.get(item.gateway_id)
@@ -156,10 +161,10 @@ class SilenceWatch:
                         gateway = self._gateways[item.gateway_id] = _Gateway()
                     if at > gateway.last_ms:
                         gateway.last_ms = at
+                    gateway.last_real = real_now
             self._stream_ms = top
             if self._first_ms is None:
-                self._first_ms = top
-            real_now = self._monotonic()
+                self._first_ms, self._first_real = top, real_now
             last = self._infra.last_uplink_real
             if last is not None and real_now - last > self._config.stream_gap_s:
                 self._cleared_at[_STREAM_GAP] = top
@@ -177,9 +182,9 @@ class SilenceWatch:
             self._infra.samples.append((real_now, stream))
             # While the stream has stopped, time goes on on the post's clock.
             ref = max(stream, self._clock_ms()) if causes else stream
-            silent_gateways = self._silent_gateways(stream)
+            silent_gateways = self._silent_gateways(stream, real_now)
             causes |= {gateway_cause(g) for g in silent_gateways}
-            device_decisions, counts = self._judge_devices(ref, causes, silent_gateways)
+            device_decisions, counts = self._judge_devices(ref, real_now, causes, silent_gateways)
             return self._shaped(self._cause_decisions(causes, counts), device_decisions)
 
     def figures(self, real_now: float) -> StreamFigures:
@@ -251,7 +256,7 @@ class SilenceWatch:
                 causes.add(_BROKER_CAUSE)
         return causes
 
-    def _silent_gateways(self, stream: int) -> set[str]:
+    def _silent_gateways(self, stream: int, real_now: float) -> set[str]:
         rates: dict[str, float] = {}
         for device in self._devices.values():
             if device.gateway:
@@ -264,13 +269,16 @@ class SilenceWatch:
             if rate <= 0:
                 continue
             span_s = max(config.gateway_min_s, config.gateway_expected_uplinks / rate)
-            gateway.silent = stream - gateway.last_ms >= span_s * 1000
+            gateway.silent = (
+                stream - gateway.last_ms >= span_s * 1000
+                and real_now - gateway.last_real >= config.min_real_s
+            )
             if gateway.silent:
                 silent.add(gateway_id)
         return silent
 
     def _judge_devices(
-        self, ref: int, causes: set[Cause], silent_gateways: set[str]
+        self, ref: int, real_now: float, causes: set[Cause], silent_gateways: set[str]
     ) -> tuple[list[Decision], dict[Cause, int]]:
         infra_cause = next((c for c in (_BROKER_CAUSE, _NS_CAUSE) if c in causes), None)
         # A cause that cleared restarts the silence clock of the devices behind it.
@@ -287,7 +295,10 @@ class SilenceWatch:
                 heard = cleared
                 device.since_ms = cleared
             quiet_ms = ref - heard
-            if quiet_ms < device.threshold_ms:
+            quiet_real = real_now - (device.last_real or self._first_real)
+            if quiet_ms < device.threshold_ms or (
+                infra_cause is None and quiet_real < self._config.min_real_s
+            ):
                 if device.alarmed:
                     heard_again = device.last_ms is not None and device.last_ms >= heard
                     device.alarmed, device.raised = False, None

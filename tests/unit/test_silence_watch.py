@@ -32,6 +32,7 @@ CONFIG = SilenceConfig(
     gateway_min_s=300,
     network_server_silent_after_s=30,
     broker_lost_after_s=10,
+    min_real_s=0,
 )
 
 
@@ -292,3 +293,19 @@ def test_a_stop_in_the_stream_restarts_every_device_s_clock() -> None:
         rig.uplink(fast, rig.clock_ms)
         out += rig.watch.evaluate(rig.real, broker_connected=True)
     assert [r.originator for r in raised(out)] == [slow.dev_eui]
+
+
+def test_a_silence_must_also_last_in_real_time() -> None:
+    # At x3600 (a simulated hour per real second) a bus's 4-minute threshold is 0.07 real
+    # s: the pipeline's own jitter. The silence must also last min_real_s real seconds.
+    bus, other = device(1, 60), device(2, 60)
+    rig = Rig([bus, other], CONFIG.model_copy(update={"min_real_s": 10.0}))
+    t0 = rig.clock_ms
+    rig.uplink(bus, t0)
+    out: list[Decision] = []
+    for step in range(1, 30):
+        rig.clock_ms = t0 + step * 60 * MIN  # an hour of stream time per real second
+        rig.real += 1
+        rig.uplink(other, rig.clock_ms)
+        out += [(step, r.originator) for r in raised(rig.watch.evaluate(rig.real, True))]  # type: ignore[misc]
+    assert out == [(10, bus.dev_eui)]  # after 10 real seconds, not after the first
