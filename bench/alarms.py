@@ -356,7 +356,11 @@ def observe(system: CitySystem, args: argparse.Namespace) -> dict[str, Any]:
     sole = sole_devices(city)
     gateway = max(sole, key=lambda g: len(sole[g]))
     hour = timedelta(hours=1)
-    outage = (start + args.outage_at_h * hour, start + (args.outage_at_h + args.outage_h) * hour)
+    # At least three times the real time a silence must last (alarms.silence.min_real_s):
+    # at x538 an hour and a half is ten real seconds, shorter than the post's floor.
+    floor_h = 3 * config.alarms.silence.min_real_s * config.sim.speed / 3600
+    outage_h = max(args.outage_h, floor_h)
+    outage = (start + args.outage_at_h * hour, start + (args.outage_at_h + outage_h) * hour)
     restart_at = start + args.broker_restart_at_h * hour
     windows = [
         Window("gateway_outage", outage[0], outage[1] + timedelta(seconds=AFTER_OUTAGE_S)),
@@ -451,7 +455,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hours", type=float, default=24.0, help="simulated hours")
     parser.add_argument("--max-speed", type=float, default=600.0)
     parser.add_argument("--outage-at-h", type=float, default=9.0, help="hours after 15:00")
-    parser.add_argument("--outage-h", type=float, default=1.5)
+    parser.add_argument(
+        "--outage-h",
+        type=float,
+        default=1.5,
+        help="simulated hours (at least 3 x alarms.silence.min_real_s in real time)",
+    )
     parser.add_argument("--broker-restart-at-h", type=float, default=17.0)
     parser.add_argument("--startup-allowance-s", type=float, default=60.0)
     parser.add_argument("--drain-s", type=float, default=10.0)
