@@ -19,8 +19,8 @@ While a cause holds, the silence of the devices behind it (all of them for the
 broker and the network server, judged on the post's clock since the stream has
 stopped; a gateway's own for a gateway) is raised *suppressed* under the
 cause's alarm: kept, counted on the cause, listed under it, not annunciated.
-A device whose gateway has heard no one since the device went quiet waits for
-the gateway's verdict rather than raising on its own. When a cause clears, the
+A device whose gateway has gone quiet too (no one heard through it for a
+minute) waits for the gateway's verdict rather than raising on its own. When a cause clears, the
 devices behind it are timed afresh from then: those heard again clear, those
 still silent a whole threshold later raise their own alarms. So are all devices
 after the stream stopped for `stream_gap_s` (a broker restart too short for an
@@ -60,6 +60,10 @@ _NS_CAUSE: Cause = (NETWORK_SERVER, NETWORK_SERVER_SILENT)
 _BROKER_CAUSE: Cause = (BROKER, BROKER_LOST)
 _STREAM_GAP: Cause = ("", "stream_gap")  # not an alarm: restarts every device's clock
 
+# A gateway that heard no one for this long (the city's time) may be down: the silent
+# devices behind it wait for its verdict rather than raise on their own.
+_QUIET_GATEWAY_MS = 60_000
+
 # The stream's effective speed is measured over this much real time.
 SPEED_WINDOW_S = 60.0
 
@@ -75,7 +79,9 @@ class _Device:
     last_ms: int | None = None  # stream time of its latest uplink
     last_real: float | None = None  # when that uplink arrived (monotonic)
     since_ms: int | None = None  # timed from here when never heard, or after a cause cleared
-    gateway: str = ""  # the gateway it was last heard through ("" unknown or IP)
+    # The gateway it is first heard through, its best one ("" unknown or IP): a device
+    # rerouted while that gateway is down still counts for it and waits on its verdict.
+    gateway: str = ""
     raised: Cause | None = None  # its alarm is held under this cause
     alarmed: bool = False  # the watch holds its silence alarm (own or suppressed)
 
@@ -155,7 +161,8 @@ class SilenceWatch:
                     device.last_ms = at
                 device.last_real = real_now
                 if item.gateway_id:
-                    device.gateway = item.gateway_id
+                    if not device.gateway:
+                        device.gateway = item.gateway_id
                     gateway = self._gateways.get(item.gateway_id)
                     if gateway is None:
                         gateway = self._gateways[item.gateway_id] = _Gateway()
@@ -314,8 +321,8 @@ class SilenceWatch:
             if cause is None and device.gateway:
                 if device.gateway in silent_gateways:
                     cause = gateway_cause(device.gateway)
-                elif self._gateways[device.gateway].last_ms <= heard:
-                    continue  # nobody heard through its gateway since: its verdict first
+                elif ref - self._gateways[device.gateway].last_ms >= _QUIET_GATEWAY_MS:
+                    continue  # its gateway has gone quiet too: its verdict first
             if cause is not None:
                 counts[cause] = counts.get(cause, 0) + 1
             if device.alarmed and device.raised == cause:

@@ -309,3 +309,25 @@ def test_a_silence_must_also_last_in_real_time() -> None:
         rig.uplink(other, rig.clock_ms)
         out += [(step, r.originator) for r in raised(rig.watch.evaluate(rig.real, True))]  # type: ignore[misc]
     assert out == [(10, bus.dev_eui)]  # after 10 real seconds, not after the first
+
+
+def test_devices_rerouted_round_a_dark_gateway_still_count_for_it() -> None:
+    # Gateway A goes down: most of its devices are heard through B instead; `alone`, heard
+    # by A only, spoke last before the others did. A is still judged on its own devices'
+    # rate, and `alone` is filed under it, not raised on its own.
+    alone = device(1, 60)
+    rerouted = [device(n, 60) for n in range(2, 12)]
+    rig = Rig([alone, *rerouted])
+    t0 = rig.clock_ms
+    rig.uplink(alone, t0, GW_A)
+    for d in rerouted:
+        rig.uplink(d, t0 + 30_000, GW_A)
+    out: list[Decision] = []
+    for minute in range(1, 15):
+        for d in rerouted:
+            rig.uplink(d, t0 + minute * MIN, GW_B)
+        rig.clock_ms = t0 + minute * MIN
+        rig.real += 1
+        out += rig.watch.evaluate(rig.real, broker_connected=True)
+    assert [r.originator for r in raised(out, GATEWAY_SILENT)][:1] == [gateway_cause(GW_A)[0]]
+    assert [(r.originator, r.cause) for r in raised(out)] == [(alone.dev_eui, gateway_cause(GW_A))]
