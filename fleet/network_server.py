@@ -363,21 +363,22 @@ class NetworkServer:
 
     # --- uplinks -----------------------------------------------------------------------------
 
-    def _build(self, i: int, ts: float) -> tuple[str, bytes, str] | None:
+    def _build(self, i: int, ts: float, via: str | None = None) -> tuple[str, bytes, str] | None:
         """Device i speaks at simulated ts (lock held): its uplink (topic, JSON, class
-        name), its frame counter advanced; None if its model failed."""
+        name) as `via` (else its best gateway) heard it, its frame counter advanced; None
+        if its model failed."""
         try:
-            return self._factory.uplink(i, ts)
+            return self._factory.uplink(i, ts, via)
         except (CitypostError, ValueError, ArithmeticError) as exc:
             # A model bug must not stop the city: count it, skip this uplink.
             self._counters.uplink_errors += 1
             log.warning("uplink of %s failed: %s", self._devices[i].device.dev_eui, exc)
             return None
 
-    def _uplink(self, i: int, ts: float) -> tuple[str, bytes] | None:
+    def _uplink(self, i: int, ts: float, via: str | None = None) -> tuple[str, bytes] | None:
         """Device i's uplink at simulated ts, to publish (lock held); None if its model
         failed."""
-        built = self._build(i, ts)
+        built = self._build(i, ts, via)
         if built is None:
             return None
         topic, payload, cls = built
@@ -402,12 +403,11 @@ class NetworkServer:
         if best_down is not None and via is None:
             self._lose(i, ts, best_down)
             return None
-        uplink = self._uplink(i, ts)
-        if uplink is None or best_down is None or via is None:
-            return uplink
-        rerouted = self._counters.rerouted_gateway_down
-        rerouted[best_down] = rerouted.get(best_down, 0) + 1
-        return uplink[0], heard_through(uplink[1], via)
+        uplink = self._uplink(i, ts, via)
+        if uplink is not None and best_down is not None:
+            rerouted = self._counters.rerouted_gateway_down
+            rerouted[best_down] = rerouted.get(best_down, 0) + 1
+        return uplink
 
     def _lose(self, i: int, ts: float, gateway: str | None) -> None:
         """Device i spoke at ts and nobody got it (lock held): through a gateway that is
@@ -834,19 +834,10 @@ def heard_by(sim_device: SimDevice) -> tuple[str, ...]:
     return radio.gateways or (radio.gateway_id,)
 
 
-def heard_through(payload: bytes, gateway_id: str) -> bytes:
-    """An `event/up` as another gateway heard it: its rxInfo names that gateway (the
-    signal figures stay those of the device's best gateway)."""
-    event = orjson.loads(payload)
-    for rx in event.get("rxInfo", ()):
-        rx["gatewayId"] = gateway_id
-    return orjson.dumps(event)
-
-
 def device_link(sim_device: SimDevice) -> DeviceLink:
     """How the network server reaches a device: its radio class, gateways best first, DR."""
     cls = radio_class(sim_device.device.asset_class)
     radio = sim_device.radio
     if radio is None or cls is RadioClass.IP:
         return DeviceLink(RadioClass.IP, (), 0)
-    return DeviceLink(cls, radio.gateways or (radio.gateway_id,), radio.dr)
+    return DeviceLink(cls, heard_by(sim_device), radio.dr)

@@ -64,8 +64,10 @@ class UplinkFactory:
             self._wires[i] = wire
         return wire
 
-    def uplink(self, i: int, ts: float) -> tuple[str, bytes, str]:
-        """Device i's next uplink at simulated ts: (topic, JSON, class name); f_cnt advances."""
+    def uplink(self, i: int, ts: float, via: str | None = None) -> tuple[str, bytes, str]:
+        """Device i's next uplink at simulated ts: (topic, JSON, class name); f_cnt advances.
+        `via`: the gateway that heard it, when not its best one (that one is down); the
+        signal figures stay those of its best."""
         sim_device = self._devices[i]
         wire = self.wire(i)
         reading = sim_device.behaviour.reading(datetime.fromtimestamp(ts, UTC), self._rng)
@@ -77,7 +79,7 @@ class UplinkFactory:
                 "dr": radio.dr,
                 "rssi": radio.rssi + round(self._rng.gauss(0, 2)),
                 "snr": round(radio.snr + self._rng.gauss(0, 1), 1),
-                "gateway_id": radio.gateway_id,
+                "gateway_id": via or radio.gateway_id,
             }
         payload = build_uplink(
             wire.info, data, wire.layout.f_port, wire.f_cnt, time_ms=int(ts * 1000), **kwargs

@@ -90,8 +90,7 @@ class _Device:
 class _Gateway:
     last_ms: int = 0
     last_real: float = 0.0  # when its latest uplink arrived (monotonic)
-    rate_per_s: float = 0.0  # its devices' uplinks per second, summed
-    silent: bool = False
+    rate_per_s: float = 0.0  # the uplinks per second of the devices it is home to, summed
 
 
 @dataclass(frozen=True)
@@ -138,6 +137,7 @@ class SilenceWatch:
         self._causes: set[Cause] = set()
         self._cleared_at: dict[Cause, int] = {}
         self._first_ms: int | None = None  # devices never heard are timed from here
+        self._suppressed = 0  # device silences under a cause at the last evaluate
         self._first_real = 0.0  # and, in real time, from here
 
     # --- the edge's thread ------------------------------------------------------------------
@@ -161,11 +161,12 @@ class SilenceWatch:
                     device.last_ms = at
                 device.last_real = real_now
                 if item.gateway_id:
-                    if not device.gateway:
-                        device.gateway = item.gateway_id
                     gateway = self._gateways.get(item.gateway_id)
                     if gateway is None:
                         gateway = self._gateways[item.gateway_id] = _Gateway()
+                    if not device.gateway:
+                        device.gateway = item.gateway_id
+                        gateway.rate_per_s += 1.0 / device.period_s
                     if at > gateway.last_ms:
                         gateway.last_ms = at
                     gateway.last_real = real_now
@@ -192,6 +193,7 @@ class SilenceWatch:
             silent_gateways = self._silent_gateways(stream, real_now)
             causes |= {gateway_cause(g) for g in silent_gateways}
             device_decisions, counts = self._judge_devices(ref, real_now, causes, silent_gateways)
+            self._suppressed = sum(counts.values())
             return self._shaped(self._cause_decisions(causes, counts), device_decisions)
 
     def figures(self, real_now: float) -> StreamFigures:
@@ -202,10 +204,7 @@ class SilenceWatch:
             if len(samples) >= 2 and samples[-1][0] > samples[0][0]:
                 (t0, s0), (t1, s1) = samples[0], samples[-1]
                 speed = (s1 - s0) / 1000 / (t1 - t0)
-            suppressed = sum(
-                1 for d in self._devices.values() if d.alarmed and d.raised is not None
-            )
-            return StreamFigures(stream, speed, tuple(sorted(self._causes)), suppressed)
+            return StreamFigures(stream, speed, tuple(sorted(self._causes)), self._suppressed)
 
     def reconcile(self, active: Iterable[tuple[str, str]]) -> list[Decision]:
         """Clears for silence alarms the control state holds active (raised by a post that
@@ -264,23 +263,16 @@ class SilenceWatch:
         return causes
 
     def _silent_gateways(self, stream: int, real_now: float) -> set[str]:
-        rates: dict[str, float] = {}
-        for device in self._devices.values():
-            if device.gateway:
-                rates[device.gateway] = rates.get(device.gateway, 0.0) + 1.0 / device.period_s
         config = self._config
         silent: set[str] = set()
         for gateway_id, gateway in self._gateways.items():
-            rate = rates.get(gateway_id, 0.0)
-            gateway.rate_per_s = rate
-            if rate <= 0:
-                continue
-            span_s = max(config.gateway_min_s, config.gateway_expected_uplinks / rate)
-            gateway.silent = (
+            if gateway.rate_per_s <= 0:
+                continue  # home to no device: nothing to expect through it
+            span_s = max(config.gateway_min_s, config.gateway_expected_uplinks / gateway.rate_per_s)
+            if (
                 stream - gateway.last_ms >= span_s * 1000
                 and real_now - gateway.last_real >= config.min_real_s
-            )
-            if gateway.silent:
+            ):
                 silent.add(gateway_id)
         return silent
 
