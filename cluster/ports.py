@@ -59,6 +59,21 @@ def free_port() -> int:
     raise InfrastructureError(f"no free port on {_LOOPBACK} after {_MAX_ATTEMPTS} attempts")
 
 
+def free_port_pair() -> int:
+    """Return a port p with p and p + 1 both free (a city's posts take grpc_port and the next)."""
+    highest = max(_LOWEST + 1_000, ephemeral_low()) - 2
+    with _lock:
+        for _ in range(_MAX_ATTEMPTS):
+            port = _random.randint(_LOWEST, highest)
+            pair = {port, port + 1}
+            if not pair & _handed_out and _probe(port) and _probe(port + 1):
+                _handed_out.update(pair)
+                return port
+    raise InfrastructureError(
+        f"no two adjacent free ports on {_LOOPBACK} after {_MAX_ATTEMPTS} attempts"
+    )
+
+
 def free_ports(n: int) -> list[int]:
     """Return `n` distinct free loopback ports."""
     if n < 0:

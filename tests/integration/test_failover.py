@@ -31,6 +31,7 @@ from chaos.operator_load import Sender, lamp_command
 from citypost.config import CityConfig, Config, FailoverConfig, PostConfig, SimConfig
 from citypost.errors import InfrastructureError
 from cluster.etcd_local import LocalEtcd
+from cluster.ports import free_port_pair
 from cluster.system import CitySystem, LeaderNow
 from console import failover_cli
 from console.session import SessionFile, login
@@ -47,7 +48,6 @@ from tests.integration.failover_support import (
     RolePoller,
     check_execution_log,
     failover_status,
-    free_port_pair,
     lost_commands,
     read_leader,
     send_some,

@@ -29,11 +29,12 @@ from bridges.airtime import downlink_airtime_s
 from bridges.registry import Device
 from citypost.clock import SimClock
 from citypost.config import CityConfig, Config, PostConfig, RadioConfig, SimConfig
+from cluster.ports import free_port_pair
 from cluster.system import CitySystem
 from console.client import PostClient
 from fleet.network_server import NetworkServer
 from protos.citypost.v1 import assets_pb2, command_pb2, operator_pb2, telemetry_pb2
-from tests.integration.failover_support import free_port_pair, wait_leader
+from tests.integration.failover_support import wait_leader
 
 pytestmark = pytest.mark.integration
 

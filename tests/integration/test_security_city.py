@@ -34,6 +34,7 @@ from citypost.config import (
     SecurityConfig,
     SimConfig,
 )
+from cluster.ports import free_port_pair
 from cluster.system import CitySystem
 from console.cli import run
 from console.session import Session, SessionFile, login
@@ -55,7 +56,6 @@ from security.grpc_tls import secure_channel_factory
 from security.pki import Kind, Principal
 from security.pki_store import PkiStore
 from security.tokens import TokenIssuer
-from tests.integration.failover_support import free_port_pair
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

@@ -31,6 +31,7 @@ import werkzeug.serving
 
 from citypost.config import CityConfig, Config, OidcConfig, PostConfig, SecurityConfig, SimConfig
 from citypost.errors import UnauthenticatedError
+from cluster.ports import free_port_pair
 from cluster.system import CitySystem
 from console.oidc_login import OidcClient, cmd_oidc_login, obtain_id_token, oidc_login
 from console.session import (
@@ -46,7 +47,6 @@ from security import identities
 from security.grpc_tls import secure_channel_factory
 from security.pki import Kind, Principal
 from security.pki_store import PkiStore
-from tests.integration.failover_support import free_port_pair
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
