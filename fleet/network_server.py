@@ -16,6 +16,15 @@ what the devices really did.
 IP devices (buses, cars, cameras, signals) publish the same envelope under their
 own application, without radio metadata, and take downlinks at once.
 
+Two MQTT sessions. The city's uplinks go out on one, up to MAX_OUTSTANDING of
+them unacknowledged; the command path (`command/down` in; `event/txack`,
+`event/ack`, `event/log` and the executions out) has its own. On one session a
+device's ack queued behind the thousands of uplinks in flight: at full scale an
+IP traffic signal's round trip took 3 s there (median; up to 6 s), against 1 s
+before a post's first resend, and on a slower machine its commands FAILED. A
+real network server answers a downlink in its device's time, not after the
+rest of the city's traffic.
+
 Time. Every uplink is built and stamped at the simulated instant its device
 spoke (its due time in the schedule: the reading is the behaviour's at that
 instant, `time` in the JSON is that instant), not at the instant it is
@@ -298,8 +307,17 @@ class NetworkServer:
         self._api_server: grpc.Server | None = None
         self.api_port: int | None = None
         self._tls = tls
+        name = client_id or f"citypost-fleet-{city_name}-{uuid.uuid4().hex[:8]}"
         self._session = session(
-            client_id=client_id or f"citypost-fleet-{city_name}-{uuid.uuid4().hex[:8]}",
+            client_id=name,
+            host=mqtt_config.host,
+            port=mqtt_config.port,
+            keepalive_s=mqtt_config.keepalive_s,
+            tls=tls,
+        )
+        self._session.client.on_publish = self._on_publish
+        self._commands = session(
+            client_id=f"{name}-commands",
             host=mqtt_config.host,
             port=mqtt_config.port,
             keepalive_s=mqtt_config.keepalive_s,
@@ -307,13 +325,13 @@ class NetworkServer:
             on_message=self._on_message,
             tls=tls,
         )
-        self._session.client.on_publish = self._on_publish
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     def start(self, *, uplinks: bool = True, timeout: float = 10.0) -> None:
         """Connect and subscribe; with uplinks, start the scheduler (staggered first uplinks)."""
         self._session.start(timeout)
+        self._commands.start(timeout)
         self._radio_thread = threading.Thread(
             target=self._run_downlinks, name="fleet-downlinks", daemon=True
         )
@@ -353,6 +371,7 @@ class NetworkServer:
         self._thread = self._radio_thread = None
         # A stopped simulator is never resumed under the same identity: let the
         # broker drop its session instead of queueing downlinks for it.
+        self._commands.stop(end_session=True)
         self._session.stop(end_session=True)
 
     def __enter__(self) -> NetworkServer:
@@ -433,9 +452,14 @@ class NetworkServer:
         return now
 
     def _publish(self, topic: str, payload: bytes) -> mqtt.MQTTMessageInfo:
+        """An uplink: counted against MAX_OUTSTANDING."""
         with self._pub_lock:
             self._published += 1
         return self._session.client.publish(topic, payload, qos=1)
+
+    def _publish_command_event(self, topic: str, payload: bytes) -> None:
+        """What the command path says (txack, ack, log, executions), on its own session."""
+        self._commands.client.publish(topic, payload, qos=1)
 
     def _on_publish(self, _c: Any, _u: Any, _mid: int, _rc: ReasonCode, _p: Any) -> None:
         with self._pub_lock:
@@ -657,7 +681,7 @@ class NetworkServer:
         with self._lock:
             batch, self._unpublished = self._unpublished, []
         if batch:
-            self._publish(self.executions_topic, executions_message(batch))
+            self._publish_command_event(self.executions_topic, executions_message(batch))
 
     def _handle_each(self, events: list[Event]) -> None:
         for event in events:
@@ -734,7 +758,7 @@ class NetworkServer:
             context={"queue_item_id": frame.queue_id},
             time_ms=self.clock.now_ms(),
         )
-        self._publish(log_topic(device.application_id, device.dev_eui), payload)
+        self._publish_command_event(log_topic(device.application_id, device.dev_eui), payload)
 
     def _record(self, sim_device: SimDevice, cmd: DeviceCommand, sim_now: datetime) -> Execution:
         device = sim_device.device
@@ -777,10 +801,10 @@ class NetworkServer:
                 dr=sent.dr,
                 immediately=sent.immediately,
             )
-            self._publish(txack_topic(device.application_id, device.dev_eui), txack)
+            self._publish_command_event(txack_topic(device.application_id, device.dev_eui), txack)
         if frame.confirmed or sent is None:
             ack = build_ack(slot.info, frame.queue_id, acknowledged, f_cnt_down, time_ms=now_ms)
-            self._publish(ack_topic(device.application_id, device.dev_eui), ack)
+            self._publish_command_event(ack_topic(device.application_id, device.dev_eui), ack)
 
     # --- observation -------------------------------------------------------------------------
 
@@ -799,7 +823,7 @@ class NetworkServer:
             due = self._schedule.next_due()
             pace: Pace | None = self._pace.pace(self._monotonic())
             return FleetStats(
-                connected=self._session.connected,
+                connected=self._session.connected and self._commands.connected,
                 uplinks_by_class=dict(c.uplinks_by_class),
                 commands_executed=c.executed,
                 commands_duplicate=c.duplicate,
