@@ -13,7 +13,7 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 DEBIAN_PACKAGES := etcd-server etcd-client mosquitto openssl
 PROTO_SRC := $(wildcard protos/citypost/v1/*.proto)
 
-.PHONY: bootstrap system-packages demo test unit integration protos protos-check lint bench clean
+.PHONY: bootstrap system-packages demo test unit integration protos protos-check vendor lint bench clean
 
 bootstrap: system-packages $(STAMP)
 
@@ -49,6 +49,9 @@ protos: bootstrap
 
 protos-check: bootstrap
 	$(PY) -m protos.generate --check
+
+vendor: bootstrap
+	$(PY) -m console.web.vendor_sync
 
 lint: bootstrap
 	$(VENV)/bin/ruff check .
