@@ -231,11 +231,16 @@ class OperatorService(operator_pb2_grpc.OperatorServiceServicer):
                 "include_telemetry: telemetry streaming is not available yet; watch without it "
                 "and read each asset's last_telemetry with GetAsset or ListAssets"
             )
-        revision = await self._state.revision()
+        if request.start_revision < 0:
+            raise InvalidArgumentError(
+                f"start_revision: a revision is >= 1 (0: from now), got {request.start_revision}"
+            )
+        # A client resuming names the revision after the last event it saw.
+        start = request.start_revision or await self._state.revision() + 1
         # Sent once the start is pinned: a client that awaits it misses nothing written after.
-        await context.send_initial_metadata(((WATCH_REVISION_METADATA, str(revision)),))
+        await context.send_initial_metadata(((WATCH_REVISION_METADATA, str(start - 1)),))
         try:
-            async with contextlib.aclosing(self._state.watch(revision + 1)) as changes:
+            async with contextlib.aclosing(self._state.watch(start)) as changes:
                 async for change in changes:
                     event = self._event(change, classes)
                     if event is not None:
@@ -256,7 +261,7 @@ class OperatorService(operator_pb2_grpc.OperatorServiceServicer):
                 return None
             if classes and not _in_classes(value, classes):
                 return None
-            event = operator_pb2.Event(at_ms=self._wall_ms())
+            event = operator_pb2.Event(at_ms=self._wall_ms(), revision=change.revision)
             getattr(event, field).CopyFrom(value)
             return event
         return None  # audit, idempotency, notifications, config: not operator events

@@ -711,6 +711,34 @@ async def test_watch_delivers_an_alarm_raised_after_the_stream_opened(rig: Rig) 
 
 
 @pytest.mark.timeout(30)
+async def test_a_watch_resumes_after_the_last_event_it_saw_with_nothing_missed(
+    rig: Rig,
+) -> None:
+    call = rig.stub.WatchEvents(OP.WatchEventsRequest(), metadata=CLAIRE)
+    await call.initial_metadata()
+    first = await rig.raise_alarm(LAMP, kind="resume-1")
+    seen = await _next_event(call)
+    assert seen.alarm.alarm_id == first.alarm_id and seen.revision >= 1
+    call.cancel()  # the browser's connection drops here
+    missed = [await rig.raise_alarm(BOLLARD, kind=f"resume-{n}") for n in (2, 3)]
+    resumed = rig.stub.WatchEvents(
+        OP.WatchEventsRequest(start_revision=seen.revision + 1), metadata=CLAIRE
+    )
+    metadata = dict(await resumed.initial_metadata())
+    assert int(metadata[WATCH_REVISION_METADATA]) == seen.revision
+    got = [await _next_event(resumed) for _ in missed]
+    assert [e.alarm.type for e in got] == ["resume-2", "resume-3"]  # none repeated or lost
+    assert got[0].revision > seen.revision and got[1].revision > got[0].revision
+    resumed.cancel()
+
+    bad = rig.stub.WatchEvents(OP.WatchEventsRequest(start_revision=-1), metadata=CLAIRE)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await bad.read()
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "start_revision" in (caught.value.details() or "")
+
+
+@pytest.mark.timeout(30)
 async def test_watch_refuses_telemetry_streaming_for_now(rig: Rig) -> None:
     call = rig.stub.WatchEvents(OP.WatchEventsRequest(include_telemetry=True), metadata=CLAIRE)
     with pytest.raises(grpc.aio.AioRpcError) as caught:

@@ -29,15 +29,15 @@ from protos.citypost.v1 import operations_pb2 as protos_dot_citypost_dot_v1_dot_
 from protos.citypost.v1 import telemetry_pb2 as protos_dot_citypost_dot_v1_dot_telemetry__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!protos/citypost/v1/operator.proto\x12\x0b\x63itypost.v1\x1a\x1fprotos/citypost/v1/assets.proto\x1a protos/citypost/v1/command.proto\x1a&protos/citypost/v1/control_state.proto\x1a#protos/citypost/v1/operations.proto\x1a\"protos/citypost/v1/telemetry.proto\"\xf8\x01\n\x05\x41sset\x12\x0f\n\x07\x64\x65v_eui\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12,\n\x0b\x61sset_class\x18\x03 \x01(\x0e\x32\x17.citypost.v1.AssetClass\x12\r\n\x05group\x18\x04 \x01(\t\x12\x0f\n\x07\x63ommune\x18\x05 \x01(\t\x12\'\n\x08location\x18\x06 \x01(\x0b\x32\x15.citypost.v1.GeoPoint\x12.\n\x0elast_telemetry\x18\x07 \x01(\x0b\x32\x16.citypost.v1.Telemetry\x12\x15\n\ractive_alarms\x18\x08 \x01(\x05\x12\x12\n\noverridden\x18\t \x01(\x08\"\x9e\x01\n\x11ListAssetsRequest\x12,\n\x0b\x61sset_class\x18\x01 \x01(\x0e\x32\x17.citypost.v1.AssetClass\x12\x0f\n\x07\x63ommune\x18\x02 \x01(\t\x12\r\n\x05group\x18\x03 \x01(\t\x12\x14\n\x0conly_alarmed\x18\x04 \x01(\x08\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"`\n\x12ListAssetsResponse\x12\"\n\x06\x61ssets\x18\x01 \x03(\x0b\x32\x12.citypost.v1.Asset\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\r\n\x05total\x18\x03 \x01(\x05\"\"\n\x0fGetAssetRequest\x12\x0f\n\x07\x64\x65v_eui\x18\x01 \x01(\t\"_\n\x12WatchEventsRequest\x12.\n\rasset_classes\x18\x01 \x03(\x0e\x32\x17.citypost.v1.AssetClass\x12\x19\n\x11include_telemetry\x18\x02 \x01(\x08\"\x98\x02\n\x05\x45vent\x12\r\n\x05\x61t_ms\x18\x01 \x01(\x03\x12+\n\ttelemetry\x18\x02 \x01(\x0b\x32\x16.citypost.v1.TelemetryH\x00\x12#\n\x05\x61larm\x18\x03 \x01(\x0b\x32\x12.citypost.v1.AlarmH\x00\x12-\n\x07\x63ommand\x18\x04 \x01(\x0b\x32\x1a.citypost.v1.CommandRecordH\x00\x12!\n\x04task\x18\x05 \x01(\x0b\x32\x11.citypost.v1.TaskH\x00\x12)\n\x08incident\x18\x06 \x01(\x0b\x32\x15.citypost.v1.IncidentH\x00\x12)\n\x08override\x18\x07 \x01(\x0b\x32\x15.citypost.v1.OverrideH\x00\x42\x06\n\x04kind\"\x87\x01\n\x12SendCommandRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12%\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x14.citypost.v1.Command\x12\x0e\n\x06ttl_ms\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x11\n\temergency\x18\x05 \x01(\x08\"S\n\x14\x44\x65\x63ideCommandRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x12\n\ncommand_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\'\n\x11GetCommandRequest\x12\x12\n\ncommand_id\x18\x01 \x01(\t\"h\n\x13ListCommandsRequest\x12*\n\x06status\x18\x01 \x01(\x0e\x32\x1a.citypost.v1.CommandStatus\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"]\n\x14ListCommandsResponse\x12,\n\x08\x63ommands\x18\x01 \x03(\x0b\x32\x1a.citypost.v1.CommandRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xb5\x01\n\x12SetOverrideRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12,\n\x0b\x61sset_class\x18\x02 \x01(\x0e\x32\x17.citypost.v1.AssetClass\x12\r\n\x05group\x18\x03 \x01(\t\x12$\n\x06\x61\x63tion\x18\x04 \x01(\x0b\x32\x14.citypost.v1.Command\x12\x13\n\x0b\x64uration_ms\x18\x05 \x01(\x03\x12\x0e\n\x06reason\x18\x06 \x01(\t\"B\n\x12\x45ndOverrideRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x13\n\x0boverride_id\x18\x02 \x01(\t\"R\n\x14ListOverridesRequest\x12\x13\n\x0b\x61\x63tive_only\x18\x01 \x01(\x08\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"Z\n\x15ListOverridesResponse\x12(\n\toverrides\x18\x01 \x03(\x0b\x32\x15.citypost.v1.Override\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xfc\x01\n\x11ListAlarmsRequest\x12\'\n\x06states\x18\x01 \x03(\x0e\x32\x17.citypost.v1.AlarmState\x12,\n\x0b\x61sset_class\x18\x02 \x01(\x0e\x32\x17.citypost.v1.AssetClass\x12+\n\x0cmin_severity\x18\x03 \x01(\x0e\x32\x15.citypost.v1.Severity\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\x12$\n\x04view\x18\x06 \x01(\x0e\x32\x16.citypost.v1.AlarmView\x12\x16\n\x0e\x63\x61use_alarm_id\x18\x07 \x01(\t\"`\n\x12ShelveAlarmRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x10\n\x08\x61larm_id\x18\x02 \x01(\t\x12\x0f\n\x07minutes\x18\x03 \x01(\x01\x12\x0e\n\x06reason\x18\x04 \x01(\t\"Q\n\x12ListAlarmsResponse\x12\"\n\x06\x61larms\x18\x01 \x03(\x0b\x32\x12.citypost.v1.Alarm\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"P\n\x12\x41larmActionRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x10\n\x08\x61larm_id\x18\x02 \x01(\t\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\"P\n\x14ListIncidentsRequest\x12\x11\n\topen_only\x18\x01 \x01(\x08\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"Z\n\x15ListIncidentsResponse\x12(\n\tincidents\x18\x01 \x03(\x0b\x32\x15.citypost.v1.Incident\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa4\x01\n\x15\x43reateIncidentRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x19.citypost.v1.IncidentKind\x12\'\n\x08location\x18\x03 \x01(\x0b\x32\x15.citypost.v1.GeoPoint\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x10\n\x08priority\x18\x05 \x01(\x05\"\xc2\x01\n\x11\x43reateTaskRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12+\n\ndepartment\x18\x02 \x01(\x0e\x32\x17.citypost.v1.Department\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\'\n\x08location\x18\x05 \x01(\x0b\x32\x15.citypost.v1.GeoPoint\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\x12\x0e\n\x06origin\x18\x07 \x01(\t\"O\n\x11\x41ssignTaskRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x10\n\x08\x61ssignee\x18\x03 \x01(\t\"`\n\x10\x43loseTaskRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x11\n\tcancelled\x18\x03 \x01(\x08\x12\x0f\n\x07\x63omment\x18\x04 \x01(\t\"\x91\x01\n\x10ListTasksRequest\x12+\n\ndepartment\x18\x01 \x01(\x0e\x32\x17.citypost.v1.Department\x12)\n\x08statuses\x18\x02 \x03(\x0e\x32\x17.citypost.v1.TaskStatus\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"N\n\x11ListTasksResponse\x12 \n\x05tasks\x18\x01 \x03(\x0b\x32\x11.citypost.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*n\n\tAlarmView\x12\x1a\n\x16\x41LARM_VIEW_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41LARM_VIEW_SHELVED\x10\x01\x12\x19\n\x15\x41LARM_VIEW_SUPPRESSED\x10\x02\x12\x12\n\x0e\x41LARM_VIEW_ALL\x10\x03\x32\xed\x0c\n\x0fOperatorService\x12M\n\nListAssets\x12\x1e.citypost.v1.ListAssetsRequest\x1a\x1f.citypost.v1.ListAssetsResponse\x12<\n\x08GetAsset\x12\x1c.citypost.v1.GetAssetRequest\x1a\x12.citypost.v1.Asset\x12\x44\n\x0bWatchEvents\x12\x1f.citypost.v1.WatchEventsRequest\x1a\x12.citypost.v1.Event0\x01\x12J\n\x0bSendCommand\x12\x1f.citypost.v1.SendCommandRequest\x1a\x1a.citypost.v1.CommandRecord\x12H\n\nGetCommand\x12\x1e.citypost.v1.GetCommandRequest\x1a\x1a.citypost.v1.CommandRecord\x12S\n\x0cListCommands\x12 .citypost.v1.ListCommandsRequest\x1a!.citypost.v1.ListCommandsResponse\x12O\n\x0e\x41pproveCommand\x12!.citypost.v1.DecideCommandRequest\x1a\x1a.citypost.v1.CommandRecord\x12N\n\rRejectCommand\x12!.citypost.v1.DecideCommandRequest\x1a\x1a.citypost.v1.CommandRecord\x12\x45\n\x0bSetOverride\x12\x1f.citypost.v1.SetOverrideRequest\x1a\x15.citypost.v1.Override\x12\x45\n\x0b\x45ndOverride\x12\x1f.citypost.v1.EndOverrideRequest\x1a\x15.citypost.v1.Override\x12V\n\rListOverrides\x12!.citypost.v1.ListOverridesRequest\x1a\".citypost.v1.ListOverridesResponse\x12M\n\nListAlarms\x12\x1e.citypost.v1.ListAlarmsRequest\x1a\x1f.citypost.v1.ListAlarmsResponse\x12G\n\x10\x41\x63knowledgeAlarm\x12\x1f.citypost.v1.AlarmActionRequest\x1a\x12.citypost.v1.Alarm\x12\x41\n\nClearAlarm\x12\x1f.citypost.v1.AlarmActionRequest\x1a\x12.citypost.v1.Alarm\x12\x42\n\x0bShelveAlarm\x12\x1f.citypost.v1.ShelveAlarmRequest\x1a\x12.citypost.v1.Alarm\x12\x44\n\rUnshelveAlarm\x12\x1f.citypost.v1.AlarmActionRequest\x1a\x12.citypost.v1.Alarm\x12V\n\rListIncidents\x12!.citypost.v1.ListIncidentsRequest\x1a\".citypost.v1.ListIncidentsResponse\x12K\n\x0e\x43reateIncident\x12\".citypost.v1.CreateIncidentRequest\x1a\x15.citypost.v1.Incident\x12?\n\nCreateTask\x12\x1e.citypost.v1.CreateTaskRequest\x1a\x11.citypost.v1.Task\x12?\n\nAssignTask\x12\x1e.citypost.v1.AssignTaskRequest\x1a\x11.citypost.v1.Task\x12=\n\tCloseTask\x12\x1d.citypost.v1.CloseTaskRequest\x1a\x11.citypost.v1.Task\x12J\n\tListTasks\x12\x1d.citypost.v1.ListTasksRequest\x1a\x1e.citypost.v1.ListTasksResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!protos/citypost/v1/operator.proto\x12\x0b\x63itypost.v1\x1a\x1fprotos/citypost/v1/assets.proto\x1a protos/citypost/v1/command.proto\x1a&protos/citypost/v1/control_state.proto\x1a#protos/citypost/v1/operations.proto\x1a\"protos/citypost/v1/telemetry.proto\"\xf8\x01\n\x05\x41sset\x12\x0f\n\x07\x64\x65v_eui\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12,\n\x0b\x61sset_class\x18\x03 \x01(\x0e\x32\x17.citypost.v1.AssetClass\x12\r\n\x05group\x18\x04 \x01(\t\x12\x0f\n\x07\x63ommune\x18\x05 \x01(\t\x12\'\n\x08location\x18\x06 \x01(\x0b\x32\x15.citypost.v1.GeoPoint\x12.\n\x0elast_telemetry\x18\x07 \x01(\x0b\x32\x16.citypost.v1.Telemetry\x12\x15\n\ractive_alarms\x18\x08 \x01(\x05\x12\x12\n\noverridden\x18\t \x01(\x08\"\x9e\x01\n\x11ListAssetsRequest\x12,\n\x0b\x61sset_class\x18\x01 \x01(\x0e\x32\x17.citypost.v1.AssetClass\x12\x0f\n\x07\x63ommune\x18\x02 \x01(\t\x12\r\n\x05group\x18\x03 \x01(\t\x12\x14\n\x0conly_alarmed\x18\x04 \x01(\x08\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"`\n\x12ListAssetsResponse\x12\"\n\x06\x61ssets\x18\x01 \x03(\x0b\x32\x12.citypost.v1.Asset\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\r\n\x05total\x18\x03 \x01(\x05\"\"\n\x0fGetAssetRequest\x12\x0f\n\x07\x64\x65v_eui\x18\x01 \x01(\t\"w\n\x12WatchEventsRequest\x12.\n\rasset_classes\x18\x01 \x03(\x0e\x32\x17.citypost.v1.AssetClass\x12\x19\n\x11include_telemetry\x18\x02 \x01(\x08\x12\x16\n\x0estart_revision\x18\x03 \x01(\x03\"\xaa\x02\n\x05\x45vent\x12\r\n\x05\x61t_ms\x18\x01 \x01(\x03\x12\x10\n\x08revision\x18\x08 \x01(\x03\x12+\n\ttelemetry\x18\x02 \x01(\x0b\x32\x16.citypost.v1.TelemetryH\x00\x12#\n\x05\x61larm\x18\x03 \x01(\x0b\x32\x12.citypost.v1.AlarmH\x00\x12-\n\x07\x63ommand\x18\x04 \x01(\x0b\x32\x1a.citypost.v1.CommandRecordH\x00\x12!\n\x04task\x18\x05 \x01(\x0b\x32\x11.citypost.v1.TaskH\x00\x12)\n\x08incident\x18\x06 \x01(\x0b\x32\x15.citypost.v1.IncidentH\x00\x12)\n\x08override\x18\x07 \x01(\x0b\x32\x15.citypost.v1.OverrideH\x00\x42\x06\n\x04kind\"\x87\x01\n\x12SendCommandRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12%\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x14.citypost.v1.Command\x12\x0e\n\x06ttl_ms\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x11\n\temergency\x18\x05 \x01(\x08\"S\n\x14\x44\x65\x63ideCommandRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x12\n\ncommand_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\'\n\x11GetCommandRequest\x12\x12\n\ncommand_id\x18\x01 \x01(\t\"h\n\x13ListCommandsRequest\x12*\n\x06status\x18\x01 \x01(\x0e\x32\x1a.citypost.v1.CommandStatus\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"]\n\x14ListCommandsResponse\x12,\n\x08\x63ommands\x18\x01 \x03(\x0b\x32\x1a.citypost.v1.CommandRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xb5\x01\n\x12SetOverrideRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12,\n\x0b\x61sset_class\x18\x02 \x01(\x0e\x32\x17.citypost.v1.AssetClass\x12\r\n\x05group\x18\x03 \x01(\t\x12$\n\x06\x61\x63tion\x18\x04 \x01(\x0b\x32\x14.citypost.v1.Command\x12\x13\n\x0b\x64uration_ms\x18\x05 \x01(\x03\x12\x0e\n\x06reason\x18\x06 \x01(\t\"B\n\x12\x45ndOverrideRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x13\n\x0boverride_id\x18\x02 \x01(\t\"R\n\x14ListOverridesRequest\x12\x13\n\x0b\x61\x63tive_only\x18\x01 \x01(\x08\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"Z\n\x15ListOverridesResponse\x12(\n\toverrides\x18\x01 \x03(\x0b\x32\x15.citypost.v1.Override\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xfc\x01\n\x11ListAlarmsRequest\x12\'\n\x06states\x18\x01 \x03(\x0e\x32\x17.citypost.v1.AlarmState\x12,\n\x0b\x61sset_class\x18\x02 \x01(\x0e\x32\x17.citypost.v1.AssetClass\x12+\n\x0cmin_severity\x18\x03 \x01(\x0e\x32\x15.citypost.v1.Severity\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\x12$\n\x04view\x18\x06 \x01(\x0e\x32\x16.citypost.v1.AlarmView\x12\x16\n\x0e\x63\x61use_alarm_id\x18\x07 \x01(\t\"`\n\x12ShelveAlarmRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x10\n\x08\x61larm_id\x18\x02 \x01(\t\x12\x0f\n\x07minutes\x18\x03 \x01(\x01\x12\x0e\n\x06reason\x18\x04 \x01(\t\"Q\n\x12ListAlarmsResponse\x12\"\n\x06\x61larms\x18\x01 \x03(\x0b\x32\x12.citypost.v1.Alarm\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"P\n\x12\x41larmActionRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x10\n\x08\x61larm_id\x18\x02 \x01(\t\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\"P\n\x14ListIncidentsRequest\x12\x11\n\topen_only\x18\x01 \x01(\x08\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"Z\n\x15ListIncidentsResponse\x12(\n\tincidents\x18\x01 \x03(\x0b\x32\x15.citypost.v1.Incident\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa4\x01\n\x15\x43reateIncidentRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x19.citypost.v1.IncidentKind\x12\'\n\x08location\x18\x03 \x01(\x0b\x32\x15.citypost.v1.GeoPoint\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x10\n\x08priority\x18\x05 \x01(\x05\"\xc2\x01\n\x11\x43reateTaskRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12+\n\ndepartment\x18\x02 \x01(\x0e\x32\x17.citypost.v1.Department\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\'\n\x08location\x18\x05 \x01(\x0b\x32\x15.citypost.v1.GeoPoint\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\x12\x0e\n\x06origin\x18\x07 \x01(\t\"O\n\x11\x41ssignTaskRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x10\n\x08\x61ssignee\x18\x03 \x01(\t\"`\n\x10\x43loseTaskRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x11\n\tcancelled\x18\x03 \x01(\x08\x12\x0f\n\x07\x63omment\x18\x04 \x01(\t\"\x91\x01\n\x10ListTasksRequest\x12+\n\ndepartment\x18\x01 \x01(\x0e\x32\x17.citypost.v1.Department\x12)\n\x08statuses\x18\x02 \x03(\x0e\x32\x17.citypost.v1.TaskStatus\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"N\n\x11ListTasksResponse\x12 \n\x05tasks\x18\x01 \x03(\x0b\x32\x11.citypost.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*n\n\tAlarmView\x12\x1a\n\x16\x41LARM_VIEW_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41LARM_VIEW_SHELVED\x10\x01\x12\x19\n\x15\x41LARM_VIEW_SUPPRESSED\x10\x02\x12\x12\n\x0e\x41LARM_VIEW_ALL\x10\x03\x32\xed\x0c\n\x0fOperatorService\x12M\n\nListAssets\x12\x1e.citypost.v1.ListAssetsRequest\x1a\x1f.citypost.v1.ListAssetsResponse\x12<\n\x08GetAsset\x12\x1c.citypost.v1.GetAssetRequest\x1a\x12.citypost.v1.Asset\x12\x44\n\x0bWatchEvents\x12\x1f.citypost.v1.WatchEventsRequest\x1a\x12.citypost.v1.Event0\x01\x12J\n\x0bSendCommand\x12\x1f.citypost.v1.SendCommandRequest\x1a\x1a.citypost.v1.CommandRecord\x12H\n\nGetCommand\x12\x1e.citypost.v1.GetCommandRequest\x1a\x1a.citypost.v1.CommandRecord\x12S\n\x0cListCommands\x12 .citypost.v1.ListCommandsRequest\x1a!.citypost.v1.ListCommandsResponse\x12O\n\x0e\x41pproveCommand\x12!.citypost.v1.DecideCommandRequest\x1a\x1a.citypost.v1.CommandRecord\x12N\n\rRejectCommand\x12!.citypost.v1.DecideCommandRequest\x1a\x1a.citypost.v1.CommandRecord\x12\x45\n\x0bSetOverride\x12\x1f.citypost.v1.SetOverrideRequest\x1a\x15.citypost.v1.Override\x12\x45\n\x0b\x45ndOverride\x12\x1f.citypost.v1.EndOverrideRequest\x1a\x15.citypost.v1.Override\x12V\n\rListOverrides\x12!.citypost.v1.ListOverridesRequest\x1a\".citypost.v1.ListOverridesResponse\x12M\n\nListAlarms\x12\x1e.citypost.v1.ListAlarmsRequest\x1a\x1f.citypost.v1.ListAlarmsResponse\x12G\n\x10\x41\x63knowledgeAlarm\x12\x1f.citypost.v1.AlarmActionRequest\x1a\x12.citypost.v1.Alarm\x12\x41\n\nClearAlarm\x12\x1f.citypost.v1.AlarmActionRequest\x1a\x12.citypost.v1.Alarm\x12\x42\n\x0bShelveAlarm\x12\x1f.citypost.v1.ShelveAlarmRequest\x1a\x12.citypost.v1.Alarm\x12\x44\n\rUnshelveAlarm\x12\x1f.citypost.v1.AlarmActionRequest\x1a\x12.citypost.v1.Alarm\x12V\n\rListIncidents\x12!.citypost.v1.ListIncidentsRequest\x1a\".citypost.v1.ListIncidentsResponse\x12K\n\x0e\x43reateIncident\x12\".citypost.v1.CreateIncidentRequest\x1a\x15.citypost.v1.Incident\x12?\n\nCreateTask\x12\x1e.citypost.v1.CreateTaskRequest\x1a\x11.citypost.v1.Task\x12?\n\nAssignTask\x12\x1e.citypost.v1.AssignTaskRequest\x1a\x11.citypost.v1.Task\x12=\n\tCloseTask\x12\x1d.citypost.v1.CloseTaskRequest\x1a\x11.citypost.v1.Task\x12J\n\tListTasks\x12\x1d.citypost.v1.ListTasksRequest\x1a\x1e.citypost.v1.ListTasksResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.citypost.v1.operator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ALARMVIEW']._serialized_start=3512
-  _globals['_ALARMVIEW']._serialized_end=3622
+  _globals['_ALARMVIEW']._serialized_start=3554
+  _globals['_ALARMVIEW']._serialized_end=3664
   _globals['_ASSET']._serialized_start=231
   _globals['_ASSET']._serialized_end=479
   _globals['_LISTASSETSREQUEST']._serialized_start=482
@@ -47,51 +47,51 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETASSETREQUEST']._serialized_start=740
   _globals['_GETASSETREQUEST']._serialized_end=774
   _globals['_WATCHEVENTSREQUEST']._serialized_start=776
-  _globals['_WATCHEVENTSREQUEST']._serialized_end=871
-  _globals['_EVENT']._serialized_start=874
-  _globals['_EVENT']._serialized_end=1154
-  _globals['_SENDCOMMANDREQUEST']._serialized_start=1157
-  _globals['_SENDCOMMANDREQUEST']._serialized_end=1292
-  _globals['_DECIDECOMMANDREQUEST']._serialized_start=1294
-  _globals['_DECIDECOMMANDREQUEST']._serialized_end=1377
-  _globals['_GETCOMMANDREQUEST']._serialized_start=1379
-  _globals['_GETCOMMANDREQUEST']._serialized_end=1418
-  _globals['_LISTCOMMANDSREQUEST']._serialized_start=1420
-  _globals['_LISTCOMMANDSREQUEST']._serialized_end=1524
-  _globals['_LISTCOMMANDSRESPONSE']._serialized_start=1526
-  _globals['_LISTCOMMANDSRESPONSE']._serialized_end=1619
-  _globals['_SETOVERRIDEREQUEST']._serialized_start=1622
-  _globals['_SETOVERRIDEREQUEST']._serialized_end=1803
-  _globals['_ENDOVERRIDEREQUEST']._serialized_start=1805
-  _globals['_ENDOVERRIDEREQUEST']._serialized_end=1871
-  _globals['_LISTOVERRIDESREQUEST']._serialized_start=1873
-  _globals['_LISTOVERRIDESREQUEST']._serialized_end=1955
-  _globals['_LISTOVERRIDESRESPONSE']._serialized_start=1957
-  _globals['_LISTOVERRIDESRESPONSE']._serialized_end=2047
-  _globals['_LISTALARMSREQUEST']._serialized_start=2050
-  _globals['_LISTALARMSREQUEST']._serialized_end=2302
-  _globals['_SHELVEALARMREQUEST']._serialized_start=2304
-  _globals['_SHELVEALARMREQUEST']._serialized_end=2400
-  _globals['_LISTALARMSRESPONSE']._serialized_start=2402
-  _globals['_LISTALARMSRESPONSE']._serialized_end=2483
-  _globals['_ALARMACTIONREQUEST']._serialized_start=2485
-  _globals['_ALARMACTIONREQUEST']._serialized_end=2565
-  _globals['_LISTINCIDENTSREQUEST']._serialized_start=2567
-  _globals['_LISTINCIDENTSREQUEST']._serialized_end=2647
-  _globals['_LISTINCIDENTSRESPONSE']._serialized_start=2649
-  _globals['_LISTINCIDENTSRESPONSE']._serialized_end=2739
-  _globals['_CREATEINCIDENTREQUEST']._serialized_start=2742
-  _globals['_CREATEINCIDENTREQUEST']._serialized_end=2906
-  _globals['_CREATETASKREQUEST']._serialized_start=2909
-  _globals['_CREATETASKREQUEST']._serialized_end=3103
-  _globals['_ASSIGNTASKREQUEST']._serialized_start=3105
-  _globals['_ASSIGNTASKREQUEST']._serialized_end=3184
-  _globals['_CLOSETASKREQUEST']._serialized_start=3186
-  _globals['_CLOSETASKREQUEST']._serialized_end=3282
-  _globals['_LISTTASKSREQUEST']._serialized_start=3285
-  _globals['_LISTTASKSREQUEST']._serialized_end=3430
-  _globals['_LISTTASKSRESPONSE']._serialized_start=3432
-  _globals['_LISTTASKSRESPONSE']._serialized_end=3510
-  _globals['_OPERATORSERVICE']._serialized_start=3625
-  _globals['_OPERATORSERVICE']._serialized_end=5270
+  _globals['_WATCHEVENTSREQUEST']._serialized_end=895
+  _globals['_EVENT']._serialized_start=898
+  _globals['_EVENT']._serialized_end=1196
+  _globals['_SENDCOMMANDREQUEST']._serialized_start=1199
+  _globals['_SENDCOMMANDREQUEST']._serialized_end=1334
+  _globals['_DECIDECOMMANDREQUEST']._serialized_start=1336
+  _globals['_DECIDECOMMANDREQUEST']._serialized_end=1419
+  _globals['_GETCOMMANDREQUEST']._serialized_start=1421
+  _globals['_GETCOMMANDREQUEST']._serialized_end=1460
+  _globals['_LISTCOMMANDSREQUEST']._serialized_start=1462
+  _globals['_LISTCOMMANDSREQUEST']._serialized_end=1566
+  _globals['_LISTCOMMANDSRESPONSE']._serialized_start=1568
+  _globals['_LISTCOMMANDSRESPONSE']._serialized_end=1661
+  _globals['_SETOVERRIDEREQUEST']._serialized_start=1664
+  _globals['_SETOVERRIDEREQUEST']._serialized_end=1845
+  _globals['_ENDOVERRIDEREQUEST']._serialized_start=1847
+  _globals['_ENDOVERRIDEREQUEST']._serialized_end=1913
+  _globals['_LISTOVERRIDESREQUEST']._serialized_start=1915
+  _globals['_LISTOVERRIDESREQUEST']._serialized_end=1997
+  _globals['_LISTOVERRIDESRESPONSE']._serialized_start=1999
+  _globals['_LISTOVERRIDESRESPONSE']._serialized_end=2089
+  _globals['_LISTALARMSREQUEST']._serialized_start=2092
+  _globals['_LISTALARMSREQUEST']._serialized_end=2344
+  _globals['_SHELVEALARMREQUEST']._serialized_start=2346
+  _globals['_SHELVEALARMREQUEST']._serialized_end=2442
+  _globals['_LISTALARMSRESPONSE']._serialized_start=2444
+  _globals['_LISTALARMSRESPONSE']._serialized_end=2525
+  _globals['_ALARMACTIONREQUEST']._serialized_start=2527
+  _globals['_ALARMACTIONREQUEST']._serialized_end=2607
+  _globals['_LISTINCIDENTSREQUEST']._serialized_start=2609
+  _globals['_LISTINCIDENTSREQUEST']._serialized_end=2689
+  _globals['_LISTINCIDENTSRESPONSE']._serialized_start=2691
+  _globals['_LISTINCIDENTSRESPONSE']._serialized_end=2781
+  _globals['_CREATEINCIDENTREQUEST']._serialized_start=2784
+  _globals['_CREATEINCIDENTREQUEST']._serialized_end=2948
+  _globals['_CREATETASKREQUEST']._serialized_start=2951
+  _globals['_CREATETASKREQUEST']._serialized_end=3145
+  _globals['_ASSIGNTASKREQUEST']._serialized_start=3147
+  _globals['_ASSIGNTASKREQUEST']._serialized_end=3226
+  _globals['_CLOSETASKREQUEST']._serialized_start=3228
+  _globals['_CLOSETASKREQUEST']._serialized_end=3324
+  _globals['_LISTTASKSREQUEST']._serialized_start=3327
+  _globals['_LISTTASKSREQUEST']._serialized_end=3472
+  _globals['_LISTTASKSRESPONSE']._serialized_start=3474
+  _globals['_LISTTASKSRESPONSE']._serialized_end=3552
+  _globals['_OPERATORSERVICE']._serialized_start=3667
+  _globals['_OPERATORSERVICE']._serialized_end=5312
 # @@protoc_insertion_point(module_scope)

@@ -179,8 +179,14 @@ class WatchEventsRequest(_message.Message):
 
     ASSET_CLASSES_FIELD_NUMBER: _builtins.int
     INCLUDE_TELEMETRY_FIELD_NUMBER: _builtins.int
+    START_REVISION_FIELD_NUMBER: _builtins.int
     include_telemetry: _builtins.bool
     """telemetry is a firehose: off unless asked"""
+    start_revision: _builtins.int
+    """Resume: the events of the control state from this revision on (an event's
+    `revision` + 1). 0: from now. FAILED_PRECONDITION when the post's history no
+    longer reaches back that far: read the state afresh and watch from now.
+    """
     @_builtins.property
     def asset_classes(self) -> _containers.RepeatedScalarFieldContainer[_assets_pb2.AssetClass.ValueType]:
         """empty: all"""
@@ -190,10 +196,11 @@ class WatchEventsRequest(_message.Message):
         *,
         asset_classes: _abc.Iterable[_assets_pb2.AssetClass.ValueType] | None = ...,
         include_telemetry: _builtins.bool = ...,
+        start_revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_classes", b"asset_classes", "include_telemetry", b"include_telemetry"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_classes", b"asset_classes", "include_telemetry", b"include_telemetry", "start_revision", b"start_revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -204,6 +211,7 @@ class Event(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     AT_MS_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
     TELEMETRY_FIELD_NUMBER: _builtins.int
     ALARM_FIELD_NUMBER: _builtins.int
     COMMAND_FIELD_NUMBER: _builtins.int
@@ -211,6 +219,8 @@ class Event(_message.Message):
     INCIDENT_FIELD_NUMBER: _builtins.int
     OVERRIDE_FIELD_NUMBER: _builtins.int
     at_ms: _builtins.int
+    revision: _builtins.int
+    """the control-state revision of the change (both posts share it)"""
     @_builtins.property
     def telemetry(self) -> _telemetry_pb2.Telemetry: ...
     @_builtins.property
@@ -227,6 +237,7 @@ class Event(_message.Message):
         self,
         *,
         at_ms: _builtins.int = ...,
+        revision: _builtins.int = ...,
         telemetry: _telemetry_pb2.Telemetry | None = ...,
         alarm: _operations_pb2.Alarm | None = ...,
         command: _control_state_pb2.CommandRecord | None = ...,
@@ -236,7 +247,7 @@ class Event(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["alarm", b"alarm", "command", b"command", "incident", b"incident", "kind", b"kind", "override", b"override", "task", b"task", "telemetry", b"telemetry"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alarm", b"alarm", "at_ms", b"at_ms", "command", b"command", "incident", b"incident", "kind", b"kind", "override", b"override", "task", b"task", "telemetry", b"telemetry"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alarm", b"alarm", "at_ms", b"at_ms", "command", b"command", "incident", b"incident", "kind", b"kind", "override", b"override", "revision", b"revision", "task", b"task", "telemetry", b"telemetry"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["telemetry", "alarm", "command", "task", "incident", "override"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
