@@ -1,6 +1,7 @@
 # citypost: the two commands a newcomer needs are `make demo` and `make test`.
 # Both bootstrap first: Debian packages (etcd-server, mosquitto, openssl: the
-# tests' independent check of the PKI) and a .venv
+# tests' independent check of the PKI; chromium: the web console's browser tests)
+# and a .venv
 # with the project installed editable. Re-running is cheap: a stamp file
 # records that the venv matches pyproject.toml.
 
@@ -10,7 +11,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.citypost-installed
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
-DEBIAN_PACKAGES := etcd-server etcd-client mosquitto openssl
+DEBIAN_PACKAGES := etcd-server etcd-client mosquitto openssl chromium fonts-dejavu-core
 PROTO_SRC := $(wildcard protos/citypost/v1/*.proto)
 
 .PHONY: bootstrap system-packages demo test unit integration protos protos-check vendor lint bench clean
@@ -19,6 +20,7 @@ bootstrap: system-packages $(STAMP)
 
 system-packages:
 	@if ! command -v etcd >/dev/null || ! command -v openssl >/dev/null || \
+	  ! command -v chromium >/dev/null || \
 	  ! { command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ]; }; then \
 	  echo "bootstrap: installing Debian packages: $(DEBIAN_PACKAGES)"; \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q && \

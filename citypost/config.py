@@ -393,6 +393,16 @@ class ObservabilityConfig(_Section):
         return self
 
 
+class WebConfig(_Section):
+    """The web console's gateway (console/web): a process of its own, a client of the
+    posts. `make demo` serves it; the city's tests start it only where they test it."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int | None = Field(8080, ge=1, le=65535)  # None: a free port, said at start
+    workstation: str = "web"  # its certificate: console.<workstation> in the city's PKI
+
+
 class Config(_Section):
     city: CityConfig = CityConfig()
     sim: SimConfig = SimConfig()
@@ -405,6 +415,7 @@ class Config(_Section):
     observability: ObservabilityConfig = ObservabilityConfig()
     security: SecurityConfig = SecurityConfig()
     alarms: AlarmsConfig = AlarmsConfig()
+    web: WebConfig = WebConfig()
     run_dir: Path = Path("run")
 
     @property

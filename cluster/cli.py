@@ -53,6 +53,12 @@ def _cmd_post(args: argparse.Namespace) -> int:
     return asyncio.run(run_post(config, ready_file=args.ready_file))
 
 
+def _cmd_web(args: argparse.Namespace) -> int:
+    from cluster.web_process import run_web
+
+    return run_web(_config(args, {}), args.posts, args.ready_file)
+
+
 def _cmd_pki(args: argparse.Namespace) -> int:
     from cluster.pki_cli import run_pki
 
@@ -114,6 +120,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--ready-file", type=Path, help="write the gRPC address here once the post serves"
     )
     post.set_defaults(handler=_cmd_post)
+
+    web = commands.add_parser(
+        "web", help="serve the web console (a client of the posts) on web.host:web.port"
+    )
+    _add_config_flags(web)
+    web.add_argument(
+        "--posts",
+        required=True,
+        help="the posts' gRPC addresses, comma-separated (HOST:PORT,HOST:PORT)",
+    )
+    web.add_argument("--ready-file", type=Path, help="write the URL here once serving")
+    web.set_defaults(handler=_cmd_web)
 
     edge = commands.add_parser("edge", help="the device edge")
     edge_commands = edge.add_subparsers(dest="edge_command", required=True)

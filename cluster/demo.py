@@ -159,6 +159,9 @@ def run_demo(config: Config, *, duration_s: float | None = None) -> int:
             }
         )
         config = config.model_copy(update={"security": security})
+    if "web" not in config.model_fields_set or "enabled" not in config.web.model_fields_set:
+        # The demo serves the web console unless told not to (--set web.enabled=false).
+        config = config.model_copy(update={"web": config.web.model_copy(update={"enabled": True})})
     console = Console()
     previous_handler = signal.signal(signal.SIGTERM, _terminate)
     try:
@@ -192,6 +195,12 @@ def run_demo(config: Config, *, duration_s: float | None = None) -> int:
                     f"operators: {', '.join(sorted(system.passwords))}; their passwords are "
                     f"in {passwords_path(config.accounts_file)}. Log in with: citypost "
                     "console login --user supervisor",
+                    highlight=False,
+                )
+            if system.web is not None:
+                console.print(
+                    f"web console: {system.web.url} (log in with a demo account; "
+                    f"log: {run_dir}/web.log)",
                     highlight=False,
                 )
             admins = {}

@@ -44,6 +44,7 @@ from cluster.gate_runner import GateRunner
 from cluster.mosquitto_local import BrokerSecurity, LocalMosquitto
 from cluster.ports import free_ports
 from cluster.post_process import PostProcess
+from cluster.web_process import WebProcess
 from console.session import TokenSource
 from failover.election import leader_key
 from failover.etcd_client import etcd_client
@@ -152,6 +153,7 @@ class CitySystem:
         self.pki: PkiStore | None = None
         self.passwords: dict[str, str] = {}  # the demo accounts': user -> password
         self.citizen_app: AppCredential | None = None  # the demo's citizen app, with TLS
+        self.web: WebProcess | None = None  # the web console's gateway, if config.web.enabled
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -194,6 +196,10 @@ class CitySystem:
                 self.posts[config.post.name] = PostProcess(config, self.run_dir).launch()
                 self._stack.callback(self._stop_post, config.post.name)
                 self.posts[config.post.name].wait_ready(say)
+            if self.config.web.enabled:
+                say("starting the web console")
+                self.web = WebProcess(self.config, self.run_dir, self.addresses()).start()
+                self._stack.callback(self.web.stop)
             say("starting the city's devices")
             self.network_server.start(uplinks=self._uplinks)
             self.write_manifest()

@@ -105,9 +105,11 @@ class PostClient:
         self._channels: dict[str, grpc.Channel] = {}
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
-        if self._token is None:
+        # No token (a login, or a caller without one: the post says what is missing).
+        token = self._token() if self._token is not None else ""
+        if not token:
             return self._operator_metadata
-        return (*self._operator_metadata, ("authorization", f"Bearer {self._token()}"))
+        return (*self._operator_metadata, ("authorization", f"Bearer {token}"))
 
     @property
     def posts(self) -> list[str]:

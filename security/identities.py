@@ -42,6 +42,7 @@ def city_principals(config: Config, post_names: Iterable[str]) -> list[Principal
         Principal(city, Kind.NETWORK_SERVER, NETWORK_SERVER),
         Principal(city, Kind.CHAOS, CHAOS),
         Principal(city, Kind.CONSOLE, CONSOLE),
+        Principal(city, Kind.CONSOLE, config.web.workstation),  # the web console's gateway
     ]
 
 

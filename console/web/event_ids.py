@@ -1,12 +1,14 @@
-"""The web console's event ids, `<epoch>:<sequence>`, and what a reconnect resumes.
+"""The web console's event ids, `<epoch>:<revision>`, and what a reconnect resumes.
 
-Every event the gateway sends a browser carries the epoch of the post it came
-from and its place in that post's stream. A browser that reconnects names the
-last id it saw (SSE's `Last-Event-ID`): if the leader is the same and the
-gateway still holds every event after that one, the stream resumes where it
-stopped; otherwise (a failover, a gap, an id from nowhere) the browser gets a
-fresh snapshot first. Resuming across epochs would splice two posts' streams,
-whose sequences mean nothing to each other.
+Every event the gateway sends a browser carries the leader's epoch and the
+control-state revision of its change (operator.Event.revision: both posts
+share the store, so a revision means the same at either). A browser that
+reconnects names the last id it saw (SSE's `Last-Event-ID`): under the same
+leader the stream resumes after that revision (WatchEventsRequest.start_revision),
+so the gateway holds nothing; after a failover, or with an id it cannot read,
+the browser is told to read the state afresh (a `resync` event) and the stream
+starts from now. So does a resume the post refuses because its history no longer
+reaches back (FAILED_PRECONDITION).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from citypost.errors import InvalidArgumentError
 @dataclass(frozen=True, order=True, slots=True)
 class EventId:
     epoch: int
-    seq: int
+    seq: int  # the control-state revision
 
     def __post_init__(self) -> None:
         if self.epoch < 0 or self.seq < 0:
@@ -38,7 +40,7 @@ class EventId:
 
 @dataclass(frozen=True, slots=True)
 class Resume:
-    """Send the held events after `after` (a sequence of the current epoch)."""
+    """Watch from the revision after `after`."""
 
     after: int
 
@@ -50,11 +52,8 @@ class Snapshot:
     why: str
 
 
-def on_reconnect(
-    last: str | None, *, epoch: int, oldest_held: int | None, newest: int
-) -> Resume | Snapshot:
-    """What a reconnecting browser is sent. `oldest_held` is the lowest sequence the
-    gateway still holds for this epoch (None: none held); `newest` the last one sent."""
+def on_reconnect(last: str | None, *, epoch: int) -> Resume | Snapshot:
+    """What a browser that saw `last` (None: a new stream) is sent under `epoch`."""
     if not last:
         return Snapshot("a new stream")
     try:
@@ -63,10 +62,4 @@ def on_reconnect(
         return Snapshot(f"an unreadable last event id {last!r}")
     if seen.epoch != epoch:
         return Snapshot(f"the leader changed (epoch {seen.epoch} -> {epoch})")
-    if seen.seq > newest:
-        return Snapshot(f"event {seen} was never sent (the newest is {epoch}:{newest})")
-    if seen.seq == newest:
-        return Resume(seen.seq)
-    if oldest_held is None or seen.seq + 1 < oldest_held:
-        return Snapshot(f"the events after {seen} are no longer held")
     return Resume(seen.seq)

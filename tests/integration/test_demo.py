@@ -47,6 +47,8 @@ def test_demo_runs_and_stops_everything(tmp_path: Path, capsys: pytest.CaptureFi
             f"run_dir='{tmp_path}'",
             "--set",
             f"post.grpc_port={free_port()}",
+            "--set",
+            f"web.port={free_port()}",
         ]
     )
     out = capsys.readouterr().out
@@ -56,6 +58,7 @@ def test_demo_runs_and_stops_everything(tmp_path: Path, capsys: pytest.CaptureFi
     # One of the two leads (the table is the leader's), the other stands by.
     assert "leader (epoch" in out and "standby (epoch" in out
     assert "everything stopped" in out
+    assert "web console: http://127.0.0.1:" in out  # the demo serves the web console too
     assert _demo_processes(tmp_path) == set()  # etcd, mosquitto, the post and its Ray: gone
     run = next(tmp_path.glob("demo-*"))
     assert (run / "etcd" / "etcd-0.log").exists()
@@ -119,6 +122,8 @@ def test_a_demo_killed_hard_takes_everything_it_started_with_it(tmp_path: Path) 
             f"run_dir='{tmp_path}'",
             "--set",
             f"post.grpc_port={free_port()}",
+            "--set",
+            f"web.port={free_port()}",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
