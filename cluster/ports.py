@@ -47,31 +47,29 @@ def _probe(port: int) -> bool:
         return True
 
 
-def free_port() -> int:
-    """Return a loopback port that is free now and not handed out before in this process."""
-    highest = max(_LOWEST + 1_000, ephemeral_low()) - 1
+def _free_run(width: int) -> int:
+    """The first of `width` adjacent ports, all free now and none handed out before."""
+    highest = max(_LOWEST + 1_000, ephemeral_low()) - width
     with _lock:
         for _ in range(_MAX_ATTEMPTS):
-            port = _random.randint(_LOWEST, highest)
-            if port not in _handed_out and _probe(port):
-                _handed_out.add(port)
-                return port
-    raise InfrastructureError(f"no free port on {_LOOPBACK} after {_MAX_ATTEMPTS} attempts")
+            first = _random.randint(_LOWEST, highest)
+            run = set(range(first, first + width))
+            if not run & _handed_out and all(_probe(port) for port in run):
+                _handed_out.update(run)
+                return first
+    raise InfrastructureError(
+        f"no {width} adjacent free port(s) on {_LOOPBACK} after {_MAX_ATTEMPTS} attempts"
+    )
+
+
+def free_port() -> int:
+    """Return a loopback port that is free now and not handed out before in this process."""
+    return _free_run(1)
 
 
 def free_port_pair() -> int:
     """Return a port p with p and p + 1 both free (a city's posts take grpc_port and the next)."""
-    highest = max(_LOWEST + 1_000, ephemeral_low()) - 2
-    with _lock:
-        for _ in range(_MAX_ATTEMPTS):
-            port = _random.randint(_LOWEST, highest)
-            pair = {port, port + 1}
-            if not pair & _handed_out and _probe(port) and _probe(port + 1):
-                _handed_out.update(pair)
-                return port
-    raise InfrastructureError(
-        f"no two adjacent free ports on {_LOOPBACK} after {_MAX_ATTEMPTS} attempts"
-    )
+    return _free_run(2)
 
 
 def free_ports(n: int) -> list[int]:

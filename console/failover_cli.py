@@ -315,9 +315,8 @@ class AdminCalls:
         self._channel_factory = channel_factory
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
-        if self._token is None:
-            return ()
-        return (("authorization", f"Bearer {self._token()}"),)
+        token = self._token() if self._token is not None else ""
+        return (("authorization", f"Bearer {token}"),) if token else ()
 
     def _stub(self, address: str) -> Any:
         import grpc

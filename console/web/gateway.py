@@ -37,12 +37,11 @@ import asyncio
 import base64
 import contextlib
 import contextvars
-import dataclasses
 import hashlib
 import logging
 import re
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,11 +58,12 @@ from google.protobuf.message_factory import GetMessageClass
 
 from citypost.errors import CitypostError, InvalidArgumentError, NotFoundError
 from console.client import CallFailedError, PostClient, Service
+from console.failover_cli import AdminCalls, PostView
 from console.web.event_ids import EventId, Resume, Snapshot, on_reconnect
 from console.web.http_errors import http_status
 from console.web.vendor_sync import VENDOR_DIR
 from failover.follow_client import PostUnreachableError
-from protos.citypost.v1 import admin_pb2, admin_pb2_grpc, auth_pb2, operator_pb2, operator_pb2_grpc
+from protos.citypost.v1 import admin_pb2, auth_pb2, operator_pb2, operator_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -149,44 +149,33 @@ def sse(event: str, data: Mapping[str, Any], event_id: str | None = None) -> byt
     return f"{head}event: {event}\n".encode() + b"data: " + orjson.dumps(data) + b"\n\n"
 
 
-@dataclass(frozen=True)
-class PostView:
-    """One post as the banner shows it."""
-
-    address: str
-    post: str = ""
-    role: str = "unreachable"  # leader, standby, unreachable
-    epoch: int = 0
-    lag_revisions: int | None = None
-    error: str = ""
-
-
-@dataclass(frozen=True)
-class Posts:
-    posts: tuple[PostView, ...]
-
-    @property
-    def leader(self) -> PostView | None:
-        leaders = [p for p in self.posts if p.role == "leader"]
-        return max(leaders, key=lambda p: p.epoch) if leaders else None
-
-    @property
-    def epoch(self) -> int:
-        """The leading post's epoch; 0 while none leads (an election, a failover)."""
-        leader = self.leader
-        return leader.epoch if leader is not None else 0
-
-    def as_dict(self) -> dict[str, Any]:
-        leader = self.leader
-        return {
-            "leader": leader.post if leader else None,
-            "leader_address": leader.address if leader else None,
-            "epoch": self.epoch,
-            "posts": [dataclasses.asdict(p) for p in self.posts],
-        }
-
-
-_ROLE = {admin_pb2.POST_ROLE_LEADER: "leader", admin_pb2.POST_ROLE_STANDBY: "standby"}
+def posts_view(views: Sequence[PostView]) -> dict[str, Any]:
+    """The banner's view of the posts: who leads (the highest epoch among the posts that
+    say so), its epoch (0 while none leads: an election, a failover), each post's role
+    and the standby's lag in control-state revisions."""
+    leaders = [v for v in views if v.leads and v.status is not None]
+    leader = max(leaders, key=lambda v: v.status.epoch if v.status else 0, default=None)
+    posts = []
+    for view in views:
+        status = view.status
+        posts.append(
+            {
+                "address": view.address,
+                "post": view.name,
+                "role": "leader" if view.leads else "standby" if status else "unreachable",
+                "epoch": status.epoch if status else 0,
+                "lag_revisions": (
+                    status.lag_revisions if status and status.HasField("lag_revisions") else None
+                ),
+                "error": view.error,
+            }
+        )
+    return {
+        "leader": leader.name if leader else None,
+        "leader_address": leader.address if leader else None,
+        "epoch": leader.status.epoch if leader and leader.status else 0,
+        "posts": posts,
+    }
 
 
 @dataclass
@@ -198,6 +187,7 @@ class Gateway:
     aio_channel_factory: Callable[[str], grpc.aio.Channel]
     timeout_s: float = 10.0
     _client: PostClient = field(init=False)
+    _admin: AdminCalls = field(init=False)
     _channels: dict[str, grpc.Channel] = field(default_factory=dict, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
@@ -210,6 +200,7 @@ class Gateway:
             timeout_s=self.timeout_s,
             token=_bearer.get,
         )
+        self._admin = AdminCalls(STATUS_TIMEOUT_S, channel_factory=self._channel, token=_bearer.get)
 
     def _channel(self, address: str) -> grpc.Channel:
         with self._lock:
@@ -234,34 +225,11 @@ class Gateway:
             reply = self._client.read(bridged.method, request, service=bridged.service)
         return reply
 
-    def status(self, token: str) -> Posts:
-        """Every post's own word on who leads (each asked directly: the banner shows a
-        post that does not answer as such)."""
-        metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        views = []
-        for address in self.posts:
-            stub = admin_pb2_grpc.PostAdminStub(self._channel(address))
-            try:
-                answer = stub.GetFailoverStatus(
-                    admin_pb2.GetFailoverStatusRequest(),
-                    timeout=STATUS_TIMEOUT_S,
-                    metadata=metadata,
-                )
-            except grpc.RpcError as error:
-                views.append(PostView(address, error=f"{error.code().name}: {error.details()}"))
-                continue
-            views.append(
-                PostView(
-                    address,
-                    post=answer.post,
-                    role=_ROLE.get(answer.role, "standby"),
-                    epoch=answer.epoch,
-                    lag_revisions=(
-                        answer.lag_revisions if answer.HasField("lag_revisions") else None
-                    ),
-                )
-            )
-        return Posts(tuple(views))
+    def status(self, token: str) -> dict[str, Any]:
+        """Every post's own word on who leads, asked at once (the banner shows a post that
+        does not answer as such)."""
+        _bearer.set(token)
+        return posts_view(self._admin.statuses(self.posts))
 
     # --- the event stream ----------------------------------------------------------------
 
@@ -371,8 +339,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     @app.get("/api/posts")
     async def posts(request: Request) -> JSONResponse:
         token = bearer_of(request.headers.get("authorization"))
-        status = await asyncio.to_thread(gateway.status, token)
-        return JSONResponse(status.as_dict())
+        return JSONResponse(await asyncio.to_thread(gateway.status, token))
 
     @app.get("/api/events")
     async def events(request: Request) -> StreamingResponse:
@@ -397,12 +364,12 @@ async def _event_stream(gateway: Gateway, token: str, last: str | None) -> Async
     async def watch_posts() -> None:
         while True:
             status = await asyncio.to_thread(gateway.status, token)
-            state["epoch"] = status.epoch
-            if status.epoch:
+            state["epoch"] = status["epoch"]
+            if status["epoch"]:
                 leading.set()
             else:
                 leading.clear()
-            await queue.put(sse("posts", status.as_dict()))
+            await queue.put(sse("posts", status))
             await asyncio.sleep(STATUS_EVERY_S)
 
     async def pump(epoch: int, decision: Resume | Snapshot) -> None:
@@ -461,8 +428,3 @@ async def _event_stream(gateway: Gateway, token: str, last: str | None) -> Async
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def allowed_methods() -> Iterable[str]:
-    """What the JSON bridge serves, for the README and the page."""
-    return sorted(bridged_methods())

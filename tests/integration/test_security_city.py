@@ -28,13 +28,8 @@ from bridges.mqtt_session import MqttSession
 from chaos.operator_load import lamp_command
 from citypost.config import (
     ApprovalConfig,
-    CityConfig,
-    Config,
-    PostConfig,
     SecurityConfig,
-    SimConfig,
 )
-from cluster.ports import free_port_pair
 from cluster.system import CitySystem
 from console.cli import run
 from console.session import Session, SessionFile, login
@@ -56,6 +51,7 @@ from security.grpc_tls import secure_channel_factory
 from security.pki import Kind, Principal
 from security.pki_store import PkiStore
 from security.tokens import TokenIssuer
+from tests.integration.city_support import small_city
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -65,21 +61,10 @@ APPROVAL_WINDOW_S = 10.0
 
 @pytest.fixture(scope="module")
 def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CitySystem]:
-    run_dir = tmp_path_factory.mktemp("secure")
-    config = Config(
-        city=CityConfig(name=CITY, scale=0.002),
-        sim=SimConfig(speed=60.0),
-        post=PostConfig(grpc_port=free_port_pair()),
-        # A short approval window, so "approved too late" takes seconds, not minutes.
-        security=SecurityConfig(approval=ApprovalConfig(window_s=APPROVAL_WINDOW_S)),
-        run_dir=run_dir,
-    )
-    system = CitySystem(config, run_dir)
-    try:
-        system.start()
+    # A short approval window, so "approved too late" takes seconds, not minutes.
+    security = SecurityConfig(approval=ApprovalConfig(window_s=APPROVAL_WINDOW_S))
+    with small_city(tmp_path_factory.mktemp("secure"), security=security) as system:
         yield system
-    finally:
-        system.stop()
 
 
 def _store(city: CitySystem) -> PkiStore:

@@ -29,9 +29,8 @@ import oidc_provider_mock
 import pytest
 import werkzeug.serving
 
-from citypost.config import CityConfig, Config, OidcConfig, PostConfig, SecurityConfig, SimConfig
+from citypost.config import OidcConfig, SecurityConfig
 from citypost.errors import UnauthenticatedError
-from cluster.ports import free_port_pair
 from cluster.system import CitySystem
 from console.oidc_login import OidcClient, cmd_oidc_login, obtain_id_token, oidc_login
 from console.session import (
@@ -47,6 +46,7 @@ from security import identities
 from security.grpc_tls import secure_channel_factory
 from security.pki import Kind, Principal
 from security.pki_store import PkiStore
+from tests.integration.city_support import small_city
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -83,27 +83,16 @@ def provider() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def city(tmp_path_factory: pytest.TempPathFactory, provider: str) -> Iterator[CitySystem]:
-    run_dir = tmp_path_factory.mktemp("sessions")
-    config = Config(
-        city=CityConfig(name=CITY, scale=0.002),
-        sim=SimConfig(speed=60.0),
-        post=PostConfig(grpc_port=free_port_pair()),
-        security=SecurityConfig(
-            oidc=OidcConfig(
-                enabled=True,
-                issuer=provider,
-                client_id=CLIENT_ID,
-                role_map={"traffic": ("traffic-control",)},
-            )
-        ),
-        run_dir=run_dir,
+    oidc = OidcConfig(
+        enabled=True,
+        issuer=provider,
+        client_id=CLIENT_ID,
+        role_map={"traffic": ("traffic-control",)},
     )
-    system = CitySystem(config, run_dir)
-    try:
-        system.start()
+    with small_city(
+        tmp_path_factory.mktemp("sessions"), security=SecurityConfig(oidc=oidc)
+    ) as system:
         yield system
-    finally:
-        system.stop()
 
 
 def _console(city: CitySystem) -> Callable[[str], grpc.Channel]:

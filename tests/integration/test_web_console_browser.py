@@ -17,10 +17,10 @@ import httpx
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from citypost.config import CityConfig, Config, PostConfig, SimConfig, WebConfig
-from cluster.ports import free_port_pair
+from citypost.config import WebConfig
 from cluster.system import CitySystem
 from console.web.vendor_sync import VENDOR_DIR
+from tests.integration.city_support import small_city
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -33,19 +33,8 @@ SHOWN_S = 20_000  # ms: how long a live change may take to show (generous, a loa
 @pytest.fixture(scope="module")
 def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CitySystem]:
     run_dir = tmp_path_factory.mktemp("browser")
-    config = Config(
-        city=CityConfig(name=CITY, scale=0.002),
-        sim=SimConfig(speed=60.0),
-        post=PostConfig(grpc_port=free_port_pair()),
-        web=WebConfig(enabled=True, port=None),
-        run_dir=run_dir,
-    )
-    system = CitySystem(config, run_dir)
-    try:
-        system.start()
+    with small_city(run_dir, web=WebConfig(enabled=True, port=None)) as system:
         yield system
-    finally:
-        system.stop()
 
 
 @pytest.fixture

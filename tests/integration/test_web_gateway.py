@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
-from citypost.config import CityConfig, Config, PostConfig, SimConfig, WebConfig
-from cluster.ports import free_port_pair
+from citypost.config import WebConfig
 from cluster.system import CitySystem
+from tests.integration.city_support import small_city
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -24,20 +24,11 @@ CITY = "dijon"
 
 @pytest.fixture(scope="module")
 def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CitySystem]:
-    run_dir = tmp_path_factory.mktemp("web")
-    config = Config(
-        city=CityConfig(name=CITY, scale=0.002),
-        sim=SimConfig(speed=60.0),
-        post=PostConfig(grpc_port=free_port_pair()),
-        web=WebConfig(enabled=True, port=None),  # as the demo serves it, on a free port
-        run_dir=run_dir,
-    )
-    system = CitySystem(config, run_dir)
-    try:
-        system.start()
+    # The web console as the demo serves it, on a free port.
+    with small_city(
+        tmp_path_factory.mktemp("web"), web=WebConfig(enabled=True, port=None)
+    ) as system:
         yield system
-    finally:
-        system.stop()
 
 
 @dataclass(frozen=True)
