@@ -35,10 +35,16 @@ Choices worth knowing:
   tasks and incidents belong to no asset class and pass any class filter;
   an event's at_ms is when the post streamed it.
   Telemetry streaming is not implemented: `include_telemetry` is UNIMPLEMENTED.
+- GetAssetMap and WatchAssetStates are the map's: the registry as columns once,
+  then display states and vehicle positions by row index (post.asset_board), at
+  most one message per interval, the latest state of each asset winning. A
+  stream starts with a snapshot; so does a new stream after a failover (the new
+  leader's board counts its own sequence).
 """
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import contextlib
 import math
@@ -78,6 +84,7 @@ from failover.control_state import (
 )
 from fleet.dijon import BOUNDS
 from post import alarm_book
+from post.asset_board import AssetBoard, BoardChanges, asset_map
 from post.dispatcher import Dispatcher
 from protos.citypost.v1 import (
     assets_pb2,
@@ -108,6 +115,7 @@ MAX_ID_CHARS = 128
 MAX_TEXT_CHARS = 500
 MAX_KIND_CHARS = 64
 MIN_TTL_MS, MAX_TTL_MS = 1_000, 3_600_000
+MIN_MAP_INTERVAL_MS, MAX_MAP_INTERVAL_MS, DEFAULT_MAP_INTERVAL_MS = 200, 5_000, 500
 MIN_OVERRIDE_MS, MAX_OVERRIDE_MS = 60_000, 86_400_000
 # The traffic policy's default maximum bus-priority extension: an operator gets no longer.
 MAX_GREEN_EXTENSION_MS = 15_000
@@ -143,6 +151,7 @@ class OperatorService(operator_pb2_grpc.OperatorServiceServicer):
         state: ControlState,
         registry: DeviceRegistry,
         latest: LatestTelemetry,
+        board: AssetBoard,
         *,
         wall_ms: Callable[[], int],
         approval: ApprovalConfig | None = None,
@@ -158,6 +167,8 @@ class OperatorService(operator_pb2_grpc.OperatorServiceServicer):
         self._state = state
         self._registry = registry
         self._latest = latest
+        self._board = board
+        self._map = asset_map(board.devices)  # the registry does not change: built once
         self._wall_ms = wall_ms
         # The registry does not change while the post runs: sort it once for paging.
         self._devices = sorted(registry, key=lambda d: d.dev_eui)
@@ -217,6 +228,31 @@ class OperatorService(operator_pb2_grpc.OperatorServiceServicer):
         if last is not None:
             asset.last_telemetry.CopyFrom(last)
         return asset
+
+    # --- the map -------------------------------------------------------------------------
+
+    async def GetAssetMap(
+        self, request: operator_pb2.GetAssetMapRequest, context: Any
+    ) -> operator_pb2.AssetMap:
+        return self._map
+
+    async def WatchAssetStates(
+        self, request: operator_pb2.WatchAssetStatesRequest, context: Any
+    ) -> AsyncIterator[operator_pb2.AssetStates]:
+        interval_ms = request.interval_ms or DEFAULT_MAP_INTERVAL_MS
+        if not MIN_MAP_INTERVAL_MS <= interval_ms <= MAX_MAP_INTERVAL_MS:
+            raise InvalidArgumentError(
+                f"interval_ms: 0 for {DEFAULT_MAP_INTERVAL_MS} ms, or "
+                f"{MIN_MAP_INTERVAL_MS}..{MAX_MAP_INTERVAL_MS} ms, got {interval_ms}"
+            )
+        changes = self._board.snapshot()
+        yield _asset_states(self._board.map_id, changes)
+        while True:
+            await asyncio.sleep(interval_ms / 1000)
+            later = self._board.since(changes.sequence)
+            if later.snapshot or later.states or later.positions:
+                yield _asset_states(self._board.map_id, later)
+            changes = later
 
     # --- events --------------------------------------------------------------------------
 
@@ -769,6 +805,7 @@ def operator_service(
     state: ControlState,
     registry: DeviceRegistry,
     latest: LatestTelemetry,
+    board: AssetBoard,
     *,
     wall_ms: Callable[[], int],
     approval: ApprovalConfig | None = None,
@@ -781,12 +818,30 @@ def operator_service(
         state,
         registry,
         latest,
+        board,
         wall_ms=wall_ms,
         approval=approval,
         audit_failure=audit_failure,
         shelve_limits=shelve_limits,
     )
     return Service(SERVICE_NAME, operator_pb2_grpc.add_OperatorServiceServicer_to_server, servicer)
+
+
+def _asset_states(map_id: str, changes: BoardChanges) -> operator_pb2.AssetStates:
+    out = operator_pb2.AssetStates(
+        map_id=map_id, sequence=changes.sequence, snapshot=changes.snapshot
+    )
+    if changes.snapshot:  # every index, in order: no indexes needed
+        out.states.extend(changes.states[i] for i in range(len(changes.states)))
+    else:
+        out.indexes.extend(changes.states)
+        out.states.extend(changes.states.values())
+    for index, position in changes.positions.items():
+        out.vehicle_indexes.append(index)
+        out.vehicle_latitudes.append(position.latitude)
+        out.vehicle_longitudes.append(position.longitude)
+        out.vehicle_headings.append(position.heading_deg)
+    return out
 
 
 # --- checks ---------------------------------------------------------------------------------

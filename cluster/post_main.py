@@ -263,6 +263,7 @@ async def run_post(config: Config, *, ready_file: Path | None = None) -> int:
                 post.state,
                 post.registry,
                 post.latest,
+                post.board,
                 wall_ms=wall_ms,
                 approval=config.security.approval,
                 audit_failure=lambda: audit_file.failure,

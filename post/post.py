@@ -56,6 +56,7 @@ from failover.election import Role
 from failover.etcd_defrag import defragment_members
 from failover.roles import SOLE_EPOCH, Leadership, SoleLeadership
 from post.actor_feed import ActorFeed
+from post.asset_board import AssetBoard
 from post.audit_file import AuditFile
 from post.dispatcher import Dispatcher
 from post.footprint import FootprintSampler
@@ -179,6 +180,7 @@ class Post:
         self.fenced_downlinks = 0  # downlinks withheld because the lease may have expired
         self.started_at_ms = wall_ms()
         self.latest = MemorySink()
+        self.board = AssetBoard(registry)  # the map's states, from the same uplinks
         self.dispatcher = Dispatcher(
             state=state,
             registry=registry,
@@ -201,7 +203,9 @@ class Post:
         self.edge = Edge(
             config=config,
             registry=registry,
-            sink=FanOutSink(self.latest, self.feed, self.dispatcher.confirmations, self.silence),
+            sink=FanOutSink(
+                self.latest, self.board, self.feed, self.dispatcher.confirmations, self.silence
+            ),
             observability=observability,
             acks=_Acks(self),
         )

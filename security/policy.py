@@ -188,6 +188,8 @@ RULES: Mapping[str, Rule] = {
     _OP + "ListAssets": Rule("assets.read"),
     _OP + "GetAsset": Rule("assets.read"),
     _OP + "WatchEvents": Rule("assets.read"),
+    _OP + "GetAssetMap": Rule("assets.read"),
+    _OP + "WatchAssetStates": Rule("assets.read"),
     _OP + "SendCommand": Rule("commands.send", _command_class),
     _OP + "GetCommand": Rule("commands.read"),
     _OP + "ListCommands": Rule("commands.read"),

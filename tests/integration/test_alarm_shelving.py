@@ -36,6 +36,7 @@ from cluster.ports import free_port
 from console.cli import run
 from failover import control_state as cs
 from failover.etcd_control_state import EtcdControlState
+from post.asset_board import AssetBoard
 from post.dispatcher import Dispatcher
 from protos.citypost.v1 import (
     assets_pb2,
@@ -200,7 +201,13 @@ async def rig(etcd: LocalEtcd) -> AsyncIterator[Rig]:
         )
         await dispatcher.load()
         service = operator_service(
-            dispatcher, state, registry, MemorySink(), wall_ms=clock, shelve_limits=LIMITS
+            dispatcher,
+            state,
+            registry,
+            MemorySink(),
+            AssetBoard(registry),
+            wall_ms=clock,
+            shelve_limits=LIMITS,
         )
         port = free_port()
         server, _ = await start_server(

@@ -30,6 +30,7 @@ from cluster.ports import free_port
 from console.cli import run
 from console.client import PostClient, RetryPolicy
 from failover.control_state import LEDGER, InMemoryControlState
+from post.asset_board import AssetBoard
 from post.dispatcher import Dispatcher
 from post.footprint import Footprint
 from post.lag import LagSummary
@@ -148,7 +149,7 @@ async def post() -> AsyncIterator[LivePost]:
     sink = MemorySink()
     admin = PostAdminService(cast("Post", _stand_in_post(registry, dispatcher)))
     services = [
-        operator_service(dispatcher, state, registry, sink, wall_ms=wall),
+        operator_service(dispatcher, state, registry, sink, AssetBoard(registry), wall_ms=wall),
         Service(
             admin_pb2.DESCRIPTOR.services_by_name["PostAdmin"].full_name,
             admin_pb2_grpc.add_PostAdminServicer_to_server,

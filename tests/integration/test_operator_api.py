@@ -17,6 +17,7 @@ from bridges.registry import Device, DeviceRegistry, application_id
 from bridges.sinks import MemorySink
 from cluster.ports import free_port
 from failover.control_state import Change, InMemoryControlState
+from post.asset_board import AssetBoard
 from post.dispatcher import Dispatcher
 from protos.citypost.v1 import (
     assets_pb2,
@@ -91,8 +92,10 @@ class Rig:
         state: CountingState,
         dispatcher: Dispatcher,
         sent: list[tuple[str, bytes]],
+        board: AssetBoard,
     ) -> None:
         self.stub = stub
+        self.board = board
         self.state = state
         self.dispatcher = dispatcher
         self.sent = sent
@@ -140,16 +143,17 @@ async def rig() -> AsyncIterator[Rig]:
         wall_ms=clock,
     )
     latest = MemorySink()
-    latest.submit(
-        [
-            telemetry_pb2.Telemetry(
-                dev_eui=LAMP.dev_eui,
-                asset_class=AC.STREET_LAMP,
-                group="talant",
-                lamp=telemetry_pb2.LampReading(brightness_pct=40.0, power_w=22.0),
-            )
-        ]
-    )
+    board = AssetBoard(registry)
+    lit = [
+        telemetry_pb2.Telemetry(
+            dev_eui=LAMP.dev_eui,
+            asset_class=AC.STREET_LAMP,
+            group="talant",
+            lamp=telemetry_pb2.LampReading(brightness_pct=40.0, power_w=22.0),
+        )
+    ]
+    latest.submit(lit)
+    board.submit(lit)
     port = free_port()
     rigs: list[Rig] = []
     service = operator_service(
@@ -157,12 +161,13 @@ async def rig() -> AsyncIterator[Rig]:
         state,
         registry,
         latest,
+        board,
         wall_ms=clock,
         audit_failure=lambda: rigs[0].audit_failure,
     )
     server, _ = await start_server([service], port=port, deadline_s=5.0)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    rigs.append(Rig(operator_pb2_grpc.OperatorServiceStub(channel), state, dispatcher, sent))
+    rigs.append(Rig(operator_pb2_grpc.OperatorServiceStub(channel), state, dispatcher, sent, board))
     try:
         yield rigs[0]
     finally:
@@ -675,6 +680,45 @@ async def _next_event(call: Any) -> operator_pb2.Event:
 async def _until(condition: Callable[[], bool]) -> None:
     while not condition():
         await asyncio.sleep(0.01)
+
+
+@pytest.mark.timeout(30)
+async def test_the_map_is_the_registry_as_columns_and_its_states_stream(rig: Rig) -> None:
+    amap = await rig.call("GetAssetMap", OP.GetAssetMapRequest())
+    assert list(amap.dev_euis) == sorted(d.dev_eui for d in DEVICES)
+    assert len(amap.asset_classes) == len(amap.latitudes) == len(DEVICES)
+    lamp = list(amap.dev_euis).index(LAMP.dev_eui)
+    assert amap.asset_classes[lamp] == AC.STREET_LAMP
+    assert abs(amap.latitudes[lamp] - LAMP.latitude) < 1e-5  # float32: under a metre
+    assert amap.group_names[amap.groups[lamp]] == LAMP.group
+    assert amap.commune_names[amap.communes[lamp]] == LAMP.commune
+
+    call = rig.stub.WatchAssetStates(OP.WatchAssetStatesRequest(interval_ms=200), metadata=CLAIRE)
+    first = await asyncio.wait_for(call.read(), 5)
+    assert first.snapshot and first.map_id == amap.map_id
+    assert len(first.states) == len(DEVICES) and not first.indexes
+    assert first.states[lamp] == OP.ACTIVE  # lit at 40 %
+    assert first.states[list(amap.dev_euis).index(BOLLARD.dev_eui)] == OP.DISPLAY_STATE_UNSPECIFIED
+
+    def lamp_at(pct: float, fault: bool = False) -> telemetry_pb2.Telemetry:
+        reading = telemetry_pb2.LampReading(brightness_pct=pct, fault=fault)
+        return telemetry_pb2.Telemetry(
+            dev_eui=LAMP.dev_eui, asset_class=AC.STREET_LAMP, lamp=reading
+        )
+
+    # Off, then faulty, within one interval: one change, the latest state.
+    rig.board.submit([lamp_at(0.0)])
+    rig.board.submit([lamp_at(0.0, fault=True)])
+    change = await asyncio.wait_for(call.read(), 5)
+    assert not change.snapshot and change.sequence > first.sequence
+    assert list(change.indexes) == [lamp] and list(change.states) == [OP.FAULT]
+    call.cancel()
+
+    bad = rig.stub.WatchAssetStates(OP.WatchAssetStatesRequest(interval_ms=50), metadata=CLAIRE)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await bad.read()
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "interval_ms" in (refused.value.details() or "")
 
 
 @pytest.mark.timeout(30)

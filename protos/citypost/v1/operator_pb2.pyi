@@ -24,6 +24,48 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _DisplayState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DisplayStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DisplayState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DISPLAY_STATE_UNSPECIFIED: _DisplayState.ValueType  # 0
+    """nothing heard yet"""
+    IDLE: _DisplayState.ValueType  # 1
+    """normal, at rest: a lamp off, a free spot, a bollard lowered, a parked car"""
+    ACTIVE: _DisplayState.ValueType  # 2
+    """normal, working: a lamp lit, an occupied spot, a raised bollard, a moving bus"""
+    TRANSITION: _DisplayState.ValueType  # 3
+    """between two normal states: a bollard moving"""
+    ATTENTION: _DisplayState.ValueType  # 4
+    """the device reports something to look at: ice, a suspected leak, a camera"""
+    FAULT: _DisplayState.ValueType  # 5
+    """event, a signal in fail-safe flashing amber
+    the device reports itself faulty or offline
+    """
+
+class DisplayState(_DisplayState, metaclass=_DisplayStateEnumTypeWrapper):
+    """What an asset's last reading says, drawn the ISA-101 way: normal states in greys,
+    colour only for what is abnormal. Alarms and overrides are drawn from their own lists.
+    """
+
+DISPLAY_STATE_UNSPECIFIED: DisplayState.ValueType  # 0
+"""nothing heard yet"""
+IDLE: DisplayState.ValueType  # 1
+"""normal, at rest: a lamp off, a free spot, a bollard lowered, a parked car"""
+ACTIVE: DisplayState.ValueType  # 2
+"""normal, working: a lamp lit, an occupied spot, a raised bollard, a moving bus"""
+TRANSITION: DisplayState.ValueType  # 3
+"""between two normal states: a bollard moving"""
+ATTENTION: DisplayState.ValueType  # 4
+"""the device reports something to look at: ice, a suspected leak, a camera"""
+FAULT: DisplayState.ValueType  # 5
+"""event, a signal in fail-safe flashing amber
+the device reports itself faulty or offline
+"""
+Global___DisplayState: _TypeAlias = DisplayState  # noqa: Y015
+
 class _AlarmView:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -172,6 +214,162 @@ class GetAssetRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetAssetRequest: _TypeAlias = GetAssetRequest  # noqa: Y015
+
+@_typing.final
+class GetAssetMapRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAssetMapRequest: _TypeAlias = GetAssetMapRequest  # noqa: Y015
+
+@_typing.final
+class AssetMap(_message.Message):
+    """Columns, one row per asset, ordered by devEui: row i is the asset of index i."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAP_ID_FIELD_NUMBER: _builtins.int
+    DEV_EUIS_FIELD_NUMBER: _builtins.int
+    ASSET_CLASSES_FIELD_NUMBER: _builtins.int
+    LATITUDES_FIELD_NUMBER: _builtins.int
+    LONGITUDES_FIELD_NUMBER: _builtins.int
+    GROUPS_FIELD_NUMBER: _builtins.int
+    GROUP_NAMES_FIELD_NUMBER: _builtins.int
+    COMMUNES_FIELD_NUMBER: _builtins.int
+    COMMUNE_NAMES_FIELD_NUMBER: _builtins.int
+    map_id: _builtins.str
+    """A digest of the rows: the same on both posts (they serve one registry); a client
+    whose map_id differs must fetch the map again before using indexes.
+    """
+    @_builtins.property
+    def dev_euis(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def asset_classes(self) -> _containers.RepeatedScalarFieldContainer[_assets_pb2.AssetClass.ValueType]: ...
+    @_builtins.property
+    def latitudes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """float32: under a metre at Dijon's latitude"""
+
+    @_builtins.property
+    def longitudes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """index into group_names"""
+
+    @_builtins.property
+    def group_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def communes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """index into commune_names"""
+
+    @_builtins.property
+    def commune_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        map_id: _builtins.str = ...,
+        dev_euis: _abc.Iterable[_builtins.str] | None = ...,
+        asset_classes: _abc.Iterable[_assets_pb2.AssetClass.ValueType] | None = ...,
+        latitudes: _abc.Iterable[_builtins.float] | None = ...,
+        longitudes: _abc.Iterable[_builtins.float] | None = ...,
+        groups: _abc.Iterable[_builtins.int] | None = ...,
+        group_names: _abc.Iterable[_builtins.str] | None = ...,
+        communes: _abc.Iterable[_builtins.int] | None = ...,
+        commune_names: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asset_classes", b"asset_classes", "commune_names", b"commune_names", "communes", b"communes", "dev_euis", b"dev_euis", "group_names", b"group_names", "groups", b"groups", "latitudes", b"latitudes", "longitudes", b"longitudes", "map_id", b"map_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AssetMap: _TypeAlias = AssetMap  # noqa: Y015
+
+@_typing.final
+class WatchAssetStatesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INTERVAL_MS_FIELD_NUMBER: _builtins.int
+    interval_ms: _builtins.int
+    """At most one message per interval (200..5000 ms; 0: 500 ms). Changes within an
+    interval are coalesced: the latest state wins.
+    """
+    def __init__(
+        self,
+        *,
+        interval_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["interval_ms", b"interval_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchAssetStatesRequest: _TypeAlias = WatchAssetStatesRequest  # noqa: Y015
+
+@_typing.final
+class AssetStates(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAP_ID_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    INDEXES_FIELD_NUMBER: _builtins.int
+    STATES_FIELD_NUMBER: _builtins.int
+    VEHICLE_INDEXES_FIELD_NUMBER: _builtins.int
+    VEHICLE_LATITUDES_FIELD_NUMBER: _builtins.int
+    VEHICLE_LONGITUDES_FIELD_NUMBER: _builtins.int
+    VEHICLE_HEADINGS_FIELD_NUMBER: _builtins.int
+    map_id: _builtins.str
+    sequence: _builtins.int
+    """the post's change counter after this message"""
+    snapshot: _builtins.bool
+    """true: `states` has every asset in index order"""
+    @_builtins.property
+    def indexes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """a change: which assets (unused in a snapshot)"""
+
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[Global___DisplayState.ValueType]: ...
+    @_builtins.property
+    def vehicle_indexes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Vehicles whose position changed (a snapshot: every vehicle heard from)."""
+
+    @_builtins.property
+    def vehicle_latitudes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def vehicle_longitudes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def vehicle_headings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """degrees from north"""
+
+    def __init__(
+        self,
+        *,
+        map_id: _builtins.str = ...,
+        sequence: _builtins.int = ...,
+        snapshot: _builtins.bool = ...,
+        indexes: _abc.Iterable[_builtins.int] | None = ...,
+        states: _abc.Iterable[Global___DisplayState.ValueType] | None = ...,
+        vehicle_indexes: _abc.Iterable[_builtins.int] | None = ...,
+        vehicle_latitudes: _abc.Iterable[_builtins.float] | None = ...,
+        vehicle_longitudes: _abc.Iterable[_builtins.float] | None = ...,
+        vehicle_headings: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["indexes", b"indexes", "map_id", b"map_id", "sequence", b"sequence", "snapshot", b"snapshot", "states", b"states", "vehicle_headings", b"vehicle_headings", "vehicle_indexes", b"vehicle_indexes", "vehicle_latitudes", b"vehicle_latitudes", "vehicle_longitudes", b"vehicle_longitudes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AssetStates: _TypeAlias = AssetStates  # noqa: Y015
 
 @_typing.final
 class WatchEventsRequest(_message.Message):

@@ -56,6 +56,16 @@ class OperatorServiceStub:
                 request_serializer=protos_dot_citypost_dot_v1_dot_operator__pb2.WatchEventsRequest.SerializeToString,
                 response_deserializer=protos_dot_citypost_dot_v1_dot_operator__pb2.Event.FromString,
                 _registered_method=True)
+        self.GetAssetMap = channel.unary_unary(
+                '/citypost.v1.OperatorService/GetAssetMap',
+                request_serializer=protos_dot_citypost_dot_v1_dot_operator__pb2.GetAssetMapRequest.SerializeToString,
+                response_deserializer=protos_dot_citypost_dot_v1_dot_operator__pb2.AssetMap.FromString,
+                _registered_method=True)
+        self.WatchAssetStates = channel.unary_stream(
+                '/citypost.v1.OperatorService/WatchAssetStates',
+                request_serializer=protos_dot_citypost_dot_v1_dot_operator__pb2.WatchAssetStatesRequest.SerializeToString,
+                response_deserializer=protos_dot_citypost_dot_v1_dot_operator__pb2.AssetStates.FromString,
+                _registered_method=True)
         self.SendCommand = channel.unary_unary(
                 '/citypost.v1.OperatorService/SendCommand',
                 request_serializer=protos_dot_citypost_dot_v1_dot_operator__pb2.SendCommandRequest.SerializeToString,
@@ -175,6 +185,21 @@ class OperatorServiceServicer:
 
     def WatchEvents(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAssetMap(self, request, context):
+        """The map of the city: every asset once, in a fixed order (its index), as columns.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchAssetStates(self, request, context):
+        """Each asset's display state and each vehicle's position, by index: a snapshot,
+        then what changed, at most once an interval.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -315,6 +340,16 @@ def add_OperatorServiceServicer_to_server(servicer, server):
                     servicer.WatchEvents,
                     request_deserializer=protos_dot_citypost_dot_v1_dot_operator__pb2.WatchEventsRequest.FromString,
                     response_serializer=protos_dot_citypost_dot_v1_dot_operator__pb2.Event.SerializeToString,
+            ),
+            'GetAssetMap': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAssetMap,
+                    request_deserializer=protos_dot_citypost_dot_v1_dot_operator__pb2.GetAssetMapRequest.FromString,
+                    response_serializer=protos_dot_citypost_dot_v1_dot_operator__pb2.AssetMap.SerializeToString,
+            ),
+            'WatchAssetStates': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchAssetStates,
+                    request_deserializer=protos_dot_citypost_dot_v1_dot_operator__pb2.WatchAssetStatesRequest.FromString,
+                    response_serializer=protos_dot_citypost_dot_v1_dot_operator__pb2.AssetStates.SerializeToString,
             ),
             'SendCommand': grpc.unary_unary_rpc_method_handler(
                     servicer.SendCommand,
@@ -498,6 +533,60 @@ class OperatorService:
             '/citypost.v1.OperatorService/WatchEvents',
             protos_dot_citypost_dot_v1_dot_operator__pb2.WatchEventsRequest.SerializeToString,
             protos_dot_citypost_dot_v1_dot_operator__pb2.Event.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAssetMap(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/citypost.v1.OperatorService/GetAssetMap',
+            protos_dot_citypost_dot_v1_dot_operator__pb2.GetAssetMapRequest.SerializeToString,
+            protos_dot_citypost_dot_v1_dot_operator__pb2.AssetMap.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchAssetStates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/citypost.v1.OperatorService/WatchAssetStates',
+            protos_dot_citypost_dot_v1_dot_operator__pb2.WatchAssetStatesRequest.SerializeToString,
+            protos_dot_citypost_dot_v1_dot_operator__pb2.AssetStates.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,12 @@ class OperatorServiceStub:
     ListAssets: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ListAssetsRequest, _operator_pb2.ListAssetsResponse]
     GetAsset: _grpc.UnaryUnaryMultiCallable[_operator_pb2.GetAssetRequest, _operator_pb2.Asset]
     WatchEvents: _grpc.UnaryStreamMultiCallable[_operator_pb2.WatchEventsRequest, _operator_pb2.Event]
+    GetAssetMap: _grpc.UnaryUnaryMultiCallable[_operator_pb2.GetAssetMapRequest, _operator_pb2.AssetMap]
+    """The map of the city: every asset once, in a fixed order (its index), as columns."""
+    WatchAssetStates: _grpc.UnaryStreamMultiCallable[_operator_pb2.WatchAssetStatesRequest, _operator_pb2.AssetStates]
+    """Each asset's display state and each vehicle's position, by index: a snapshot,
+    then what changed, at most once an interval.
+    """
     SendCommand: _grpc.UnaryUnaryMultiCallable[_operator_pb2.SendCommandRequest, _control_state_pb2.CommandRecord]
     GetCommand: _grpc.UnaryUnaryMultiCallable[_operator_pb2.GetCommandRequest, _control_state_pb2.CommandRecord]
     ListCommands: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ListCommandsRequest, _operator_pb2.ListCommandsResponse]
@@ -83,6 +89,12 @@ class OperatorServiceAsyncStub(OperatorServiceStub):
     ListAssets: _aio.UnaryUnaryMultiCallable[_operator_pb2.ListAssetsRequest, _operator_pb2.ListAssetsResponse]  # type: ignore[assignment]
     GetAsset: _aio.UnaryUnaryMultiCallable[_operator_pb2.GetAssetRequest, _operator_pb2.Asset]  # type: ignore[assignment]
     WatchEvents: _aio.UnaryStreamMultiCallable[_operator_pb2.WatchEventsRequest, _operator_pb2.Event]  # type: ignore[assignment]
+    GetAssetMap: _aio.UnaryUnaryMultiCallable[_operator_pb2.GetAssetMapRequest, _operator_pb2.AssetMap]  # type: ignore[assignment]
+    """The map of the city: every asset once, in a fixed order (its index), as columns."""
+    WatchAssetStates: _aio.UnaryStreamMultiCallable[_operator_pb2.WatchAssetStatesRequest, _operator_pb2.AssetStates]  # type: ignore[assignment]
+    """Each asset's display state and each vehicle's position, by index: a snapshot,
+    then what changed, at most once an interval.
+    """
     SendCommand: _aio.UnaryUnaryMultiCallable[_operator_pb2.SendCommandRequest, _control_state_pb2.CommandRecord]  # type: ignore[assignment]
     GetCommand: _aio.UnaryUnaryMultiCallable[_operator_pb2.GetCommandRequest, _control_state_pb2.CommandRecord]  # type: ignore[assignment]
     ListCommands: _aio.UnaryUnaryMultiCallable[_operator_pb2.ListCommandsRequest, _operator_pb2.ListCommandsResponse]  # type: ignore[assignment]
@@ -138,6 +150,24 @@ class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _operator_pb2.WatchEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_operator_pb2.Event], _abc.AsyncIterator[_operator_pb2.Event]]: ...
+
+    @_abc_1.abstractmethod
+    def GetAssetMap(
+        self,
+        request: _operator_pb2.GetAssetMapRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.AssetMap, _abc.Awaitable[_operator_pb2.AssetMap]]:
+        """The map of the city: every asset once, in a fixed order (its index), as columns."""
+
+    @_abc_1.abstractmethod
+    def WatchAssetStates(
+        self,
+        request: _operator_pb2.WatchAssetStatesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_operator_pb2.AssetStates], _abc.AsyncIterator[_operator_pb2.AssetStates]]:
+        """Each asset's display state and each vehicle's position, by index: a snapshot,
+        then what changed, at most once an interval.
+        """
 
     @_abc_1.abstractmethod
     def SendCommand(
