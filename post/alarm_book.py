@@ -316,7 +316,9 @@ def escalate(
     """One severity step up for an active alarm nobody acknowledged within `unacked_for_ms`.
 
     The wait counts from the alarm's last change, so each step waits again.
-    Unchanged (no draft) when not due, acknowledged, cleared or already CRITICAL.
+    Unchanged (no draft) when not due, acknowledged, cleared, already CRITICAL, or
+    shelved now (an operator took it out of the list on purpose: it does not climb
+    meanwhile; a raise that makes it worse ends the shelve).
     """
     if unacked_for_ms <= 0:
         raise InvalidArgumentError(f"unacked_for_ms must be > 0, got {unacked_for_ms}")
@@ -324,6 +326,7 @@ def escalate(
         alarm.state != ACTIVE_UNACK
         or alarm.severity >= operations_pb2.CRITICAL
         or now - alarm.updated_at_ms < unacked_for_ms
+        or is_shelved(alarm, now)
     ):
         return AlarmChange(alarm, None)
     escalated = _copy(alarm)

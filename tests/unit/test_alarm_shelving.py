@@ -214,3 +214,11 @@ def test_a_shelved_alarm_that_clears_is_a_cleared_alarm_and_needs_no_unshelve() 
     # Its record says when the shelve would have ended: it shows again after that by itself.
     assert book.is_shelved(cleared, T0 + 29 * MINUTE)
     assert not book.is_shelved(cleared, T0 + 30 * MINUTE)
+
+
+def test_a_shelved_alarm_does_not_escalate_until_its_shelve_ends() -> None:
+    alarm = shelved(MINOR, minutes=30)  # shelved at T0 until T0 + 30 min
+    assert not book.escalate(alarm, T0 + 29 * MINUTE, unacked_for_ms=MINUTE).changed
+    # Back in the list (time up): unacknowledged all along, it escalates.
+    up = book.escalate(alarm, T0 + 31 * MINUTE, unacked_for_ms=MINUTE)
+    assert up.changed and up.alarm.severity == MAJOR
