@@ -84,7 +84,7 @@ from failover.control_state import (
 )
 from fleet.dijon import BOUNDS
 from post import alarm_book
-from post.asset_board import AssetBoard, BoardChanges, asset_map
+from post.asset_board import AssetBoard, asset_map, asset_states
 from post.dispatcher import Dispatcher
 from protos.citypost.v1 import (
     assets_pb2,
@@ -246,12 +246,12 @@ class OperatorService(operator_pb2_grpc.OperatorServiceServicer):
                 f"{MIN_MAP_INTERVAL_MS}..{MAX_MAP_INTERVAL_MS} ms, got {interval_ms}"
             )
         changes = self._board.snapshot()
-        yield _asset_states(self._board.map_id, changes)
+        yield asset_states(self._board.map_id, changes)
         while True:
             await asyncio.sleep(interval_ms / 1000)
             later = self._board.since(changes.sequence)
             if later.snapshot or later.states or later.positions:
-                yield _asset_states(self._board.map_id, later)
+                yield asset_states(self._board.map_id, later)
             changes = later
 
     # --- events --------------------------------------------------------------------------
@@ -825,23 +825,6 @@ def operator_service(
         shelve_limits=shelve_limits,
     )
     return Service(SERVICE_NAME, operator_pb2_grpc.add_OperatorServiceServicer_to_server, servicer)
-
-
-def _asset_states(map_id: str, changes: BoardChanges) -> operator_pb2.AssetStates:
-    out = operator_pb2.AssetStates(
-        map_id=map_id, sequence=changes.sequence, snapshot=changes.snapshot
-    )
-    if changes.snapshot:  # every index, in order: no indexes needed
-        out.states.extend(changes.states[i] for i in range(len(changes.states)))
-    else:
-        out.indexes.extend(changes.states)
-        out.states.extend(changes.states.values())
-    for index, position in changes.positions.items():
-        out.vehicle_indexes.append(index)
-        out.vehicle_latitudes.append(position.latitude)
-        out.vehicle_longitudes.append(position.longitude)
-        out.vehicle_headings.append(position.heading_deg)
-    return out
 
 
 # --- checks ---------------------------------------------------------------------------------

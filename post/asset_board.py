@@ -193,5 +193,23 @@ class AssetBoard:
         )
 
 
+def asset_states(map_id: str, changes: BoardChanges) -> operator_pb2.AssetStates:
+    """`changes` as the message WatchAssetStates streams."""
+    out = operator_pb2.AssetStates(
+        map_id=map_id, sequence=changes.sequence, snapshot=changes.snapshot
+    )
+    if changes.snapshot:  # every index, in order: no indexes needed
+        out.states.extend(changes.states[i] for i in range(len(changes.states)))
+    else:
+        out.indexes.extend(changes.states)
+        out.states.extend(changes.states.values())
+    for index, position in changes.positions.items():
+        out.vehicle_indexes.append(index)
+        out.vehicle_latitudes.append(position.latitude)
+        out.vehicle_longitudes.append(position.longitude)
+        out.vehicle_headings.append(position.heading_deg)
+    return out
+
+
 def _state(value: int) -> DisplayState:
     return operator_pb2.DisplayState.ValueType(value)

@@ -29,6 +29,13 @@ incidents, overrides) carry `id: <epoch>:<revision>`; a reconnect with
 `Last-Event-ID` resumes after that revision under the same leader, else gets a
 `resync` event first (console/web/event_ids.py). A `posts` event every second tells
 which post leads, its epoch and the standby's lag; a new epoch sends `resync`.
+
+The map: `GET /api/map` gives every asset once as columns (console/web/map_view.py,
+gzipped), `GET /api/map/events` streams `states` events: a snapshot of every
+asset's display state and vehicle position, then what changed, at most twice a
+second (the post coalesces: the latest state of each asset wins). A reconnect,
+or a failover to the other post, starts with a snapshot again: the map's states
+are not control state and carry no resumable id.
 """
 
 from __future__ import annotations
@@ -41,14 +48,15 @@ import hashlib
 import logging
 import re
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import orjson
 from fastapi import FastAPI, Request
+from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from google.protobuf import json_format
@@ -61,9 +69,10 @@ from console.client import CallFailedError, PostClient, Service
 from console.failover_cli import AdminCalls, PostView
 from console.web.event_ids import EventId, Resume, Snapshot, on_reconnect
 from console.web.http_errors import http_status
+from console.web.map_view import map_json, states_json
 from console.web.vendor_sync import VENDOR_DIR
 from failover.follow_client import PostUnreachableError
-from protos.citypost.v1 import admin_pb2, auth_pb2, operator_pb2, operator_pb2_grpc
+from protos.citypost.v1 import admin_pb2, auth_pb2, command_pb2, operator_pb2, operator_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +81,7 @@ STATIC_DIR = WEB_DIR / "static"
 STATUS_EVERY_S = 1.0
 STATUS_TIMEOUT_S = 2.0
 RESTREAM_AFTER_S = 0.5  # a lost event stream is opened again after this pause
+MAP_INTERVAL_MS = 500  # at most two updates a second per asset
 
 _IMPORT_MAP = re.compile(r'<script type="importmap">(.*?)</script>', re.DOTALL)
 
@@ -137,6 +147,22 @@ def bearer_of(authorization: str | None) -> str:
         return ""
     scheme, _, token = authorization.partition(" ")
     return token.strip() if scheme.lower() == "bearer" else ""
+
+
+# A policy's command the room need not see go by: on its way or done as planned.
+_ROUTINE = frozenset(
+    {command_pb2.QUEUED, command_pb2.SENT, command_pb2.ACKED, command_pb2.SUPERSEDED}
+)
+
+
+def streamed(event: operator_pb2.Event) -> bool:
+    """Whether the page gets `event`. Not the policies' routine commands (bus priority,
+    lighting schedules: several a second at full scale): the page follows the operators' commands and anything that went wrong or waits for
+    approval; `citypost console commands` lists them all."""
+    if event.WhichOneof("kind") != "command":
+        return True
+    record = event.command
+    return not (record.issued_by.startswith("policy:") and record.status in _ROUTINE)
 
 
 def to_json(message: Message) -> dict[str, Any]:
@@ -231,6 +257,36 @@ class Gateway:
         _bearer.set(token)
         return posts_view(self._admin.statuses(self.posts))
 
+    def asset_map(self, token: str) -> operator_pb2.AssetMap:
+        _bearer.set(token)
+        reply = self._client.read("GetAssetMap", operator_pb2.GetAssetMapRequest())
+        return cast("operator_pb2.AssetMap", reply)
+
+    async def watch_states(self, token: str) -> AsyncGenerator[operator_pb2.AssetStates, None]:
+        """The map's states from the first post that serves them (each post keeps its
+        own board from the same uplinks): a snapshot, then changes."""
+        metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        last_error: grpc.aio.AioRpcError | None = None
+        for address in self.posts:
+            async with self.aio_channel_factory(address) as channel:
+                stub = operator_pb2_grpc.OperatorServiceStub(channel)
+                call = stub.WatchAssetStates(
+                    operator_pb2.WatchAssetStatesRequest(interval_ms=MAP_INTERVAL_MS),
+                    metadata=metadata,
+                )
+                try:
+                    async for message in call:
+                        yield message
+                    return
+                except grpc.aio.AioRpcError as error:
+                    if error.code() != grpc.StatusCode.UNAVAILABLE:
+                        raise
+                    last_error = error
+                finally:
+                    call.cancel()
+        if last_error is not None:
+            raise last_error
+
     # --- the event stream ----------------------------------------------------------------
 
     async def watch(
@@ -294,6 +350,9 @@ def create_app(gateway: Gateway) -> FastAPI:
         openapi_url=None,
         lifespan=lifespan,
     )
+    # The map's columns and the vendored libraries are large: gzip (never the event
+    # streams: Starlette leaves text/event-stream alone).
+    app.add_middleware(GZipMiddleware, minimum_size=1024)
     methods = bridged_methods()
     page = (STATIC_DIR / "index.html").read_text()
     headers = SECURITY_HEADERS | {"Content-Security-Policy": content_security_policy(page)}
@@ -351,7 +410,43 @@ def create_app(gateway: Gateway) -> FastAPI:
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
 
+    @app.get("/api/map")
+    async def asset_map(request: Request) -> Response:
+        token = bearer_of(request.headers.get("authorization"))
+        try:
+            amap = await asyncio.to_thread(gateway.asset_map, token)
+        except (CitypostError, CallFailedError) as error:
+            return _refusal(error)
+        return Response(orjson.dumps(map_json(amap)), media_type="application/json")
+
+    @app.get("/api/map/events")
+    async def map_events(request: Request) -> StreamingResponse:
+        token = bearer_of(request.headers.get("authorization"))
+        return StreamingResponse(
+            _map_stream(gateway, token),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
     return app
+
+
+async def _map_stream(gateway: Gateway, token: str) -> AsyncIterator[bytes]:
+    """`states` events from whichever post serves them, reopened after a loss (the next
+    stream starts with a snapshot); `refused` and the end when the posts refuse."""
+    while True:
+        try:
+            # Closed with the browser's connection: the post's stream ends with it.
+            async with contextlib.aclosing(gateway.watch_states(token)) as messages:
+                async for message in messages:
+                    yield sse("states", states_json(message))
+        except grpc.aio.AioRpcError as error:
+            code = error.code()
+            if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                yield sse("refused", {"error": code.name, "message": error.details() or ""})
+                return
+            log.info("map stream lost (%s): opening it again", code.name)
+        await asyncio.sleep(RESTREAM_AFTER_S)
 
 
 async def _event_stream(gateway: Gateway, token: str, last: str | None) -> AsyncIterator[bytes]:
@@ -383,7 +478,8 @@ async def _event_stream(gateway: Gateway, token: str, last: str | None) -> Async
         async for event in gateway.watch(token, start, on_open=opened):
             event_id = str(EventId(epoch, event.revision))
             state["last"] = event_id
-            await queue.put(sse(event.WhichOneof("kind") or "event", to_json(event), event_id))
+            if streamed(event):
+                await queue.put(sse(event.WhichOneof("kind") or "event", to_json(event), event_id))
 
     async def new_leader(epoch: int) -> None:
         while state["epoch"] in (0, epoch):  # an election in between is not yet a change

@@ -16,12 +16,15 @@ CITY = "dijon"
 
 
 @contextmanager
-def small_city(run_dir: Path, **sections: Any) -> Iterator[CitySystem]:
-    """0.2 % of the city at x60, the posts on free ports; `sections` are more Config
-    sections (security=..., web=...). Everything it started is stopped on the way out."""
+def small_city(
+    run_dir: Path, *, sim: SimConfig | None = None, **sections: Any
+) -> Iterator[CitySystem]:
+    """0.2 % of the city at x60 (or `sim`), the posts on free ports; `sections` are more
+    Config sections (security=..., web=...). Everything it started is stopped on the way
+    out."""
     config = Config(
         city=CityConfig(name=CITY, scale=0.002),
-        sim=SimConfig(speed=60.0),
+        sim=sim or SimConfig(speed=60.0),
         post=PostConfig(grpc_port=free_port_pair()),
         run_dir=run_dir,
         **sections,

@@ -1,4 +1,4 @@
-"""Session fixtures that run real etcd and mosquitto processes for the integration tier.
+"""Fixtures that run real etcd, mosquitto and Ray processes for the integration tier.
 
 Every fixture stops what it started in its finalizer, also when tests fail.
 """
@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 
+from actors import ray_api
 from cluster.etcd_local import LocalEtcd
 from cluster.mosquitto_local import LocalMosquitto
+from cluster.ray_local import LocalRay
 
 BrokerFactory = Callable[..., LocalMosquitto]
 
@@ -82,3 +84,20 @@ def fresh_broker(tmp_path: Path) -> Iterator[BrokerFactory]:
                 failures.append(exc)
         if failures:
             raise failures[0]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalRay]:
+    """A Ray head for one test module, with this process as its driver (a namespace of
+    the module's own)."""
+    name = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")[:10]
+    head = LocalRay(tmp_path_factory.mktemp(f"ray-{name}"), name=name)
+    head.start()
+    ray_api.connect(head.address, namespace=name, env=head.env_for_driver())
+    try:
+        yield head
+    finally:
+        ray_api.disconnect()
+        head.stop()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,18 +52,6 @@ def _in_a_valley(city: City, gateway: str) -> City:
         for d in city.devices
     )
     return replace(city, devices=devices)
-
-
-@pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRay]:
-    head = LocalRay(tmp_path_factory.mktemp("ray-gw"), name="gw")
-    head.start()
-    ray_api.connect(head.address, namespace="gw", env=head.env_for_driver())
-    try:
-        yield head
-    finally:
-        ray_api.disconnect()
-        head.stop()
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import asyncio
 import os
 import signal
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -46,18 +46,6 @@ pytestmark = pytest.mark.integration
 PLAIN = {"security.tls": False}
 
 START = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRay]:
-    head = LocalRay(tmp_path_factory.mktemp("ray-post"), name="e2e")
-    head.start()
-    ray_api.connect(head.address, namespace="e2e", env=head.env_for_driver())
-    try:
-        yield head
-    finally:
-        ray_api.disconnect()
-        head.stop()
 
 
 @pytest.fixture

@@ -1,8 +1,10 @@
 """The web console in a real browser (Debian's Chromium driven by Playwright) against a real
 city: two roles log in, an alarm raised by the room arrives live and is acknowledged from
-the keyboard (and refused to a role that may not), the page has no serious accessibility
-violation, and when the leading post is killed the banner shows the failover, then the
-new leader, with no reload and no new login. Screenshots of each page are kept as test
+the keyboard (and refused to a role that may not), the map draws every asset and shows a
+lamp group lit by an override, a dangerous group command sent from the dialog is approved
+by the supervisor in a second browser context and converges, the page has no serious accessibility violation, and when
+the leading post is killed the banner shows the failover, then the new leader, with no
+reload and no new login. Screenshots of each page are kept as test
 artefacts (the test's tmp dir, named in the output)."""
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +20,7 @@ import httpx
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from citypost.config import WebConfig
+from citypost.config import SimConfig, WebConfig
 from cluster.system import CitySystem
 from console.web.vendor_sync import VENDOR_DIR
 from tests.integration.city_support import small_city
@@ -33,7 +36,12 @@ SHOWN_S = 20_000  # ms: how long a live change may take to show (generous, a loa
 @pytest.fixture(scope="module")
 def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CitySystem]:
     run_dir = tmp_path_factory.mktemp("browser")
-    with small_city(run_dir, web=WebConfig(enabled=True, port=None)) as system:
+    # Noon in Dijon, whatever the hour of the run: the lamps are off until a test lights some.
+    noon = datetime.now(UTC).replace(hour=11, minute=0, second=0, microsecond=0)
+    sim = SimConfig(
+        speed=60.0, start=noon if noon > datetime.now(UTC) else noon + timedelta(days=1)
+    )
+    with small_city(run_dir, sim=sim, web=WebConfig(enabled=True, port=None)) as system:
         yield system
 
 
@@ -61,6 +69,11 @@ async def _log_in(browser: Browser, city: CitySystem, user: str) -> Page:
     await page.get_by_role("button", name="Log in").click()
     await expect(page.get_by_role("status").first).to_contain_text("Leading:", timeout=SHOWN_S)
     return page
+
+
+def _alarms(page: Page) -> Any:
+    """The alarm list's table (the page has other tables: approvals, tasks, posts)."""
+    return page.get_by_role("table", name="Alarms, most severe first")
 
 
 async def _shot(page: Page, directory: Path, name: str) -> None:
@@ -105,6 +118,13 @@ def _raise_room_alarm(city: CitySystem, token: str) -> str:
 async def test_two_roles_see_a_live_alarm_and_only_the_one_allowed_acknowledges_it(
     browser: Browser, city: CitySystem, tmp_path: Path
 ) -> None:
+    # The login page first: the same accessibility bar as the room.
+    login = await (await browser.new_context(viewport={"width": 1280, "height": 800})).new_page()
+    await login.goto(_url(city))
+    await expect(login.get_by_role("button", name="Log in")).to_be_visible()
+    await _shot(login, tmp_path, "login")
+    assert not await _violations(login)
+
     supervisor = await _log_in(browser, city, "supervisor")
     wallboard = await _log_in(browser, city, "wallboard")
     await _shot(supervisor, tmp_path, "room-supervisor")
@@ -114,22 +134,124 @@ async def test_two_roles_see_a_live_alarm_and_only_the_one_allowed_acknowledges_
     _raise_room_alarm(city, token)
     # It arrives on both screens through the event stream, without a reload.
     for page in (supervisor, wallboard):
-        await expect(page.locator("tbody tr").first).to_be_visible(timeout=SHOWN_S)
-    row = wallboard.locator("tbody tr").first
+        await expect(_alarms(page).locator("tbody tr").first).to_be_visible(timeout=SHOWN_S)
+    row = _alarms(wallboard).locator("tbody tr").first
     await expect(row).to_contain_text("ACTIVE_UNACK")
 
     # The wallboard may read alarms, not handle them: the post refuses, the page says why.
-    await wallboard.locator("table").focus()
+    await _alarms(wallboard).focus()
     await wallboard.keyboard.press("a")
     await expect(wallboard.get_by_text("alarms.handle")).to_be_visible(timeout=SHOWN_S)
 
     # The supervisor acknowledges from the keyboard; both screens show it.
-    await supervisor.locator("table").focus()
+    await _alarms(supervisor).focus()
     await supervisor.keyboard.press("a")
     for page in (supervisor, wallboard):
-        await expect(page.locator("tbody tr").first).to_contain_text("ACTIVE_ACK", timeout=SHOWN_S)
+        await expect(_alarms(page).locator("tbody tr").first).to_contain_text(
+            "ACTIVE_ACK", timeout=SHOWN_S
+        )
     await _shot(wallboard, tmp_path, "room-wallboard")
     assert not await _violations(wallboard)
+
+
+async def test_the_map_draws_every_asset_and_shows_a_lamp_group_lit_by_an_override(
+    browser: Browser, city: CitySystem, tmp_path: Path
+) -> None:
+    assert city.city is not None
+    registry = list(city.city.registry)
+    page = await _log_in(browser, city, "supervisor")
+    await page.wait_for_function(
+        "() => window.__console.map && window.__console.map.ready", timeout=60_000
+    )
+    shown = await page.evaluate("() => window.__console.map.assets")
+    assert shown == len(registry)
+    # Vehicles move on the map: their positions arrive with the stream.
+    await page.wait_for_function("() => window.__console.map.vehicles > 0", timeout=SHOWN_S)
+
+    lamps = [d for d in registry if d.asset_class == 1]
+    # Not the group the other tests switch off as an emergency (the first one): an
+    # override holds its group against other commands.
+    group = lamps[-1].group
+    assert group != lamps[0].group
+    members = [d.dev_eui for d in lamps if d.group == group]
+    # Every lamp of the group has been heard at rest (it is day) before the override.
+    await page.wait_for_function(
+        "euis => euis.every(e => window.__console.map.stateOf(e) === 1)",
+        arg=members,
+        timeout=60_000,
+    )
+    token = await page.evaluate("() => window.__console.token()")
+    body = {
+        "idempotency_key": str(uuid.uuid4()),
+        "asset_class": "STREET_LAMP",
+        "group": group,
+        "action": {
+            "asset_class": "STREET_LAMP",
+            "target": {"group": group},
+            "set_brightness": {"brightness_pct": 60.0},
+        },
+        "duration_ms": 600_000,
+        "reason": "browser test: light a group by day",
+    }
+    reply = httpx.post(
+        f"{_url(city)}/api/rpc/OperatorService/SetOverride",
+        json=body,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+    assert reply.status_code == 200, reply.text
+    # The lamps report themselves lit: the map shows them working (display state 2).
+    await page.wait_for_function(
+        "euis => euis.every(e => window.__console.map.stateOf(e) === 2)",
+        arg=members,
+        timeout=90_000,
+    )
+    await _shot(page, tmp_path, "map")
+    assert not await _violations(page)
+
+
+async def test_a_dangerous_group_command_from_the_dialog_is_approved_and_converges(
+    browser: Browser, city: CitySystem, tmp_path: Path
+) -> None:
+    assert city.city is not None
+    lamps = [d for d in city.city.registry if d.asset_class == 1]
+    groups = sorted({d.group for d in lamps})
+    # Neither the group the room alarm switches off (the first lamp's) nor the one the
+    # map test overrides (the last lamp's).
+    group = next(g for g in groups if g not in (lamps[0].group, lamps[-1].group))
+    members = sum(1 for d in lamps if d.group == group)
+    operator = await _log_in(browser, city, "urban-supervision")
+    supervisor = await _log_in(browser, city, "supervisor")
+    await operator.wait_for_function(
+        "() => window.__console.map && window.__console.map.ready", timeout=60_000
+    )
+
+    dialog = operator.get_by_role("region", name="Send a command")
+    await dialog.get_by_label("Assets").select_option("STREET_LAMP")
+    await dialog.get_by_label("Group").select_option(group)
+    await dialog.get_by_label("Brightness (%)").fill("0")
+    await dialog.get_by_label("Reason").fill("browser test: a group off, two people")
+    await dialog.get_by_role("button", name="Review…").click()
+    # The dialog resolves the target before anything is sent.
+    review = operator.get_by_role("dialog", name="Confirm the command")
+    await expect(review).to_contain_text(
+        f"set brightness to 0 %: {members} street lamps of group {group}"
+    )
+    await review.get_by_role("button", name="Send").click()
+    status = dialog.locator(".command-status")
+    await expect(status).to_contain_text("PENDING_APPROVAL", timeout=SHOWN_S)
+
+    # The supervisor sees it in the approvals panel, in another browser context, and
+    # approves it; the operator's dialog follows it to the end.
+    approvals = supervisor.get_by_role("region", name="Approvals")
+    row = approvals.get_by_role("row").filter(has_text=group)
+    await expect(row).to_be_visible(timeout=SHOWN_S)
+    await _shot(supervisor, tmp_path, "approvals")
+    assert not await _violations(supervisor)
+    await row.get_by_role("button", name="Approve").click()
+    await expect(status).to_contain_text("ACKED", timeout=90_000)
+    await expect(status).to_contain_text(f"{members} of {members} confirmed")
+    await _shot(operator, tmp_path, "command-converged")
 
 
 async def test_a_leader_killed_during_a_session_is_followed_without_a_reload(
@@ -149,5 +271,5 @@ async def test_a_leader_killed_during_a_session_is_followed_without_a_reload(
     # A command sent afterwards, with the same session, goes to the new leader.
     token = await page.evaluate("() => window.__console.token()")
     _raise_room_alarm(city, token)
-    await expect(page.locator("tbody tr").first).to_be_visible(timeout=SHOWN_S)
+    await expect(_alarms(page).locator("tbody tr").first).to_be_visible(timeout=SHOWN_S)
     await _shot(page, tmp_path, "after-failover")

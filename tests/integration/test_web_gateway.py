@@ -1,6 +1,7 @@
 """The web console's gateway against a real city (both posts, etcd, the broker, mutual TLS):
 the JSON bridge decides nothing itself (the posts refuse, and say what was missing),
-the banner's view of the posts, and the event stream's ids, resume and resync."""
+the banner's view of the posts, the event stream's ids, resume and resync, and the map's
+columns and live states."""
 
 from __future__ import annotations
 
@@ -122,14 +123,19 @@ def test_the_banner_names_the_leader_and_its_epoch(web: Web, city: CitySystem) -
 
 
 def _events(
-    web: Web, token: str, last: str | None, until: Any, limit: int = 200
+    web: Web,
+    token: str,
+    last: str | None,
+    until: Any,
+    limit: int = 200,
+    path: str = "/api/events",
 ) -> list[tuple[str | None, str, dict[str, Any]]]:
     """Events of one stream, read until `until(events)` holds."""
     headers = {"Authorization": f"Bearer {token}"}
     if last:
         headers["Last-Event-ID"] = last
     got: list[tuple[str | None, str, dict[str, Any]]] = []
-    with httpx.stream("GET", f"{web.url}/api/events", headers=headers, timeout=30) as stream:
+    with httpx.stream("GET", f"{web.url}{path}", headers=headers, timeout=30) as stream:
         assert stream.status_code == 200
         assert stream.headers["content-type"].startswith("text/event-stream")
         event_id: str | None = None
@@ -196,3 +202,33 @@ def test_the_event_stream_resumes_after_its_last_id_and_resyncs_a_stranger(
     )
     resync = next(e for _, k, e in stranger if k == "resync")
     assert "leader changed" in resync["why"] and resync["epoch"] == epoch
+
+
+def test_the_map_is_every_asset_once_then_live_states(web: Web, city: CitySystem) -> None:
+    assert city.city is not None
+    registry = {d.dev_eui: d for d in city.city.registry}
+    assert httpx.get(f"{web.url}/api/map", timeout=30).status_code == 401  # no token
+    token = _login(web, city, "wallboard")  # reading the map is for every role
+    reply = httpx.get(
+        f"{web.url}/api/map",
+        headers={"Authorization": f"Bearer {token}", "Accept-Encoding": "gzip"},
+        timeout=30,
+    )
+    assert reply.status_code == 200 and reply.headers["content-encoding"] == "gzip"
+    cols = reply.json()
+    assert sorted(cols["eui"]) == cols["eui"] and set(cols["eui"]) == set(registry)
+    i = len(cols["eui"]) // 2
+    device = registry[cols["eui"][i]]
+    assert cols["cls"][i] == device.asset_class
+    assert cols["groups"][cols["grp"][i]] == device.group
+    assert abs(cols["lat"][i] - device.latitude) < 2e-5
+
+    # A snapshot of every asset, then changes (a running city changes something within
+    # seconds: buses move, lamps and spots report).
+    events = _events(web, token, None, lambda ev: len(ev) >= 2, limit=2, path="/api/map/events")
+    (_, kind, first), (_, _, later) = events
+    assert kind == "states" and first["snapshot"] and first["map_id"] == cols["map_id"]
+    assert len(first["s"]) == len(cols["eui"])
+    assert not later["snapshot"] and later["seq"] > first["seq"]
+    assert len(later["i"]) == len(later["s"]) and len(later["v"]) % 4 == 0
+    assert later["i"] or later["v"]

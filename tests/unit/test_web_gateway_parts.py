@@ -15,8 +15,10 @@ from console.web.gateway import (
     bridged_methods,
     content_security_policy,
     sse,
+    streamed,
 )
 from console.web.http_errors import http_status
+from protos.citypost.v1 import command_pb2, control_state_pb2, operations_pb2, operator_pb2
 
 pytestmark = pytest.mark.unit
 
@@ -76,3 +78,23 @@ def test_the_policy_allows_the_pages_import_map_by_its_hash_and_nothing_else_inl
 def test_a_server_sent_event_is_one_line_of_json_with_its_id() -> None:
     assert sse("alarm", {"a": 1}, "5:12") == b'id: 5:12\nevent: alarm\ndata: {"a":1}\n\n'
     assert sse("posts", {"epoch": 5}) == b'event: posts\ndata: {"epoch":5}\n\n'
+
+
+@pytest.mark.parametrize(
+    ("issued_by", "status", "shown"),
+    [
+        ("policy:traffic_signal/sector-centre", command_pb2.SENT, False),
+        ("policy:traffic_signal/sector-centre", command_pb2.ACKED, False),
+        ("policy:street_lamp/dijon-1", command_pb2.QUEUED, False),
+        ("policy:street_lamp/dijon-1", command_pb2.FAILED, True),  # gone wrong: shown
+        ("policy:street_lamp/dijon-1", command_pb2.PENDING_APPROVAL, True),
+        ("supervisor", command_pb2.SENT, True),  # an operator's: followed to the end
+        ("supervisor", command_pb2.ACKED, True),
+    ],
+)
+def test_the_page_follows_operators_commands_not_the_policies_routine(
+    issued_by: str, status: command_pb2.CommandStatus.ValueType, shown: bool
+) -> None:
+    record = control_state_pb2.CommandRecord(status=status, issued_by=issued_by)
+    assert streamed(operator_pb2.Event(command=record)) is shown
+    assert streamed(operator_pb2.Event(alarm=operations_pb2.Alarm(originator="x")))

@@ -1,9 +1,9 @@
-// The gateway's event stream read with fetch (EventSource cannot send a bearer token):
+// A gateway's event stream (/api/events, /api/map/events) read with fetch (EventSource cannot send a bearer token):
 // server-sent events parsed from the body, reopened after a drop with the last id seen
 // (Last-Event-ID), so the gateway resumes or tells the page to resync.
 const RETRY_MS = [250, 500, 1000, 2000, 4000];
 
-export function openEvents(token, handlers) {
+export function openEvents(token, handlers, url = "/api/events") {
   let lastId = null;
   let closed = false;
   let controller = null;
@@ -20,7 +20,7 @@ export function openEvents(token, handlers) {
     controller = new AbortController();
     const headers = { Authorization: `Bearer ${token()}` };
     if (lastId) headers["Last-Event-ID"] = lastId;
-    const reply = await fetch("/api/events", { headers, signal: controller.signal });
+    const reply = await fetch(url, { headers, signal: controller.signal });
     if (!reply.ok || !reply.body) throw new Error(`event stream: ${reply.status}`);
     const reader = reply.body.pipeThrough(new TextDecoderStream()).getReader();
     let buffer = "";
@@ -31,6 +31,9 @@ export function openEvents(token, handlers) {
       const { value, done } = await reader.read();
       if (done) return;
       failures = 0;
+      // Characters received per stream (the JSON is ASCII: bytes), for bench.web.
+      const counted = (window.__console.bytes ||= {});
+      counted[url] = (counted[url] || 0) + value.length;
       buffer += value;
       let newline;
       while ((newline = buffer.indexOf("\n")) >= 0) {

@@ -1,0 +1,159 @@
+"""The web console at the city's size, in headless Chromium (Debian's, driven by Playwright).
+
+Starts the whole city (both posts, the gateway of the web console) at `--scale` (the
+article's 38,702 devices by default), lets it run `--warm-s`, then, as an operator:
+
+- logs in and times the first complete map (the click on "Log in" to the map's first
+  idle with every asset drawn), against the first banner (the posts' roles: the page's
+  smallest round trip) measured in the same page load;
+- times 1,000 assets changing state until the map has drawn them, against one asset
+  changing, in the same map (the same code path as a state message from the stream);
+- counts what the two event streams (/api/events and /api/map/events) bring the page
+  over `--steady-s` seconds of a running city: the bandwidth per operator.
+
+Targets (the web console issue): first map <= 3 s, 1,000 changes shown <= 1 s,
+<= 50 kB/s per operator in steady state. These are absolute times on a noisy 2-core
+machine running the whole city as well; the ratios to the baselines are what compares
+across machines.
+
+    python -m bench.web [--scale 1] [--warm-s 60] [--steady-s 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from playwright.async_api import async_playwright
+
+from bench.harness import parse_overrides
+from citypost.config import Config, load_config
+from cluster.system import CitySystem
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+TARGET_FIRST_MAP_S = 3.0
+TARGET_CHANGES_S = 1.0
+TARGET_BYTES_PER_S = 50_000
+CHANGES = 1000
+
+
+def bench_config(args: argparse.Namespace, tmp: str) -> Config:
+    overrides: dict[str, Any] = {"city.scale": args.scale, **parse_overrides(args.set)}
+    overrides.update({"run_dir": tmp, "web.enabled": True, "web.port": None})
+    overrides.setdefault("post.grpc_port", None)
+    return load_config(overrides=overrides)
+
+
+async def operate(url: str, password: str, steady_s: float) -> dict[str, Any]:
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            context = await browser.new_context(viewport={"width": 1600, "height": 1000})
+            page = await context.new_page()
+            map_bytes: list[int] = []
+
+            async def on_response(response: Any) -> None:
+                if response.url.endswith("/api/map"):
+                    map_bytes.append(len(await response.body()))
+
+            page.on("response", on_response)
+            await page.goto(url)
+            await page.get_by_label("User").fill("supervisor")
+            await page.get_by_label("Password").fill(password)
+            clicked = await page.evaluate("() => performance.now()")
+            await page.get_by_role("button", name="Log in").click()
+            await page.wait_for_function(
+                "() => window.__console.map && window.__console.map.ready", timeout=120_000
+            )
+            times = await page.evaluate(
+                "() => [window.__console.firstPostsAt, window.__console.map.readyAt,"
+                " window.__console.map.assets]"
+            )
+            first_banner_s = (times[0] - clicked) / 1000
+            first_map_s = (times[1] - clicked) / 1000
+
+            one_ms = await page.evaluate("() => window.__console.map.timeChanges(1)")
+            many_ms = await page.evaluate(f"() => window.__console.map.timeChanges({CHANGES})")
+
+            await page.evaluate("() => { window.__console.bytes = {}; }")
+            started = time.monotonic()
+            await asyncio.sleep(steady_s)
+            counted: dict[str, int] = await page.evaluate("() => window.__console.bytes")
+            elapsed = time.monotonic() - started
+        finally:
+            await browser.close()
+    per_stream = {stream: round(n / elapsed) for stream, n in sorted(counted.items())}
+    total = sum(counted.values()) / elapsed
+    return {
+        "assets_on_map": times[2],
+        "map_json_bytes": map_bytes[0] if map_bytes else None,
+        "first_banner_s": round(first_banner_s, 3),
+        "first_map_s": round(first_map_s, 3),
+        "first_map_vs_banner": round(first_map_s / max(first_banner_s, 1e-3), 2),
+        "one_change_s": round(one_ms / 1000, 3),
+        "changes_1000_s": round(many_ms / 1000, 3),
+        "changes_1000_vs_one": round(many_ms / max(one_ms, 1e-3), 2),
+        "stream_bytes_per_s": per_stream,
+        "bytes_per_s_per_operator": round(total),
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="bench-web-") as tmp:
+        config = bench_config(args, tmp)
+        system = CitySystem(config, Path(tmp) / "run")
+        try:
+            system.start(lambda step: print(f"bench.web: {step}", file=sys.stderr))
+            assert system.web is not None and system.city is not None
+            print(f"bench.web: the city runs; warming {args.warm_s:.0f} s", file=sys.stderr)
+            time.sleep(args.warm_s)
+            measured = asyncio.run(
+                operate(system.web.url, system.passwords["supervisor"], args.steady_s)
+            )
+            devices = len(system.city.registry)
+        finally:
+            system.stop()
+    checks = {
+        "every_asset_on_the_map": measured["assets_on_map"] == devices,
+        "first_map": measured["first_map_s"] <= TARGET_FIRST_MAP_S,
+        "changes_1000": measured["changes_1000_s"] <= TARGET_CHANGES_S,
+        "bandwidth": measured["bytes_per_s_per_operator"] <= TARGET_BYTES_PER_S,
+    }
+    return {
+        "bench": "web",
+        "scale": args.scale,
+        "devices": devices,
+        **measured,
+        "targets": {
+            "first_map_s": TARGET_FIRST_MAP_S,
+            "changes_1000_s": TARGET_CHANGES_S,
+            "bytes_per_s_per_operator": TARGET_BYTES_PER_S,
+        },
+        "checks": checks,
+        "ok": all(checks.values()),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--warm-s", type=float, default=60.0, help="the city runs this long first")
+    parser.add_argument("--steady-s", type=float, default=60.0, help="bandwidth window")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    args = parser.parse_args(argv)
+    result = run(args)
+    print(json.dumps(result, indent=2))
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
