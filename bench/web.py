@@ -51,7 +51,9 @@ def bench_config(args: argparse.Namespace, tmp: str) -> Config:
     return load_config(overrides=overrides)
 
 
-async def operate(url: str, password: str, steady_s: float) -> dict[str, Any]:
+async def operate(
+    url: str, password: str, steady_s: float, screenshot: Path | None = None
+) -> dict[str, Any]:
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
         try:
@@ -79,9 +81,14 @@ async def operate(url: str, password: str, steady_s: float) -> dict[str, Any]:
             first_banner_s = (times[0] - clicked) / 1000
             first_map_s = (times[1] - clicked) / 1000
 
+            # The lamps (drawn one by one close up) are in once the first map is: wait for
+            # them, so the changes are timed on the whole map.
+            await page.wait_for_function("() => window.__console.map.complete", timeout=120_000)
             one_ms = await page.evaluate("() => window.__console.map.timeChanges(1)")
             many_ms = await page.evaluate(f"() => window.__console.map.timeChanges({CHANGES})")
 
+            if screenshot is not None:  # the README's picture of the room at full scale
+                await page.screenshot(path=str(screenshot), type="jpeg", quality=70)
             await page.evaluate("() => { window.__console.bytes = {}; }")
             started = time.monotonic()
             await asyncio.sleep(steady_s)
@@ -115,7 +122,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"bench.web: the city runs; warming {args.warm_s:.0f} s", file=sys.stderr)
             time.sleep(args.warm_s)
             measured = asyncio.run(
-                operate(system.web.url, system.passwords["supervisor"], args.steady_s)
+                operate(
+                    system.web.url, system.passwords["supervisor"], args.steady_s, args.screenshot
+                )
             )
             devices = len(system.city.registry)
         finally:
@@ -148,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--warm-s", type=float, default=60.0, help="the city runs this long first")
     parser.add_argument("--steady-s", type=float, default=60.0, help="bandwidth window")
+    parser.add_argument("--screenshot", type=Path, help="save the room once the map is drawn")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = parser.parse_args(argv)
     result = run(args)

@@ -6,13 +6,15 @@
 // (ice, a leak, a camera event, a signal in fail-safe) a diamond. Lamps are one circle per
 // group at city zoom and single lamps from zoom 14; vehicles move in their own source.
 // Data: /api/map (columns, once) and /api/map/events (a snapshot, then changes).
-import { Map as MapLibreMap } from "maplibre-gl";
+import { Map as MapLibreMap, prewarm } from "maplibre-gl";
 import { h } from "preact";
 import { useEffect, useRef, useState } from "preact/hooks";
 import htm from "htm";
 import { openEvents } from "/static/events.js";
 
 const html = htm.bind(h);
+// The map's workers start while the operator logs in, not after.
+prewarm();
 const LAMP = 1;
 const VEHICLES = new Set([9, 10]); // BUS, COMPANY_CAR
 const LAMPS_FROM_ZOOM = 14;
@@ -64,6 +66,9 @@ function style(assets, lampGroups) {
       // Absolute: the worker that fetches it runs from a blob: URL.
       base: { type: "geojson", data: new URL("/static/basemap.geojson", location.href).href },
       assets: { type: "geojson", data: assets },
+      // Filled once the first map is drawn: 34,000 lamps at full scale, drawn one by one
+      // only close up, need not hold up the city's first picture.
+      lamps: { type: "geojson", data: { type: "FeatureCollection", features: [] } },
       lampGroups: { type: "geojson", data: lampGroups },
       vehicles: { type: "geojson", data: { type: "FeatureCollection", features: [] } },
       abnormal: { type: "geojson", data: { type: "FeatureCollection", features: [] } },
@@ -80,9 +85,8 @@ function style(assets, lampGroups) {
         paint: { "circle-color": "#9a9a9a", "circle-opacity": 0.55, "circle-stroke-color": "#6b6b6b",
           "circle-stroke-width": 1, "circle-radius": ["interpolate", ["linear"], ["sqrt", ["get", "n"]], 1, 3, 40, 14] } },
       // Lamps one by one only from LAMPS_FROM_ZOOM (one circle per group below it).
-      { id: "lamps", type: "circle", source: "assets", minzoom: LAMPS_FROM_ZOOM,
-        filter: ["==", ["get", "c"], LAMP], paint: ASSET_PAINT },
-      { id: "assets", type: "circle", source: "assets", filter: ["!=", ["get", "c"], LAMP], paint: ASSET_PAINT },
+      { id: "lamps", type: "circle", source: "lamps", minzoom: LAMPS_FROM_ZOOM, paint: ASSET_PAINT },
+      { id: "assets", type: "circle", source: "assets", paint: ASSET_PAINT },
       { id: "vehicles", type: "circle", source: "vehicles",
         paint: { "circle-radius": ["case", ["==", ["get", "c"], 9], 5, 3.5], "circle-color": "#3a3a3a",
           "circle-stroke-color": "#ffffff", "circle-stroke-width": 1.2 } },
@@ -94,16 +98,18 @@ function style(assets, lampGroups) {
   };
 }
 
-// The map's rows and what the page knows of each: index by devEui, lamp groups' centres.
+// The map's rows and what the page knows of each: index by devEui, the lamps apart from the
+// other fixed assets, lamp groups' centres.
 function rowsOf(cols) {
   const index = new Map();
   const lampGroups = new Map();
   const assets = [];
+  const lamps = [];
   cols.eui.forEach((eui, i) => {
     index.set(eui, i);
     if (VEHICLES.has(cols.cls[i])) return;
-    assets.push({ type: "Feature", id: i, geometry: { type: "Point", coordinates: [cols.lon[i], cols.lat[i]] },
-      properties: { c: cols.cls[i], st: 0 } });
+    (cols.cls[i] === LAMP ? lamps : assets).push({ type: "Feature", id: i,
+      geometry: { type: "Point", coordinates: [cols.lon[i], cols.lat[i]] }, properties: { c: cols.cls[i], st: 0 } });
     if (cols.cls[i] === LAMP) {
       const g = lampGroups.get(cols.grp[i]) || { n: 0, lat: 0, lon: 0 };
       g.n += 1; g.lat += cols.lat[i]; g.lon += cols.lon[i];
@@ -113,7 +119,7 @@ function rowsOf(cols) {
   const groups = [...lampGroups.entries()].map(([grp, g]) => ({ type: "Feature", id: grp,
     geometry: { type: "Point", coordinates: [g.lon / g.n, g.lat / g.n] },
     properties: { n: g.n, name: cols.groups[grp] } }));
-  return { index, assets, groups };
+  return { index, assets, lamps, groups };
 }
 
 export function CityMap({ token, alarms, onSelect, onColumns }) {
@@ -132,6 +138,7 @@ export function CityMap({ token, alarms, onSelect, onColumns }) {
       const reply = await fetch("/api/map", { headers: { Authorization: `Bearer ${token()}` } });
       if (!reply.ok) { setStatus(`The map could not be read: ${reply.status}`); return; }
       const cols = await reply.json();
+      exposed.phases = { columns: performance.now() };
       if (closed) return;
       if (onColumns) onColumns(cols);
       const rows = rowsOf(cols);
@@ -139,10 +146,12 @@ export function CityMap({ token, alarms, onSelect, onColumns }) {
       const positions = new Map();
       const state = (live.current = { cols, rows, states, positions, alarms: null, map: null, dirty: true });
       exposed.assets = cols.eui.length;
+      const sourceOf = (i) => (cols.cls[i] === LAMP ? "lamps" : "assets");
+      const collection = (features) => ({ type: "FeatureCollection", features });
       exposed.stateOf = (eui) => {
         const i = rows.index.get(eui);
         if (i === undefined || !map) return undefined;
-        const fs = map.getFeatureState({ source: "assets", id: i });
+        const fs = map.getFeatureState({ source: sourceOf(i), id: i });
         return fs.st !== undefined ? fs.st : states[i];
       };
       exposed.markOf = (eui) => {
@@ -155,7 +164,7 @@ export function CityMap({ token, alarms, onSelect, onColumns }) {
       function applyChanges(indexes, values) {
         indexes.forEach((i, k) => {
           states[i] = values[k];
-          if (map) map.setFeatureState({ source: "assets", id: i }, { st: values[k] });
+          if (map) map.setFeatureState({ source: sourceOf(i), id: i }, { st: values[k] });
         });
         state.dirty = true;
       }
@@ -163,8 +172,7 @@ export function CityMap({ token, alarms, onSelect, onColumns }) {
       // resolves with the milliseconds until the map has drawn them.
       exposed.timeChanges = (n) => new Promise((resolve) => {
         // Assets drawn at the current zoom first (lamps are drawn one by one only close up).
-        const drawn = [...rows.assets].sort((a, b) => (a.properties.c === LAMP) - (b.properties.c === LAMP));
-        const picked = drawn.slice(0, n).map((f) => f.id);
+        const picked = [...rows.assets, ...rows.lamps].slice(0, n).map((f) => f.id);
         const start = performance.now();
         applyChanges(picked, picked.map((i) => (states[i] === 2 ? 1 : 2)));
         map.once("idle", () => resolve(performance.now() - start));
@@ -177,21 +185,29 @@ export function CityMap({ token, alarms, onSelect, onColumns }) {
       }
 
       function create(snapshot) {
+        exposed.phases.snapshot = performance.now();
         for (const feature of rows.assets) feature.properties.st = snapshot[feature.id];
         map = state.map = new MapLibreMap({
           container: container.current,
-          style: style({ type: "FeatureCollection", features: rows.assets },
-            { type: "FeatureCollection", features: rows.groups }),
+          style: style(collection(rows.assets), collection(rows.groups)),
           bounds: [[4.93, 47.227], [5.193, 47.378]],
           attributionControl: false,
           fadeDuration: 0,
         });
         map.on("load", () => {
+          exposed.phases.load = performance.now();
           for (const [name, mark] of Object.entries(MARKS)) map.addImage(name, markImage(mark.shape, mark.fill));
           map.getSource("vehicles").setData(vehicleData());
           state.loaded = true;
           state.dirty = true;
-          map.once("idle", () => { exposed.ready = true; exposed.readyAt = performance.now(); setStatus(""); });
+          map.once("idle", () => {
+            exposed.ready = true;
+            exposed.readyAt = performance.now();
+            setStatus("");
+            for (const feature of rows.lamps) feature.properties.st = states[feature.id];
+            map.getSource("lamps").setData(collection(rows.lamps));
+            map.once("idle", () => { exposed.complete = true; });
+          });
         });
         map.on("click", (event) => {
           const hit = map.queryRenderedFeatures(event.point, { layers: ["abnormal", "vehicles", "lamps", "assets"] })[0];
@@ -213,9 +229,11 @@ export function CityMap({ token, alarms, onSelect, onColumns }) {
             positions.clear();
             if (!map) create(states);
             else {
-              for (const feature of rows.assets) feature.properties.st = states[feature.id];
-              map.removeFeatureState({ source: "assets" });
-              map.getSource("assets").setData({ type: "FeatureCollection", features: rows.assets });
+              for (const [source, features] of [["assets", rows.assets], ["lamps", rows.lamps]]) {
+                for (const feature of features) feature.properties.st = states[feature.id];
+                map.removeFeatureState({ source });
+                if (source === "assets" || exposed.ready) map.getSource(source).setData(collection(features));
+              }
             }
           } else applyChanges(data.i, data.s);
           for (let k = 0; k < data.v.length; k += 4) positions.set(data.v[k], data.v.slice(k + 1, k + 4));
