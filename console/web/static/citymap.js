@@ -169,13 +169,14 @@ export function CityMap({ token, alarms, onSelect, onColumns }) {
         state.dirty = true;
       }
       // For bench.web: `n` assets change state as a stream message would change them;
-      // resolves with the milliseconds until the map has drawn them.
+      // resolves with the milliseconds until the frame that draws them is rendered (not
+      // "idle": moving vehicles keep a live map from ever being idle for long).
       exposed.timeChanges = (n) => new Promise((resolve) => {
         // Assets drawn at the current zoom first (lamps are drawn one by one only close up).
         const picked = [...rows.assets, ...rows.lamps].slice(0, n).map((f) => f.id);
         const start = performance.now();
         applyChanges(picked, picked.map((i) => (states[i] === 2 ? 1 : 2)));
-        map.once("idle", () => resolve(performance.now() - start));
+        map.once("render", () => resolve(performance.now() - start));
         map.triggerRepaint();
       });
 
@@ -197,17 +198,29 @@ export function CityMap({ token, alarms, onSelect, onColumns }) {
         map.on("load", () => {
           exposed.phases.load = performance.now();
           for (const [name, mark] of Object.entries(MARKS)) map.addImage(name, markImage(mark.shape, mark.fill));
-          map.getSource("vehicles").setData(vehicleData());
           state.loaded = true;
           state.dirty = true;
-          map.once("idle", () => {
+          // Ready: the first frame drawn with the base and every fixed asset in (not the
+          // map's "idle": moving vehicles keep a live map from being idle for long).
+          const drawn = () => ["base", "assets", "lampGroups"].every((id) => map.isSourceLoaded(id));
+          const onRender = () => {
+            if (!drawn()) return;
+            map.off("render", onRender);
             exposed.ready = true;
             exposed.readyAt = performance.now();
             setStatus("");
+            // Then the vehicles and the lamps.
+            map.getSource("vehicles").setData(vehicleData());
             for (const feature of rows.lamps) feature.properties.st = states[feature.id];
             map.getSource("lamps").setData(collection(rows.lamps));
-            map.once("idle", () => { exposed.complete = true; });
-          });
+            const lampsIn = () => {
+              if (!map.isSourceLoaded("lamps")) return;
+              map.off("render", lampsIn);
+              exposed.complete = true;
+            };
+            map.on("render", lampsIn);
+          };
+          map.on("render", onRender);
         });
         map.on("click", (event) => {
           const hit = map.queryRenderedFeatures(event.point, { layers: ["abnormal", "vehicles", "lamps", "assets"] })[0];
@@ -238,7 +251,7 @@ export function CityMap({ token, alarms, onSelect, onColumns }) {
           } else applyChanges(data.i, data.s);
           for (let k = 0; k < data.v.length; k += 4) positions.set(data.v[k], data.v.slice(k + 1, k + 4));
           exposed.vehicles = positions.size;
-          if (state.loaded && data.v.length) map.getSource("vehicles").setData(vehicleData());
+          if (exposed.ready && data.v.length) map.getSource("vehicles").setData(vehicleData());
           state.dirty = true;
         },
         refused(data) { setStatus(`The posts refused the map: ${data.message}`); },
