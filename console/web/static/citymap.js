@@ -81,6 +81,10 @@ function style(assets, lampGroups) {
         paint: { "line-color": "#707070", "line-width": 1.5, "line-dasharray": [3, 2] } },
       { id: "bus-lines", type: "line", source: "base", filter: ["==", ["get", "kind"], "bus_line"],
         paint: { "line-color": "#b5b5b5", "line-width": 2 } },
+      // Commune names, drawn with the browser's own fonts (no glyph server here).
+      { id: "commune-labels", type: "symbol", source: "base", filter: ["==", ["get", "kind"], "commune"],
+        layout: { "text-field": ["get", "name"], "text-size": 12, "text-font": ["sans-serif"] },
+        paint: { "text-color": "#4a4a4a", "text-halo-color": "#ececec", "text-halo-width": 1.2 } },
       { id: "lamp-groups", type: "circle", source: "lampGroups", maxzoom: LAMPS_FROM_ZOOM,
         paint: { "circle-color": "#9a9a9a", "circle-opacity": 0.55, "circle-stroke-color": "#6b6b6b",
           "circle-stroke-width": 1, "circle-radius": ["interpolate", ["linear"], ["sqrt", ["get", "n"]], 1, 3, 40, 14] } },
