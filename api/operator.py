@@ -170,8 +170,9 @@ class OperatorService(operator_pb2_grpc.OperatorServiceServicer):
         self._board = board
         self._map = asset_map(board.devices)  # the registry does not change: built once
         self._wall_ms = wall_ms
-        # The registry does not change while the post runs: sort it once for paging.
-        self._devices = sorted(registry, key=lambda d: d.dev_eui)
+        # The board's rows: the registry sorted once by devEui (it does not change while
+        # the post runs), for paging.
+        self._devices = board.devices
 
     # --- assets --------------------------------------------------------------------------
 

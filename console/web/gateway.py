@@ -264,52 +264,46 @@ class Gateway:
         reply = self._client.read("GetAssetMap", operator_pb2.GetAssetMapRequest())
         return cast("operator_pb2.AssetMap", reply)
 
-    async def watch_states(self, token: str) -> AsyncGenerator[operator_pb2.AssetStates, None]:
+    def watch_states(self, token: str) -> AsyncGenerator[operator_pb2.AssetStates, None]:
         """The map's states from the first post that serves them (each post keeps its
         own board from the same uplinks): a snapshot, then changes."""
-        metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        last_error: grpc.aio.AioRpcError | None = None
-        for address in self.posts:
-            async with self.aio_channel_factory(address) as channel:
-                stub = operator_pb2_grpc.OperatorServiceStub(channel)
-                call = stub.WatchAssetStates(
-                    operator_pb2.WatchAssetStatesRequest(interval_ms=MAP_INTERVAL_MS),
-                    metadata=metadata,
-                )
-                try:
-                    async for message in call:
-                        yield message
-                    return
-                except grpc.aio.AioRpcError as error:
-                    if error.code() != grpc.StatusCode.UNAVAILABLE:
-                        raise
-                    last_error = error
-                finally:
-                    call.cancel()
-        if last_error is not None:
-            raise last_error
+        request = operator_pb2.WatchAssetStatesRequest(interval_ms=MAP_INTERVAL_MS)
+        # The stream itself, not a wrapper: closing it cancels the call at once.
+        return self._first_stream(
+            token, lambda stub, metadata: stub.WatchAssetStates(request, metadata=metadata)
+        )
 
     # --- the event stream ----------------------------------------------------------------
 
-    async def watch(
+    def watch(
         self, token: str, start_revision: int, *, on_open: Callable[[], Awaitable[None]]
-    ) -> AsyncIterator[operator_pb2.Event]:
+    ) -> AsyncGenerator[operator_pb2.Event, None]:
         """Control-state events from the first post that opens the stream (both serve it:
         they share the store); `on_open` once it is pinned."""
+        request = operator_pb2.WatchEventsRequest(start_revision=start_revision)
+        return self._first_stream(
+            token, lambda stub, metadata: stub.WatchEvents(request, metadata=metadata), on_open
+        )
+
+    async def _first_stream(
+        self,
+        token: str,
+        open_call: Callable[[operator_pb2_grpc.OperatorServiceStub, Any], Any],
+        on_open: Callable[[], Awaitable[None]] | None = None,
+    ) -> AsyncGenerator[Any, None]:
+        """A server stream from the first post that answers it (UNAVAILABLE: the next);
+        `on_open` once its initial metadata came (the stream is pinned)."""
         metadata = (("authorization", f"Bearer {token}"),) if token else ()
         last_error: grpc.aio.AioRpcError | None = None
         for address in self.posts:
             async with self.aio_channel_factory(address) as channel:
-                stub = operator_pb2_grpc.OperatorServiceStub(channel)
-                call = stub.WatchEvents(
-                    operator_pb2.WatchEventsRequest(start_revision=start_revision),
-                    metadata=metadata,
-                )
+                call = open_call(operator_pb2_grpc.OperatorServiceStub(channel), metadata)
                 try:
-                    await call.initial_metadata()
-                    await on_open()
-                    async for event in call:
-                        yield event
+                    if on_open is not None:
+                        await call.initial_metadata()
+                        await on_open()
+                    async for message in call:
+                        yield message
                     return
                 except grpc.aio.AioRpcError as error:
                     if error.code() != grpc.StatusCode.UNAVAILABLE:
