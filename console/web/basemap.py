@@ -17,6 +17,8 @@ routes, so the map draws what those give:
   boundary it is not (Dijon's cell is about 13 km2, the real commune 40 km2).
 - the old town: the bollard sector's circle, OLD_TOWN_VERTICES vertices.
 - one line string per Divia line through its stops.
+- one point per LoRaWAN gateway site (fleet/dijon.py's GATEWAYS): the map draws
+  them and places a gateway's alarm there.
 
 Coordinates are [lon, lat] rounded to DECIMALS places (about 1 m); each ring
 runs counterclockwise (RFC 7946) from its lowest [lon, lat] vertex, so that the
@@ -167,9 +169,10 @@ def build_basemap(
     lines: Sequence[TransitLine] = dijon.LINES,
     old_town_centre: LatLon = dijon.OLD_TOWN_CENTRE,
     old_town_radius_m: float = dijon.OLD_TOWN_RADIUS_M,
+    gateways: Sequence[tuple[str, LatLon]] = dijon.GATEWAYS,
 ) -> dict[str, Any]:
     """The base map as a GeoJSON FeatureCollection, in drawing order: metropole,
-    communes, old town, lines."""
+    communes, old town, lines, gateways."""
     missing = [c.name for c in communes if c.name not in sector_of]
     if missing:
         raise ConfigError(f"basemap: no sector for {', '.join(missing)}")
@@ -222,6 +225,14 @@ def build_basemap(
             tram=line.tram,
         )
         for line in lines
+    )
+    features.extend(
+        _feature(
+            {"type": "Point", "coordinates": [round(lon, DECIMALS), round(lat, DECIMALS)]},
+            kind="gateway",
+            gateway_id=gateway_id,
+        )
+        for gateway_id, (lat, lon) in gateways
     )
     west, south, east, north = outline.bounds
     return {

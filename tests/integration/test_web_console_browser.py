@@ -1,7 +1,8 @@
 """The web console in a real browser (Debian's Chromium driven by Playwright) against a real
 city: two roles log in, an alarm raised by the room arrives live and is acknowledged from
-the keyboard (and refused to a role that may not), the map draws every asset and shows a
-lamp group lit by an override, a dangerous group command sent from the dialog is approved
+the keyboard (and refused to a role that may not) and is marked on the map at the lamps it
+concerns, the map draws every asset and shows a lamp group lit by an override, the map's
+marks place each kind of alarm (device, gateway, zone) and ring a lamp group, a dangerous group command sent from the dialog is approved
 by the supervisor in a second browser context and converges, the page has no serious accessibility violation, and when
 the leading post is killed the banner shows the failover, then the new leader, with no
 reload and no new login. Screenshots of each page are kept as test
@@ -131,10 +132,27 @@ async def test_two_roles_see_a_live_alarm_and_only_the_one_allowed_acknowledges_
     assert not await _violations(supervisor)
 
     token = await supervisor.evaluate("() => window.__console.token()")
-    _raise_room_alarm(city, token)
+    command_id = _raise_room_alarm(city, token)
     # It arrives on both screens through the event stream, without a reload.
     for page in (supervisor, wallboard):
         await expect(_alarms(page).locator("tbody tr").first).to_be_visible(timeout=SHOWN_S)
+    # The map marks it (critical: a triangle) at the middle of the lamps it switched off.
+    assert city.city is not None
+    lamps = [d for d in city.city.registry if d.asset_class == 1]
+    members = [d for d in lamps if d.group == lamps[0].group]
+    mark = await supervisor.wait_for_function(
+        "originator => window.__console.map.markOf && window.__console.map.markOf(originator)",
+        arg=f"command/{command_id}",
+        timeout=SHOWN_S,
+    )
+    placed = await mark.json_value()
+    assert placed["mark"] == "critical"
+    assert placed["at"][0] == pytest.approx(
+        sum(d.longitude for d in members) / len(members), abs=1e-4
+    )
+    assert placed["at"][1] == pytest.approx(
+        sum(d.latitude for d in members) / len(members), abs=1e-4
+    )
     row = _alarms(wallboard).locator("tbody tr").first
     await expect(row).to_contain_text("ACTIVE_UNACK")
 
@@ -167,6 +185,21 @@ async def test_the_map_draws_every_asset_and_shows_a_lamp_group_lit_by_an_overri
     assert shown == len(registry)
     # Vehicles move on the map: their positions arrive with the stream.
     await page.wait_for_function("() => window.__console.map.vehicles > 0", timeout=SHOWN_S)
+
+    # A click on an asset (the one farthest from any other, lamps being drawn by group at
+    # this zoom) opens its details.
+    fixed = [d for d in registry if d.asset_class not in (1, 9, 10)]
+    alone = max(
+        fixed,
+        key=lambda d: min(
+            (d.latitude - o.latitude) ** 2 + (d.longitude - o.longitude) ** 2
+            for o in fixed
+            if o is not d
+        ),
+    )
+    at = await page.evaluate("eui => window.__console.map.screenOf(eui)", alone.dev_eui)
+    await page.mouse.click(at["x"], at["y"])
+    await expect(page.locator("aside.asset")).to_contain_text(alone.dev_eui, timeout=SHOWN_S)
 
     lamps = [d for d in registry if d.asset_class == 1]
     # Not the group the other tests switch off as an emergency (the first one): an
@@ -208,6 +241,56 @@ async def test_the_map_draws_every_asset_and_shows_a_lamp_group_lit_by_an_overri
     )
     await _shot(page, tmp_path, "map")
     assert not await _violations(page)
+
+
+async def test_the_maps_marks_place_each_alarm_and_ring_a_lamp_group(
+    browser: Browser, city: CitySystem
+) -> None:
+    """The map's marks (console/web/static/marks.js), pure logic run in the browser on rows
+    made up for it: a device's alarm at the device, a gateway's at its site, a zone's at
+    the middle of its group; the worst of a device's alarms wins; a cleared or suppressed
+    alarm marks nothing; a fault or "look at" state marks a device with no alarm; a lamp
+    group carries its worst lamp's mark; an alarm with no place is left off the map."""
+    page = await (await browser.new_context()).new_page()
+    await page.goto(_url(city))
+    result = await page.evaluate(
+        """async () => {
+        const { abnormalMarks, placer } = await import("/static/marks.js");
+        const cols = { eui: ["a1", "l1", "l2", "b1"], cls: [3, 1, 1, 9], grp: [0, 1, 1, 2],
+          lat: [47.30, 47.32, 47.34, 47.31], lon: [5.00, 5.02, 5.04, 5.01],
+          groups: ["signals-x", "lamps-y", "buses"] };
+        const places = placer(cols, new Map([["gw1", [5.05, 47.35]]]));
+        const alarms = [
+          { originator: "l1", severity: "MINOR", state: "ACTIVE_UNACK", group: "lamps-y" },
+          { originator: "l1", severity: "MAJOR", state: "ACTIVE_ACK", group: "lamps-y" },
+          { originator: "gateway/gw1", severity: "MAJOR", state: "ACTIVE_UNACK" },
+          { originator: "air_quality/lamps-y", group: "lamps-y", severity: "MINOR", state: "ACTIVE_UNACK" },
+          { originator: "a1", severity: "CRITICAL", state: "CLEARED_UNACK" },
+          { originator: "b1", severity: "CRITICAL", state: "ACTIVE_UNACK", suppressed_by: "x" },
+          { originator: "command/7", group: "no-such-group", severity: "MAJOR", state: "ACTIVE_UNACK" },
+        ];
+        const positions = new Map([[3, [47.315, 5.015, 90]]]);
+        const states = new Uint8Array([5, 2, 4, 3]);
+        const { features, lampGroups } = abnormalMarks({ cols, states, alarms, positions, places });
+        return {
+          marks: Object.fromEntries(features.map((f) =>
+            [f.properties.originator, [f.properties.mark, f.geometry.coordinates]])),
+          lampGroups: Object.fromEntries(lampGroups),
+          gatewayAt: places.placeOf("gateway/gw1", positions),
+          busAt: places.placeOf("b1", positions),
+        };
+      }"""
+    )
+    marks = result["marks"]
+    assert set(marks) == {"a1", "l1", "l2", "gateway/gw1", "air_quality/lamps-y"}
+    assert marks["a1"] == ["fault", [5.00, 47.30]]  # its alarm cleared; its state a fault
+    assert marks["l1"] == ["major", [5.02, 47.32]]
+    assert marks["l2"] == ["attention", [5.04, 47.34]]
+    assert marks["gateway/gw1"] == ["major", [5.05, 47.35]]
+    zone, (lon, lat) = marks["air_quality/lamps-y"]
+    assert zone == "minor" and (lon, lat) == (pytest.approx(5.03), pytest.approx(47.33))
+    assert result["lampGroups"] == {"1": "major"}
+    assert result["busAt"] == [5.015, 47.315]  # a vehicle where it was last seen
 
 
 async def test_a_dangerous_group_command_from_the_dialog_is_approved_and_converges(

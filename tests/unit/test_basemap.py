@@ -185,6 +185,15 @@ def test_the_metropole_holds_every_device_and_stays_inside_the_bounds(
     assert outline["properties"]["population"] == sum(c.population for c in dijon.COMMUNES)
 
 
+def test_every_gateway_site_is_a_point_inside_the_metropole(collection: dict[str, Any]) -> None:
+    metropole = _metropole(collection)
+    gateways = _kind(collection, "gateway")
+    assert [g["properties"]["gateway_id"] for g in gateways] == [gw for gw, _ in dijon.GATEWAYS]
+    for feature, (_, (lat, lon)) in zip(gateways, dijon.GATEWAYS, strict=True):
+        assert feature["geometry"] == {"type": "Point", "coordinates": [lon, lat]}
+        assert metropole.contains(Point(to_xy((lat, lon))))
+
+
 def test_rings_are_closed_counterclockwise_and_rounded_to_a_metre(
     collection: dict[str, Any],
 ) -> None:
@@ -195,7 +204,7 @@ def test_rings_are_closed_counterclockwise_and_rounded_to_a_metre(
             assert ring[0] == ring[-1] and ring[0] == min(ring)
             assert Polygon(ring).exterior.is_ccw, feature["properties"]
         coords = rings[0] if rings else geometry["coordinates"]
-        for lon, lat in coords:
+        for lon, lat in [coords] if geometry["type"] == "Point" else coords:
             assert lon == round(lon, 5) and lat == round(lat, 5)
     assert collection["properties"]["schematic"] is True
 
