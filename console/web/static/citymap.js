@@ -56,9 +56,8 @@ function markImage(shape, fill) {
   return g.getImageData(0, 0, size, size);
 }
 
-// A lamp group's ring: its worst lamp's mark (feature state "rank"), else grey.
-const RING = ["coalesce", ["feature-state", "rank"], -1];
-const RING_COLOUR = ["match", RING, ...Object.entries(RANK).flatMap(([mark, rank]) => [rank, MARKS[mark].fill]), "#6b6b6b"];
+// A lamp group's ring colour by its worst lamp's mark's rank.
+const RING_COLOURS = Object.entries(RANK).sort((a, b) => a[1] - b[1]).map(([mark]) => MARKS[mark].fill);
 
 function style() {
   const empty = (maxzoom) => ({ type: "geojson", data: { type: "FeatureCollection", features: [] }, maxzoom });
@@ -68,7 +67,6 @@ function style() {
     sources: {
       // Absolute: the worker that fetches it runs from a blob: URL.
       base: { type: "geojson", data: new URL("/static/basemap.geojson", location.href).href, maxzoom: 10 },
-      lampGroups: empty(10),
       vehicles: empty(12),
       abnormal: empty(12),
     },
@@ -84,11 +82,7 @@ function style() {
       { id: "commune-labels", type: "symbol", source: "base", filter: base("commune"),
         layout: { "text-field": ["get", "name"], "text-size": 12, "text-font": ["sans-serif"] },
         paint: { "text-color": "#4a4a4a", "text-halo-color": "#ececec", "text-halo-width": 1.2 } },
-      { id: "lamp-groups", type: "circle", source: "lampGroups", maxzoom: LAMPS_FROM_ZOOM,
-        paint: { "circle-color": "#9a9a9a", "circle-opacity": 0.55, "circle-stroke-color": RING_COLOUR,
-          "circle-stroke-width": ["case", [">=", RING, 0], 3, 1],
-          "circle-radius": ["interpolate", ["linear"], ["sqrt", ["get", "n"]], 1, 3, 40, 14] } },
-      // (the assets' layer goes here, added once the style is in: assetlayer.js)
+      // (the assets' and lamp groups' layer goes here, added once the style is in: assetlayer.js)
       { id: "gateways", type: "symbol", source: "base", filter: base("gateway"),
         layout: { "icon-image": "gateway", "icon-size": 0.8, "icon-allow-overlap": true, "icon-ignore-placement": true } },
       { id: "vehicles", type: "circle", source: "vehicles",
@@ -102,7 +96,7 @@ function style() {
   };
 }
 
-// Lamp groups' centres, as features (id: the group's number).
+// Lamp groups' centres and sizes (id: the group's number).
 function lampGroupsOf(cols) {
   const groups = new Map();
   cols.cls.forEach((cls, i) => {
@@ -111,8 +105,7 @@ function lampGroupsOf(cols) {
     g.n += 1; g.lat += cols.lat[i]; g.lon += cols.lon[i];
     groups.set(cols.grp[i], g);
   });
-  return [...groups.entries()].map(([grp, g]) => ({ type: "Feature", id: grp,
-    geometry: { type: "Point", coordinates: [g.lon / g.n, g.lat / g.n] }, properties: { n: g.n, name: cols.groups[grp] } }));
+  return [...groups.entries()].map(([id, g]) => ({ id, lon: g.lon / g.n, lat: g.lat / g.n, n: g.n }));
 }
 
 async function gatewaySites() {
@@ -138,7 +131,7 @@ export function CityMap({ token, alarms, onSelect, onColumns }) {
     // second, and so do the map's first frames.
     const map = new MapLibreMap({ container: container.current, style: style(), bounds: BOUNDS,
       attributionControl: false, fadeDuration: 0 });
-    const assets = new AssetLayer("assets", LAMPS_FROM_ZOOM);
+    const assets = new AssetLayer("assets", LAMPS_FROM_ZOOM, RING_COLOURS);
     exposed.screenOf = (eui) => {
       const i = state.places.index.get(eui);
       const p = map.project([state.cols.lon[i], state.cols.lat[i]]);
@@ -146,7 +139,7 @@ export function CityMap({ token, alarms, onSelect, onColumns }) {
       return { x: box.left + p.x, y: box.top + p.y };
     };
     const state = (live.current = { map, assets, cols: null, places: null, states: null, positions: new Map(),
-      alarms: null, given: false, dirty: true, ringed: new Map(), overlay: [] });
+      alarms: null, given: false, dirty: true, overlay: [] });
     const { positions } = state;
     const backlog = []; // states messages that came before the columns
 
@@ -161,7 +154,7 @@ export function CityMap({ token, alarms, onSelect, onColumns }) {
     // live map from being idle for long).
     const onRender = () => {
       exposed.frames += 1;
-      if (!state.given || !assets.drawn || !["base", "lampGroups"].every((id) => map.isSourceLoaded(id))) return;
+      if (!state.given || !assets.drawn || !map.isSourceLoaded("base")) return;
       map.off("render", onRender);
       exposed.ready = exposed.complete = true;
       exposed.readyAt = performance.now();
@@ -200,20 +193,17 @@ export function CityMap({ token, alarms, onSelect, onColumns }) {
       if (onColumns) onColumns(cols);
       const places = placer(cols, sites);
       Object.assign(state, { cols, places, states: new Uint8Array(cols.eui.length) });
-      assets.setAssets(cols, (i) => !VEHICLES.has(cols.cls[i]), (i) => cols.cls[i] === LAMP);
+      assets.setAssets(cols, (i) => !VEHICLES.has(cols.cls[i]), (i) => cols.cls[i] === LAMP, lampGroupsOf(cols));
       exposed.assets = cols.eui.length;
       exposed.stateOf = (eui) => {
         const i = places.index.get(eui);
-        return i === undefined ? undefined : assets.slot[i] >= 0 ? assets.state[assets.slot[i]] : state.states[i];
+        return i === undefined ? undefined : assets.stateOf(i) ?? state.states[i];
       };
       exposed.markOf = (originator) => {
         const f = state.overlay.find((o) => o.properties.originator === originator);
         return f ? { mark: f.properties.mark, at: f.geometry.coordinates } : null;
       };
-      exposed.ringOf = (group) => {
-        const g = cols.groups.indexOf(group);
-        return g < 0 ? undefined : (map.getFeatureState({ source: "lampGroups", id: g }).rank ?? -1);
-      };
+      exposed.ringOf = (group) => assets.ringOf(cols.groups.indexOf(group));
       exposed.positionOf = (eui) => positions.get(places.index.get(eui)) || null;
       // For bench.web: `n` fixed assets change state as a stream message would change
       // them; resolves with the milliseconds until the frame that draws them is rendered.
@@ -239,7 +229,6 @@ export function CityMap({ token, alarms, onSelect, onColumns }) {
         assets.setStates(states);
         if (!state.given) {
           exposed.phases.snapshot = performance.now();
-          map.getSource("lampGroups").setData(collection(lampGroupsOf(cols)));
           state.given = true;
         }
         map.triggerRepaint();
@@ -274,13 +263,8 @@ export function CityMap({ token, alarms, onSelect, onColumns }) {
       state.dirty = false;
       const { features, lampGroups } = abnormalMarks({ cols: state.cols, states: state.states,
         alarms: [...state.alarms.values()], positions, places: state.places });
-      for (const [group, mark] of lampGroups) {
-        if (state.ringed.get(group) !== mark) map.setFeatureState({ source: "lampGroups", id: group }, { rank: RANK[mark] });
-      }
-      for (const group of state.ringed.keys()) {
-        if (!lampGroups.has(group)) map.setFeatureState({ source: "lampGroups", id: group }, { rank: -1 });
-      }
-      state.ringed = lampGroups;
+      for (const group of assets.groupSlot.keys()) assets.setRing(group, lampGroups.has(group) ? RANK[lampGroups.get(group)] : -1);
+      map.triggerRepaint();
       state.overlay = features;
       map.getSource("abnormal").setData(collection(features));
       exposed.abnormal = features.length;
