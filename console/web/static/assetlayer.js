@@ -75,14 +75,14 @@ void main() {
 }
 
 // The assets' radius (px) by zoom: 1.6 at 10, 3.5 at 14, 6 at 17.
-export function radiusAt(zoom) {
+function radiusAt(zoom) {
   if (zoom <= 10) return 1.6;
   if (zoom <= 14) return 1.6 + ((zoom - 10) * (3.5 - 1.6)) / 4;
   return Math.min(6, 3.5 + ((zoom - 14) * (6 - 3.5)) / 3);
 }
 
 // A lamp group's radius (px) by its number of lamps: 3 for one, 14 for 1,600.
-export function groupRadius(n) {
+function groupRadius(n) {
   return 3 + ((Math.min(Math.sqrt(n), 40) - 1) * (14 - 3)) / 39;
 }
 
@@ -170,11 +170,6 @@ export class AssetLayer {
     if (k === undefined || this.state[k] === rank + 1) return;
     this.state[k] = rank + 1;
     this._touch(k);
-  }
-
-  ringOf(group) {
-    const k = this.groupSlot.get(group);
-    return k === undefined ? undefined : this.state[k] - 1;
   }
 
   // The row drawn nearest a point of the map, within `px` pixels of its circle, or -1.

@@ -203,8 +203,6 @@ export function CityMap({ token, alarms, onSelect, onColumns }) {
         const f = state.overlay.find((o) => o.properties.originator === originator);
         return f ? { mark: f.properties.mark, at: f.geometry.coordinates } : null;
       };
-      exposed.ringOf = (group) => assets.ringOf(cols.groups.indexOf(group));
-      exposed.positionOf = (eui) => positions.get(places.index.get(eui)) || null;
       // For bench.web: `n` fixed assets change state as a stream message would change
       // them; resolves with the milliseconds until the frame that draws them is rendered.
       exposed.timeChanges = (n) => new Promise((resolve) => {

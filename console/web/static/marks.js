@@ -10,7 +10,7 @@ const ALARM_LEVEL = { CRITICAL: "critical", MAJOR: "major", MINOR: "minor", WARN
 const CLEARED = new Set(["CLEARED_UNACK", "CLEARED_ACK", "CLEARED"]);
 // Lower draws on top: alarms by priority, then faults, then the rest.
 export const RANK = { critical: 0, major: 1, minor: 2, fault: 3, attention: 4 };
-export const GATEWAY_PREFIX = "gateway/";
+const GATEWAY_PREFIX = "gateway/";
 const LAMP = 1;
 
 // gatewaySites: Map gateway id -> [lon, lat] (the base map's "gateway" features).
