@@ -20,7 +20,7 @@ bootstrap: system-packages $(STAMP)
 
 system-packages:
 	@if ! command -v etcd >/dev/null || ! command -v openssl >/dev/null || \
-	  ! command -v chromium >/dev/null || \
+	  ! command -v chromium >/dev/null || [ ! -d /usr/share/fonts/truetype/dejavu ] || \
 	  ! { command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ]; }; then \
 	  echo "bootstrap: installing Debian packages: $(DEBIAN_PACKAGES)"; \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q && \

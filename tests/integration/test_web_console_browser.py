@@ -123,6 +123,9 @@ async def test_two_roles_see_a_live_alarm_and_only_the_one_allowed_acknowledges_
     login = await (await browser.new_context(viewport={"width": 1280, "height": 800})).new_page()
     await login.goto(_url(city))
     await expect(login.get_by_role("button", name="Log in")).to_be_visible()
+    # The map's base is drawn behind the login, with no asset until a session brings them.
+    await login.wait_for_function("() => window.__console.map.base", timeout=SHOWN_S)
+    assert await login.evaluate("() => window.__console.map.points()") == 0
     await _shot(login, tmp_path, "login")
     assert not await _violations(login)
 
@@ -170,6 +173,16 @@ async def test_two_roles_see_a_live_alarm_and_only_the_one_allowed_acknowledges_
         )
     await _shot(wallboard, tmp_path, "room-wallboard")
     assert not await _violations(wallboard)
+
+    # A logout takes the city off the screen: the alarms and assets go, the login returns
+    # beside the same map (its base only).
+    assert await wallboard.evaluate("() => window.__console.map.points()") > 0
+    await wallboard.get_by_role("button", name="Log out").click()
+    await expect(wallboard.get_by_role("button", name="Log in")).to_be_visible(timeout=SHOWN_S)
+    await expect(_alarms(wallboard)).to_have_count(0)
+    assert await wallboard.evaluate(
+        "() => [window.__console.map.points(), window.__console.map.ready, window.__console.map.base]"
+    ) == [0, False, True]
 
 
 async def test_the_map_draws_every_asset_and_shows_a_lamp_group_lit_by_an_override(

@@ -103,7 +103,14 @@ export class AssetLayer {
     this.renderingMode = "2d";
     this.lampsFromZoom = lampsFromZoom;
     this.ringColours = ringColours;
+    this.clear();
+  }
+
+  // No points (before a login, after a logout): the next setAssets brings them.
+  clear() {
     this.count = 0;
+    this.rows = [];
+    this.groupSlot = new Map();
     this.drawn = false; // a frame has drawn the points
   }
 
@@ -139,6 +146,7 @@ export class AssetLayer {
       this.kind[k] = isLamp(i) ? LAMP : ASSET;
     });
     this.uploaded = false;
+    this.drawn = false;
     this.dirty = [Infinity, -1]; // the points whose state changed since the last upload
   }
 

@@ -7,8 +7,9 @@
 // Gateways' and zones' alarms are marked at the gateway's site and the zone's middle.
 // The fixed assets are one WebGL layer (assetlayer.js); lamps are one circle per group at
 // city zoom (ringed in their worst lamp's colour) and single lamps from zoom 14; vehicles
-// move in their own source. Data: /api/map (columns, once) and /api/map/events (a
-// snapshot, then changes), asked for together with the map's start.
+// move in their own source. The base is drawn from the page's start, behind the login;
+// the data, with a session: /api/map (columns, once) and /api/map/events (a snapshot,
+// then changes), asked for together.
 import { Map as MapLibreMap, prewarm } from "maplibre-gl";
 import { h } from "preact";
 import { useEffect, useRef, useState } from "preact/hooks";
@@ -83,11 +84,12 @@ function style() {
         layout: { "text-field": ["get", "name"], "text-size": 12, "text-font": ["sans-serif"] },
         paint: { "text-color": "#4a4a4a", "text-halo-color": "#ececec", "text-halo-width": 1.2 } },
       // (the assets' and lamp groups' layer goes here, added once the style is in: assetlayer.js)
-      { id: "gateways", type: "symbol", source: "base", filter: base("gateway"),
-        layout: { "icon-image": "gateway", "icon-size": 0.8, "icon-allow-overlap": true, "icon-ignore-placement": true } },
       { id: "vehicles", type: "circle", source: "vehicles",
         paint: { "circle-radius": ["case", ["==", ["get", "c"], 9], 5, 3.5], "circle-color": "#3a3a3a",
           "circle-stroke-color": "#ffffff", "circle-stroke-width": 1.2 } },
+      // Above the vehicles that pass them.
+      { id: "gateways", type: "symbol", source: "base", filter: base("gateway"),
+        layout: { "icon-image": "gateway", "icon-size": 0.8, "icon-allow-overlap": true, "icon-ignore-placement": true } },
       { id: "abnormal", type: "symbol", source: "abnormal",
         layout: { "icon-image": ["get", "mark"], "icon-allow-overlap": true, "icon-ignore-placement": true,
           "icon-size": ["interpolate", ["linear"], ["zoom"], 10, 0.55, 15, 0.9],
@@ -115,55 +117,40 @@ async function gatewaySites() {
     .map((f) => [f.properties.gateway_id, f.geometry.coordinates]));
 }
 
-export function CityMap({ token, alarms, onSelect, onColumns }) {
+export function CityMap({ token, live, alarms, onSelect, onColumns }) {
   const container = useRef(null);
-  const live = useRef(null); // what the stream handlers and the alarm overlay share
+  const held = useRef(null); // the map and its asset layer, for as long as the page
+  const data = useRef(null); // the city's data on it, for as long as a login
   const latestAlarms = useRef(alarms);
   latestAlarms.current = alarms;
-  const [status, setStatus] = useState("Loading the map…");
+  const [status, setStatus] = useState("");
 
+  // The base (commune cells, the old town, bus lines, gateway sites) is drawn from the
+  // page's start, while the operator logs in: after the click only the city's data and a
+  // frame remain. It is public geography; the assets come only with a session.
   useEffect(() => {
-    let closed = false;
-    const exposed = (window.__console.map = { ready: false, assets: 0, vehicles: 0, updates: 0, seq: 0, phases: {}, frames: 0 });
-    const collection = (features) => ({ type: "FeatureCollection", features });
-    // The map starts at once, drawing the base while the columns and the first states are
-    // on their way (asked for together): on a busy machine each takes a good part of a
-    // second, and so do the map's first frames.
+    const exposed = (window.__console.map = { base: false, ready: false, assets: 0, vehicles: 0, updates: 0, seq: 0,
+      phases: {}, frames: 0 });
     const map = new MapLibreMap({ container: container.current, style: style(), bounds: BOUNDS,
       attributionControl: false, fadeDuration: 0 });
     const assets = new AssetLayer("assets", LAMPS_FROM_ZOOM, RING_COLOURS);
-    exposed.screenOf = (eui) => {
-      const i = state.places.index.get(eui);
-      const p = map.project([state.cols.lon[i], state.cols.lat[i]]);
-      const box = container.current.getBoundingClientRect();
-      return { x: box.left + p.x, y: box.top + p.y };
-    };
-    const state = (live.current = { map, assets, cols: null, places: null, states: null, positions: new Map(),
-      alarms: null, given: false, dirty: true, overlay: [] });
-    const { positions } = state;
-    const backlog = []; // states messages that came before the columns
-
+    held.current = { map, assets, exposed };
+    exposed.points = () => assets.count; // what the asset layer holds (tests: none after a logout)
     map.setMissingStyleImageResolver(async (id) => {
       const mark = MARKS[id];
       if (mark && !map.hasImage(id)) map.addImage(id, markImage(mark.shape, mark.fill));
     });
-    map.on("style.load", () => map.addLayer(assets, "gateways"));
-    map.on("load", () => { exposed.phases.load = performance.now(); });
-    // Ready: the first frame drawn with the base, the lamp groups and every fixed asset,
-    // checked on every frame from the start (not the map's "idle": moving vehicles keep a
-    // live map from being idle for long).
-    const onRender = () => {
-      exposed.frames += 1;
-      if (!state.given || !assets.drawn || !map.isSourceLoaded("base")) return;
-      map.off("render", onRender);
-      exposed.ready = exposed.complete = true;
-      exposed.readyAt = performance.now();
-      setStatus("");
-      map.getSource("vehicles").setData(vehicleData());
+    map.on("style.load", () => map.addLayer(assets, "vehicles"));
+    const onBase = () => {
+      if (!map.getSource("base") || !map.isSourceLoaded("base")) return;
+      map.off("render", onBase);
+      exposed.base = true;
+      exposed.baseAt = performance.now();
     };
-    map.on("render", onRender);
+    map.on("render", onBase);
     map.on("click", (event) => {
-      if (!onSelect || !state.cols) return;
+      const state = data.current;
+      if (!onSelect || !state || !state.cols) return;
       const hit = map.queryRenderedFeatures(event.point, { layers: ["abnormal", "vehicles"] })[0];
       const eui = hit ? (hit.layer.id === "abnormal" ? hit.properties.originator : state.cols.eui[Number(hit.id)])
         : state.cols.eui[assets.nearest(map, event.point, CLICK_PX)];
@@ -173,6 +160,44 @@ export function CityMap({ token, alarms, onSelect, onColumns }) {
       map.on("mouseenter", layer, () => { map.getCanvas().style.cursor = "pointer"; });
       map.on("mouseleave", layer, () => { map.getCanvas().style.cursor = ""; });
     }
+    return () => map.remove();
+  }, []);
+
+  // The city's data, while a session lasts: the columns (/api/map) and the states stream,
+  // asked for together; a logout takes every asset off the map.
+  useEffect(() => {
+    if (!live) { setStatus("Log in to see the city's assets"); return undefined; }
+    setStatus("Loading the map…");
+    const { map, assets, exposed } = held.current;
+    let closed = false;
+    Object.assign(exposed, { ready: false, complete: false, assets: 0, vehicles: 0, updates: 0, seq: 0,
+      phases: {}, frames: 0 });
+    const collection = (features) => ({ type: "FeatureCollection", features });
+    exposed.screenOf = (eui) => {
+      const i = state.places.index.get(eui);
+      const p = map.project([state.cols.lon[i], state.cols.lat[i]]);
+      const box = container.current.getBoundingClientRect();
+      return { x: box.left + p.x, y: box.top + p.y };
+    };
+    const state = (data.current = { cols: null, places: null, states: null, positions: new Map(),
+      alarms: null, given: false, dirty: true, overlay: [] });
+    const { positions } = state;
+    const backlog = []; // states messages that came before the columns
+    const source = (id) => map.getSource(id); // undefined until the style is in
+
+    // Ready: the first frame drawn with the base, the lamp groups and every fixed asset,
+    // checked on every frame (not the map's "idle": moving vehicles keep a live map from
+    // being idle for long).
+    const onRender = () => {
+      exposed.frames += 1;
+      if (!state.given || !assets.drawn || !map.isSourceLoaded("base")) return;
+      map.off("render", onRender);
+      exposed.ready = exposed.complete = true;
+      exposed.readyAt = performance.now();
+      setStatus("");
+      source("vehicles").setData(vehicleData());
+    };
+    map.on("render", onRender);
 
     function vehicleData() {
       return collection([...positions.entries()].map(([i, p]) => ({
@@ -213,16 +238,16 @@ export function CityMap({ token, alarms, onSelect, onColumns }) {
         map.once("render", () => resolve(performance.now() - start));
         applyChanges(picked, picked.map((i) => (state.states[i] === 2 ? 1 : 2)));
       });
-      for (const data of backlog.splice(0)) statesRead(data);
+      for (const message of backlog.splice(0)) statesRead(message);
     }
 
-    function statesRead(data) {
+    function statesRead(message) {
       const { cols, states } = state;
-      if (data.map_id !== cols.map_id) { setStatus("The city's map changed: reload the page"); return; }
-      exposed.seq = data.seq;
+      if (message.map_id !== cols.map_id) { setStatus("The city's map changed: reload the page"); return; }
+      exposed.seq = message.seq;
       exposed.updates += 1;
-      if (data.snapshot) {
-        states.set(data.s);
+      if (message.snapshot) {
+        states.set(message.s);
         positions.clear();
         assets.setStates(states);
         if (!state.given) {
@@ -230,19 +255,19 @@ export function CityMap({ token, alarms, onSelect, onColumns }) {
           state.given = true;
         }
         map.triggerRepaint();
-      } else applyChanges(data.i, data.s);
-      for (let k = 0; k < data.v.length; k += 4) positions.set(data.v[k], data.v.slice(k + 1, k + 4));
+      } else applyChanges(message.i, message.s);
+      for (let k = 0; k < message.v.length; k += 4) positions.set(message.v[k], message.v.slice(k + 1, k + 4));
       exposed.vehicles = positions.size;
-      if (exposed.ready && data.v.length) map.getSource("vehicles").setData(vehicleData());
+      if (exposed.ready && message.v.length) source("vehicles").setData(vehicleData());
       state.dirty = true;
     }
 
     const stream = openEvents(token, {
-      states(data) {
-        if (state.cols) statesRead(data);
-        else backlog.push(data);
+      states(message) {
+        if (state.cols) statesRead(message);
+        else backlog.push(message);
       },
-      refused(data) { setStatus(`The posts refused the map: ${data.message}`); },
+      refused(message) { setStatus(`The posts refused the map: ${message.message}`); },
     }, "/api/map/events");
     (async () => {
       const sites = gatewaySites().catch(() => new Map());
@@ -255,7 +280,7 @@ export function CityMap({ token, alarms, onSelect, onColumns }) {
     // The overlay of the abnormal and the lamp groups' rings, rebuilt at most twice a
     // second from states and alarms.
     const overlay = setInterval(() => {
-      if (!state.given || !map.getSource("abnormal")) return;
+      if (!state.given || !source("abnormal")) return;
       if (state.alarms !== latestAlarms.current) { state.alarms = latestAlarms.current; state.dirty = true; }
       if (!state.dirty) return;
       state.dirty = false;
@@ -264,7 +289,7 @@ export function CityMap({ token, alarms, onSelect, onColumns }) {
       for (const group of assets.groupSlot.keys()) assets.setRing(group, lampGroups.has(group) ? RANK[lampGroups.get(group)] : -1);
       map.triggerRepaint();
       state.overlay = features;
-      map.getSource("abnormal").setData(collection(features));
+      source("abnormal").setData(collection(features));
       exposed.abnormal = features.length;
     }, OVERLAY_EVERY_MS);
 
@@ -272,9 +297,14 @@ export function CityMap({ token, alarms, onSelect, onColumns }) {
       closed = true;
       clearInterval(overlay);
       stream.close();
-      map.remove();
+      map.off("render", onRender);
+      data.current = null;
+      assets.clear();
+      for (const id of ["vehicles", "abnormal"]) if (source(id)) source(id).setData(collection([]));
+      Object.assign(exposed, { ready: false, complete: false, assets: 0, vehicles: 0, abnormal: 0 });
+      map.triggerRepaint();
     };
-  }, []);
+  }, [live]);
 
   return html`
     <section class="citymap" aria-labelledby="map-title">

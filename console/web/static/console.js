@@ -38,7 +38,7 @@ function Login({ onSession }) {
   }
   return html`
     <form class="login" onSubmit=${submit} aria-labelledby="login-title">
-      <h1 id="login-title">citypost · control room</h1>
+      <h2 id="login-title">Log in</h2>
       <label>User <input name="user" autocomplete="username" required autofocus /></label>
       <label>Password <input name="password" type="password" autocomplete="current-password" required /></label>
       <label>One-time code (if your role needs one) <input name="otp" inputmode="numeric" autocomplete="one-time-code" /></label>
@@ -191,7 +191,12 @@ function AssetDetails({ eui, token, alarms, commands, onClose }) {
     </aside>`;
 }
 
+// The room, from the page's start: before a login, the map's base and the login form
+// beside it (the map is drawn while the operator types, and stays the same element
+// across the login); with a session, the banner, the map's data and every panel. A
+// logout empties everything the session brought.
 function Room({ session, setSession }) {
+  const live = Boolean(session);
   const [posts, setPosts] = useState(null);
   const [alarms, setAlarms] = useState(new Map());
   const [lastAt, setLastAt] = useState(null);
@@ -209,8 +214,8 @@ function Room({ session, setSession }) {
   const [incidents, setIncidents] = useState(new Map());
   const [tasks, setTasks] = useState(new Map());
   // The stream and the handlers outlive a renewal: they read the current token here.
-  const current = useRef(session.access_token);
-  current.current = session.access_token;
+  const current = useRef(null);
+  current.current = session && session.access_token;
   const token = () => current.current;
   exposed.token = token;
 
@@ -241,6 +246,7 @@ function Room({ session, setSession }) {
   }
 
   useEffect(() => {
+    if (!live) return undefined;
     const stream = openEvents(token, {
       posts(data) {
         if (exposed.firstPostsAt == null) exposed.firstPostsAt = performance.now();
@@ -285,11 +291,25 @@ function Room({ session, setSession }) {
     });
     exposed.ready = true;
     const tick = setInterval(() => setNow(Date.now()), 1000);
-    return () => { stream.close(); clearInterval(tick); exposed.ready = false; };
-  }, []);
+    return () => {
+      stream.close();
+      clearInterval(tick);
+      exposed.ready = false;
+      setPosts(null);
+      setAlarms(new Map());
+      setLastAt(null);
+      setSelected(null);
+      setGroups(null);
+      setCommands(new Map());
+      setIncidents(new Map());
+      setTasks(new Map());
+      communeOf.current = new Map();
+    };
+  }, [live]);
 
   useEffect(() => {
     // Renew the access token a minute before it ends; the page keeps it in memory only.
+    if (!session) return undefined;
     const wait = Number(session.access_expires_at_ms) - Date.now() - RENEW_BEFORE_MS;
     const timer = setTimeout(async () => {
       try {
@@ -307,10 +327,18 @@ function Room({ session, setSession }) {
   }
   const leading = Boolean(posts && posts.leader);
   const fresh = lastAt == null ? null : Math.max(0, Math.round((now - lastAt) / 1000));
+  // The map keeps its place (main's first child) with or without a session.
+  const map = html`<${CityMap} key="map" token=${token} live=${live} alarms=${alarms} onSelect=${setSelected} onColumns=${columns} />`;
+  if (!session) return html`
+    <header class="banner banner-connecting"><h1>citypost · control room</h1><span>Not logged in</span></header>
+    <main>
+      ${map}
+      <div class="side"><${Login} onSession=${setSession} /></div>
+    </main>`;
   return html`
     <${Banner} posts=${posts} fresh=${fresh} session=${session} onLogout=${logout} />
     <main>
-      <${CityMap} token=${token} alarms=${alarms} onSelect=${setSelected} onColumns=${columns} />
+      ${map}
       <div class="side">
         ${selected && html`<${AssetDetails} eui=${selected} token=${token} alarms=${alarms} commands=${commands} onClose=${() => setSelected(null)} />`}
         <${CommandDialog} groups=${groups} token=${token} leading=${leading} commands=${commands} />
@@ -328,7 +356,7 @@ function Room({ session, setSession }) {
 
 function App() {
   const [session, setSession] = useState(null);
-  return session ? html`<${Room} session=${session} setSession=${setSession} />` : html`<${Login} onSession=${setSession} />`;
+  return html`<${Room} session=${session} setSession=${setSession} />`;
 }
 
 const root = document.getElementById("app");
