@@ -127,6 +127,9 @@ class Dispatcher:
         self._finished: dict[str, tuple[int, str]] = {}
         self._overrides: dict[tuple[int, str], control_state_pb2.Override] = {}
         self._incident_origins: set[str] = set()
+        # command_id -> the epoch of this process's last frames for it: what a promotion
+        # need not send again (replay_pending).
+        self._on_air: dict[str, int] = {}
         # Who reported the state of each open multicast: fed by the edge's telemetry.
         self.confirmations = confirmations or Confirmations(registry)
         # Real seconds per simulated second of a device's reporting interval (the sim's
@@ -138,6 +141,12 @@ class Dispatcher:
 
     async def load(self) -> None:
         """Read what is live in the control state (after a restart or a promotion)."""
+        # Under the lock: a command issued while it reads would otherwise be dropped from
+        # the views it replaces (its frames sent, then never retried nor settled).
+        async with self._lock:
+            await self._load()
+
+    async def _load(self) -> None:
         alarms = await _all(self._state, "state/alarms/", operations_pb2.Alarm)
         self._alarms = alarm_book.AlarmIndex.of(alarms)
         tasks = await _all(self._state, "state/tasks/", operations_pb2.Task)
@@ -159,10 +168,17 @@ class Dispatcher:
         now = self._wall_ms()
         self._overrides = {(o.asset_class, o.group): o for o in overrides if o.ends_at_ms > now}
 
-    def apply_change(self, change: Change) -> None:
+    def apply_change(self, change: Change, *, own: bool = False) -> None:
         """Follow another post's write (a standby watching the leader's control state)
-        so that, promoted, this dispatcher carries on from where the leader was."""
+        so that, promoted, this dispatcher carries on from where the leader was.
+
+        `own`: this post leads and the change is its own write, already applied when the
+        write returned; save a command's entry it does not hold: a write it gave up on
+        (its lead ended while writing) that landed after all. Taken here, the ledger loop
+        and the next promotion's replay see it."""
         namespace = namespace_of(change.key) if change.key else ""
+        if own and (namespace != LEDGER or self._holds(key_id(change.key))):
+            return
         if namespace == LEDGER:
             record = change.decode(control_state_pb2.CommandRecord)
             if record is None:
@@ -202,10 +218,18 @@ class Dispatcher:
             audit_key(stamped.at_ms, stamped.entry_id), stamped, epoch=stamped.epoch
         )
 
+    def _holds(self, command_id: str) -> bool:
+        return command_id in self._pending or command_id in self._finished
+
     async def replay_pending(self) -> int:
-        """A new leader sends every unfinished command again, under its own epoch and
-        with the same command_id (devices execute a command_id once). Returns how many.
-        A command waiting for approval still waits: it was never sent."""
+        """A promoted leader sends every unfinished command this process has not put on
+        air under the current epoch, with the same command_id (devices execute a
+        command_id once). Under a new epoch that is all of them: the old leader's last
+        frames may have died with it. Under the epoch it led with before (its lease held
+        through a blink), only those whose write it gave up on and that landed after all:
+        nothing else would send them (an operator's retry finds them written and acts no
+        more). Returns how many. A command waiting for approval still waits."""
+        epoch = self._epoch()
         sent = 0
         for command_id in list(self._pending):
             # One at a time under the lock: operators' new commands need not wait for all.
@@ -213,6 +237,8 @@ class Dispatcher:
                 record = self._pending.get(command_id)
                 if record is None or record.status == command_ledger.PENDING_APPROVAL:
                     continue  # finished meanwhile (an ack), or not to be sent yet
+                if self._on_air.get(command_id) == epoch:
+                    continue  # on air under this epoch already
                 try:
                     await self._send(record)
                     sent += 1
@@ -353,7 +379,7 @@ class Dispatcher:
             for finished in superseded:
                 self._settle(finished)
             self.stats.commands_issued += 1
-            self._publish_all(frames)
+            self._publish_all(frames, [sent])
             return sent
 
     def _superseded_by(
@@ -483,7 +509,7 @@ class Dispatcher:
             for finished in superseded:
                 self._settle(finished)
             self._settle(sent)
-            self._publish_all(frames)
+            self._publish_all(frames, [sent])
             return sent
 
     def _report_ttl_ms(self, devices: Sequence[Device]) -> int:
@@ -502,7 +528,7 @@ class Dispatcher:
         sent, frames, note = self._attempt(record, stragglers_only=stragglers_only)
         await self._write([(ledger_key(sent.command.command_id), sent)], [note])
         self._settle(sent)
-        self._publish_all(frames)
+        self._publish_all(frames, [sent])
         return sent
 
     def _attempt(
@@ -529,10 +555,15 @@ class Dispatcher:
             frames = downlinks(sent.command, self._registry)
         return sent, frames, audit.for_command(sent, audit.Action.COMMAND_SEND, now)
 
-    def _publish_all(self, frames: Sequence[Downlink]) -> None:
+    def _publish_all(
+        self, frames: Sequence[Downlink], sent: Sequence[control_state_pb2.CommandRecord]
+    ) -> None:
+        """Put on air the frames of the attempts `sent` (already in the ledger)."""
         for downlink in frames:
             self._publish(downlink)
             self.stats.downlinks_sent += 1
+        for record in sent:
+            self._on_air[record.command.command_id] = record.command.epoch
 
     async def on_acks(self, acks: Sequence[chirpstack.Ack | chirpstack.LogEvent]) -> None:
         async with self._lock:
@@ -594,6 +625,7 @@ class Dispatcher:
         command_id = record.command.command_id
         if command_ledger.is_terminal(record):
             self._pending.pop(command_id, None)
+            self._on_air.pop(command_id, None)
             self._acked_by.pop(command_id, None)
             self.confirmations.forget(command_id)
             if command_id not in self._finished:
@@ -609,6 +641,7 @@ class Dispatcher:
             now = self._wall_ms()
             batch = LedgerBatch()
             frames: list[Downlink] = []
+            resends: list[control_state_pb2.CommandRecord] = []
             for record in list(self._pending.values()):
                 if record.multicast and record.status == command_ledger.SENT:
                     record = self._count_confirmations(record, now, batch)
@@ -619,6 +652,7 @@ class Dispatcher:
                     )
                     batch.add(sent, [note])
                     frames.extend(resent)
+                    resends.append(sent)
                 elif (
                     action is command_ledger.Action.EXPIRE
                     and record.multicast
@@ -634,7 +668,7 @@ class Dispatcher:
                     failed = command_ledger.fail(record, now)
                     batch.add(failed, [audit.for_command(failed, audit.Action.COMMAND_FAIL, now)])
             await self._write_ledger(batch)
-            self._publish_all(frames)  # after the attempts are in the ledger
+            self._publish_all(frames, resends)  # after the attempts are in the ledger
 
     def _count_confirmations(
         self, record: control_state_pb2.CommandRecord, now: int, batch: LedgerBatch

@@ -366,12 +366,11 @@ class Post:
 
     async def _follow_state(self) -> None:
         """Apply every control-state change in revision order (the leader's own writes
-        are already in its dispatcher: it only counts them)."""
+        are already in its dispatcher, save those it gave up on: see apply_change)."""
         while True:
             try:
                 async for change in self.state.watch(self.applied_revision + 1):
-                    if not self.leading:
-                        self.dispatcher.apply_change(change)
+                    self.dispatcher.apply_change(change, own=self.leading)
                     if self.audit_file is not None and namespace_of(change.key) == AUDIT:
                         entry = change.decode(control_state_pb2.AuditEntry)
                         if entry is not None:
@@ -398,13 +397,22 @@ class Post:
     async def _promote(self, epoch: int | None) -> None:
         if epoch is not None and epoch == self._led_epoch:
             # Leading again under the epoch it led with: it had fenced itself (its
-            # keepalives' answers came late) but its lease held, and no other post can have
-            # written since (that takes a new epoch). It catches up with its own writes that
-            # landed after it gave up on them and carries on: no takeover to audit, nothing
-            # to send again (in the slow-etcd drill each such blink cost a takeover entry
-            # and a resend of every unfinished command).
+            # keepalives' answers came late, or etcd lost its quorum) but its lease held,
+            # and no other post can have written since (that takes a new epoch). It
+            # catches up with its own writes that landed after it gave up on them, sends
+            # the commands among them it never put on air (an operator's retry finds them
+            # written and acts no more), and carries on: no takeover to audit, nothing
+            # else to send again (in the slow-etcd drill each such blink cost a takeover
+            # entry and a resend of every unfinished command).
             await self._take_the_lead(await self.state.revision())
-            log.warning("post %s: leading again under epoch %s (its lease held)", self.name, epoch)
+            replayed = await self.dispatcher.replay_pending()
+            log.warning(
+                "post %s: leading again under epoch %s (its lease held); %d command(s) "
+                "written but never sent, sent",
+                self.name,
+                epoch,
+                replayed,
+            )
             return
         # The old leader can no longer write (fenced on the epoch): once the watch
         # delivered this post's own takeover entry, it delivered all the old leader wrote.

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 
 import pytest
+from google.protobuf.message import Message
 
 from actors.decisions import ClearAlarm, IssueCommand, OpenIncident, RaiseAlarm, RequestTask
 from bridges import chirpstack
@@ -29,6 +31,7 @@ from failover.control_state import (
     idempotency_index_key,
     ledger_key,
 )
+from post import command_ledger
 from post.alarm_book import ACTIVE
 from post.dispatcher import LEDGER_BATCH, MAX_STRAGGLER_UNICASTS, Dispatcher
 from protos.citypost.v1 import (
@@ -69,8 +72,10 @@ class Clock:
 
 
 class Harness:
-    def __init__(self, devices: list[Device] | None = None) -> None:
-        self.state = InMemoryControlState(epoch=5)
+    def __init__(
+        self, devices: list[Device] | None = None, state: InMemoryControlState | None = None
+    ) -> None:
+        self.state = state or InMemoryControlState(epoch=5)
         self.clock = Clock()
         self.sent: list[tuple[str, bytes]] = []
         self.dispatcher = Dispatcher(
@@ -585,6 +590,67 @@ def _log(command_id: str, level: str, why: str) -> chirpstack.LogEvent:
     return chirpstack.LogEvent(
         None, info, level, "DOWNLINK_GATEWAY", why, {"queue_item_id": command_id}
     )
+
+
+class LostReply(InMemoryControlState):
+    """The next write lands but its writer gives up on it (as a post does when its lead
+    ends while it writes: etcd lost its quorum, then got it back)."""
+
+    give_up_next = False
+
+    async def put_many(
+        self,
+        items: Sequence[tuple[str, Message | None]],
+        *,
+        epoch: int,
+        absent: Sequence[str] = (),
+    ) -> int:
+        revision = await super().put_many(items, epoch=epoch, absent=absent)
+        if self.give_up_next:
+            self.give_up_next = False
+            raise NotLeaderError("this post's lead ended while it was writing")
+        return revision
+
+
+async def _follow_own_writes(h: Harness) -> None:
+    """What the leading post's watch does with its own writes, up to now."""
+    target = await h.state.revision()
+    async for change in h.state.watch(1):
+        h.dispatcher.apply_change(change, own=True)
+        if change.revision >= target:
+            return
+
+
+async def test_a_command_written_but_never_sent_goes_on_air_when_the_same_epoch_leads_again() -> (
+    None
+):
+    """The write landed after the post had given up on it, so nothing was sent, and the
+    operator's retry finds it written and acts no more. Back in the lead under the same
+    epoch, the post sends it, and nothing that was on air already."""
+    state = LostReply(epoch=5)
+    h = Harness(state=state)
+    await h.dispatcher.issue_command(_group_command(), issued_by="op-ana", idempotency_key="k1")
+    assert len(h.sent) == len(SIGNALS)
+    state.give_up_next = True
+    with pytest.raises(NotLeaderError):
+        await h.dispatcher.issue_command(
+            _flashing_signal(), issued_by="op-ana", idempotency_key="k2"
+        )
+    retried = await h.dispatcher.issue_command(
+        _flashing_signal(), issued_by="op-ana", idempotency_key="k2"
+    )
+    # Written as the first try left it (sent, one attempt), and never on air.
+    assert (retried.status, retried.attempts) == (command_ledger.SENT, 1)
+    assert len(h.sent) == len(SIGNALS)
+    assert await h.dispatcher.replay_pending() == 0  # not held: the watch brings it
+
+    await _follow_own_writes(h)
+    assert await h.dispatcher.replay_pending() == 1
+    assert len(h.sent) == len(SIGNALS) + 1
+    frame = decode_command(chirpstack.parse_downlink(h.sent[-1][1]).data)
+    assert (frame.command_id, frame.epoch) == (retried.command.command_id, 5)
+    assert await h.dispatcher.replay_pending() == 0  # on air now
+    assert (await h.record(retried.command.command_id)).attempts == 2
 
 
 def _flashing_signal() -> command_pb2.Command:
