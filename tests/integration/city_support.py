@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,16 @@ from cluster.ports import free_port_pair
 from cluster.system import CitySystem
 
 CITY = "dijon"
+
+
+def daytime(hour_utc: int) -> SimConfig:
+    """x60 from the next `hour_utc` o'clock (UTC), whatever the hour of the run: for a
+    test that needs the lamps' policy quiet. Its profile commands come at 05:30 and
+    23:00 local time, and supersede an operator's command to the same group still
+    waiting (for approval, say); from 09:00 or 11:00 UTC, a module has ten hours of
+    the city's day (ten minutes) before the next."""
+    at = datetime.now(UTC).replace(hour=hour_utc, minute=0, second=0, microsecond=0)
+    return SimConfig(speed=60.0, start=at if at > datetime.now(UTC) else at + timedelta(days=1))
 
 
 @contextmanager

@@ -51,7 +51,7 @@ from security.grpc_tls import secure_channel_factory
 from security.pki import Kind, Principal
 from security.pki_store import PkiStore
 from security.tokens import TokenIssuer
-from tests.integration.city_support import small_city
+from tests.integration.city_support import daytime, small_city
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -63,7 +63,8 @@ APPROVAL_WINDOW_S = 10.0
 def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CitySystem]:
     # A short approval window, so "approved too late" takes seconds, not minutes.
     security = SecurityConfig(approval=ApprovalConfig(window_s=APPROVAL_WINDOW_S))
-    with small_city(tmp_path_factory.mktemp("secure"), security=security) as system:
+    # In the day: a lamp profile command would supersede the commands left waiting here.
+    with small_city(tmp_path_factory.mktemp("secure"), sim=daytime(9), security=security) as system:
         yield system
 
 

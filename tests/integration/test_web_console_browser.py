@@ -13,7 +13,6 @@ from __future__ import annotations
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +20,10 @@ import httpx
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from citypost.config import SimConfig, WebConfig
+from citypost.config import WebConfig
 from cluster.system import CitySystem
 from console.web.vendor_sync import VENDOR_DIR
-from tests.integration.city_support import small_city
+from tests.integration.city_support import daytime, small_city
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -38,11 +37,7 @@ SHOWN_S = 20_000  # ms: how long a live change may take to show (generous, a loa
 def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CitySystem]:
     run_dir = tmp_path_factory.mktemp("browser")
     # Noon in Dijon, whatever the hour of the run: the lamps are off until a test lights some.
-    noon = datetime.now(UTC).replace(hour=11, minute=0, second=0, microsecond=0)
-    sim = SimConfig(
-        speed=60.0, start=noon if noon > datetime.now(UTC) else noon + timedelta(days=1)
-    )
-    with small_city(run_dir, sim=sim, web=WebConfig(enabled=True, port=None)) as system:
+    with small_city(run_dir, sim=daytime(11), web=WebConfig(enabled=True, port=None)) as system:
         yield system
 
 
